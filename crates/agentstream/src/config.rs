@@ -1,0 +1,226 @@
+//! Settings from flags and environment variables.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::store::PoolSettings;
+
+/// Streams an LLM agent's reply over SSE while its tools write a database.
+#[derive(Debug, Parser)]
+#[command(name = "agentstream", version, about)]
+pub struct Cli {
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Settings.
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// The subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Apply the database migrations and exit.
+    Migrate,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Every setting, each a flag and an environment variable.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(
+        long,
+        env = "AGENTSTREAM_BIND",
+        default_value = "127.0.0.1:8000",
+        global = true
+    )]
+    pub bind: SocketAddr,
+
+    /// `sqlite://PATH` (created if missing) or `postgres://USER@HOST/DB`.
+    #[arg(
+        long,
+        env = "AGENTSTREAM_DATABASE_URL",
+        default_value = "sqlite://data/agentstream.db",
+        global = true
+    )]
+    pub database_url: String,
+
+    /// Connections the pool keeps open.
+    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 5, global = true)]
+    pub db_pool_size: u32,
+
+    /// Connections opened beyond the pool size under load.
+    #[arg(long, env = "DB_MAX_OVERFLOW", default_value_t = 10, global = true)]
+    pub db_max_overflow: u32,
+
+    /// Seconds a connection lives before it is replaced.
+    #[arg(long, env = "DB_POOL_RECYCLE", default_value_t = 3600, global = true)]
+    pub db_pool_recycle: u64,
+
+    /// Seconds a request waits for a free connection before it gets 503.
+    #[arg(long, env = "DB_POOL_TIMEOUT", default_value_t = 30, global = true)]
+    pub db_pool_timeout: u64,
+
+    /// Test each connection before handing it out.
+    #[arg(long, env = "DB_POOL_PRE_PING", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub db_pool_pre_ping: bool,
+
+    /// PostgreSQL `statement_timeout` and `idle_in_transaction_session_timeout`, in seconds.
+    #[arg(
+        long,
+        env = "DB_STATEMENT_TIMEOUT",
+        default_value_t = 30,
+        global = true
+    )]
+    pub db_statement_timeout: u64,
+
+    /// Seconds running runs get to finish at shutdown before they are interrupted.
+    #[arg(
+        long,
+        env = "AGENTSTREAM_DRAIN_SECS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub drain_secs: u64,
+
+    /// Most model calls in one run.
+    #[arg(
+        long,
+        env = "AGENTSTREAM_MAX_STEPS",
+        default_value_t = 8,
+        global = true
+    )]
+    pub max_steps: u32,
+
+    /// Largest user message, in bytes (413 beyond).
+    #[arg(long, env = "AGENTSTREAM_MAX_MESSAGE_BYTES", default_value_t = 32 * 1024, global = true)]
+    pub max_message_bytes: usize,
+
+    /// Largest request body, in bytes (413 beyond).
+    #[arg(long, env = "AGENTSTREAM_MAX_BODY_BYTES", default_value_t = 256 * 1024, global = true)]
+    pub max_body_bytes: usize,
+
+    /// The onboarding profile fields, in the order they are asked.
+    #[arg(
+        long,
+        env = "AGENTSTREAM_ONBOARDING_FIELDS",
+        value_delimiter = ',',
+        default_value = "name,role,goals",
+        global = true
+    )]
+    pub onboarding_fields: Vec<String>,
+
+    /// Pause before each word of the scripted demo model, in milliseconds.
+    #[arg(
+        long,
+        env = "AGENTSTREAM_SCRIPTED_DELAY_MS",
+        default_value_t = 30,
+        global = true
+    )]
+    pub scripted_delay_ms: u64,
+
+    /// Seconds between SSE keep-alive comments.
+    #[arg(
+        long,
+        env = "AGENTSTREAM_KEEPALIVE_SECS",
+        default_value_t = 15,
+        global = true
+    )]
+    pub keepalive_secs: u64,
+
+    /// Log line format.
+    #[arg(
+        long,
+        env = "AGENTSTREAM_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+}
+
+/// Limits the HTTP layer enforces.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest user message, in bytes.
+    pub max_message_bytes: usize,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Config {
+    /// The settings from the environment and the defaults, without flags.
+    pub fn defaults() -> Config {
+        Cli::parse_from(["agentstream"]).config
+    }
+
+    /// The pool settings.
+    pub fn pool(&self) -> PoolSettings {
+        PoolSettings {
+            size: self.db_pool_size,
+            max_overflow: self.db_max_overflow,
+            recycle: Duration::from_secs(self.db_pool_recycle),
+            timeout: Duration::from_secs(self.db_pool_timeout),
+            pre_ping: self.db_pool_pre_ping,
+            statement_timeout: Duration::from_secs(self.db_statement_timeout),
+        }
+    }
+
+    /// The HTTP limits.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_message_bytes: self.max_message_bytes,
+            max_body_bytes: self.max_body_bytes,
+        }
+    }
+
+    /// Checks settings that flags alone cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.db_pool_size + self.db_max_overflow == 0 {
+            return Err("DB_POOL_SIZE + DB_MAX_OVERFLOW must be at least 1".to_owned());
+        }
+        if self.onboarding_fields.iter().any(|f| f.trim().is_empty()) {
+            return Err("onboarding fields must not be empty".to_owned());
+        }
+        if self.max_steps == 0 {
+            return Err("max steps must be at least 1".to_owned());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_seeds() {
+        let config = Config::defaults();
+        assert_eq!(config.bind.to_string(), "127.0.0.1:8000");
+        let pool = config.pool();
+        assert_eq!((pool.size, pool.max_overflow), (5, 10));
+        assert_eq!(pool.recycle, Duration::from_secs(3600));
+        assert_eq!(pool.timeout, Duration::from_secs(30));
+        assert!(pool.pre_ping);
+        assert_eq!(config.onboarding_fields, ["name", "role", "goals"]);
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn pre_ping_can_be_turned_off() {
+        let cli = Cli::parse_from(["agentstream", "--db-pool-pre-ping", "false", "serve"]);
+        assert!(!cli.config.db_pool_pre_ping);
+    }
+}

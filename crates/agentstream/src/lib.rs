@@ -1,0 +1,16 @@
+//! agentstream: streams an LLM agent's reply over Server-Sent Events while the
+//! agent's tools read and write a database, and keeps every conversation
+//! durable. See `DESIGN.md` for the architecture and its guarantees.
+
+pub mod agent;
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod llm;
+pub mod runs;
+pub mod store;
+pub mod telemetry;
+pub mod tools;
+
+pub use app::App;
+pub use config::Config;

@@ -1,0 +1,411 @@
+//! The built-in demo model: deterministic, offline, streaming word by word.
+//!
+//! For the onboarding agent (the request offers `update_profile`) it treats
+//! each user message as the answer to the next unfilled profile field, saves
+//! it with `update_profile`, then asks the next question; once every field is
+//! filled it calls `complete_onboarding` and streams a summary. For the chat
+//! agent it calls `get_profile` when the message mentions the profile and
+//! otherwise answers with a fixed reply. The model string may carry options
+//! after a `;`: `fail_after=N` fails the stream after N deltas, for tests.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use super::{ChatMessage, ChatRequest, LlmError, LlmEvent, LlmStream, Provider, ToolCall, Usage};
+
+/// The scripted provider.
+#[derive(Debug, Clone)]
+pub struct Scripted {
+    /// Pause before each word, so the demo visibly streams.
+    delay: Duration,
+    /// The onboarding fields, in the order they are asked.
+    fields: Vec<String>,
+}
+
+/// What the script does next.
+#[derive(Debug, Clone, PartialEq)]
+enum Step {
+    Say(String),
+    Call(ToolCall),
+}
+
+impl Scripted {
+    /// A scripted model that pauses `delay` before each word and asks for `fields`.
+    pub fn new(delay: Duration, fields: Vec<String>) -> Scripted {
+        Scripted { delay, fields }
+    }
+
+    fn next_step(&self, request: &ChatRequest) -> Step {
+        let offers = |name: &str| request.tools.iter().any(|t| t.name == name);
+        let history = History::of(&request.messages);
+        if offers("update_profile") {
+            self.onboarding_step(&history)
+        } else {
+            chat_step(&history, offers("get_profile"))
+        }
+    }
+
+    fn onboarding_step(&self, history: &History<'_>) -> Step {
+        let next_field = self
+            .fields
+            .iter()
+            .find(|f| !history.saved.iter().any(|(saved, _)| saved == *f));
+        match history.last {
+            Some(ChatMessage::User(text)) => match next_field {
+                _ if history.completed => Step::Say(
+                    "Your onboarding is already complete. Start a chat conversation to talk \
+                     about anything else."
+                        .to_owned(),
+                ),
+                Some(field) => history.call(
+                    "update_profile",
+                    serde_json::json!({ "field": field, "value": text.trim() }),
+                ),
+                None => history.call("complete_onboarding", serde_json::json!({})),
+            },
+            Some(ChatMessage::Tool { call_id, content }) => {
+                let result: serde_json::Value =
+                    serde_json::from_str(content).unwrap_or(serde_json::Value::Null);
+                let error = result.get("error").and_then(serde_json::Value::as_str);
+                match (history.call_name(call_id), error, next_field) {
+                    (_, Some(error), field) => Step::Say(format!(
+                        "Sorry, I could not save that: {error}. {}",
+                        field.map_or_else(|| "Please try again.".to_owned(), |f| question(f))
+                    )),
+                    (Some("complete_onboarding"), None, _) => Step::Say(summary(&history.saved)),
+                    (_, None, Some(field)) => {
+                        let thanks = history
+                            .saved
+                            .last()
+                            .map(|(field, value)| {
+                                format!("Thanks! I saved your {field} as \"{value}\". ")
+                            })
+                            .unwrap_or_default();
+                        Step::Say(format!("{thanks}{}", question(field)))
+                    }
+                    (_, None, None) => history.call("complete_onboarding", serde_json::json!({})),
+                }
+            }
+            _ => Step::Say(match next_field {
+                Some(field) => format!("Welcome! {}", question(field)),
+                None => summary(&history.saved),
+            }),
+        }
+    }
+}
+
+fn chat_step(history: &History<'_>, offers_profile: bool) -> Step {
+    match history.last {
+        Some(ChatMessage::User(text))
+            if offers_profile && text.to_lowercase().contains("profile") =>
+        {
+            history.call("get_profile", serde_json::json!({}))
+        }
+        Some(ChatMessage::User(text)) => Step::Say(format!(
+            "You said: \"{}\". I am the agentstream demo model, a script that runs offline; \
+             configure a real model provider for real answers.",
+            text.trim()
+        )),
+        Some(ChatMessage::Tool { content, .. }) => {
+            let result: serde_json::Value =
+                serde_json::from_str(content).unwrap_or(serde_json::Value::Null);
+            let fields = result
+                .get("fields")
+                .and_then(serde_json::Value::as_object)
+                .filter(|fields| !fields.is_empty());
+            Step::Say(match fields {
+                Some(fields) => format!(
+                    "Here is your profile: {}.",
+                    fields
+                        .iter()
+                        .map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or_default()))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+                None => {
+                    "Your profile is empty. Start an onboarding conversation to fill it.".to_owned()
+                }
+            })
+        }
+        _ => Step::Say("Hello! I am the agentstream demo model. Ask me anything.".to_owned()),
+    }
+}
+
+fn question(field: &str) -> String {
+    match field {
+        "name" => "What is your name?".to_owned(),
+        "role" => "What is your role?".to_owned(),
+        "goals" => "What are your goals?".to_owned(),
+        other => format!("What is your {}?", other.replace('_', " ")),
+    }
+}
+
+fn summary(saved: &[(String, String)]) -> String {
+    let profile = saved
+        .iter()
+        .map(|(field, value)| format!("{field}: {value}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    format!("You are all set! Your profile is {profile}. Welcome aboard.")
+}
+
+/// What the script reads from the conversation.
+struct History<'a> {
+    last: Option<&'a ChatMessage>,
+    /// Calls made so far: (id, name, arguments).
+    calls: Vec<&'a ToolCall>,
+    /// Fields saved by successful `update_profile` calls, in order (latest value wins).
+    saved: Vec<(String, String)>,
+    /// Whether `complete_onboarding` succeeded.
+    completed: bool,
+}
+
+impl<'a> History<'a> {
+    fn of(messages: &'a [ChatMessage]) -> History<'a> {
+        let mut history = History {
+            last: messages.last(),
+            calls: Vec::new(),
+            saved: Vec::new(),
+            completed: false,
+        };
+        for message in messages {
+            match message {
+                ChatMessage::Assistant { tool_calls, .. } => history.calls.extend(tool_calls),
+                ChatMessage::Tool { call_id, content } => {
+                    let ok = serde_json::from_str::<serde_json::Value>(content)
+                        .is_ok_and(|v| v.get("error").is_none());
+                    let Some(call) = history.calls.iter().find(|c| &c.id == call_id) else {
+                        continue;
+                    };
+                    match call.name.as_str() {
+                        "update_profile" if ok => {
+                            let args: serde_json::Value =
+                                serde_json::from_str(&call.arguments).unwrap_or_default();
+                            let field = args["field"].as_str().unwrap_or_default().to_owned();
+                            let value = args["value"].as_str().unwrap_or_default().to_owned();
+                            history.saved.retain(|(f, _)| *f != field);
+                            history.saved.push((field, value));
+                        }
+                        "complete_onboarding" if ok => history.completed = true,
+                        _ => {}
+                    }
+                }
+                _ => {}
+            }
+        }
+        history
+    }
+
+    fn call_name(&self, call_id: &str) -> Option<&'a str> {
+        self.calls
+            .iter()
+            .find(|c| c.id == call_id)
+            .map(|c| c.name.as_str())
+    }
+
+    /// A call whose ID is unique within the conversation.
+    fn call(&self, name: &str, arguments: serde_json::Value) -> Step {
+        Step::Call(ToolCall {
+            id: format!("call_{}", self.calls.len() + 1),
+            name: name.to_owned(),
+            arguments: arguments.to_string(),
+        })
+    }
+}
+
+/// Splits text into word deltas that join back to it exactly.
+fn words(text: &str) -> Vec<String> {
+    text.split_inclusive(' ').map(str::to_owned).collect()
+}
+
+fn count_words(messages: &[ChatMessage]) -> u64 {
+    let count = |text: &str| text.split_whitespace().count() as u64;
+    messages
+        .iter()
+        .map(|m| match m {
+            ChatMessage::System(t) | ChatMessage::User(t) => count(t),
+            ChatMessage::Assistant { content, .. } => count(content),
+            ChatMessage::Tool { content, .. } => count(content),
+        })
+        .sum()
+}
+
+impl Provider for Scripted {
+    fn stream(&self, request: ChatRequest) -> LlmStream {
+        let fail_after = request
+            .model
+            .split(';')
+            .skip(1)
+            .find_map(|option| option.strip_prefix("fail_after="))
+            .and_then(|n| n.parse::<usize>().ok());
+        let step = self.next_step(&request);
+        let prompt_tokens = count_words(&request.messages);
+        let delay = self.delay;
+        Box::pin(async_stream::stream! {
+            match step {
+                Step::Say(text) => {
+                    let words = words(&text);
+                    let completion_tokens = words.len() as u64;
+                    for (i, word) in words.into_iter().enumerate() {
+                        if fail_after == Some(i) {
+                            yield Err(LlmError::Upstream(format!("scripted failure after {i} deltas")));
+                            return;
+                        }
+                        if !delay.is_zero() {
+                            tokio::time::sleep(delay).await;
+                        }
+                        yield Ok(LlmEvent::Delta(word));
+                    }
+                    yield Ok(LlmEvent::Usage(Usage {
+                        prompt_tokens,
+                        completion_tokens,
+                        total_tokens: prompt_tokens + completion_tokens,
+                    }));
+                }
+                Step::Call(call) => {
+                    if fail_after == Some(0) {
+                        yield Err(LlmError::Upstream("scripted failure after 0 deltas".to_owned()));
+                        return;
+                    }
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    yield Ok(LlmEvent::ToolCall(call));
+                }
+            }
+        })
+        .boxed()
+    }
+
+    fn label(&self, _model: &str) -> String {
+        "scripted demo model (offline, not a real LLM)".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::ToolSpec;
+
+    fn request(messages: Vec<ChatMessage>, tools: &[&str]) -> ChatRequest {
+        ChatRequest {
+            model: "demo".to_owned(),
+            messages,
+            tools: tools
+                .iter()
+                .map(|name| ToolSpec {
+                    name: (*name).to_owned(),
+                    description: String::new(),
+                    parameters: serde_json::json!({}),
+                })
+                .collect(),
+            temperature: None,
+        }
+    }
+
+    fn scripted() -> Scripted {
+        Scripted::new(Duration::ZERO, vec!["name".into(), "role".into()])
+    }
+
+    #[test]
+    fn words_join_back() {
+        let text = "Hello  there, world";
+        assert_eq!(words(text).concat(), text);
+        assert_eq!(words(text).len(), 4);
+    }
+
+    #[test]
+    fn onboarding_saves_each_answer_then_completes() {
+        let tools = ["update_profile", "complete_onboarding", "get_profile"];
+        let mut messages = vec![ChatMessage::User("Ada".into())];
+        let Step::Call(call) = scripted().next_step(&request(messages.clone(), &tools)) else {
+            panic!("expected a call");
+        };
+        assert_eq!(call.name, "update_profile");
+        assert_eq!(call.arguments, r#"{"field":"name","value":"Ada"}"#);
+        messages.push(ChatMessage::Assistant {
+            content: String::new(),
+            tool_calls: vec![call],
+        });
+        messages.push(ChatMessage::Tool {
+            call_id: "call_1".into(),
+            content: r#"{"ok":true}"#.into(),
+        });
+        let step = scripted().next_step(&request(messages.clone(), &tools));
+        assert_eq!(
+            step,
+            Step::Say("Thanks! I saved your name as \"Ada\". What is your role?".into())
+        );
+        messages.push(ChatMessage::Assistant {
+            content: "…".into(),
+            tool_calls: vec![],
+        });
+        messages.push(ChatMessage::User("engineer".into()));
+        let Step::Call(call) = scripted().next_step(&request(messages.clone(), &tools)) else {
+            panic!("expected a call");
+        };
+        assert_eq!(call.id, "call_2");
+        messages.push(ChatMessage::Assistant {
+            content: String::new(),
+            tool_calls: vec![call],
+        });
+        messages.push(ChatMessage::Tool {
+            call_id: "call_2".into(),
+            content: r#"{"ok":true}"#.into(),
+        });
+        let Step::Call(call) = scripted().next_step(&request(messages.clone(), &tools)) else {
+            panic!("expected a call");
+        };
+        assert_eq!(call.name, "complete_onboarding");
+        messages.push(ChatMessage::Assistant {
+            content: String::new(),
+            tool_calls: vec![call],
+        });
+        messages.push(ChatMessage::Tool {
+            call_id: "call_3".into(),
+            content: r#"{"ok":true}"#.into(),
+        });
+        assert_eq!(
+            scripted().next_step(&request(messages, &tools)),
+            Step::Say(
+                "You are all set! Your profile is name: Ada; role: engineer. Welcome aboard."
+                    .into()
+            )
+        );
+    }
+
+    #[test]
+    fn a_refused_save_asks_again() {
+        let tools = ["update_profile"];
+        let call = ToolCall {
+            id: "call_1".into(),
+            name: "update_profile".into(),
+            arguments: "{}".into(),
+        };
+        let messages = vec![
+            ChatMessage::User(" ".into()),
+            ChatMessage::Assistant {
+                content: String::new(),
+                tool_calls: vec![call],
+            },
+            ChatMessage::Tool {
+                call_id: "call_1".into(),
+                content: r#"{"error":"value is empty"}"#.into(),
+            },
+        ];
+        assert_eq!(
+            scripted().next_step(&request(messages, &tools)),
+            Step::Say("Sorry, I could not save that: value is empty. What is your name?".into())
+        );
+    }
+
+    #[test]
+    fn chat_reads_the_profile_when_asked() {
+        let step = scripted().next_step(&request(
+            vec![ChatMessage::User("What is in my Profile?".into())],
+            &["get_profile"],
+        ));
+        assert!(matches!(step, Step::Call(call) if call.name == "get_profile"));
+    }
+}

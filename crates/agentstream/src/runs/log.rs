@@ -1,0 +1,237 @@
+//! The event log writer: group commit of every run's pending events.
+//!
+//! One task takes everything pending, commits it in one transaction, then
+//! delivers it, and repeats; events that arrive during a commit go into the
+//! next one. There is no timer: a quiet server commits each event at once,
+//! a busy one commits bigger batches.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::hub::Hub;
+use crate::store::{self, MessageStatus, RunStatus, Store, StoreError, StoredEvent};
+
+/// Most events one transaction carries.
+const MAX_BATCH: usize = 4096;
+/// How many events may wait for the writer before emitters wait too.
+const QUEUE: usize = 16 * 1024;
+/// Pauses between attempts at a batch that failed to commit.
+const RETRY_BACKOFF: [Duration; 3] = [
+    Duration::from_millis(50),
+    Duration::from_millis(250),
+    Duration::from_secs(1),
+];
+
+/// How a run ends, written in the same transaction as its `done` event so
+/// that a run is terminal exactly when its log holds `done`.
+#[derive(Debug, Clone)]
+pub struct Finish {
+    /// The final status.
+    pub status: RunStatus,
+    /// Why it failed: `{code, message}`.
+    pub error: Option<serde_json::Value>,
+    /// Token usage.
+    pub usage: Option<serde_json::Value>,
+    /// The status given to the run's messages still marked `streaming`.
+    pub message_status: MessageStatus,
+}
+
+/// The log could not take or commit an event.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The writer has stopped (shutdown).
+    #[error("the event log is closed")]
+    Closed,
+    /// The batch could not be committed.
+    #[error("the event log could not commit: {0}")]
+    Store(String),
+    /// Another party ended the run first; this `done` was not written.
+    #[error("the run had already ended")]
+    AlreadyEnded,
+}
+
+struct Pending {
+    event: StoredEvent,
+    finish: Option<Finish>,
+    ack: Option<oneshot::Sender<Result<(), LogError>>>,
+}
+
+/// A handle to append events. Cheap to clone; the writer stops when every
+/// handle is dropped and the queue is empty.
+#[derive(Debug, Clone)]
+pub struct EventLog {
+    queue: mpsc::Sender<Pending>,
+    /// Runs with events that could not be committed: they may only finish,
+    /// so their log never shows a later event after a lost one.
+    broken: Arc<Mutex<HashSet<Uuid>>>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("event", &self.event)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventLog {
+    /// Creates the log and the writer future, which the caller runs on a task.
+    /// The writer stops taking events when `stop` fires, commits what is
+    /// queued, and ends.
+    pub fn new(
+        store: Store,
+        hub: Arc<Hub>,
+        stop: CancellationToken,
+    ) -> (EventLog, impl Future<Output = ()>) {
+        let (queue, rx) = mpsc::channel(QUEUE);
+        let broken = Arc::new(Mutex::new(HashSet::new()));
+        let writer = write_loop(store, hub, rx, broken.clone(), stop);
+        (EventLog { queue, broken }, writer)
+    }
+
+    fn broken(&self) -> std::sync::MutexGuard<'_, HashSet<Uuid>> {
+        self.broken.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues an event; it reaches subscribers once committed.
+    pub async fn append(&self, event: StoredEvent) -> Result<(), LogError> {
+        if self.broken().contains(&event.run_id) {
+            return Err(LogError::Store(
+                "earlier events of this run could not be stored".to_owned(),
+            ));
+        }
+        self.queue
+            .send(Pending {
+                event,
+                finish: None,
+                ack: None,
+            })
+            .await
+            .map_err(|_| LogError::Closed)
+    }
+
+    /// Queues a run's `done` with its final state and waits for the commit.
+    pub async fn finish(&self, event: StoredEvent, finish: Finish) -> Result<(), LogError> {
+        self.broken().remove(&event.run_id);
+        let (ack, done) = oneshot::channel();
+        self.queue
+            .send(Pending {
+                event,
+                finish: Some(finish),
+                ack: Some(ack),
+            })
+            .await
+            .map_err(|_| LogError::Closed)?;
+        done.await.map_err(|_| LogError::Closed)?
+    }
+}
+
+async fn write_loop(
+    store: Store,
+    hub: Arc<Hub>,
+    mut rx: mpsc::Receiver<Pending>,
+    broken: Arc<Mutex<HashSet<Uuid>>>,
+    stop: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(256);
+    let mut stopping = false;
+    loop {
+        let received = tokio::select! {
+            received = rx.recv_many(&mut batch, MAX_BATCH) => received,
+            () = stop.cancelled(), if !stopping => {
+                stopping = true;
+                rx.close();
+                continue;
+            }
+        };
+        if received == 0 {
+            break;
+        }
+        let mut outcome = commit(&store, &batch).await;
+        for pause in RETRY_BACKOFF {
+            match &outcome {
+                Err(StoreError::Unavailable(_) | StoreError::Database(_)) => {
+                    tokio::time::sleep(pause).await;
+                    outcome = commit(&store, &batch).await;
+                }
+                _ => break,
+            }
+        }
+        match outcome {
+            Ok(skipped) => {
+                let mut acks = Vec::new();
+                let events = batch.drain(..).filter_map(|pending| {
+                    let ended = skipped.contains(&pending.event.run_id);
+                    if let Some(ack) = pending.ack {
+                        acks.push((ack, ended));
+                    }
+                    (!ended).then_some(pending.event)
+                });
+                hub.publish(events.collect::<Vec<_>>());
+                for (ack, ended) in acks {
+                    let _ = ack.send(if ended {
+                        Err(LogError::AlreadyEnded)
+                    } else {
+                        Ok(())
+                    });
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, events = batch.len(), "the event log could not commit a batch");
+                let mut broken = broken.lock().unwrap_or_else(PoisonError::into_inner);
+                for pending in batch.drain(..) {
+                    match pending.ack {
+                        Some(ack) => {
+                            let _ = ack.send(Err(LogError::Store(error.to_string())));
+                        }
+                        None => {
+                            broken.insert(pending.event.run_id);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Commits a batch; returns the runs whose `finish` found them already ended
+/// (their events in this batch are not written).
+async fn commit(store: &Store, batch: &[Pending]) -> Result<Vec<Uuid>, StoreError> {
+    let mut tx = store.begin().await?;
+    let mut skipped = Vec::new();
+    for pending in batch {
+        let Some(finish) = &pending.finish else {
+            continue;
+        };
+        let run_id = pending.event.run_id;
+        let ended = store::finish_run(
+            &mut tx,
+            run_id,
+            finish.status,
+            finish.error.as_ref(),
+            finish.usage.as_ref(),
+            pending.event.seq,
+        )
+        .await?;
+        if ended {
+            store::close_streaming_messages(&mut tx, run_id, finish.message_status).await?;
+        } else {
+            skipped.push(run_id);
+        }
+    }
+    let events: Vec<StoredEvent> = batch
+        .iter()
+        .filter(|p| !skipped.contains(&p.event.run_id))
+        .map(|p| p.event.clone())
+        .collect();
+    store::append_events(&mut tx, &events).await?;
+    tx.commit().await?;
+    Ok(skipped)
+}

@@ -1,0 +1,179 @@
+//! Conversations: a user's chats and onboarding sessions.
+
+use serde::Serialize;
+use sqlx::{AnyConnection, Row, any::AnyRow};
+use uuid::Uuid;
+
+use super::{Store, StoreError, now, parse_enum, parse_id, text_enum};
+
+text_enum! {
+    /// What a conversation is for; it picks the agent that answers.
+    pub enum ConversationKind {
+        /// General chat with the chat agent.
+        Chat = "chat",
+        /// The onboarding flow that fills the user's profile.
+        Onboarding = "onboarding",
+    }
+}
+
+/// A conversation as stored and as returned by the API.
+#[derive(Debug, Clone, Serialize)]
+pub struct Conversation {
+    /// The conversation's ID.
+    pub id: Uuid,
+    /// Which agent answers.
+    pub kind: ConversationKind,
+    /// An optional title given by the client.
+    pub title: Option<String>,
+    /// When it was created (UTC, RFC 3339).
+    pub created_at: String,
+    /// When a message was last added (UTC, RFC 3339).
+    pub updated_at: String,
+    #[serde(skip)]
+    /// The owner.
+    pub user_id: Uuid,
+}
+
+fn from_row(row: &AnyRow) -> Result<Conversation, StoreError> {
+    Ok(Conversation {
+        id: parse_id(row.try_get("id")?)?,
+        user_id: parse_id(row.try_get("user_id")?)?,
+        kind: parse_enum("kind", row.try_get("kind")?)?,
+        title: row.try_get("title")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+impl Store {
+    /// Creates a conversation owned by `user_id`.
+    #[tracing::instrument(skip_all, fields(user_id = %user_id))]
+    pub async fn create_conversation(
+        &self,
+        user_id: Uuid,
+        kind: ConversationKind,
+        title: Option<&str>,
+    ) -> Result<Conversation, StoreError> {
+        let mut tx = self.begin().await?;
+        let conversation = insert_conversation(&mut tx, user_id, kind, title).await?;
+        tx.commit().await?;
+        Ok(conversation)
+    }
+
+    /// The conversation with this ID if `user_id` owns it.
+    #[tracing::instrument(skip_all, fields(conversation_id = %id))]
+    pub async fn conversation(
+        &self,
+        user_id: Uuid,
+        id: Uuid,
+    ) -> Result<Option<Conversation>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, user_id, kind, title, created_at, updated_at \
+             FROM conversations WHERE id = $1 AND user_id = $2",
+        )
+        .bind(id.to_string())
+        .bind(user_id.to_string())
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// The user's conversations, newest first, at most `limit`, older than `before`.
+    #[tracing::instrument(skip_all, fields(user_id = %user_id))]
+    pub async fn list_conversations(
+        &self,
+        user_id: Uuid,
+        before: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<Conversation>, StoreError> {
+        // UUID v7 text sorts by creation time; "~" sorts after every ID.
+        let before = before.map_or_else(|| "~".to_owned(), |id| id.to_string());
+        let rows = sqlx::query(
+            "SELECT id, user_id, kind, title, created_at, updated_at FROM conversations \
+             WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+        )
+        .bind(user_id.to_string())
+        .bind(before)
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// Deletes the conversation with its messages, runs and events. False if
+    /// it does not exist or is not the user's.
+    #[tracing::instrument(skip_all, fields(conversation_id = %id))]
+    pub async fn delete_conversation(&self, user_id: Uuid, id: Uuid) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM conversations WHERE id = $1 AND user_id = $2")
+            .bind(id.to_string())
+            .bind(user_id.to_string())
+            .execute(self.pool())
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+/// Inserts a conversation inside the caller's transaction.
+pub(crate) async fn insert_conversation(
+    conn: &mut AnyConnection,
+    user_id: Uuid,
+    kind: ConversationKind,
+    title: Option<&str>,
+) -> Result<Conversation, StoreError> {
+    let at = now();
+    let conversation = Conversation {
+        id: Uuid::now_v7(),
+        user_id,
+        kind,
+        title: title.map(str::to_owned),
+        created_at: at.clone(),
+        updated_at: at,
+    };
+    sqlx::query(
+        "INSERT INTO conversations (id, user_id, kind, title, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(conversation.id.to_string())
+    .bind(user_id.to_string())
+    .bind(kind.as_str())
+    .bind(conversation.title.clone())
+    .bind(&conversation.created_at)
+    .bind(&conversation.updated_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(conversation)
+}
+
+/// Locks and reads the user's conversation inside the caller's transaction.
+pub(crate) async fn conversation_for_update(
+    conn: &mut AnyConnection,
+    user_id: Uuid,
+    id: Uuid,
+) -> Result<Option<Conversation>, StoreError> {
+    // Touching updated_at takes the row lock on PostgreSQL (SQLite already
+    // holds the write lock from BEGIN IMMEDIATE), so concurrent run starts on
+    // one conversation are serialised.
+    let row = sqlx::query(
+        "UPDATE conversations SET updated_at = $3 WHERE id = $1 AND user_id = $2 \
+         RETURNING id, user_id, kind, title, created_at, updated_at",
+    )
+    .bind(id.to_string())
+    .bind(user_id.to_string())
+    .bind(now())
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_round_trip() {
+        for kind in [ConversationKind::Chat, ConversationKind::Onboarding] {
+            assert_eq!(kind.as_str().parse::<ConversationKind>(), Ok(kind));
+        }
+        assert!("other".parse::<ConversationKind>().is_err());
+    }
+}

@@ -1,0 +1,160 @@
+//! The run event log: every event a run emits, in `seq` order, as sent.
+
+use std::{fmt::Write, sync::LazyLock};
+
+use sqlx::{AnyConnection, Row};
+use uuid::Uuid;
+
+use super::{Store, StoreError, now, parse_id};
+
+/// One committed event of a run's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// The run that emitted it.
+    pub run_id: Uuid,
+    /// Its position in the run's log: 1, 2, 3…
+    pub seq: i64,
+    /// Its type (`delta`, `done`…), the SSE `event:` field.
+    pub kind: &'static str,
+    /// Its JSON payload as sent in the SSE `data:` field.
+    pub data: String,
+}
+
+/// Multi-row inserts come in these sizes so that each is a prepared
+/// statement the connection caches; a batch is cut into these pieces.
+const CHUNKS: [usize; 4] = [64, 16, 4, 1];
+const COLUMNS_PER_ROW: usize = 5;
+
+/// `INSERT … VALUES ($1, …, $5), ($6, …)` for each chunk size. Only
+/// placeholders are generated here; values are always bound.
+static INSERTS: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
+    CHUNKS
+        .iter()
+        .map(|&rows| {
+            let mut sql = String::from(
+                "INSERT INTO run_events (run_id, seq, type, data, created_at) VALUES ",
+            );
+            for row in 0..rows {
+                sql.push_str(if row == 0 { "(" } else { ", (" });
+                for column in 0..COLUMNS_PER_ROW {
+                    let n = row * COLUMNS_PER_ROW + column + 1;
+                    let sep = if column == 0 { "" } else { ", " };
+                    let _ = write!(sql, "{sep}${n}");
+                }
+                sql.push(')');
+            }
+            (rows, sql)
+        })
+        .collect()
+});
+
+/// Appends events inside the caller's transaction.
+pub(crate) async fn append_events(
+    conn: &mut AnyConnection,
+    events: &[StoredEvent],
+) -> Result<(), StoreError> {
+    let at = now();
+    let mut rest = events;
+    while !rest.is_empty() {
+        let Some((rows, sql)) = INSERTS.iter().find(|(rows, _)| *rows <= rest.len()) else {
+            break;
+        };
+        let (chunk, tail) = rest.split_at(*rows);
+        let mut query = sqlx::query(sql.as_str());
+        for event in chunk {
+            query = query
+                .bind(event.run_id.to_string())
+                .bind(event.seq)
+                .bind(event.kind)
+                .bind(event.data.as_str())
+                .bind(at.as_str());
+        }
+        query.execute(&mut *conn).await?;
+        rest = tail;
+    }
+    Ok(())
+}
+
+/// The event types we store, so a stored row maps back to a `&'static str`.
+pub const EVENT_KINDS: [&str; 7] = [
+    "run.started",
+    "delta",
+    "tool.call",
+    "tool.result",
+    "message.completed",
+    "error",
+    "done",
+];
+
+impl Store {
+    /// The run's committed events after `after`, in order, at most `limit`.
+    #[tracing::instrument(skip_all, fields(run_id = %run_id, after))]
+    pub async fn events_after(
+        &self,
+        run_id: Uuid,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT run_id, seq, type, data FROM run_events \
+             WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(run_id.to_string())
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let kind: String = row.try_get("type")?;
+                let kind = EVENT_KINDS
+                    .into_iter()
+                    .find(|k| *k == kind)
+                    .ok_or_else(|| StoreError::Corrupt(format!("event type {kind:?}")))?;
+                Ok(StoredEvent {
+                    run_id: parse_id(row.try_get("run_id")?)?,
+                    seq: row.try_get("seq")?,
+                    kind,
+                    data: row.try_get("data")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The `seq` of the run's last committed event (0 when it has none).
+    pub async fn last_seq(&self, run_id: Uuid) -> Result<i64, StoreError> {
+        let row =
+            sqlx::query("SELECT COALESCE(MAX(seq), 0) AS last FROM run_events WHERE run_id = $1")
+                .bind(run_id.to_string())
+                .fetch_one(self.pool())
+                .await?;
+        Ok(row.try_get("last")?)
+    }
+
+    /// Deletes the event logs of runs that ended before `before` (UTC,
+    /// RFC 3339); the transcript in `messages` stays. Returns the rows removed.
+    #[tracing::instrument(skip_all)]
+    pub async fn prune_events(&self, before: &str) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM run_events WHERE run_id IN \
+             (SELECT id FROM runs WHERE finished_at IS NOT NULL AND finished_at < $1)",
+        )
+        .bind(before)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inserts_number_every_placeholder() {
+        let (rows, sql) = &INSERTS[2];
+        assert_eq!(*rows, 4);
+        assert!(sql.ends_with("($16, $17, $18, $19, $20)"), "{sql}");
+        assert_eq!(sql.matches('$').count(), 20);
+    }
+}

@@ -1,0 +1,246 @@
+//! Messages: the stored transcript of a conversation, tool calls and results included.
+
+use serde::Serialize;
+use sqlx::{AnyConnection, Row, any::AnyRow};
+use uuid::Uuid;
+
+use super::{Store, StoreError, now, parse_enum, parse_id, text_enum};
+
+text_enum! {
+    /// Who wrote a message.
+    pub enum Role {
+        /// The person.
+        User = "user",
+        /// The model.
+        Assistant = "assistant",
+        /// A tool's result, answering one tool call.
+        Tool = "tool",
+    }
+}
+
+text_enum! {
+    /// Where a message stands.
+    pub enum MessageStatus {
+        /// The model is still writing it.
+        Streaming = "streaming",
+        /// Whole.
+        Complete = "complete",
+        /// Cut short by a cancel; what was written is kept.
+        Cancelled = "cancelled",
+        /// Cut short by an error; what was written is kept.
+        Failed = "failed",
+        /// Cut short by a shutdown or crash; what was written is kept.
+        Interrupted = "interrupted",
+    }
+}
+
+/// A stored message.
+#[derive(Debug, Clone, Serialize)]
+pub struct Message {
+    /// The message's ID; IDs sort in the order messages were written.
+    pub id: Uuid,
+    /// The conversation it belongs to.
+    pub conversation_id: Uuid,
+    /// The run that wrote it.
+    pub run_id: Option<Uuid>,
+    /// Who wrote it.
+    pub role: Role,
+    /// Its text (for a tool message, the tool's output as JSON text).
+    pub content: String,
+    /// The tool calls an assistant message made: `[{id, name, arguments}]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<serde_json::Value>,
+    /// The call a tool message answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// Where it stands.
+    pub status: MessageStatus,
+    /// When it was written (UTC, RFC 3339).
+    pub created_at: String,
+}
+
+/// A message about to be stored.
+#[derive(Debug, Clone)]
+pub struct NewMessage<'a> {
+    /// The conversation it belongs to.
+    pub conversation_id: Uuid,
+    /// The run that writes it.
+    pub run_id: Option<Uuid>,
+    /// Who writes it.
+    pub role: Role,
+    /// Its text.
+    pub content: &'a str,
+    /// The tool calls of an assistant message.
+    pub tool_calls: Option<&'a serde_json::Value>,
+    /// The call a tool message answers.
+    pub tool_call_id: Option<&'a str>,
+    /// Its status.
+    pub status: MessageStatus,
+}
+
+fn from_row(row: &AnyRow) -> Result<Message, StoreError> {
+    let tool_calls: Option<String> = row.try_get("tool_calls")?;
+    let run_id: Option<String> = row.try_get("run_id")?;
+    Ok(Message {
+        id: parse_id(row.try_get("id")?)?,
+        conversation_id: parse_id(row.try_get("conversation_id")?)?,
+        run_id: run_id.as_deref().map(parse_id).transpose()?,
+        role: parse_enum("role", row.try_get("role")?)?,
+        content: row.try_get("content")?,
+        tool_calls: tool_calls
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("tool_calls: {e}")))?,
+        tool_call_id: row.try_get("tool_call_id")?,
+        status: parse_enum("status", row.try_get("status")?)?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+impl Store {
+    /// The conversation's messages, in the order they were written.
+    #[tracing::instrument(skip_all, fields(conversation_id = %conversation_id))]
+    pub async fn messages(&self, conversation_id: Uuid) -> Result<Vec<Message>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, conversation_id, run_id, role, content, tool_calls, tool_call_id, \
+             status, created_at FROM messages WHERE conversation_id = $1 ORDER BY id",
+        )
+        .bind(conversation_id.to_string())
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// Sets a message's final text, tool calls and status.
+    #[tracing::instrument(skip_all, fields(message_id = %id))]
+    pub async fn finish_message(
+        &self,
+        id: Uuid,
+        content: &str,
+        tool_calls: Option<&serde_json::Value>,
+        status: MessageStatus,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        finish_message(&mut tx, id, content, tool_calls, status).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stores a message on its own.
+    pub async fn insert_message(&self, message: NewMessage<'_>) -> Result<Message, StoreError> {
+        let mut tx = self.begin().await?;
+        let message = insert_message(&mut tx, message).await?;
+        tx.commit().await?;
+        Ok(message)
+    }
+}
+
+/// Inserts a message inside the caller's transaction.
+pub(crate) async fn insert_message(
+    conn: &mut AnyConnection,
+    new: NewMessage<'_>,
+) -> Result<Message, StoreError> {
+    let message = Message {
+        id: Uuid::now_v7(),
+        conversation_id: new.conversation_id,
+        run_id: new.run_id,
+        role: new.role,
+        content: new.content.to_owned(),
+        tool_calls: new.tool_calls.cloned(),
+        tool_call_id: new.tool_call_id.map(str::to_owned),
+        status: new.status,
+        created_at: now(),
+    };
+    sqlx::query(
+        "INSERT INTO messages (id, conversation_id, run_id, role, content, tool_calls, \
+         tool_call_id, status, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(message.id.to_string())
+    .bind(message.conversation_id.to_string())
+    .bind(message.run_id.map(|id| id.to_string()))
+    .bind(message.role.as_str())
+    .bind(&message.content)
+    .bind(
+        message
+            .tool_calls
+            .as_ref()
+            .map(serde_json::Value::to_string),
+    )
+    .bind(message.tool_call_id.clone())
+    .bind(message.status.as_str())
+    .bind(&message.created_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(message)
+}
+
+/// Sets a message's final text, tool calls and status inside the caller's transaction.
+pub(crate) async fn finish_message(
+    conn: &mut AnyConnection,
+    id: Uuid,
+    content: &str,
+    tool_calls: Option<&serde_json::Value>,
+    status: MessageStatus,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE messages SET content = $2, tool_calls = $3, status = $4 WHERE id = $1")
+        .bind(id.to_string())
+        .bind(content)
+        .bind(tool_calls.map(serde_json::Value::to_string))
+        .bind(status.as_str())
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Marks the run's unfinished messages with `status`, keeping their text.
+pub(crate) async fn close_streaming_messages(
+    conn: &mut AnyConnection,
+    run_id: Uuid,
+    status: MessageStatus,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE messages SET status = $2 WHERE run_id = $1 AND status = 'streaming'")
+        .bind(run_id.to_string())
+        .bind(status.as_str())
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Keeps the text a run streamed before it stopped without saving it (a
+    /// crash): the deltas after its last completed step become the content of
+    /// its still-streaming assistant message.
+    #[tracing::instrument(skip_all, fields(run_id = %run_id))]
+    pub async fn keep_partial_reply(
+        &self,
+        run_id: Uuid,
+        events: &[super::StoredEvent],
+    ) -> Result<(), StoreError> {
+        let start = events
+            .iter()
+            .rposition(|e| e.kind == "message.completed" || e.kind == "tool.result")
+            .map_or(0, |i| i + 1);
+        let text: String = events[start..]
+            .iter()
+            .filter(|e| e.kind == "delta")
+            .filter_map(|e| {
+                let data: serde_json::Value = serde_json::from_str(&e.data).ok()?;
+                data.get("text")?.as_str().map(str::to_owned)
+            })
+            .collect();
+        if text.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "UPDATE messages SET content = $2 WHERE run_id = $1 AND role = 'assistant' \
+             AND status = 'streaming' AND content = ''",
+        )
+        .bind(run_id.to_string())
+        .bind(text)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

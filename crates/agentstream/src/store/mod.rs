@@ -1,0 +1,375 @@
+//! The database: one pool, migrations per dialect, and the queries of each domain.
+//!
+//! Both dialects run the same query text through sqlx's `Any` driver: every
+//! query uses `$N` placeholders, IDs are UUID v7 text and timestamps are
+//! RFC 3339 text, so one implementation serves SQLite and PostgreSQL and the
+//! contract tests run it against both. What differs lives here and in the
+//! migrations folders: connection set-up and how a write transaction begins.
+
+mod conversations;
+mod events;
+mod messages;
+mod profiles;
+mod runs;
+mod tool_calls;
+mod users;
+
+use std::{borrow::Cow, str::FromStr, sync::Once, time::Duration};
+
+use futures_util::future::BoxFuture;
+use sqlx::{
+    Any, AnyPool, ConnectOptions, Connection, Executor, Transaction,
+    any::{AnyConnectOptions, AnyPoolOptions},
+    migrate::{Migration, MigrationSource, MigrationType, Migrator},
+};
+use time::{OffsetDateTime, format_description::BorrowedFormatItem, macros::format_description};
+use uuid::Uuid;
+
+pub use conversations::{Conversation, ConversationKind};
+pub use events::{EVENT_KINDS, StoredEvent};
+pub use messages::{Message, MessageStatus, NewMessage, Role};
+pub use profiles::Profile;
+pub use runs::{NewRun, OnDisconnect, Run, RunStatus};
+pub use tool_calls::ToolCallRecord;
+pub use users::User;
+
+pub(crate) use conversations::conversation_for_update;
+pub(crate) use events::append_events;
+pub(crate) use messages::{close_streaming_messages, insert_message};
+pub(crate) use profiles::{complete_onboarding, profile, set_profile_field};
+pub(crate) use runs::{
+    active_runs, finish_run, insert_run, run_by_client_message_id, start_queued_run,
+};
+pub(crate) use tool_calls::{insert_tool_call, tool_call};
+
+/// A database operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or no connection could be had in time.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// A uniqueness rule rejected the write (a concurrent writer got there first).
+    #[error("conflicting write: {0}")]
+    Conflict(#[source] sqlx::Error),
+    /// Any other database error.
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    /// A stored value could not be read back.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// Applying the migrations failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error),
+            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(error),
+            _ => StoreError::Database(error),
+        }
+    }
+}
+
+/// Which SQL dialect the store speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite, embedded: one file, WAL mode.
+    Sqlite,
+    /// PostgreSQL over the network.
+    Postgres,
+}
+
+impl Backend {
+    /// The dialect a database URL names, if it names one we speak.
+    pub fn from_url(url: &str) -> Option<Backend> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+/// Pool settings, named after the seed's (SQLAlchemy's) so operators recognise them.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Connections kept open (`DB_POOL_SIZE`).
+    pub size: u32,
+    /// Connections opened beyond `size` under load (`DB_MAX_OVERFLOW`).
+    pub max_overflow: u32,
+    /// Maximum lifetime of a connection (`DB_POOL_RECYCLE`).
+    pub recycle: Duration,
+    /// How long a borrower waits for a connection (`DB_POOL_TIMEOUT`).
+    pub timeout: Duration,
+    /// Test a connection before handing it out (`DB_POOL_PRE_PING`).
+    pub pre_ping: bool,
+    /// PostgreSQL `statement_timeout` and `idle_in_transaction_session_timeout`.
+    pub statement_timeout: Duration,
+}
+
+/// The database: a pool and the dialect it speaks. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+static INSTALL_DRIVERS: Once = Once::new();
+
+impl Store {
+    /// Opens the pool (creating the SQLite file and its folder if needed) and
+    /// checks that the database answers.
+    #[tracing::instrument(skip_all, fields(backend))]
+    pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Store, StoreError> {
+        INSTALL_DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let backend = Backend::from_url(url).ok_or_else(|| {
+            StoreError::Database(sqlx::Error::Configuration(
+                "the database URL must start with sqlite: or postgres://".into(),
+            ))
+        })?;
+        tracing::Span::current().record("backend", tracing::field::debug(backend));
+        let url = match backend {
+            Backend::Sqlite => sqlite_url(url)?,
+            Backend::Postgres => url.to_owned(),
+        };
+        let options = AnyConnectOptions::from_str(&url)?
+            .log_statements(tracing::log::LevelFilter::Trace)
+            .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5));
+        let statement_timeout_ms = settings.statement_timeout.as_millis();
+        let pool = AnyPoolOptions::new()
+            .min_connections(settings.size)
+            .max_connections(settings.size + settings.max_overflow)
+            .max_lifetime(settings.recycle)
+            .acquire_timeout(settings.timeout)
+            .test_before_acquire(settings.pre_ping)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    match backend {
+                        Backend::Sqlite => {
+                            conn.execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                            )
+                            .await?;
+                        }
+                        Backend::Postgres => {
+                            // Safety nets: no statement runs away and no session
+                            // idles inside a transaction holding locks.
+                            sqlx::query(
+                                "SELECT set_config('statement_timeout', $1, false), \
+                                 set_config('idle_in_transaction_session_timeout', $1, false)",
+                            )
+                            .bind(statement_timeout_ms.to_string())
+                            .execute(&mut *conn)
+                            .await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            // A connection handed back inside a transaction is closed, never reused dirty.
+            .after_release(|conn, _meta| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
+            .connect_with(options)
+            .await?;
+        Ok(Store { pool, backend })
+    }
+
+    /// Applies the migrations of this store's dialect that are not applied yet.
+    #[tracing::instrument(skip_all)]
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let source = match self.backend {
+            Backend::Sqlite => Embedded(SQLITE_MIGRATIONS),
+            Backend::Postgres => Embedded(POSTGRES_MIGRATIONS),
+        };
+        let migrator = Migrator::new(source).await?;
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The dialect this store speaks.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The pool, for tests and metrics that look at its connections.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Checks that the database answers a query.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes every connection; waits for borrowed ones to come back.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Begins a short write transaction. On SQLite it takes the write lock up
+    /// front (`BEGIN IMMEDIATE`), so a transaction that reads before it writes
+    /// cannot fail to upgrade its lock.
+    pub async fn begin(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok(tx)
+    }
+}
+
+/// Accepts `sqlite:path`, `sqlite://path` and `sqlite:///abs/path`, creates the
+/// file's folder, and asks for the file to be created.
+fn sqlite_url(url: &str) -> Result<String, StoreError> {
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path != ":memory:" && !path.is_empty() {
+        if let Some(dir) = std::path::Path::new(path).parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
+            }
+        }
+    }
+    let query = if query.contains("mode=") {
+        query.to_owned()
+    } else if query.is_empty() {
+        "mode=rwc".to_owned()
+    } else {
+        format!("{query}&mode=rwc")
+    };
+    Ok(format!("sqlite://{path}?{query}"))
+}
+
+/// Migrations compiled into the binary: (version, description, SQL).
+type MigrationList = &'static [(i64, &'static str, &'static str)];
+
+const SQLITE_MIGRATIONS: MigrationList = &[(
+    1,
+    "initial",
+    include_str!("../../migrations/sqlite/0001_initial.sql"),
+)];
+const POSTGRES_MIGRATIONS: MigrationList = &[(
+    1,
+    "initial",
+    include_str!("../../migrations/postgres/0001_initial.sql"),
+)];
+
+/// Serves embedded migrations to sqlx's migrator, so the binary needs no
+/// migrations folder at run time and no proc-macro build of the drivers.
+#[derive(Debug)]
+struct Embedded(MigrationList);
+
+impl MigrationSource<'static> for Embedded {
+    fn resolve(
+        self,
+    ) -> BoxFuture<'static, Result<Vec<Migration>, Box<dyn std::error::Error + Send + Sync>>> {
+        Box::pin(async move {
+            Ok(self
+                .0
+                .iter()
+                .map(|(version, description, sql)| {
+                    Migration::new(
+                        *version,
+                        Cow::Borrowed(*description),
+                        MigrationType::Simple,
+                        Cow::Borrowed(*sql),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
+
+const TIMESTAMP: &[BorrowedFormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
+
+/// The current time as stored: UTC, fixed width, so that text order is time order.
+pub fn now() -> String {
+    format_timestamp(OffsetDateTime::now_utc())
+}
+
+/// Formats a UTC time as stored.
+pub fn format_timestamp(at: OffsetDateTime) -> String {
+    at.to_offset(time::UtcOffset::UTC)
+        .format(TIMESTAMP)
+        .unwrap_or_else(|_| at.unix_timestamp().to_string())
+}
+
+/// Reads a stored UUID column.
+fn parse_id(text: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(text).map_err(|e| StoreError::Corrupt(format!("bad id {text:?}: {e}")))
+}
+
+/// Reads a stored enum column through its `FromStr`.
+fn parse_enum<T: FromStr>(column: &str, text: &str) -> Result<T, StoreError> {
+    text.parse()
+        .map_err(|_| StoreError::Corrupt(format!("bad {column} {text:?}")))
+}
+
+/// Defines a text-backed enum with `as_str`, `FromStr`, `Display` and serde as
+/// its lowercase names, so stored columns and JSON agree.
+macro_rules! text_enum {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            /// The stored and wire name.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = ();
+            fn from_str(s: &str) -> Result<Self, ()> {
+                match s { $($text => Ok($name::$variant),)+ _ => Err(()) }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+pub(crate) use text_enum;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_ask_for_creation() {
+        assert_eq!(
+            sqlite_url("sqlite::memory:").unwrap(),
+            "sqlite://:memory:?mode=rwc"
+        );
+        assert_eq!(
+            sqlite_url("sqlite://a.db?mode=ro").unwrap(),
+            "sqlite://a.db?mode=ro"
+        );
+    }
+
+    #[test]
+    fn timestamps_are_fixed_width() {
+        let a = format_timestamp(OffsetDateTime::UNIX_EPOCH);
+        assert_eq!(a, "1970-01-01T00:00:00.000000Z");
+        assert_eq!(now().len(), a.len());
+    }
+}

@@ -1,0 +1,91 @@
+//! Profiles: what the onboarding tools learn about a user, field by field.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sqlx::{AnyConnection, Row};
+use uuid::Uuid;
+
+use super::{Store, StoreError, now};
+
+/// A user's onboarding profile.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Profile {
+    /// Field name to value.
+    pub fields: BTreeMap<String, String>,
+    /// When onboarding was completed (UTC, RFC 3339), if it was.
+    pub completed_at: Option<String>,
+}
+
+impl Store {
+    /// The user's profile.
+    #[tracing::instrument(skip_all, fields(user_id = %user_id))]
+    pub async fn profile(&self, user_id: Uuid) -> Result<Profile, StoreError> {
+        let mut conn = self.pool().acquire().await?;
+        profile(&mut conn, user_id).await
+    }
+}
+
+/// Reads the user's profile inside the caller's transaction.
+pub(crate) async fn profile(
+    conn: &mut AnyConnection,
+    user_id: Uuid,
+) -> Result<Profile, StoreError> {
+    let rows = sqlx::query("SELECT field, value FROM profiles WHERE user_id = $1 ORDER BY field")
+        .bind(user_id.to_string())
+        .fetch_all(&mut *conn)
+        .await?;
+    let fields = rows
+        .iter()
+        .map(|row| Ok((row.try_get("field")?, row.try_get("value")?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+    let completed_at = sqlx::query("SELECT onboarding_completed_at FROM users WHERE id = $1")
+        .bind(user_id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|row| row.try_get("onboarding_completed_at"))
+        .transpose()?
+        .flatten();
+    Ok(Profile {
+        fields,
+        completed_at,
+    })
+}
+
+/// Sets one field inside the caller's transaction.
+pub(crate) async fn set_profile_field(
+    conn: &mut AnyConnection,
+    user_id: Uuid,
+    field: &str,
+    value: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO profiles (user_id, field, value, updated_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (user_id, field) DO UPDATE SET value = excluded.value, \
+         updated_at = excluded.updated_at",
+    )
+    .bind(user_id.to_string())
+    .bind(field)
+    .bind(value)
+    .bind(now())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Marks onboarding complete inside the caller's transaction; returns the time.
+pub(crate) async fn complete_onboarding(
+    conn: &mut AnyConnection,
+    user_id: Uuid,
+) -> Result<String, StoreError> {
+    let at = now();
+    sqlx::query(
+        "UPDATE users SET onboarding_completed_at = COALESCE(onboarding_completed_at, $2) \
+         WHERE id = $1",
+    )
+    .bind(user_id.to_string())
+    .bind(&at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(at)
+}

@@ -1,0 +1,264 @@
+//! Runs: one agent turn each, from the user's message to the final `done`.
+
+use serde::Serialize;
+use sqlx::{AnyConnection, Row, any::AnyRow};
+use uuid::Uuid;
+
+use super::{Store, StoreError, now, parse_enum, parse_id, text_enum};
+
+text_enum! {
+    /// Where a run stands. The last four are terminal.
+    pub enum RunStatus {
+        /// Waiting for the conversation's active run to end (`multitask=enqueue`).
+        Queued = "queued",
+        /// The agent is working.
+        Running = "running",
+        /// The agent finished its reply.
+        Completed = "completed",
+        /// Stopped by a cancel.
+        Cancelled = "cancelled",
+        /// Stopped by an error.
+        Failed = "failed",
+        /// Stopped by a shutdown or a crash.
+        Interrupted = "interrupted",
+    }
+}
+
+impl RunStatus {
+    /// True once the run can change no more.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, RunStatus::Queued | RunStatus::Running)
+    }
+}
+
+text_enum! {
+    /// What happens to a run when its last subscriber disconnects.
+    pub enum OnDisconnect {
+        /// The run goes on and its reply is stored (the default).
+        Continue = "continue",
+        /// The run is cancelled.
+        Cancel = "cancel",
+    }
+}
+
+/// A run as stored and as returned by the API.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    /// The run's ID.
+    pub id: Uuid,
+    /// The conversation it answers in.
+    pub conversation_id: Uuid,
+    /// The agent that answers.
+    pub agent: String,
+    /// Where it stands.
+    pub status: RunStatus,
+    /// The client's idempotency key for the message that started it.
+    pub client_message_id: Option<String>,
+    /// What a disconnect does to it.
+    pub on_disconnect: OnDisconnect,
+    /// Why it failed: `{code, message}`.
+    pub error: Option<serde_json::Value>,
+    /// Token usage reported by the model, when it reports it.
+    pub usage: Option<serde_json::Value>,
+    /// The `seq` of its last committed event.
+    pub last_seq: i64,
+    /// When it was created (UTC, RFC 3339).
+    pub created_at: String,
+    /// When it ended (UTC, RFC 3339).
+    pub finished_at: Option<String>,
+    /// The owner.
+    #[serde(skip)]
+    pub user_id: Uuid,
+}
+
+/// A run about to be stored.
+#[derive(Debug, Clone)]
+pub struct NewRun<'a> {
+    /// The conversation it answers in.
+    pub conversation_id: Uuid,
+    /// The owner.
+    pub user_id: Uuid,
+    /// The agent that answers.
+    pub agent: &'a str,
+    /// `Running`, or `Queued` behind the active run.
+    pub status: RunStatus,
+    /// The client's idempotency key.
+    pub client_message_id: Option<&'a str>,
+    /// What a disconnect does to it.
+    pub on_disconnect: OnDisconnect,
+}
+
+fn json_column(row: &AnyRow, column: &str) -> Result<Option<serde_json::Value>, StoreError> {
+    let text: Option<String> = row.try_get(column)?;
+    text.map(|text| serde_json::from_str(&text))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
+}
+
+fn from_row(row: &AnyRow) -> Result<Run, StoreError> {
+    Ok(Run {
+        id: parse_id(row.try_get("id")?)?,
+        conversation_id: parse_id(row.try_get("conversation_id")?)?,
+        user_id: parse_id(row.try_get("user_id")?)?,
+        agent: row.try_get("agent")?,
+        status: parse_enum("status", row.try_get("status")?)?,
+        client_message_id: row.try_get("client_message_id")?,
+        on_disconnect: parse_enum("on_disconnect", row.try_get("on_disconnect")?)?,
+        error: json_column(row, "error")?,
+        usage: json_column(row, "usage")?,
+        last_seq: row.try_get("last_seq")?,
+        created_at: row.try_get("created_at")?,
+        finished_at: row.try_get("finished_at")?,
+    })
+}
+
+impl Store {
+    /// The run with this ID if `user_id` owns it.
+    #[tracing::instrument(skip_all, fields(run_id = %id))]
+    pub async fn run(&self, user_id: Uuid, id: Uuid) -> Result<Option<Run>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, conversation_id, user_id, agent, status, client_message_id, \
+             on_disconnect, error, usage, last_seq, created_at, finished_at \
+             FROM runs WHERE id = $1 AND user_id = $2",
+        )
+        .bind(id.to_string())
+        .bind(user_id.to_string())
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// True when the conversation has a queued or running run.
+    pub async fn has_active_run(&self, conversation_id: Uuid) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM runs WHERE conversation_id = $1 \
+             AND status IN ('queued', 'running')",
+        )
+        .bind(conversation_id.to_string())
+        .fetch_one(self.pool())
+        .await?;
+        let n: i64 = row.try_get("n")?;
+        Ok(n > 0)
+    }
+
+    /// Runs that are not terminal: after a crash, the ones left open.
+    #[tracing::instrument(skip_all)]
+    pub async fn open_runs(&self) -> Result<Vec<Run>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, conversation_id, user_id, agent, status, client_message_id, \
+             on_disconnect, error, usage, last_seq, created_at, finished_at \
+             FROM runs WHERE status IN ('queued', 'running') ORDER BY id",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(from_row).collect()
+    }
+}
+
+/// Inserts a run inside the caller's transaction.
+pub(crate) async fn insert_run(
+    conn: &mut AnyConnection,
+    new: NewRun<'_>,
+) -> Result<Run, StoreError> {
+    let run = Run {
+        id: Uuid::now_v7(),
+        conversation_id: new.conversation_id,
+        user_id: new.user_id,
+        agent: new.agent.to_owned(),
+        status: new.status,
+        client_message_id: new.client_message_id.map(str::to_owned),
+        on_disconnect: new.on_disconnect,
+        error: None,
+        usage: None,
+        last_seq: 0,
+        created_at: now(),
+        finished_at: None,
+    };
+    sqlx::query(
+        "INSERT INTO runs (id, conversation_id, user_id, agent, status, client_message_id, \
+         on_disconnect, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(run.id.to_string())
+    .bind(run.conversation_id.to_string())
+    .bind(run.user_id.to_string())
+    .bind(&run.agent)
+    .bind(run.status.as_str())
+    .bind(run.client_message_id.clone())
+    .bind(run.on_disconnect.as_str())
+    .bind(&run.created_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(run)
+}
+
+/// The run a client message ID already started in this conversation.
+pub(crate) async fn run_by_client_message_id(
+    conn: &mut AnyConnection,
+    conversation_id: Uuid,
+    client_message_id: &str,
+) -> Result<Option<Run>, StoreError> {
+    let row = sqlx::query(
+        "SELECT id, conversation_id, user_id, agent, status, client_message_id, \
+         on_disconnect, error, usage, last_seq, created_at, finished_at \
+         FROM runs WHERE conversation_id = $1 AND client_message_id = $2",
+    )
+    .bind(conversation_id.to_string())
+    .bind(client_message_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// The conversation's queued or running runs, oldest first.
+pub(crate) async fn active_runs(
+    conn: &mut AnyConnection,
+    conversation_id: Uuid,
+) -> Result<Vec<Run>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, conversation_id, user_id, agent, status, client_message_id, \
+         on_disconnect, error, usage, last_seq, created_at, finished_at \
+         FROM runs WHERE conversation_id = $1 AND status IN ('queued', 'running') ORDER BY id",
+    )
+    .bind(conversation_id.to_string())
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Moves a queued run to running. False if it was no longer queued.
+pub(crate) async fn start_queued_run(
+    conn: &mut AnyConnection,
+    id: Uuid,
+) -> Result<bool, StoreError> {
+    let done =
+        sqlx::query("UPDATE runs SET status = 'running' WHERE id = $1 AND status = 'queued'")
+            .bind(id.to_string())
+            .execute(&mut *conn)
+            .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Ends a run that is still open. False if it had already ended, so a run
+/// ends exactly once however many parties try.
+pub(crate) async fn finish_run(
+    conn: &mut AnyConnection,
+    id: Uuid,
+    status: RunStatus,
+    error: Option<&serde_json::Value>,
+    usage: Option<&serde_json::Value>,
+    last_seq: i64,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE runs SET status = $2, error = $3, usage = $4, last_seq = $5, finished_at = $6 \
+         WHERE id = $1 AND status IN ('queued', 'running')",
+    )
+    .bind(id.to_string())
+    .bind(status.as_str())
+    .bind(error.map(serde_json::Value::to_string))
+    .bind(usage.map(serde_json::Value::to_string))
+    .bind(last_seq)
+    .bind(now())
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}

@@ -1,0 +1,13 @@
+//! The API tested end to end: a real server on a loopback port, real SQLite
+//! files and a real PostgreSQL, a real HTTP client.
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests fail loudly on the first surprise"
+)]
+
+mod helpers;
+
+mod input;
+mod onboarding;
+mod streaming;
