@@ -1,6 +1,6 @@
 //! Builds everything, serves, and shuts down in numbered phases.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -8,9 +8,13 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     agent::{Agent, Agents},
-    config::Config,
+    config::{Config, FileConfig, ProviderConfig},
     http::{self, AppState},
-    llm::scripted::Scripted,
+    llm::{
+        Provider,
+        openai::{OpenAi, OpenAiSettings},
+        scripted::Scripted,
+    },
     runs::{EventLog, Hub, RunManager},
     store::Store,
     tools::Registry,
@@ -62,7 +66,12 @@ impl App {
         let writer_stop = CancellationToken::new();
         let (log, writer) = EventLog::new(store.clone(), hub.clone(), writer_stop.clone());
         tracker.spawn(writer);
-        let runs = RunManager::new(store.clone(), log, hub, agents(&config));
+        let file = match &config.config_file {
+            Some(path) => FileConfig::load(path).map_err(anyhow::Error::msg)?,
+            None => FileConfig::default(),
+        };
+        let agents = agents(&config, &file)?;
+        let runs = RunManager::new(store.clone(), log, hub, agents);
         runs.recover().await.context("cannot recover open runs")?;
         let listener = TcpListener::bind(config.bind)
             .await
@@ -111,12 +120,13 @@ impl App {
             tracker,
             writer_stop,
         } = self;
+        let addr = listener.local_addr()?;
         let stop_accepting = CancellationToken::new();
         let router = http::router(state.clone());
         let server = axum::serve(listener, router)
             .with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
         let server = tracker.spawn(async move { server.await });
-        tracing::info!(addr = %config.bind, database = %redact(&config.database_url), "serving");
+        tracing::info!(%addr, database = %redact(&config.database_url), "serving");
         shutdown.await;
 
         tracing::info!("shutdown 1/5: no longer accepting connections");
@@ -150,34 +160,113 @@ impl App {
     }
 }
 
-/// The built-in agents, on the scripted demo model.
-fn agents(config: &Config) -> Agents {
+/// The agents: each one the file defines, the others built in on the
+/// scripted demo model.
+fn agents(config: &Config, file: &FileConfig) -> anyhow::Result<Agents> {
     let registry = Registry::builtin(&config.onboarding_fields);
-    let provider = Arc::new(Scripted::new(
-        Duration::from_millis(config.scripted_delay_ms),
-        config.onboarding_fields.clone(),
-    ));
-    let tools = |names: &[&str]| names.iter().filter_map(|n| registry.get(n)).collect();
+    let scripted_with = |delay_ms: u64| -> Arc<dyn Provider> {
+        Arc::new(Scripted::new(
+            Duration::from_millis(delay_ms),
+            config.onboarding_fields.clone(),
+        ))
+    };
+    let mut providers: HashMap<&str, Arc<dyn Provider>> = HashMap::new();
+    providers.insert("scripted", scripted_with(config.scripted_delay_ms));
+    for (name, provider) in &file.providers {
+        let provider: Arc<dyn Provider> = match provider {
+            ProviderConfig::Scripted { delay_ms } => {
+                scripted_with(delay_ms.unwrap_or(config.scripted_delay_ms))
+            }
+            ProviderConfig::Openai {
+                base_url,
+                api_key_env,
+                connect_timeout_ms,
+                first_token_timeout_ms,
+                chunk_timeout_ms,
+                max_retries,
+            } => {
+                let api_key = match api_key_env {
+                    Some(var) => Some(std::env::var(var).map_err(|_| {
+                        anyhow::anyhow!(
+                            "provider {name:?}: the environment variable {var} is not set"
+                        )
+                    })?),
+                    None => None,
+                };
+                let defaults = OpenAiSettings::default();
+                let ms = |value: &Option<u64>, default: Duration| {
+                    value.map_or(default, Duration::from_millis)
+                };
+                let settings = OpenAiSettings {
+                    base_url: base_url.clone(),
+                    api_key,
+                    connect_timeout: ms(connect_timeout_ms, defaults.connect_timeout),
+                    first_token_timeout: ms(first_token_timeout_ms, defaults.first_token_timeout),
+                    chunk_timeout: ms(chunk_timeout_ms, defaults.chunk_timeout),
+                    max_retries: max_retries.unwrap_or(defaults.max_retries),
+                    retry_backoff: defaults.retry_backoff,
+                };
+                Arc::new(
+                    OpenAi::new(settings).map_err(|e| anyhow::anyhow!("provider {name:?}: {e}"))?,
+                )
+            }
+        };
+        providers.insert(name, provider);
+    }
+    let builtin = [
+        (
+            "onboarding",
+            ONBOARDING_PROMPT,
+            &["get_profile", "update_profile", "complete_onboarding"][..],
+        ),
+        ("chat", CHAT_PROMPT, &["get_profile"][..]),
+    ];
+    if let Some(unknown) = file
+        .agents
+        .keys()
+        .find(|k| !builtin.iter().any(|(n, ..)| n == k))
+    {
+        anyhow::bail!("unknown agent {unknown:?}: the agents are onboarding and chat");
+    }
     let mut agents = Agents::default();
-    agents.add(Agent {
-        name: "onboarding".to_owned(),
-        provider: provider.clone(),
-        model: "demo".to_owned(),
-        system_prompt: ONBOARDING_PROMPT.to_owned(),
-        tools: tools(&["get_profile", "update_profile", "complete_onboarding"]),
-        max_steps: config.max_steps,
-        temperature: None,
-    });
-    agents.add(Agent {
-        name: "chat".to_owned(),
-        provider,
-        model: "demo".to_owned(),
-        system_prompt: CHAT_PROMPT.to_owned(),
-        tools: tools(&["get_profile"]),
-        max_steps: config.max_steps,
-        temperature: None,
-    });
-    agents
+    for (name, prompt, default_tools) in builtin {
+        let defined = file.agents.get(name);
+        let provider_name = defined.map_or("scripted", |a| a.provider.as_str());
+        let provider = providers.get(provider_name).cloned().ok_or_else(|| {
+            anyhow::anyhow!("agent {name:?} names the unknown provider {provider_name:?}")
+        })?;
+        let tool_names: Vec<&str> = match defined.and_then(|a| a.tools.as_ref()) {
+            Some(names) => names.iter().map(String::as_str).collect(),
+            None => default_tools.to_vec(),
+        };
+        let mut tools = Vec::new();
+        for tool in tool_names {
+            tools.push(registry.get(tool).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "agent {name:?} names the unknown tool {tool:?}; the tools are {}",
+                    registry.names().collect::<Vec<_>>().join(", ")
+                )
+            })?);
+        }
+        let max_steps = defined
+            .and_then(|a| a.max_steps)
+            .unwrap_or(config.max_steps);
+        if max_steps == 0 {
+            anyhow::bail!("agent {name:?}: max_steps must be at least 1");
+        }
+        agents.add(Agent {
+            name: name.to_owned(),
+            provider,
+            model: defined.map_or_else(|| "demo".to_owned(), |a| a.model.clone()),
+            system_prompt: defined
+                .and_then(|a| a.system_prompt.clone())
+                .unwrap_or_else(|| prompt.to_owned()),
+            tools,
+            max_steps,
+            temperature: defined.and_then(|a| a.temperature),
+        });
+    }
+    Ok(agents)
 }
 
 /// The database URL without its password, for logs.

@@ -1,8 +1,9 @@
 //! Settings from flags and environment variables.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
 
 use crate::store::PoolSettings;
 
@@ -140,6 +141,10 @@ pub struct Config {
     )]
     pub keepalive_secs: u64,
 
+    /// A TOML file defining model providers and agents (see the README).
+    #[arg(long = "config", env = "AGENTSTREAM_CONFIG", global = true)]
+    pub config_file: Option<PathBuf>,
+
     /// Log line format.
     #[arg(
         long,
@@ -149,6 +154,73 @@ pub struct Config {
         global = true
     )]
     pub log_format: LogFormat,
+}
+
+/// The optional TOML file: model providers and the agents that use them.
+/// Agents it does not define keep their built-in definition on the scripted
+/// demo model.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Providers by name; `scripted` is always defined.
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Agents by name: `onboarding` and `chat`.
+    #[serde(default)]
+    pub agents: BTreeMap<String, AgentConfig>,
+}
+
+/// One model provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ProviderConfig {
+    /// Any OpenAI-compatible Chat Completions server.
+    Openai {
+        /// The API's base URL, e.g. `https://api.openai.com/v1`.
+        base_url: String,
+        /// The environment variable holding the API key, if the server wants one.
+        api_key_env: Option<String>,
+        /// Connect timeout (default 10 s).
+        connect_timeout_ms: Option<u64>,
+        /// Time allowed before the first token (default 60 s).
+        first_token_timeout_ms: Option<u64>,
+        /// Time allowed between chunks (default 60 s).
+        chunk_timeout_ms: Option<u64>,
+        /// Retries before the first token on connection errors, 429 and 5xx (default 2).
+        max_retries: Option<u32>,
+    },
+    /// The built-in demo model.
+    Scripted {
+        /// Pause before each word (default: `--scripted-delay-ms`).
+        delay_ms: Option<u64>,
+    },
+}
+
+/// One agent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The provider's name.
+    pub provider: String,
+    /// The model's name at the provider.
+    pub model: String,
+    /// The system prompt (default: the built-in one).
+    pub system_prompt: Option<String>,
+    /// The tools it may call (default: the built-in set for the agent).
+    pub tools: Option<Vec<String>>,
+    /// Most model calls in one run (default: `--max-steps`).
+    pub max_steps: Option<u32>,
+    /// Sampling temperature.
+    pub temperature: Option<f32>,
+}
+
+impl FileConfig {
+    /// Reads and parses the file.
+    pub fn load(path: &std::path::Path) -> Result<FileConfig, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
 }
 
 /// Limits the HTTP layer enforces.
@@ -216,6 +288,37 @@ mod tests {
         assert!(pool.pre_ping);
         assert_eq!(config.onboarding_fields, ["name", "role", "goals"]);
         assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn config_files_parse() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            [providers.local]
+            kind = "openai"
+            base_url = "http://127.0.0.1:11434/v1"
+            chunk_timeout_ms = 500
+
+            [agents.chat]
+            provider = "local"
+            model = "llama3.1"
+            temperature = 0.2
+            "#,
+        )
+        .unwrap();
+        assert!(matches!(
+            &file.providers["local"],
+            ProviderConfig::Openai {
+                chunk_timeout_ms: Some(500),
+                api_key_env: None,
+                ..
+            }
+        ));
+        assert_eq!(file.agents["chat"].model, "llama3.1");
+        let unknown = toml::from_str::<FileConfig>(
+            "[agents.chat]\nprovider = \"x\"\nmodel = \"m\"\nmodle = 1",
+        );
+        assert!(unknown.is_err());
     }
 
     #[test]

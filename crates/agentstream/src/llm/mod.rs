@@ -1,5 +1,6 @@
 //! Model providers: the trait the agent loop streams from, and its implementations.
 
+pub mod openai;
 pub mod scripted;
 
 use std::fmt::Debug;

@@ -217,6 +217,23 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -
     }
 }
 
+/// A server whose agents come from the TOML `file` (written into a temp dir).
+pub async fn spawn_app_with_file(
+    backend: Backend,
+    file: &str,
+    tweak: impl FnOnce(&mut Config),
+) -> (TestApp, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agentstream.toml");
+    std::fs::write(&path, file).unwrap();
+    let app = spawn_app_with(backend, |config| {
+        config.config_file = Some(path);
+        tweak(config);
+    })
+    .await;
+    (app, dir)
+}
+
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
@@ -225,6 +242,15 @@ impl TestApp {
     /// A WARN or ERROR line containing `text` is part of the test.
     pub fn expect_log(&mut self, text: &str) {
         self.expected.push(text.to_owned());
+    }
+
+    /// The WARN and ERROR lines so far that contain `text`.
+    pub fn logs_matching(&self, text: &str) -> Vec<String> {
+        self.logs
+            .lines()
+            .into_iter()
+            .filter(|line| line.contains(text))
+            .collect()
     }
 
     /// Every WARN and ERROR line so far that the test did not expect.
@@ -236,19 +262,29 @@ impl TestApp {
             .collect()
     }
 
+    /// Starts a graceful shutdown, as SIGTERM does.
+    pub fn begin_shutdown(&self) {
+        self.stop.cancel();
+    }
+
     /// Shuts the server down gracefully, drops the test's database, and
     /// fails on any unexpected WARN or ERROR line.
     pub async fn stop(self) {
+        self.stop_keeping_db().await.drop_schema().await;
+    }
+
+    /// Like `stop`, but hands back the database for a look at what is left.
+    pub async fn stop_keeping_db(self) -> TestDb {
         self.stop.cancel();
         self.tasks.close();
         self.tasks.wait().await;
-        self.db.drop_schema().await;
         let unexpected = self.unexpected_logs();
         assert!(
             unexpected.is_empty(),
             "unexpected WARN/ERROR lines:\n{}",
             unexpected.join("\n")
         );
+        self.db
     }
 
     pub async fn post_json(&self, path: &str, body: Value) -> reqwest::Response {

@@ -8,6 +8,10 @@
 
 mod helpers;
 
+mod crash;
+mod failures;
 mod input;
 mod onboarding;
+mod process;
 mod streaming;
+mod upstream;

@@ -261,3 +261,47 @@ async fn double_texting_policies(backend: Backend) {
     app.stop().await;
 }
 both!(double_texting_policies);
+
+/// Shutdown with a run in flight: after the drain time the run ends
+/// `interrupted`, its stream gets `done`, the partial reply is kept, and
+/// new runs are refused while the server drains.
+async fn shutdown_interrupts_and_ends_streams(backend: Backend) {
+    let app = spawn_app_with(backend, |config| {
+        config.scripted_delay_ms = 200;
+        config.drain_secs = 0;
+    })
+    .await;
+    let conversation = app.create_conversation("chat").await;
+    let response = app
+        .stream_run(&conversation, json!({ "input": "a long answer please" }))
+        .await;
+    let run_id = run_id_of(&response).await;
+    let mut stream = Box::pin(events(response));
+    let mut seen = Vec::new();
+    while !seen.iter().any(|e: &SseEvent| e.event == "delta") {
+        seen.push(stream.next().await.unwrap());
+    }
+    app.begin_shutdown();
+    seen.extend(stream.collect::<Vec<_>>().await);
+    assert_eq!(done_status(&seen), "interrupted");
+    assert_eq!(seen.iter().filter(|e| e.event == "done").count(), 1);
+    let user = app.state.local_user.id;
+    let db = app.stop_keeping_db().await;
+    // The shutdown closed the server's pool; read what it left with a new one.
+    let store =
+        agentstream::store::Store::connect(&db.url, &agentstream::Config::defaults().pool())
+            .await
+            .unwrap();
+    let run = store
+        .run(user, run_id.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(run.status.as_str(), "interrupted");
+    let messages = store.messages(run.conversation_id).await.unwrap();
+    assert_eq!(messages[1].status.as_str(), "interrupted");
+    assert_eq!(messages[1].content, text_of(&seen));
+    store.close().await;
+    db.drop_schema().await;
+}
+both!(shutdown_interrupts_and_ends_streams);
