@@ -48,10 +48,10 @@ ensure_postgres() {
     if ! pg_answers; then
         if command -v pg_ctlcluster >/dev/null && ls /etc/postgresql/*/main >/dev/null 2>&1; then
             echo "postgres.sh: starting the installed cluster" >&2
-            pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -n 1)" main start || true
+            pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -n 1)" main start \
+                && pg_wait || true
         fi
     fi
-    pg_answers || pg_wait || true
     if ! pg_answers; then
         echo "postgres.sh: creating a temporary cluster" >&2
         pg_temporary_cluster && pg_wait
