@@ -16,7 +16,7 @@ use crate::{
         scripted::Scripted,
     },
     runs::{EventLog, Hub, RunManager},
-    store::Store,
+    store::{self, Store},
     tools::Registry,
 };
 
@@ -66,6 +66,11 @@ impl App {
         let writer_stop = CancellationToken::new();
         let (log, writer) = EventLog::new(store.clone(), hub.clone(), writer_stop.clone());
         tracker.spawn(writer);
+        tracker.spawn(prune_events(
+            store.clone(),
+            Duration::from_secs(config.event_retention_secs),
+            writer_stop.clone(),
+        ));
         let file = match &config.config_file {
             Some(path) => FileConfig::load(path).map_err(anyhow::Error::msg)?,
             None => FileConfig::default(),
@@ -267,6 +272,25 @@ fn agents(config: &Config, file: &FileConfig) -> anyhow::Result<Agents> {
         });
     }
     Ok(agents)
+}
+
+/// Removes the event logs of runs that ended more than `retention` ago,
+/// now and then, until `stop` fires.
+async fn prune_events(store: Store, retention: Duration, stop: CancellationToken) {
+    // Often enough that logs outlive their retention by a quarter at most.
+    let every = (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
+    loop {
+        let cutoff = store::format_timestamp(time::OffsetDateTime::now_utc() - retention);
+        match store.prune_events(&cutoff).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "pruned the event logs of finished runs"),
+            Err(error) => tracing::warn!(%error, "could not prune event logs; trying again later"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = stop.cancelled() => return,
+        }
+    }
 }
 
 /// The database URL without its password, for logs.

@@ -132,6 +132,15 @@ pub struct Config {
     )]
     pub scripted_delay_ms: u64,
 
+    /// Seconds a finished run's event log is kept (its transcript stays).
+    #[arg(
+        long,
+        env = "AGENTSTREAM_EVENT_RETENTION_SECS",
+        default_value_t = 86_400,
+        global = true
+    )]
+    pub event_retention_secs: u64,
+
     /// Seconds between SSE keep-alive comments.
     #[arg(
         long,

@@ -343,6 +343,21 @@ impl TestApp {
         read_all(response).await
     }
 
+    /// Reads the run until it is terminal (each read is a request: no sleep).
+    pub async fn run_until_terminal(&self, run_id: &str) -> Value {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let run = self.get_json(&format!("/v1/runs/{run_id}")).await;
+                if !matches!(run["status"].as_str(), Some("queued" | "running")) {
+                    return run;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the run ended within 30 s")
+    }
+
     /// Waits until every pool connection is back and idle.
     pub async fn pool_settles(&self) {
         let pool = self.state.store.pool().clone();

@@ -9,6 +9,7 @@
 mod helpers;
 
 mod crash;
+mod durability;
 mod failures;
 mod input;
 mod onboarding;

@@ -1,0 +1,266 @@
+//! The event log's guarantees at every event: disconnect after any k, cancel
+//! after any k, `on_disconnect=cancel`, concurrent starts, and retention.
+
+use futures_util::{StreamExt, future::join_all};
+use serde_json::{Value, json};
+
+use crate::{both, helpers::*};
+
+async fn transcript(app: &TestApp, conversation: &str) -> Vec<Value> {
+    let messages = app
+        .get_json(&format!("/v1/conversations/{conversation}/messages"))
+        .await;
+    messages["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            json!([
+                m["role"],
+                m["content"],
+                m["status"],
+                m["tool_calls"],
+                m["tool_call_id"]
+            ])
+        })
+        .collect()
+}
+
+fn run_id_of(response: &reqwest::Response) -> String {
+    response.headers()["x-run-id"].to_str().unwrap().to_owned()
+}
+
+/// Disconnect after every event k: the stored transcript equals the
+/// uninterrupted one.
+async fn disconnect_after_every_event(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let whole = app.create_conversation("onboarding").await;
+    let reference = read_all(app.stream_run(&whole, json!({ "input": "Ada" })).await).await;
+    let expected = transcript(&app, &whole).await;
+    for k in 1..reference.len() {
+        let conversation = app.create_conversation("onboarding").await;
+        let response = app
+            .stream_run(&conversation, json!({ "input": "Ada" }))
+            .await;
+        let run_id = run_id_of(&response);
+        let seen: Vec<SseEvent> = events(response).take(k).collect().await;
+        assert_eq!(seen.len(), k);
+        assert_eq!(
+            done_status(&app.follow(&run_id).await),
+            "completed",
+            "k={k}"
+        );
+        assert_eq!(transcript(&app, &conversation).await, expected, "k={k}");
+    }
+    app.pool_settles().await;
+    app.stop().await;
+}
+both!(disconnect_after_every_event);
+
+/// Cancel after every event k: the run ends `cancelled` (or had completed
+/// already), the partial reply is stored, and the tool call's effect is
+/// applied once or not at all.
+async fn cancel_after_every_event(backend: Backend) {
+    let app = spawn_app_with(backend, |config| config.scripted_delay_ms = 10).await;
+    let probe = app.create_conversation("chat").await;
+    let n = read_all(
+        app.stream_run(&probe, json!({ "input": "what is my profile" }))
+            .await,
+    )
+    .await
+    .len();
+    for k in 1..n {
+        let conversation = app.create_conversation("chat").await;
+        let response = app
+            .stream_run(&conversation, json!({ "input": "what is my profile" }))
+            .await;
+        let run_id = run_id_of(&response);
+        let mut stream = Box::pin(events(response));
+        let mut seen = Vec::new();
+        for _ in 0..k {
+            seen.push(stream.next().await.unwrap());
+        }
+        let cancel = app
+            .client
+            .post(app.url(&format!("/v1/runs/{run_id}/cancel")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(cancel.status(), 202);
+        seen.extend(stream.collect::<Vec<_>>().await);
+        assert_eq!(seen.iter().filter(|e| e.event == "done").count(), 1);
+        let status = done_status(&seen);
+        let messages = app
+            .get_json(&format!("/v1/conversations/{conversation}/messages"))
+            .await;
+        let messages = messages["data"].as_array().unwrap();
+        let last = messages.last().unwrap();
+        match status.as_str() {
+            "cancelled" => {
+                // The text of the step the cancel cut short is kept; a cancel
+                // that landed between steps leaves no assistant message behind.
+                let since = seen
+                    .iter()
+                    .rposition(|e| e.event == "tool.result")
+                    .map_or(0, |i| i + 1);
+                let partial = text_of(&seen[since..]);
+                if last["role"] == "assistant" {
+                    assert_eq!(last["status"], "cancelled", "k={k}");
+                    assert_eq!(last["content"], partial, "k={k}");
+                } else {
+                    assert_eq!(partial, "", "k={k}");
+                }
+            }
+            "completed" => assert!(k >= n - 3, "only a cancel at the very end can miss: k={k}"),
+            other => panic!("k={k}: {other}"),
+        }
+        let calls = seen.iter().filter(|e| e.event == "tool.call").count();
+        let results = seen.iter().filter(|e| e.event == "tool.result").count();
+        assert_eq!(calls, results, "k={k}: a call announced is applied");
+        let tools = messages.iter().filter(|m| m["role"] == "tool").count();
+        assert_eq!(tools, results, "k={k}: applied once or not at all");
+    }
+    app.stop().await;
+}
+both!(cancel_after_every_event);
+
+/// `on_disconnect=cancel`: the run is cancelled when its last subscriber leaves.
+async fn on_disconnect_cancel(backend: Backend) {
+    let app = spawn_app_with(backend, |config| config.scripted_delay_ms = 50).await;
+    let conversation = app.create_conversation("chat").await;
+    let response = app
+        .stream_run(
+            &conversation,
+            json!({ "input": "a long answer", "on_disconnect": "cancel" }),
+        )
+        .await;
+    let run_id = run_id_of(&response);
+    let seen: Vec<SseEvent> = events(response).take(3).collect().await;
+    assert_eq!(seen.len(), 3);
+    // Watch without subscribing (a subscriber would keep the run alive).
+    let run = app.run_until_terminal(&run_id).await;
+    assert_eq!(run["status"], "cancelled");
+    let rest = app.follow(&run_id).await;
+    assert_eq!(done_status(&rest), "cancelled");
+    app.stop().await;
+}
+both!(on_disconnect_cancel);
+
+/// Concurrent starts: one `client_message_id` makes one run and one user
+/// message; with `reject`, exactly one of many concurrent starts wins.
+async fn concurrent_starts(backend: Backend) {
+    let app = spawn_app_with(backend, |config| config.scripted_delay_ms = 20).await;
+    let conversation = app.create_conversation("chat").await;
+    let path = format!("/v1/conversations/{conversation}/runs");
+    let same = join_all(
+        (0..20).map(|_| app.post_json(&path, json!({ "input": "hi", "client_message_id": "k1" }))),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for response in same {
+        assert!(
+            matches!(response.status().as_u16(), 200 | 202),
+            "{}",
+            response.status()
+        );
+        let run: Value = response.json().await.unwrap();
+        ids.push(run["id"].as_str().unwrap().to_owned());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "one run for one client_message_id");
+    assert_eq!(done_status(&app.follow(&ids[0]).await), "completed");
+
+    let racing =
+        join_all((0..20).map(|i| app.post_json(&path, json!({ "input": format!("racer {i}") }))))
+            .await;
+    let statuses: Vec<u16> = racing.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 202).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        19,
+        "{statuses:?}"
+    );
+    let winner: Value = racing
+        .into_iter()
+        .find(|r| r.status() == 202)
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        done_status(&app.follow(winner["id"].as_str().unwrap()).await),
+        "completed"
+    );
+    let users = transcript(&app, &conversation)
+        .await
+        .iter()
+        .filter(|m| m[0] == "user")
+        .count();
+    assert_eq!(users, 2, "no message from a refused or repeated start");
+    app.stop().await;
+}
+both!(concurrent_starts);
+
+/// Retention: the event logs of finished runs go; the transcript stays.
+async fn retention_prunes_event_logs(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let conversation = app.create_conversation("onboarding").await;
+    let response = app
+        .stream_run(&conversation, json!({ "input": "Ada" }))
+        .await;
+    let run_id = run_id_of(&response);
+    read_all(response).await;
+    let before = transcript(&app, &conversation).await;
+    let removed = app
+        .state
+        .store
+        .prune_events(&agentstream::store::now())
+        .await
+        .unwrap();
+    assert!(removed > 5, "{removed}");
+    assert_eq!(transcript(&app, &conversation).await, before);
+    let events = app
+        .client
+        .get(app.url(&format!("/v1/runs/{run_id}/events")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 204);
+    app.stop().await;
+}
+both!(retention_prunes_event_logs);
+
+/// A subscriber that falls far behind the live channel catches up from the
+/// store: every event once, in order, and the run was never slowed.
+async fn a_slow_subscriber_reads_from_the_store(backend: Backend) {
+    let app = spawn_app_with(backend, |config| config.scripted_delay_ms = 0).await;
+    let conversation = app.create_conversation("chat").await;
+    let words: Vec<String> = (0..600).map(|i| format!("w{i}")).collect();
+    let started = app
+        .post_json(
+            &format!("/v1/conversations/{conversation}/runs"),
+            json!({ "input": words.join(" ") }),
+        )
+        .await;
+    let run: Value = started.json().await.unwrap();
+    let run_id: uuid::Uuid = run["id"].as_str().unwrap().parse().unwrap();
+    // Subscribed, but not read until the run is over: it lags far behind.
+    let slow = app.state.runs.subscribe(run_id, 0);
+    let fast = app.follow(&run_id.to_string()).await;
+    assert!(fast.len() > 600, "{}", fast.len());
+    let slow: Vec<agentstream::runs::Delivery> = slow.collect().await;
+    let seqs: Vec<i64> = slow
+        .iter()
+        .map(|d| match d {
+            agentstream::runs::Delivery::Event(e) => e.seq,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(seqs, (1..=fast.len() as i64).collect::<Vec<_>>());
+    app.stop().await;
+}
+both!(a_slow_subscriber_reads_from_the_store);
