@@ -66,6 +66,7 @@ impl App {
         let writer_stop = CancellationToken::new();
         let (log, writer) = EventLog::new(store.clone(), hub.clone(), writer_stop.clone());
         tracker.spawn(writer);
+        tracker.spawn(probe_database(store.clone(), writer_stop.clone()));
         tracker.spawn(prune_events(
             store.clone(),
             Duration::from_secs(config.event_retention_secs),
@@ -76,15 +77,33 @@ impl App {
             None => FileConfig::default(),
         };
         let agents = agents(&config, &file)?;
-        let runs = RunManager::new(store.clone(), log, hub, agents);
+        let runs = RunManager::new(store.clone(), log, hub, agents, config.run_limits());
         runs.recover().await.context("cannot recover open runs")?;
         let listener = TcpListener::bind(config.bind)
             .await
             .with_context(|| format!("cannot listen on {}", config.bind))?;
+        let addr = listener.local_addr()?;
+        let local_allowed = addr.ip().is_loopback();
+        if store.any_active_key().await? {
+            tracing::info!("API keys are on: every request needs `Authorization: Bearer <key>`");
+        } else if local_allowed {
+            tracing::info!(
+                "no API key exists: requests without a key act as the single local user \
+                 (allowed because the server listens on loopback only; \
+                 `agentstream keys create --user NAME` turns keys on)"
+            );
+        } else {
+            anyhow::bail!(
+                "refusing to start: listening on {addr}, which is not a loopback address, \
+                 and no API key exists, so anyone who can reach it would act as the local \
+                 user. Create a key first: agentstream keys create --user NAME"
+            );
+        }
         let state = AppState::new(
             store,
             runs,
             local_user,
+            local_allowed,
             config.limits(),
             Duration::from_secs(config.keepalive_secs),
             CancellationToken::new(),
@@ -128,6 +147,12 @@ impl App {
         let addr = listener.local_addr()?;
         let stop_accepting = CancellationToken::new();
         let router = http::router(state.clone());
+        // Small SSE events must leave at once: Nagle plus delayed ACKs would hold them ~40 ms.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%error, "failed to set TCP_NODELAY");
+            }
+        });
         let server = axum::serve(listener, router)
             .with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
         let server = tracker.spawn(async move { server.await });
@@ -272,6 +297,34 @@ fn agents(config: &Config, file: &FileConfig) -> anyhow::Result<Agents> {
         });
     }
     Ok(agents)
+}
+
+/// How often the database is probed, and how long a probe may take.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Pings the database every second so that, while it does not answer,
+/// requests get 503 at once instead of each waiting for the pool timeout.
+async fn probe_database(store: Store, stop: CancellationToken) {
+    loop {
+        let answered = matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, store.ping()).await,
+            Ok(Ok(()))
+        );
+        if store.set_down(!answered) {
+            if answered {
+                tracing::info!("the database answers again; taking requests");
+            } else {
+                tracing::warn!(
+                    "the database does not answer; refusing requests with 503 until it does"
+                );
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(PROBE_EVERY) => {}
+            () = stop.cancelled() => return,
+        }
+    }
 }
 
 /// Removes the event logs of runs that ended more than `retention` ago,

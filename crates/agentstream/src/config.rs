@@ -26,6 +26,32 @@ pub enum Command {
     Serve,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Talk to a running server from the terminal.
+    Chat(crate::client::ChatArgs),
+    /// Create, list and revoke API keys.
+    Keys {
+        /// What to do with keys.
+        #[command(subcommand)]
+        action: KeysCommand,
+    },
+}
+
+/// `agentstream keys …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key for a user (created if new) and print it, once.
+    Create {
+        /// The user the key acts as.
+        #[arg(long)]
+        user: String,
+    },
+    /// List keys: ID, user, prefix, created, revoked.
+    List,
+    /// Revoke a key by its ID or prefix.
+    Revoke {
+        /// The key's ID or prefix, as `keys list` shows them.
+        key: String,
+    },
 }
 
 /// How log lines are written.
@@ -104,6 +130,33 @@ pub struct Config {
         global = true
     )]
     pub max_steps: u32,
+
+    /// Queued and running runs one user may have (429 beyond), across nodes.
+    #[arg(
+        long,
+        env = "AGENTSTREAM_MAX_RUNS_PER_USER",
+        default_value_t = 8,
+        global = true
+    )]
+    pub max_runs_per_user: u32,
+
+    /// Runs this server drives at once (503 beyond).
+    #[arg(
+        long,
+        env = "AGENTSTREAM_MAX_ACTIVE_RUNS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub max_active_runs: usize,
+
+    /// Events one run may emit (the run fails with `event_limit` beyond).
+    #[arg(
+        long,
+        env = "AGENTSTREAM_MAX_EVENTS_PER_RUN",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub max_events_per_run: i64,
 
     /// Largest user message, in bytes (413 beyond).
     #[arg(long, env = "AGENTSTREAM_MAX_MESSAGE_BYTES", default_value_t = 32 * 1024, global = true)]
@@ -259,6 +312,15 @@ impl Config {
         }
     }
 
+    /// The run limits.
+    pub fn run_limits(&self) -> crate::runs::RunLimits {
+        crate::runs::RunLimits {
+            per_user: self.max_runs_per_user,
+            active: self.max_active_runs,
+            events_per_run: self.max_events_per_run,
+        }
+    }
+
     /// The HTTP limits.
     pub fn limits(&self) -> Limits {
         Limits {
@@ -277,6 +339,12 @@ impl Config {
         }
         if self.max_steps == 0 {
             return Err("max steps must be at least 1".to_owned());
+        }
+        if self.max_runs_per_user == 0 || self.max_active_runs == 0 {
+            return Err("run limits must be at least 1".to_owned());
+        }
+        if self.max_events_per_run < 4 {
+            return Err("max events per run must be at least 4".to_owned());
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod app;
+pub mod client;
 pub mod config;
 pub mod http;
 pub mod llm;

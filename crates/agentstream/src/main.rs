@@ -1,9 +1,11 @@
 //! The `agentstream` binary: parses settings and runs a subcommand.
 
+use std::io::Write;
+
 use agentstream::{
     App,
     app::shutdown_signal,
-    config::{Cli, Command},
+    config::{Cli, Command, Config, KeysCommand},
     store::Store,
     telemetry,
 };
@@ -20,16 +22,73 @@ async fn main() -> anyhow::Result<()> {
             app.run_until_stopped(shutdown_signal()).await
         }
         Command::Migrate => {
-            let store = Store::connect(&cli.config.database_url, &cli.config.pool())
-                .await
-                .context("cannot open the database")?;
-            store
-                .migrate()
-                .await
-                .context("cannot migrate the database")?;
+            let store = open_store(&cli.config).await?;
             store.close().await;
             tracing::info!("migrations applied");
             Ok(())
         }
+        Command::Chat(args) => agentstream::client::chat(args).await,
+        Command::Keys { action } => {
+            let store = open_store(&cli.config).await?;
+            let done = keys(&store, action).await;
+            store.close().await;
+            done
+        }
     }
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let store = Store::connect(&config.database_url, &config.pool())
+        .await
+        .context("cannot open the database")?;
+    store
+        .migrate()
+        .await
+        .context("cannot migrate the database")?;
+    Ok(store)
+}
+
+/// `agentstream keys …`: the key itself is printed once, to stdout.
+async fn keys(store: &Store, action: KeysCommand) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match action {
+        KeysCommand::Create { user } => {
+            let user = user.trim();
+            anyhow::ensure!(!user.is_empty(), "--user must not be empty");
+            let created = store.create_api_key(user).await?;
+            writeln!(out, "{}", created.key)?;
+            tracing::info!(
+                id = %created.record.id,
+                user = %created.record.user,
+                prefix = %created.record.prefix,
+                "created an API key; it is shown once, above, and only its hash is stored"
+            );
+        }
+        KeysCommand::List => {
+            writeln!(
+                out,
+                "{:<36}  {:<16}  {:<12}  {:<27}  revoked",
+                "id", "user", "prefix", "created"
+            )?;
+            for key in store.list_api_keys().await? {
+                writeln!(
+                    out,
+                    "{:<36}  {:<16}  {:<12}  {:<27}  {}",
+                    key.id,
+                    key.user,
+                    key.prefix,
+                    key.created_at,
+                    key.revoked_at.as_deref().unwrap_or("-")
+                )?;
+            }
+        }
+        KeysCommand::Revoke { key } => {
+            anyhow::ensure!(
+                store.revoke_api_key(key.trim()).await?,
+                "no active key has the ID or prefix {key:?}"
+            );
+            tracing::info!(key = %key.trim(), "revoked");
+        }
+    }
+    Ok(())
 }

@@ -153,10 +153,23 @@ async fn steps(
             match item {
                 None => break None,
                 Some(Ok(LlmEvent::Delta(delta))) => {
-                    text.push_str(&delta);
-                    if let Err(e) = emitter.emit(Event::Delta { text: delta }).await {
-                        return Outcome::failed("event_log", e.to_string());
+                    let emitted = emitter
+                        .emit(Event::Delta {
+                            text: delta.clone(),
+                        })
+                        .await;
+                    if let Err(e) = emitted {
+                        // The reply keeps what clients were sent, and no more.
+                        drop(stream);
+                        let saved = store
+                            .finish_message(message.id, &text, None, MessageStatus::Failed)
+                            .await;
+                        if let Err(e) = saved {
+                            return Outcome::failed("storage_error", e.to_string());
+                        }
+                        return Outcome::failed(e.code(), e.to_string());
                     }
+                    text.push_str(&delta);
                 }
                 Some(Ok(LlmEvent::ToolCall(call))) => calls.push(call),
                 Some(Ok(LlmEvent::Usage(more))) => *usage.get_or_insert_default() += more,
@@ -204,7 +217,7 @@ async fn steps(
             })
             .await
         {
-            return Outcome::failed("event_log", e.to_string());
+            return Outcome::failed(e.code(), e.to_string());
         }
         if calls.is_empty() {
             return Outcome::status(RunStatus::Completed);
@@ -228,7 +241,7 @@ async fn steps(
                 })
                 .await;
             if let Err(e) = announced {
-                return Outcome::failed("event_log", e.to_string());
+                return Outcome::failed(e.code(), e.to_string());
             }
             let executed = match tools::execute(store, ctx, agent.tool(&call.name), &call).await {
                 Ok(executed) => executed,
@@ -242,7 +255,7 @@ async fn steps(
                 })
                 .await;
             if let Err(e) = reported {
-                return Outcome::failed("event_log", e.to_string());
+                return Outcome::failed(e.code(), e.to_string());
             }
             history.push(ChatMessage::Tool {
                 call_id: call.id,

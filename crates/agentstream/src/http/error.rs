@@ -109,6 +109,11 @@ impl IntoResponse for ApiError {
                 HeaderValue::from_static(RETRY_AFTER_SECS),
             );
         }
+        if matches!(self, ApiError::Unauthorized) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if status.is_server_error() {
             response
                 .extensions_mut()
@@ -140,9 +145,21 @@ impl From<RunError> for ApiError {
             RunError::ShuttingDown => {
                 ApiError::Unavailable("the server is shutting down; try again shortly".to_owned())
             }
+            RunError::TooManyRuns(_) => ApiError::TooManyRuns(error.to_string()),
+            RunError::Overloaded(_) => ApiError::Unavailable(error.to_string()),
             RunError::NoAgent(_) => ApiError::Internal(error.to_string()),
             RunError::Store(e) => e.into(),
         }
+    }
+}
+
+impl ApiError {
+    /// The response without the detail for the logging middleware: for
+    /// refusals whose cause was logged once already (the database probe).
+    pub fn unlogged(self) -> Response {
+        let mut response = self.into_response();
+        response.extensions_mut().remove::<Logged>();
+        response
     }
 }
 

@@ -77,15 +77,18 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPath {
     }
 }
 
-/// The caller. For now every request acts as the single local user; the
-/// API-key extractor replaces this one without touching the handlers.
+/// The caller: the user of the request's API key (see `auth`).
 #[derive(Debug, Clone)]
 pub struct CurrentUser(pub User);
 
 impl FromRequestParts<AppState> for CurrentUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(_parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        Ok(CurrentUser(state.local_user.clone()))
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        state
+            .auth
+            .authenticate(parts, &state.store)
+            .await
+            .map(CurrentUser)
     }
 }

@@ -55,6 +55,19 @@ pub enum LogError {
     /// Another party ended the run first; this `done` was not written.
     #[error("the run had already ended")]
     AlreadyEnded,
+    /// The run reached its limit of events.
+    #[error("the run reached its limit of {0} events")]
+    TooManyEvents(i64),
+}
+
+impl LogError {
+    /// The code of the `error` event a run ends with after this failure.
+    pub fn code(&self) -> &'static str {
+        match self {
+            LogError::TooManyEvents(_) => "event_limit",
+            LogError::Closed | LogError::Store(_) | LogError::AlreadyEnded => "event_log",
+        }
+    }
 }
 
 struct Pending {
@@ -117,9 +130,13 @@ impl EventLog {
             .map_err(|_| LogError::Closed)
     }
 
+    /// Lets a run whose events failed to commit append again: for its end.
+    pub fn forget_failures(&self, run_id: Uuid) {
+        self.broken().remove(&run_id);
+    }
+
     /// Queues a run's `done` with its final state and waits for the commit.
     pub async fn finish(&self, event: StoredEvent, finish: Finish) -> Result<(), LogError> {
-        self.broken().remove(&event.run_id);
         let (ack, done) = oneshot::channel();
         self.queue
             .send(Pending {
@@ -157,7 +174,9 @@ async fn write_loop(
         let mut outcome = commit(&store, &batch).await;
         for pause in RETRY_BACKOFF {
             match &outcome {
-                Err(StoreError::Unavailable(_) | StoreError::Database(_)) => {
+                // A database the probe finds down is not retried here: the
+                // runs hear at once, and retry their ends themselves.
+                Err(StoreError::Unavailable(_) | StoreError::Database(_)) if !store.is_down() => {
                     tokio::time::sleep(pause).await;
                     outcome = commit(&store, &batch).await;
                 }

@@ -47,6 +47,10 @@ text_enum! {
     }
 }
 
+/// Pauses between attempts to store a run's end while the database is away.
+const FINISH_RETRY_FIRST: Duration = Duration::from_millis(500);
+const FINISH_RETRY_MAX: Duration = Duration::from_secs(5);
+
 /// How long stopped runs get to write their final events during shutdown.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -80,20 +84,31 @@ impl RunControl {
 pub struct Emitter {
     run_id: Uuid,
     seq: i64,
+    /// Most events the run may have, its final `error` and `done` included.
+    max_events: i64,
     log: EventLog,
 }
 
 impl Emitter {
-    fn new(run_id: Uuid, last_seq: i64, log: EventLog) -> Emitter {
+    fn new(run_id: Uuid, last_seq: i64, max_events: i64, log: EventLog) -> Emitter {
         Emitter {
             run_id,
             seq: last_seq,
+            max_events,
             log,
         }
     }
 
-    /// Queues the run's next event.
+    /// Queues the run's next event; refused once only the final `error` and
+    /// `done` still fit under the limit.
     pub async fn emit(&mut self, event: Event) -> Result<(), LogError> {
+        if self.seq + 2 >= self.max_events {
+            return Err(LogError::TooManyEvents(self.max_events));
+        }
+        self.push(event).await
+    }
+
+    async fn push(&mut self, event: Event) -> Result<(), LogError> {
         self.seq += 1;
         self.log
             .append(event.to_stored(self.run_id, self.seq))
@@ -101,9 +116,10 @@ impl Emitter {
     }
 
     /// Writes the run's `done` with its final state, and waits for the commit.
-    async fn finish(mut self, status: RunStatus, outcome: &Outcome) -> Result<(), LogError> {
+    async fn finish(&mut self, status: RunStatus, outcome: &Outcome) -> Result<(), LogError> {
+        self.log.forget_failures(self.run_id);
         if let Some((code, message)) = &outcome.error {
-            self.emit(Event::Error {
+            self.push(Event::Error {
                 code: code.clone(),
                 message: message.clone(),
             })
@@ -168,6 +184,12 @@ pub enum RunError {
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The user has as many active runs as allowed.
+    #[error("you have {0} active runs, the most allowed; wait for one to end")]
+    TooManyRuns(u32),
+    /// This node drives as many runs as allowed.
+    #[error("the server is running as many runs as it may ({0}); try again shortly")]
+    Overloaded(usize),
     /// No agent answers this kind of conversation.
     #[error("no agent is configured for {0:?} conversations")]
     NoAgent(String),
@@ -182,9 +204,21 @@ pub struct RunManager {
     inner: Arc<Inner>,
 }
 
+/// Limits on runs.
+#[derive(Debug, Clone, Copy)]
+pub struct RunLimits {
+    /// Queued and running runs one user may have, across nodes.
+    pub per_user: u32,
+    /// Runs this node drives at once.
+    pub active: usize,
+    /// Events one run may emit, its final `error` and `done` included.
+    pub events_per_run: i64,
+}
+
 #[derive(Debug)]
 struct Inner {
     store: Store,
+    limits: RunLimits,
     log: EventLog,
     hub: Arc<Hub>,
     agents: Agents,
@@ -204,10 +238,17 @@ struct ActiveRun {
 
 impl RunManager {
     /// A manager whose runs use `agents` and write through `log`.
-    pub fn new(store: Store, log: EventLog, hub: Arc<Hub>, agents: Agents) -> RunManager {
+    pub fn new(
+        store: Store,
+        log: EventLog,
+        hub: Arc<Hub>,
+        agents: Agents,
+        limits: RunLimits,
+    ) -> RunManager {
         RunManager {
             inner: Arc::new(Inner {
                 store,
+                limits,
                 log,
                 hub,
                 agents,
@@ -245,6 +286,10 @@ impl RunManager {
         if self.inner.agents.get(agent_name).is_none() {
             return Err(RunError::NoAgent(agent_name.to_owned()));
         }
+        let active_here = self.active_count();
+        if active_here >= self.inner.limits.active {
+            return Err(RunError::Overloaded(active_here));
+        }
         let mut tx = self.inner.store.begin().await?;
         let Some(conversation) =
             store::conversation_for_update(&mut tx, conversation.user_id, conversation.id).await?
@@ -261,6 +306,11 @@ impl RunManager {
                     created: false,
                 });
             }
+        }
+        // Counted under the user's row lock, so the limit holds across nodes.
+        let users_runs = store::lock_user_active_runs(&mut tx, conversation.user_id).await?;
+        if users_runs >= i64::from(self.inner.limits.per_user) {
+            return Err(RunError::TooManyRuns(self.inner.limits.per_user));
         }
         let active = store::active_runs(&mut tx, conversation.id).await?;
         let status = match (active.first(), request.multitask) {
@@ -349,7 +399,7 @@ impl RunManager {
         let events = store.events_after(run.id, 0, u32::MAX).await?;
         let last_seq = events.last().map_or(0, |e| e.seq);
         store.keep_partial_reply(run.id, &events).await?;
-        let emitter = Emitter::new(run.id, last_seq, self.inner.log.clone());
+        let mut emitter = Emitter::new(run.id, last_seq, i64::MAX, self.inner.log.clone());
         let outcome = Outcome {
             status,
             error: None,
@@ -436,7 +486,12 @@ impl RunManager {
     /// The run's task: the agent loop, then the final events.
     async fn drive(&self, run: Run, agent: &agent::Agent, control: &RunControl) {
         let store = &self.inner.store;
-        let mut emitter = Emitter::new(run.id, 0, self.inner.log.clone());
+        let mut emitter = Emitter::new(
+            run.id,
+            0,
+            self.inner.limits.events_per_run,
+            self.inner.log.clone(),
+        );
         let ctx = ToolContext {
             user_id: run.user_id,
             conversation_id: run.conversation_id,
@@ -468,11 +523,30 @@ impl RunManager {
         if let Some((code, message)) = &outcome.error {
             tracing::warn!(run_id = %run.id, code, message, "run failed");
         }
-        let ended = emitter.finish(outcome.status, &outcome).await;
+        let mut ended = emitter.finish(outcome.status, &outcome).await;
+        if matches!(ended, Err(LogError::Store(_) | LogError::Closed)) {
+            // Subscribers learn now that the end is not stored; the run keeps
+            // trying to store it, so it does not stay open once the database
+            // is back.
+            self.inner.hub.abort(run.id);
+            let mut pause = FINISH_RETRY_FIRST;
+            while let Err(LogError::Store(error)) = &ended {
+                if !self.inner.accepting.load(Ordering::Acquire) {
+                    break;
+                }
+                tracing::warn!(run_id = %run.id, %error, "could not store the run's end; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(FINISH_RETRY_MAX);
+                ended = emitter.finish(outcome.status, &outcome).await;
+            }
+        }
         if let Err(error) = ended {
             if !matches!(error, LogError::AlreadyEnded) {
-                tracing::error!(%error, run_id = %run.id, "could not write the run's final events");
-                self.inner.hub.abort(run.id);
+                tracing::error!(
+                    %error,
+                    run_id = %run.id,
+                    "could not store the run's end; the next start marks it interrupted"
+                );
             }
         }
         self.active().remove(&run.id);

@@ -73,7 +73,7 @@ impl Store {
         )
         .bind(id.to_string())
         .bind(user_id.to_string())
-        .fetch_optional(self.pool())
+        .fetch_optional(&mut *self.acquire().await?)
         .await?;
         row.as_ref().map(from_row).transpose()
     }
@@ -95,7 +95,7 @@ impl Store {
         .bind(user_id.to_string())
         .bind(before)
         .bind(i64::from(limit))
-        .fetch_all(self.pool())
+        .fetch_all(&mut *self.acquire().await?)
         .await?;
         rows.iter().map(from_row).collect()
     }
@@ -107,7 +107,7 @@ impl Store {
         let done = sqlx::query("DELETE FROM conversations WHERE id = $1 AND user_id = $2")
             .bind(id.to_string())
             .bind(user_id.to_string())
-            .execute(self.pool())
+            .execute(&mut *self.acquire().await?)
             .await?;
         Ok(done.rows_affected() > 0)
     }

@@ -102,7 +102,7 @@ impl Store {
         .bind(run_id.to_string())
         .bind(after)
         .bind(i64::from(limit))
-        .fetch_all(self.pool())
+        .fetch_all(&mut *self.acquire().await?)
         .await?;
         rows.iter()
             .map(|row| {
@@ -126,7 +126,7 @@ impl Store {
         let row =
             sqlx::query("SELECT COALESCE(MAX(seq), 0) AS last FROM run_events WHERE run_id = $1")
                 .bind(run_id.to_string())
-                .fetch_one(self.pool())
+                .fetch_one(&mut *self.acquire().await?)
                 .await?;
         Ok(row.try_get("last")?)
     }
@@ -140,7 +140,7 @@ impl Store {
              (SELECT id FROM runs WHERE finished_at IS NOT NULL AND finished_at < $1)",
         )
         .bind(before)
-        .execute(self.pool())
+        .execute(&mut *self.acquire().await?)
         .await?;
         Ok(done.rows_affected())
     }

@@ -106,7 +106,7 @@ impl Store {
              status, created_at FROM messages WHERE conversation_id = $1 ORDER BY id",
         )
         .bind(conversation_id.to_string())
-        .fetch_all(self.pool())
+        .fetch_all(&mut *self.acquire().await?)
         .await?;
         rows.iter().map(from_row).collect()
     }

@@ -6,6 +6,7 @@
 //! contract tests run it against both. What differs lives here and in the
 //! migrations folders: connection set-up and how a write transaction begins.
 
+mod api_keys;
 mod conversations;
 mod events;
 mod messages;
@@ -14,17 +15,26 @@ mod runs;
 mod tool_calls;
 mod users;
 
-use std::{borrow::Cow, str::FromStr, sync::Once, time::Duration};
+use std::{
+    borrow::Cow,
+    str::FromStr,
+    sync::{Arc, Once},
+    time::Duration,
+};
+
+use tokio::sync::watch;
 
 use futures_util::future::BoxFuture;
 use sqlx::{
     Any, AnyPool, ConnectOptions, Connection, Executor, Transaction,
     any::{AnyConnectOptions, AnyPoolOptions},
     migrate::{Migration, MigrationSource, MigrationType, Migrator},
+    pool::PoolConnection,
 };
 use time::{OffsetDateTime, format_description::BorrowedFormatItem, macros::format_description};
 use uuid::Uuid;
 
+pub use api_keys::{ApiKey, NewKey, hash_key};
 pub use conversations::{Conversation, ConversationKind};
 pub use events::{EVENT_KINDS, StoredEvent};
 pub use messages::{Message, MessageStatus, NewMessage, Role};
@@ -38,7 +48,8 @@ pub(crate) use events::append_events;
 pub(crate) use messages::{close_streaming_messages, insert_message};
 pub(crate) use profiles::{complete_onboarding, profile, set_profile_field};
 pub(crate) use runs::{
-    active_runs, finish_run, insert_run, run_by_client_message_id, start_queued_run,
+    active_runs, finish_run, insert_run, lock_user_active_runs, run_by_client_message_id,
+    start_queued_run,
 };
 pub(crate) use tool_calls::{insert_tool_call, tool_call};
 
@@ -120,6 +131,8 @@ pub struct PoolSettings {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Set while the health probe finds the database not answering.
+    down: Arc<watch::Sender<bool>>,
 }
 
 static INSTALL_DRIVERS: Once = Once::new();
@@ -179,7 +192,11 @@ impl Store {
             .after_release(|conn, _meta| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
             .connect_with(options)
             .await?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            down: Arc::new(watch::Sender::new(false)),
+        })
     }
 
     /// Applies the migrations of this store's dialect that are not applied yet.
@@ -204,8 +221,35 @@ impl Store {
         &self.pool
     }
 
+    /// True while the health probe finds the database not answering.
+    pub fn is_down(&self) -> bool {
+        *self.down.borrow()
+    }
+
+    /// Records what the health probe found; true when that changed.
+    pub fn set_down(&self, down: bool) -> bool {
+        self.down
+            .send_if_modified(|was| std::mem::replace(was, down) != down)
+    }
+
+    /// A connection from the pool. While the probe finds the database down
+    /// this fails at once, and a wait already under way ends when the probe
+    /// notices: nobody waits out the pool timeout for a database that is gone.
+    pub async fn acquire(&self) -> Result<PoolConnection<Any>, StoreError> {
+        let mut down = self.down.subscribe();
+        if *down.borrow_and_update() {
+            return Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut));
+        }
+        tokio::select! {
+            conn = self.pool.acquire() => Ok(conn?),
+            _ = down.wait_for(|down| *down) => Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut)),
+        }
+    }
+
     /// Checks that the database answers a query.
     pub async fn ping(&self) -> Result<(), StoreError> {
+        // Straight from the pool, not through `acquire`: this is how the
+        // probe learns that the database is back.
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
@@ -219,11 +263,13 @@ impl Store {
     /// front (`BEGIN IMMEDIATE`), so a transaction that reads before it writes
     /// cannot fail to upgrade its lock.
     pub async fn begin(&self) -> Result<Transaction<'static, Any>, StoreError> {
-        let tx = match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+        let conn = self.acquire().await?;
+        let statement = match self.backend {
+            Backend::Sqlite => Some(Cow::Borrowed("BEGIN IMMEDIATE")),
+            Backend::Postgres => None,
         };
-        Ok(tx)
+        // What `Pool::begin_with` does, on a connection from `acquire`.
+        Ok(Transaction::begin(conn, statement).await?)
     }
 }
 
@@ -253,16 +299,30 @@ fn sqlite_url(url: &str) -> Result<String, StoreError> {
 /// Migrations compiled into the binary: (version, description, SQL).
 type MigrationList = &'static [(i64, &'static str, &'static str)];
 
-const SQLITE_MIGRATIONS: MigrationList = &[(
-    1,
-    "initial",
-    include_str!("../../migrations/sqlite/0001_initial.sql"),
-)];
-const POSTGRES_MIGRATIONS: MigrationList = &[(
-    1,
-    "initial",
-    include_str!("../../migrations/postgres/0001_initial.sql"),
-)];
+const SQLITE_MIGRATIONS: MigrationList = &[
+    (
+        1,
+        "initial",
+        include_str!("../../migrations/sqlite/0001_initial.sql"),
+    ),
+    (
+        2,
+        "api keys",
+        include_str!("../../migrations/sqlite/0002_api_keys.sql"),
+    ),
+];
+const POSTGRES_MIGRATIONS: MigrationList = &[
+    (
+        1,
+        "initial",
+        include_str!("../../migrations/postgres/0001_initial.sql"),
+    ),
+    (
+        2,
+        "api keys",
+        include_str!("../../migrations/postgres/0002_api_keys.sql"),
+    ),
+];
 
 /// Serves embedded migrations to sqlx's migrator, so the binary needs no
 /// migrations folder at run time and no proc-macro build of the drivers.

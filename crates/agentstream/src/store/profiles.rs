@@ -21,7 +21,7 @@ impl Store {
     /// The user's profile.
     #[tracing::instrument(skip_all, fields(user_id = %user_id))]
     pub async fn profile(&self, user_id: Uuid) -> Result<Profile, StoreError> {
-        let mut conn = self.pool().acquire().await?;
+        let mut conn = self.acquire().await?;
         profile(&mut conn, user_id).await
     }
 }

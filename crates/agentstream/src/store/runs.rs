@@ -123,7 +123,7 @@ impl Store {
         )
         .bind(id.to_string())
         .bind(user_id.to_string())
-        .fetch_optional(self.pool())
+        .fetch_optional(&mut *self.acquire().await?)
         .await?;
         row.as_ref().map(from_row).transpose()
     }
@@ -135,7 +135,7 @@ impl Store {
              AND status IN ('queued', 'running')",
         )
         .bind(conversation_id.to_string())
-        .fetch_one(self.pool())
+        .fetch_one(&mut *self.acquire().await?)
         .await?;
         let n: i64 = row.try_get("n")?;
         Ok(n > 0)
@@ -149,7 +149,7 @@ impl Store {
              on_disconnect, error, usage, last_seq, created_at, finished_at \
              FROM runs WHERE status IN ('queued', 'running') ORDER BY id",
         )
-        .fetch_all(self.pool())
+        .fetch_all(&mut *self.acquire().await?)
         .await?;
         rows.iter().map(from_row).collect()
     }
@@ -223,6 +223,25 @@ pub(crate) async fn active_runs(
     .fetch_all(&mut *conn)
     .await?;
     rows.iter().map(from_row).collect()
+}
+
+/// Takes the user's row lock (PostgreSQL; SQLite already holds the write
+/// lock) and counts the user's queued and running runs.
+pub(crate) async fn lock_user_active_runs(
+    conn: &mut AnyConnection,
+    user_id: Uuid,
+) -> Result<i64, StoreError> {
+    sqlx::query("UPDATE users SET name = name WHERE id = $1")
+        .bind(user_id.to_string())
+        .execute(&mut *conn)
+        .await?;
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n FROM runs WHERE user_id = $1 AND status IN ('queued', 'running')",
+    )
+    .bind(user_id.to_string())
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(row.try_get("n")?)
 }
 
 /// Moves a queued run to running. False if it was no longer queued.

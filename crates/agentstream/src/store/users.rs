@@ -26,11 +26,11 @@ impl Store {
         .bind(Uuid::now_v7().to_string())
         .bind(name)
         .bind(now())
-        .execute(self.pool())
+        .execute(&mut *self.acquire().await?)
         .await?;
         let row = sqlx::query("SELECT id, name FROM users WHERE name = $1")
             .bind(name)
-            .fetch_one(self.pool())
+            .fetch_one(&mut *self.acquire().await?)
             .await?;
         Ok(User {
             id: parse_id(row.try_get("id")?)?,

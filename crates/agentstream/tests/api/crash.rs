@@ -15,6 +15,8 @@ async fn start(db: &TestDb, delay_ms: &str) -> ServerProcess {
             delay_ms,
             "--drain-secs",
             "2",
+            "--max-runs-per-user",
+            "1000",
         ],
         &[("RUST_LOG", "info")],
     )
@@ -129,14 +131,14 @@ async fn sigkill_then_restart(backend: Backend) {
 }
 both!(sigkill_then_restart);
 
-/// SIGTERM with streams open: the server stops accepting, interrupts what
+/// SIGTERM with 200 streams open: the server stops accepting, interrupts what
 /// the drain time does not finish, ends every stream with `done`, and
 /// exits 0 without an ERROR line.
 async fn sigterm_with_open_streams(backend: Backend) {
     let db = TestDb::new(backend).await;
     let mut server = start(&db, "200").await;
     let client = reqwest::Client::new();
-    let streams = (0..50).map(|i| {
+    let streams = (0..200).map(|i| {
         let client = client.clone();
         let url = server.url("/api/v1/chat/stream");
         async move {
@@ -146,6 +148,7 @@ async fn sigterm_with_open_streams(backend: Backend) {
                 .send()
                 .await
                 .unwrap();
+            assert_eq!(response.status(), 200);
             let mut stream = Box::pin(events(response));
             let first = stream.next().await.unwrap();
             (first, stream)

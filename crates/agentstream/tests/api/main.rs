@@ -9,10 +9,13 @@
 mod helpers;
 
 mod crash;
+mod dbrestart;
 mod durability;
 mod failures;
+mod hostile;
 mod input;
 mod onboarding;
 mod process;
+mod security;
 mod streaming;
 mod upstream;

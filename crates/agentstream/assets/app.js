@@ -1,0 +1,712 @@
+// agentstream chat page: conversations, streamed runs, resume after reload or
+// connection loss, cancel, and the API key prompt. Plain JS, no build step.
+//
+// The SSE stream is read with fetch() and parsed here, because EventSource
+// cannot send the Authorization header.
+"use strict";
+
+const els = {
+  body: document.body,
+  modes: document.getElementById("modes"),
+  newConversation: document.getElementById("new-conversation"),
+  transcript: document.getElementById("transcript"),
+  hint: document.getElementById("empty-hint"),
+  profileState: document.getElementById("profile-state"),
+  profileFields: document.getElementById("profile-fields"),
+  status: document.getElementById("status"),
+  keyForm: document.getElementById("key-form"),
+  keyInput: document.getElementById("key-input"),
+  keyLabel: document.querySelector("label[for=key-input]"),
+  composer: document.getElementById("composer"),
+  input: document.getElementById("input"),
+  send: document.getElementById("send"),
+  stop: document.getElementById("stop"),
+};
+
+const HINTS = {
+  onboarding:
+    "Onboarding: the assistant asks a few questions and saves your answers to your profile. Start with your name.",
+  chat: "Chat: ask anything. Mention your profile to see a tool call.",
+};
+const MARKERS = { cancelled: "Stopped", failed: "Failed", interrupted: "Interrupted" };
+// Reconnect delays in ms; the last one repeats.
+const BACKOFF = [500, 1000, 2000, 4000, 8000];
+
+// ---- session storage (per tab; the API key never goes in a URL) ----
+
+const saved = {
+  get(name) {
+    try {
+      return sessionStorage.getItem("agentstream." + name);
+    } catch {
+      return null;
+    }
+  },
+  set(name, value) {
+    try {
+      if (value === null || value === undefined) sessionStorage.removeItem("agentstream." + name);
+      else sessionStorage.setItem("agentstream." + name, value);
+    } catch {
+      // Storage disabled: the page still works, it just forgets on reload.
+    }
+  },
+  json(name) {
+    try {
+      return JSON.parse(this.get(name) || "null");
+    } catch {
+      return null;
+    }
+  },
+};
+
+const state = {
+  mode: "onboarding",
+  conversationId: null,
+  run: null, // the run in flight: see startRun()
+};
+
+// ---- status line ----
+
+function setStatus(text, kind = "") {
+  els.status.textContent = text;
+  els.status.className = "status" + (kind ? " " + kind : "");
+}
+
+// ---- HTTP with the API key ----
+
+class HttpError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+let keyPrompt = null;
+
+// Shows the key form once, however many requests are waiting for it.
+function askForKey(rejected) {
+  if (!keyPrompt) {
+    keyPrompt = new Promise((resolve) => {
+      els.keyLabel.textContent = rejected
+        ? "That API key was not accepted; enter another"
+        : "This server needs an API key";
+      els.keyForm.hidden = false;
+      els.keyInput.focus();
+      els.keyForm.onsubmit = (event) => {
+        event.preventDefault();
+        const key = els.keyInput.value.trim();
+        if (!key) return;
+        saved.set("key", key);
+        els.keyInput.value = "";
+        els.keyForm.hidden = true;
+        keyPrompt = null;
+        resolve();
+      };
+    });
+  }
+  return keyPrompt;
+}
+
+// fetch() with `Authorization: Bearer <key>` when a key is known; on 401
+// asks for a key and tries again.
+async function api(path, options = {}) {
+  for (;;) {
+    const headers = new Headers(options.headers || {});
+    const key = saved.get("key");
+    if (key) headers.set("authorization", "Bearer " + key);
+    const response = await fetch(path, { ...options, headers });
+    if (response.status !== 401) return response;
+    const body = await response.json().catch(() => null);
+    if (body?.error?.code !== "unauthorized") return response;
+    saved.set("key", null);
+    await askForKey(Boolean(key));
+  }
+}
+
+async function failure(response) {
+  const body = await response.json().catch(() => null);
+  return new HttpError(
+    response.status,
+    body?.error?.code || "http_" + response.status,
+    body?.error?.message || response.statusText || "request failed",
+  );
+}
+
+async function apiJson(path, options = {}) {
+  const response = await api(path, options);
+  if (!response.ok) throw await failure(response);
+  return response.status === 204 ? null : response.json();
+}
+
+function postJson(path, body) {
+  return apiJson(path, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(body),
+  });
+}
+
+// ---- SSE parsing ----
+
+// Yields {event, data, id} for each event of a text/event-stream body.
+async function* sseEvents(body) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  let event = "message";
+  let data = [];
+  let id = null;
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += value;
+      let end;
+      while ((end = buffer.indexOf("\n")) >= 0) {
+        let line = buffer.slice(0, end);
+        buffer = buffer.slice(end + 1);
+        if (line.endsWith("\r")) line = line.slice(0, -1);
+        if (line === "") {
+          if (data.length > 0) yield { event, data: data.join("\n"), id };
+          event = "message";
+          data = [];
+          id = null;
+          continue;
+        }
+        if (line.startsWith(":")) continue;
+        const colon = line.indexOf(":");
+        const field = colon < 0 ? line : line.slice(0, colon);
+        let text = colon < 0 ? "" : line.slice(colon + 1);
+        if (text.startsWith(" ")) text = text.slice(1);
+        if (field === "event") event = text;
+        else if (field === "data") data.push(text);
+        else if (field === "id") id = text;
+      }
+    }
+  } finally {
+    reader.releaseLock();
+  }
+}
+
+// ---- rendering ----
+
+// The page follows the reply while the reader is at the bottom; one who
+// scrolled up to read is left there.
+let following = true;
+window.addEventListener("scroll", () => {
+  following = window.innerHeight + window.scrollY >= document.documentElement.scrollHeight - 80;
+});
+
+function scrollToEnd() {
+  if (following) window.scrollTo(0, document.documentElement.scrollHeight);
+}
+
+function append(node) {
+  els.transcript.append(node);
+  els.hint.textContent = "";
+  scrollToEnd();
+}
+
+function addUser(text) {
+  const li = document.createElement("li");
+  li.className = "msg user";
+  li.textContent = text;
+  append(li);
+  return li;
+}
+
+// An assistant bubble: text in `.text`, a marker when it was cut short.
+function addAssistant(runId, text = "", status = "streaming") {
+  const li = document.createElement("li");
+  li.className = "msg assistant";
+  if (runId) li.dataset.runId = runId;
+  const span = document.createElement("span");
+  span.className = "text";
+  span.textContent = text;
+  li.append(span);
+  setBubbleStatus(li, status);
+  append(li);
+  return li;
+}
+
+function setBubbleStatus(li, status) {
+  li.dataset.status = status;
+  li.classList.toggle("streaming", status === "streaming");
+  li.classList.toggle("stopped", status === "cancelled");
+  li.querySelector(".marker")?.remove();
+  if (MARKERS[status]) {
+    const marker = document.createElement("span");
+    marker.className = "marker";
+    marker.textContent = MARKERS[status];
+    li.append(marker);
+  }
+}
+
+function addNote(text) {
+  const li = document.createElement("li");
+  li.className = "msg error-note";
+  li.setAttribute("role", "alert");
+  li.textContent = text;
+  append(li);
+}
+
+function short(value, max = 60) {
+  const text = typeof value === "string" ? value : JSON.stringify(value);
+  return text.length > max ? text.slice(0, max - 1) + "…" : text;
+}
+
+function describeArgs(args) {
+  if (args && typeof args === "object" && !Array.isArray(args)) {
+    return Object.entries(args)
+      .map(([k, v]) => `${k}: ${short(v, 40)}`)
+      .join(", ");
+  }
+  return short(args ?? "");
+}
+
+function addChip(callId, name, args) {
+  const li = document.createElement("li");
+  li.className = "chip";
+  li.dataset.callId = callId;
+  li.dataset.tool = name;
+  li.title = `${name}(${JSON.stringify(args)})`;
+  const label = document.createElement("span");
+  label.className = "visually-hidden";
+  label.textContent = "Tool call:";
+  const icon = document.createElement("span");
+  icon.setAttribute("aria-hidden", "true");
+  icon.textContent = "⚙";
+  const title = document.createElement("span");
+  title.className = "name";
+  title.textContent = name;
+  const detail = document.createElement("span");
+  detail.className = "args";
+  detail.textContent = describeArgs(args);
+  const result = document.createElement("span");
+  result.className = "result";
+  result.textContent = "…";
+  li.append(label, icon, title, detail, result);
+  append(li);
+  return li;
+}
+
+function setChipResult(chip, output, isError) {
+  if (!chip) return;
+  const result = chip.querySelector(".result");
+  const error = isError || (output && typeof output === "object" && "error" in output);
+  result.className = "result " + (error ? "err" : "ok");
+  if (error) result.textContent = "✗ " + short(output?.error ?? output);
+  else if (output && typeof output === "object" && output.ok === true) result.textContent = "✓ done";
+  else result.textContent = "✓ " + short(output);
+  chip.title += " → " + JSON.stringify(output);
+  chip.dataset.done = "true";
+}
+
+function parseJson(text) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return text;
+  }
+}
+
+// Renders stored messages; `skipRun` leaves out the assistant and tool
+// messages of the run that is about to be replayed from its events.
+function renderTranscript(messages, skipRun) {
+  els.transcript.replaceChildren();
+  const chips = new Map();
+  for (const m of messages) {
+    if (m.role === "user") {
+      addUser(m.content);
+      continue;
+    }
+    if (skipRun && m.run_id === skipRun) continue;
+    if (m.role === "assistant") {
+      if (m.content || (m.status !== "complete" && !m.tool_calls)) {
+        addAssistant(m.run_id, m.content, m.status);
+      }
+      for (const call of m.tool_calls || []) {
+        chips.set(call.id, addChip(call.id, call.name, parseJson(call.arguments)));
+      }
+    } else if (m.role === "tool") {
+      const output = parseJson(m.content);
+      setChipResult(chips.get(m.tool_call_id), output, false);
+    }
+  }
+  showHint();
+}
+
+function showHint() {
+  els.hint.textContent = els.transcript.children.length ? "" : HINTS[state.mode];
+}
+
+// ---- the profile panel ----
+
+function renderProfile(profile) {
+  const previous = new Map(
+    [...els.profileFields.querySelectorAll("dd")].map((dd) => [dd.dataset.field, dd.textContent]),
+  );
+  els.profileFields.replaceChildren();
+  const fields = Object.entries(profile.fields || {});
+  for (const [field, value] of fields) {
+    const dt = document.createElement("dt");
+    dt.textContent = field.replaceAll("_", " ");
+    const dd = document.createElement("dd");
+    dd.dataset.field = field;
+    dd.textContent = String(value);
+    if (previous.get(field) !== dd.textContent) dd.classList.add("fresh");
+    els.profileFields.append(dt, dd);
+  }
+  if (profile.completed_at) {
+    els.profileState.textContent = "Onboarding complete.";
+    els.profileState.className = "done";
+  } else {
+    els.profileState.textContent = fields.length ? "" : "Nothing saved yet.";
+    els.profileState.className = "muted";
+  }
+}
+
+async function loadProfile() {
+  try {
+    renderProfile(await apiJson("/v1/profile"));
+  } catch (error) {
+    els.profileState.textContent = "Could not load the profile: " + error.message;
+  }
+}
+
+// ---- runs ----
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function randomId() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  return Date.now().toString(36) + Math.random().toString(36).slice(2);
+}
+
+function persistRun(run) {
+  saved.set(
+    "inflight",
+    JSON.stringify({
+      mode: state.mode,
+      conversation_id: run.conversationId,
+      run_id: run.id,
+      seq: run.seq,
+    }),
+  );
+}
+
+function setRunning(running) {
+  els.send.disabled = running;
+  els.stop.hidden = !running;
+  els.stop.disabled = false;
+  els.newConversation.disabled = running;
+  for (const radio of els.modes.querySelectorAll("input")) radio.disabled = running;
+}
+
+// A run in flight and what it has drawn so far.
+function newRun(conversationId, fields) {
+  return {
+    id: null,
+    conversationId,
+    seq: 0,
+    finished: false,
+    stopRequested: false,
+    current: null, // the assistant bubble deltas go to
+    chips: new Map(),
+    start: null, // {input, client_message_id} until the server names the run
+    ...fields,
+  };
+}
+
+function applyEvent(run, data) {
+  switch (data.type) {
+    case "delta":
+      if (!run.current) run.current = addAssistant(run.id);
+      run.current.querySelector(".text").append(data.text);
+      scrollToEnd();
+      break;
+    case "message.completed":
+      if (run.current) {
+        if (run.current.querySelector(".text").textContent === "") run.current.remove();
+        else setBubbleStatus(run.current, "complete");
+      }
+      run.current = null;
+      break;
+    case "tool.call":
+      // Text after a tool call goes to a new bubble, below the chip.
+      if (run.current && run.current.querySelector(".text").textContent === "") {
+        run.current.remove();
+      } else if (run.current) {
+        setBubbleStatus(run.current, "complete");
+      }
+      run.current = null;
+      run.chips.set(data.call_id, addChip(data.call_id, data.name, data.arguments));
+      break;
+    case "tool.result": {
+      const chip = run.chips.get(data.call_id);
+      setChipResult(chip, data.output, data.is_error);
+      const tool = chip?.dataset.tool;
+      if (!data.is_error && (tool === "update_profile" || tool === "complete_onboarding")) {
+        loadProfile();
+      }
+      break;
+    }
+    case "error":
+      addNote(`The run hit a problem (${data.code}): ${data.message}`);
+      break;
+    case "done":
+      finishRun(run, data.status);
+      break;
+    default:
+      break;
+  }
+}
+
+function finishRun(run, status) {
+  if (run.finished) return;
+  run.finished = true;
+  if (status !== "completed") {
+    const bubble = run.current || addAssistant(run.id, "", status);
+    setBubbleStatus(bubble, status);
+  } else if (run.current) {
+    setBubbleStatus(run.current, "complete");
+  }
+  run.current = null;
+  if (state.run === run) state.run = null;
+  saved.set("inflight", null);
+  setRunning(false);
+  setStatus(status === "completed" ? "" : `The reply ${MARKERS[status]?.toLowerCase() || status}.`);
+  showHint();
+}
+
+// When a stream ends with nothing left to replay, the run's stored status says how it ended.
+async function finishFromServer(run) {
+  try {
+    const stored = await apiJson(`/v1/runs/${run.id}`);
+    finishRun(run, stored.status);
+  } catch (error) {
+    finishRun(run, "failed");
+    addNote("Could not read the run: " + error.message);
+  }
+}
+
+async function cancelRun(run) {
+  run.stopRequested = true;
+  els.stop.disabled = true;
+  if (!run.id) return; // cancelled as soon as the server names the run
+  setStatus("Stopping…");
+  try {
+    await apiJson(`/v1/runs/${run.id}/cancel`, { method: "POST" });
+  } catch (error) {
+    setStatus("Could not stop the reply: " + error.message, "error");
+    els.stop.disabled = false;
+  }
+}
+
+// Opens (or re-opens) the run's stream and draws its events until `done`,
+// reconnecting with backoff from the last seen `seq` when the connection fails.
+async function follow(run) {
+  let attempt = 0;
+  while (!run.finished) {
+    let response;
+    try {
+      if (run.id) {
+        response = await api(`/v1/runs/${run.id}/events`, {
+          headers: { accept: "text/event-stream", "last-event-id": String(run.seq) },
+        });
+      } else {
+        // Same client_message_id on a retry: the server answers with the same run.
+        response = await api(`/v1/conversations/${run.conversationId}/runs`, {
+          method: "POST",
+          headers: { accept: "text/event-stream", "content-type": "application/json" },
+          body: JSON.stringify(run.start),
+        });
+      }
+    } catch {
+      await trouble(attempt++);
+      continue;
+    }
+    if (response.status === 204) {
+      await finishFromServer(run);
+      return;
+    }
+    if (!response.ok) {
+      const error = await failure(response);
+      if (response.status === 429 || response.status >= 500) {
+        await trouble(attempt++, error.message);
+        continue;
+      }
+      addNote(error.message);
+      finishRun(run, "failed");
+      setStatus(error.message, "error");
+      return;
+    }
+    if (!run.id) {
+      run.id = response.headers.get("x-run-id");
+      persistRun(run);
+      if (run.stopRequested) cancelRun(run);
+    }
+    if (attempt > 0) setStatus("Reconnected.");
+    try {
+      for await (const event of sseEvents(response.body)) {
+        if (event.event === "error" && event.id === null) {
+          setStatus("The server is busy; reconnecting…", "trouble");
+          continue;
+        }
+        const data = parseJson(event.data);
+        const seq = Number(event.id);
+        if (seq > 0 && seq <= run.seq) continue; // already drawn
+        attempt = 0;
+        applyEvent(run, data);
+        if (seq > 0) {
+          run.seq = seq;
+          if (!run.finished) persistRun(run);
+        }
+        if (run.finished) return;
+      }
+    } catch {
+      // The connection broke mid-stream: reconnect below.
+    }
+    if (!run.finished) await trouble(attempt++);
+  }
+}
+
+async function trouble(attempt, reason = "Connection lost") {
+  const delay = BACKOFF[Math.min(attempt, BACKOFF.length - 1)];
+  const jittered = delay / 2 + Math.random() * (delay / 2);
+  setStatus(`${reason}. Reconnecting in ${Math.max(1, Math.round(jittered / 1000))} s…`, "trouble");
+  await sleep(jittered);
+  setStatus("Reconnecting…", "trouble");
+}
+
+async function ensureConversation() {
+  if (state.conversationId) return state.conversationId;
+  const conversation = await postJson("/v1/conversations", { kind: state.mode });
+  state.conversationId = conversation.id;
+  saved.set("conversation." + state.mode, conversation.id);
+  return conversation.id;
+}
+
+async function sendMessage(text) {
+  if (state.run || !text.trim()) return;
+  setRunning(true);
+  setStatus("");
+  let conversationId;
+  try {
+    conversationId = await ensureConversation();
+  } catch (error) {
+    setRunning(false);
+    setStatus("Could not start a conversation: " + error.message, "error");
+    return false;
+  }
+  addUser(text);
+  const run = newRun(conversationId, {
+    start: { input: text, client_message_id: randomId() },
+  });
+  state.run = run;
+  persistRun(run);
+  follow(run);
+  return true;
+}
+
+// ---- page set-up ----
+
+function setMode(mode) {
+  state.mode = mode;
+  saved.set("mode", mode);
+  els.body.classList.toggle("chat-mode", mode === "chat");
+  for (const radio of els.modes.querySelectorAll("input")) radio.checked = radio.value === mode;
+  state.conversationId = saved.get("conversation." + mode);
+}
+
+// Loads the mode's conversation; resumes the run in flight from its first
+// event, drawing it from the replay rather than from its stored partial
+// message, so no text is drawn twice.
+async function loadConversation(inflight, attempt = 0) {
+  els.transcript.replaceChildren();
+  if (state.mode === "onboarding") loadProfile();
+  if (!state.conversationId) {
+    showHint();
+    return;
+  }
+  const mode = state.mode;
+  try {
+    let resume = null;
+    if (inflight?.run_id && inflight.conversation_id === state.conversationId) {
+      const run = await apiJson(`/v1/runs/${inflight.run_id}`).catch(() => null);
+      if (run && (run.status === "queued" || run.status === "running")) resume = run;
+    }
+    const { data } = await apiJson(`/v1/conversations/${state.conversationId}/messages`);
+    renderTranscript(data, resume?.id);
+    if (attempt > 0) setStatus("");
+    if (resume) {
+      const run = newRun(state.conversationId, { id: resume.id });
+      state.run = run;
+      els.body.dataset.resumedRun = resume.id;
+      setRunning(true);
+      setStatus("Resuming the reply…");
+      persistRun(run);
+      follow(run).then(() => {
+        if (els.status.textContent === "Resuming the reply…") setStatus("");
+      });
+    } else {
+      saved.set("inflight", null);
+    }
+  } catch (error) {
+    if (error instanceof HttpError && error.status === 404) {
+      saved.set("conversation." + state.mode, null);
+      state.conversationId = null;
+      showHint();
+    } else if (error instanceof HttpError && error.status < 500 && error.status !== 429) {
+      setStatus("Could not load the conversation: " + error.message, "error");
+    } else {
+      // The server is unreachable or busy: try again, unless the mode changed meanwhile.
+      await trouble(attempt, "Cannot reach the server");
+      if (state.mode === mode && !state.run) await loadConversation(inflight, attempt + 1);
+    }
+  }
+}
+
+function init() {
+  const inflight = saved.json("inflight");
+  setMode(inflight?.mode || saved.get("mode") || "onboarding");
+  loadConversation(inflight);
+
+  els.modes.addEventListener("change", (event) => {
+    if (state.run) return;
+    setMode(event.target.value);
+    setStatus("");
+    loadConversation(null);
+  });
+
+  els.newConversation.addEventListener("click", () => {
+    if (state.run) return;
+    saved.set("conversation." + state.mode, null);
+    state.conversationId = null;
+    setStatus("");
+    loadConversation(null);
+    els.input.focus();
+  });
+
+  els.composer.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const text = els.input.value;
+    if (await sendMessage(text)) els.input.value = "";
+    els.input.focus();
+  });
+
+  els.input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      if (!els.send.disabled) els.composer.requestSubmit();
+    }
+  });
+
+  els.stop.addEventListener("click", () => {
+    if (state.run) cancelRun(state.run);
+  });
+}
+
+init();

@@ -1,0 +1,578 @@
+//! `agentstream chat`: a terminal client for a running server. Reads lines
+//! from stdin, streams each reply to stdout as it arrives, cancels the run on
+//! Ctrl-C, and rejoins a run's events with `--resume`.
+
+use std::{
+    io::{IsTerminal, Write},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use reqwest::{RequestBuilder, Response, StatusCode, header};
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+/// Reconnect delays after a lost stream; the last one repeats.
+const BACKOFF_MS: [u64; 5] = [250, 500, 1000, 2000, 4000];
+/// Reconnects in a row before the client gives up on a run.
+const MAX_RECONNECTS: usize = 10;
+/// Spinner frame interval.
+const SPIN: Duration = Duration::from_millis(80);
+const SPINNER: [&str; 10] = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"];
+
+/// `agentstream chat [--onboarding] [--url URL] [--key KEY] [--resume RUN_ID]`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChatArgs {
+    /// Talk to the onboarding agent (it fills in your profile) instead of the chat agent.
+    #[arg(long)]
+    pub onboarding: bool,
+    /// The server's base URL.
+    #[arg(long, env = "AGENTSTREAM_URL", default_value = "http://127.0.0.1:8000")]
+    pub url: String,
+    /// An API key, sent as `Authorization: Bearer <key>`.
+    #[arg(long, env = "AGENTSTREAM_API_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+    /// Rejoin this run's events from its first one, then go on chatting in its conversation.
+    #[arg(long, value_name = "RUN_ID")]
+    pub resume: Option<Uuid>,
+}
+
+/// Runs the client until stdin ends or Ctrl-C at the prompt.
+pub async fn chat(args: ChatArgs) -> anyhow::Result<()> {
+    let api = Api::new(&args)?;
+    let mut term = Term::new();
+    let mut interrupts = Interrupts::new()?;
+    let mut lines = stdin_lines();
+    let mut conversation = None;
+    let mut failed = 0usize;
+
+    if let Some(run_id) = args.resume {
+        let run: RunInfo = api.json(api.get(&format!("/v1/runs/{run_id}"))).await?;
+        conversation = Some(run.conversation_id);
+        match api.events(run_id, 0).await? {
+            Some(response) => {
+                if !follow(&api, &mut term, &mut interrupts, run_id, response).await? {
+                    failed += 1;
+                }
+            }
+            None => term.note(&format!(
+                "run {run_id} ended {}; its events are no longer kept",
+                run.status
+            ))?,
+        }
+    }
+
+    let kind = if args.onboarding {
+        "onboarding"
+    } else {
+        "chat"
+    };
+    if std::io::stdin().is_terminal() {
+        let what = match args.resume {
+            Some(run_id) => format!("the conversation of run {run_id}"),
+            None => format!("a new {kind} conversation"),
+        };
+        term.note(&format!(
+            "agentstream at {}: {what}. Ctrl-C stops a reply; Ctrl-C or Ctrl-D here exits.",
+            api.base
+        ))?;
+    }
+    loop {
+        term.prompt()?;
+        let line = tokio::select! {
+            line = lines.recv() => line,
+            () = interrupts.recv() => {
+                term.end_line()?;
+                break;
+            }
+        };
+        let Some(line) = line else { break };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let conversation_id = match conversation {
+            Some(id) => id,
+            None => {
+                let created: Created = api
+                    .json(
+                        api.post("/v1/conversations")
+                            .json(&serde_json::json!({ "kind": kind })),
+                    )
+                    .await?;
+                conversation = Some(created.id);
+                created.id
+            }
+        };
+        let started = api
+            .send(
+                api.post(&format!("/v1/conversations/{conversation_id}/runs"))
+                    .header(header::ACCEPT, "text/event-stream")
+                    .json(&serde_json::json!({
+                        "input": line,
+                        "client_message_id": Uuid::now_v7().to_string(),
+                    })),
+            )
+            .await;
+        let response = match started {
+            Ok(response) => response,
+            Err(error) => {
+                term.error(&format!("{error:#}"))?;
+                failed += 1;
+                continue;
+            }
+        };
+        let run_id = response
+            .headers()
+            .get("x-run-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| Uuid::parse_str(v).ok())
+            .context("the server did not name the run (no X-Run-Id header)")?;
+        if !follow(&api, &mut term, &mut interrupts, run_id, response).await? {
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        bail!(
+            "{failed} repl{} did not complete",
+            if failed == 1 { "y" } else { "ies" }
+        );
+    }
+    Ok(())
+}
+
+/// Draws one run's events until `done`, reconnecting from the last `seq`
+/// when the stream breaks. Ctrl-C cancels the run, then waits for its `done`.
+/// Returns false when the run failed or was interrupted.
+async fn follow(
+    api: &Api,
+    term: &mut Term,
+    interrupts: &mut Interrupts,
+    run_id: Uuid,
+    first: Response,
+) -> anyhow::Result<bool> {
+    let mut reply = Reply::default();
+    let mut next = Some(first);
+    let mut reconnects = 0;
+    loop {
+        let response = match next.take() {
+            Some(response) => response,
+            None => match api.events(run_id, reply.seq).await {
+                Ok(Some(response)) => response,
+                Ok(None) => {
+                    // Over, and nothing after our cursor: the stored run says how.
+                    let run: RunInfo = api.json(api.get(&format!("/v1/runs/{run_id}"))).await?;
+                    term.clear_spinner()?;
+                    return reply.finish(term, &run.status);
+                }
+                Err(error) if reconnects < MAX_RECONNECTS => {
+                    term.error(&format!("{error:#}; retrying"))?;
+                    reconnects += 1;
+                    backoff(reconnects, interrupts, api, run_id, &mut reply, term).await?;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            },
+        };
+        let mut events = response.bytes_stream().eventsource();
+        let mut spin = tokio::time::interval(SPIN);
+        loop {
+            tokio::select! {
+                event = events.next() => match event {
+                    Some(Ok(event)) => {
+                        let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
+                            continue;
+                        };
+                        let Some(seq) = data.get("seq").and_then(Value::as_i64) else {
+                            // Not a run event (the server could not read the log now).
+                            term.error(data.get("message").and_then(Value::as_str).unwrap_or("stream error"))?;
+                            continue;
+                        };
+                        if seq <= reply.seq {
+                            continue;
+                        }
+                        reply.seq = seq;
+                        reconnects = 0;
+                        if let Some(status) = reply.apply(term, &data)? {
+                            return reply.finish(term, &status);
+                        }
+                    }
+                    Some(Err(_)) | None => break,
+                },
+                () = interrupts.recv() => reply.cancel(api, term, run_id).await?,
+                _ = spin.tick(), if !reply.started && term.fancy_out => term.spin()?,
+            }
+        }
+        reconnects += 1;
+        if reconnects > MAX_RECONNECTS {
+            term.clear_spinner()?;
+            bail!("lost the stream of run {run_id}; rejoin it with --resume {run_id}");
+        }
+        backoff(reconnects, interrupts, api, run_id, &mut reply, term).await?;
+    }
+}
+
+/// Waits before reconnect number `attempt`; Ctrl-C meanwhile still cancels.
+async fn backoff(
+    attempt: usize,
+    interrupts: &mut Interrupts,
+    api: &Api,
+    run_id: Uuid,
+    reply: &mut Reply,
+    term: &mut Term,
+) -> anyhow::Result<()> {
+    let index = attempt.saturating_sub(1).min(BACKOFF_MS.len() - 1);
+    let delay = Duration::from_millis(BACKOFF_MS.get(index).copied().unwrap_or(4000));
+    tokio::select! {
+        () = tokio::time::sleep(delay) => Ok(()),
+        () = interrupts.recv() => reply.cancel(api, term, run_id).await,
+    }
+}
+
+/// What one run has drawn so far.
+#[derive(Debug, Default)]
+struct Reply {
+    /// The last event seen.
+    seq: i64,
+    /// A delta arrived: the spinner is done.
+    started: bool,
+    /// Ctrl-C was pressed once: the run is being cancelled.
+    cancelling: bool,
+    /// Tool names by call ID, for the result lines.
+    tools: Vec<(String, String)>,
+}
+
+impl Reply {
+    /// Draws one event; returns the run's final status on `done`.
+    fn apply(&mut self, term: &mut Term, data: &Value) -> anyhow::Result<Option<String>> {
+        let text = |name: &str| data.get(name).and_then(Value::as_str).unwrap_or_default();
+        match text("type") {
+            "delta" => {
+                if !self.started {
+                    self.started = true;
+                    term.clear_spinner()?;
+                }
+                term.text(text("text"))?;
+            }
+            "message.completed" => term.end_line()?,
+            "tool.call" => {
+                let arguments = data
+                    .get("arguments")
+                    .map(Value::to_string)
+                    .unwrap_or_default();
+                self.tools
+                    .push((text("call_id").to_owned(), text("name").to_owned()));
+                term.dim_line(&format!("tool {} {arguments}", text("name")))?;
+            }
+            "tool.result" => {
+                let name = self
+                    .tools
+                    .iter()
+                    .find(|(id, _)| id == text("call_id"))
+                    .map_or("", |(_, name)| name.as_str());
+                let mark = if data.get("is_error").and_then(Value::as_bool) == Some(true) {
+                    "✗"
+                } else {
+                    "→"
+                };
+                let output = data.get("output").map(Value::to_string).unwrap_or_default();
+                term.dim_line(&format!("tool {name} {mark} {output}"))?;
+            }
+            "error" => {
+                term.clear_spinner()?;
+                term.error(&format!("{}: {}", text("code"), text("message")))?;
+            }
+            "done" => return Ok(Some(text("status").to_owned())),
+            _ => {}
+        }
+        Ok(None)
+    }
+
+    /// Asks the server to cancel the run, once; a second Ctrl-C gives up waiting.
+    async fn cancel(&mut self, api: &Api, term: &mut Term, run_id: Uuid) -> anyhow::Result<()> {
+        if self.cancelling {
+            term.clear_spinner()?;
+            bail!("interrupted; the run may still be stopping (see --resume {run_id})");
+        }
+        self.cancelling = true;
+        term.clear_spinner()?;
+        term.note(&format!("cancelling run {run_id}…"))?;
+        if let Err(error) = api
+            .send(api.post(&format!("/v1/runs/{run_id}/cancel")))
+            .await
+        {
+            term.error(&format!("could not cancel: {error:#}"))?;
+        }
+        Ok(())
+    }
+
+    /// Ends the reply's line and says how it ended unless it completed;
+    /// false when it failed or was interrupted.
+    fn finish(&self, term: &mut Term, status: &str) -> anyhow::Result<bool> {
+        term.clear_spinner()?;
+        term.end_line()?;
+        match status {
+            "completed" => Ok(true),
+            // Stopped on purpose: not a failure.
+            "cancelled" => term.dim_line("[stopped]").map(|()| true),
+            other => term.dim_line(&format!("[{other}]")).map(|()| false),
+        }
+    }
+}
+
+/// The server's API.
+#[derive(Debug)]
+struct Api {
+    http: reqwest::Client,
+    /// The base URL without a trailing slash.
+    base: String,
+    key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Created {
+    id: Uuid,
+}
+
+#[derive(Debug, Deserialize)]
+struct RunInfo {
+    conversation_id: Uuid,
+    status: String,
+}
+
+impl Api {
+    fn new(args: &ChatArgs) -> anyhow::Result<Api> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .context("cannot build the HTTP client")?;
+        Ok(Api {
+            http,
+            base: args.url.trim_end_matches('/').to_owned(),
+            key: args.key.clone().filter(|k| !k.trim().is_empty()),
+        })
+    }
+
+    fn with_key(&self, request: RequestBuilder) -> RequestBuilder {
+        match &self.key {
+            Some(key) => request.bearer_auth(key.trim()),
+            None => request,
+        }
+    }
+
+    fn get(&self, path: &str) -> RequestBuilder {
+        self.with_key(self.http.get(format!("{}{path}", self.base)))
+    }
+
+    fn post(&self, path: &str) -> RequestBuilder {
+        self.with_key(self.http.post(format!("{}{path}", self.base)))
+    }
+
+    /// Sends the request; an error status becomes an error with the server's message.
+    async fn send(&self, request: RequestBuilder) -> anyhow::Result<Response> {
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.base))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let message = body
+            .pointer("/error/message")
+            .and_then(Value::as_str)
+            .unwrap_or("no details");
+        if status == StatusCode::UNAUTHORIZED {
+            bail!("the server wants an API key: pass --key or set AGENTSTREAM_API_KEY ({message})");
+        }
+        bail!("the server answered {status}: {message}")
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        request: RequestBuilder,
+    ) -> anyhow::Result<T> {
+        self.send(request)
+            .await?
+            .json()
+            .await
+            .context("the server's answer is not the expected JSON")
+    }
+
+    /// The run's events after `after`; `None` when the run is over and nothing is left.
+    async fn events(&self, run_id: Uuid, after: i64) -> anyhow::Result<Option<Response>> {
+        let response = self
+            .send(
+                self.get(&format!("/v1/runs/{run_id}/events"))
+                    .header(header::ACCEPT, "text/event-stream")
+                    .header("last-event-id", after.to_string()),
+            )
+            .await?;
+        Ok((response.status() != StatusCode::NO_CONTENT).then_some(response))
+    }
+}
+
+/// The terminal: reply text on stdout; notes and errors on stderr. Colour
+/// and the spinner only when the stream is a terminal.
+#[derive(Debug)]
+struct Term {
+    /// Stdout is a terminal (and `NO_COLOR` is unset): dim tool lines, spinner.
+    fancy_out: bool,
+    /// Stderr is a terminal (and `NO_COLOR` is unset).
+    fancy_err: bool,
+    /// The prompt is shown (stdin and stdout are terminals).
+    prompt: bool,
+    /// Something was written on the current stdout line.
+    mid_line: bool,
+    /// The spinner frame on screen, if any.
+    spinner: Option<usize>,
+}
+
+impl Term {
+    fn new() -> Term {
+        let color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        let out = std::io::stdout().is_terminal();
+        Term {
+            fancy_out: out && color,
+            fancy_err: std::io::stderr().is_terminal() && color,
+            prompt: out && std::io::stdin().is_terminal(),
+            mid_line: false,
+            spinner: None,
+        }
+    }
+
+    fn write(&mut self, text: &str) -> anyhow::Result<()> {
+        let mut out = std::io::stdout().lock();
+        out.write_all(text.as_bytes())?;
+        out.flush()?;
+        Ok(())
+    }
+
+    fn prompt(&mut self) -> anyhow::Result<()> {
+        if self.prompt {
+            let prompt = if self.fancy_out {
+                "\x1b[1m>\x1b[0m "
+            } else {
+                "> "
+            };
+            self.write(prompt)?;
+        }
+        Ok(())
+    }
+
+    fn text(&mut self, text: &str) -> anyhow::Result<()> {
+        if !text.is_empty() {
+            self.mid_line = !text.ends_with('\n');
+            self.write(text)?;
+        }
+        Ok(())
+    }
+
+    fn end_line(&mut self) -> anyhow::Result<()> {
+        if self.mid_line {
+            self.mid_line = false;
+            self.write("\n")?;
+        }
+        Ok(())
+    }
+
+    /// A whole line, dimmed on a terminal (tool calls, status).
+    fn dim_line(&mut self, line: &str) -> anyhow::Result<()> {
+        self.clear_spinner()?;
+        self.end_line()?;
+        let line = if self.fancy_out {
+            format!("\x1b[2m{line}\x1b[0m\n")
+        } else {
+            format!("{line}\n")
+        };
+        self.write(&line)
+    }
+
+    fn spin(&mut self) -> anyhow::Result<()> {
+        if !self.fancy_out || self.mid_line {
+            return Ok(());
+        }
+        let frame = self.spinner.map_or(0, |f| (f + 1) % SPINNER.len());
+        self.spinner = Some(frame);
+        let text = format!("\r\x1b[2m{}\x1b[0m ", SPINNER.get(frame).unwrap_or(&"."));
+        self.write(&text)
+    }
+
+    fn clear_spinner(&mut self) -> anyhow::Result<()> {
+        if self.spinner.take().is_some() {
+            self.write("\r\x1b[2K")?;
+        }
+        Ok(())
+    }
+
+    fn stderr_line(&mut self, line: &str, style: &str) -> anyhow::Result<()> {
+        self.clear_spinner()?;
+        self.end_line()?;
+        let mut err = std::io::stderr().lock();
+        if self.fancy_err {
+            writeln!(err, "\x1b[{style}m{line}\x1b[0m")?;
+        } else {
+            writeln!(err, "{line}")?;
+        }
+        Ok(())
+    }
+
+    /// A dim note on stderr.
+    fn note(&mut self, line: &str) -> anyhow::Result<()> {
+        self.stderr_line(line, "2")
+    }
+
+    /// An error on stderr.
+    fn error(&mut self, line: &str) -> anyhow::Result<()> {
+        self.stderr_line(&format!("error: {line}"), "31")
+    }
+}
+
+/// Ctrl-C (SIGINT), handled instead of killing the process from the start,
+/// so one arriving between two waits is not lost.
+#[derive(Debug)]
+struct Interrupts {
+    #[cfg(unix)]
+    signal: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    fn new() -> anyhow::Result<Interrupts> {
+        Ok(Interrupts {
+            #[cfg(unix)]
+            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                .context("cannot listen for Ctrl-C")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if self.signal.recv().await.is_none() {
+            std::future::pending::<()>().await;
+        }
+        #[cfg(not(unix))]
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Lines of stdin, read on a plain thread: tokio's stdin reads on a blocking
+/// task that cannot be cancelled, which would keep the process alive after
+/// Ctrl-C at the prompt until Enter. This thread just dies with the process.
+fn stdin_lines() -> mpsc::Receiver<String> {
+    let (send, lines) = mpsc::channel(16);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if send.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}

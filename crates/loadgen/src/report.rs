@@ -1,0 +1,843 @@
+//! The `report` subcommand: reads the JSON summaries of a suite and writes `BENCHMARKS.md`,
+//! every figure next to the baseline measured in the same suite and the issue's targets.
+
+use std::collections::BTreeMap;
+use std::fmt::{self, Write as _};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::check::Protocol;
+use crate::run::Summary;
+
+/// Options of `loadgen report`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReportArgs {
+    /// Folder of `*.json` run summaries.
+    #[arg(long)]
+    pub results: PathBuf,
+    /// Where to write the Markdown.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    pub out: PathBuf,
+    /// The command that ran the suite, shown first.
+    #[arg(long, default_value = "scripts/bench.sh")]
+    pub command: String,
+    /// When the suite ran (free text).
+    #[arg(long, default_value = "")]
+    pub date: String,
+    /// The commit measured (free text, e.g. `git describe --always --dirty`).
+    #[arg(long, default_value = "")]
+    pub revision: String,
+    /// Seconds the measurements took, build excluded.
+    #[arg(long)]
+    pub suite_seconds: Option<u64>,
+    /// Seconds the release build took.
+    #[arg(long)]
+    pub build_seconds: Option<u64>,
+    /// A text file with a CPU profile of the server, shown as is.
+    #[arg(long)]
+    pub profile: Option<PathBuf>,
+    /// One line saying what the profile is of.
+    #[arg(long, default_value = "")]
+    pub profile_title: String,
+    /// Free-text notes, one paragraph each; repeatable.
+    #[arg(long = "note")]
+    pub notes: Vec<String>,
+    /// The results come from `--smoke`: say the figures mean nothing.
+    #[arg(long)]
+    pub smoke: bool,
+}
+
+/// The issue's targets.
+const TARGET_STREAMS: u64 = 5_000;
+const TARGET_ADDED_GAP_P99_MS: f64 = 3.0;
+const TARGET_ADDED_TTFE_P99_MS: f64 = 10.0;
+const TARGET_KIB_PER_STREAM: f64 = 32.0;
+const TARGET_STARTS_SQLITE: f64 = 1_000.0;
+const TARGET_STARTS_POSTGRES: f64 = 500.0;
+const TARGET_CPU_RATIO: f64 = 2.5;
+/// The level at which latency targets are read.
+const LATENCY_LEVEL: usize = 1_000;
+
+/// Writes the report `args` describe.
+pub fn write(args: &ReportArgs) -> anyhow::Result<()> {
+    let results = load(&args.results)?;
+    let markdown = render(args, &results, &Machine::read()).context("formatting the report")?;
+    std::fs::write(&args.out, markdown)
+        .with_context(|| format!("cannot write {}", args.out.display()))
+}
+
+fn load(dir: &Path) -> anyhow::Result<Vec<Summary>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
+        .collect();
+    paths.sort();
+    paths
+        .iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("{} is no summary", path.display()))
+        })
+        .collect()
+}
+
+/// The machine the suite ran on, from /proc.
+#[derive(Debug, Default)]
+pub struct Machine {
+    cpu_model: String,
+    cpus: usize,
+    memory_gib: f64,
+    kernel: String,
+}
+
+impl Machine {
+    /// Reads this machine's description; unknown parts stay empty.
+    pub fn read() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let field = |text: &str, name: &str| {
+            text.lines()
+                .find(|line| line.starts_with(name))
+                .and_then(|line| line.split_once(':'))
+                .map(|(_, value)| value.trim().to_owned())
+                .unwrap_or_default()
+        };
+        let mem_kib: f64 = field(&meminfo, "MemTotal")
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .unwrap_or(0.0);
+        Self {
+            cpu_model: field(&cpuinfo, "model name"),
+            cpus: std::thread::available_parallelism().map_or(0, usize::from),
+            memory_gib: mem_kib / 1024.0 / 1024.0,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+        }
+    }
+}
+
+/// The summaries of one scenario, by target and then level.
+struct Scenario<'a> {
+    by_target: BTreeMap<(usize, &'a str), Vec<&'a Summary>>,
+}
+
+impl<'a> Scenario<'a> {
+    fn new(results: &'a [Summary], scenario: &str) -> Self {
+        let mut by_target: BTreeMap<(usize, &str), Vec<&Summary>> = BTreeMap::new();
+        for summary in results.iter().filter(|s| s.scenario == scenario) {
+            by_target
+                .entry((target_rank(&summary.target), summary.target.as_str()))
+                .or_default()
+                .push(summary);
+        }
+        for runs in by_target.values_mut() {
+            runs.sort_by_key(|summary| summary.streams);
+        }
+        Self { by_target }
+    }
+
+    fn targets(&self) -> impl Iterator<Item = (&'a str, &[&'a Summary])> {
+        self.by_target
+            .iter()
+            .map(|((_, target), runs)| (*target, runs.as_slice()))
+    }
+
+    fn get(&self, target: &str, streams: usize) -> Option<&'a Summary> {
+        self.by_target
+            .get(&(target_rank(target), target))?
+            .iter()
+            .find(|summary| summary.streams == streams)
+            .copied()
+    }
+
+    fn first(&self, target: &str) -> Option<&'a Summary> {
+        self.by_target
+            .get(&(target_rank(target), target))?
+            .first()
+            .copied()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_target.is_empty()
+    }
+}
+
+/// Baselines first, then the agentstream configurations in a fixed order.
+fn target_rank(target: &str) -> usize {
+    const ORDER: [&str; 6] = ["mock", "relay", "sqlite-15", "sqlite-2", "pg-15", "pg-2"];
+    ORDER
+        .iter()
+        .position(|known| *known == target)
+        .unwrap_or(ORDER.len())
+}
+
+const MOCK: &str = "mock";
+const RELAY: &str = "relay";
+
+fn render(args: &ReportArgs, results: &[Summary], machine: &Machine) -> Result<String, fmt::Error> {
+    let ladder = Scenario::new(results, "ladder");
+    let starts = Scenario::new(results, "starts");
+    let idle = Scenario::new(results, "idle");
+    let mut out = String::new();
+    writeln!(out, "# Benchmarks\n")?;
+    if args.smoke {
+        writeln!(
+            out,
+            "**Smoke run** (`--smoke`): tiny loads that only prove the suite works; the \
+             figures below mean nothing.\n"
+        )?;
+    }
+    writeln!(
+        out,
+        "Written by `{}`{}{}. Every figure comes from this one run: agentstream is compared \
+         with `mock-llm` measured directly (the floor) and with a bare relay (the CPU floor \
+         per event) on the same machine, in the same run.\n",
+        args.command,
+        if args.date.is_empty() {
+            String::new()
+        } else {
+            format!(" on {}", args.date)
+        },
+        if args.revision.is_empty() {
+            String::new()
+        } else {
+            format!(" at `{}`", args.revision)
+        },
+    )?;
+    write_machine(&mut out, args, machine)?;
+    write_method(&mut out)?;
+    write_targets(&mut out, &ladder, &starts, &idle)?;
+    write_ladder(&mut out, &ladder)?;
+    write_starts(&mut out, &starts)?;
+    write_idle(&mut out, &idle)?;
+    write_profile(&mut out, args)?;
+    for note in &args.notes {
+        writeln!(out, "{note}\n")?;
+    }
+    write_commands(&mut out, args, results)?;
+    Ok(out)
+}
+
+fn write_machine(out: &mut String, args: &ReportArgs, machine: &Machine) -> fmt::Result {
+    writeln!(out, "## Machine\n")?;
+    writeln!(out, "| | |\n|---|---|")?;
+    writeln!(out, "| CPU | {} |", machine.cpu_model)?;
+    writeln!(out, "| cores (nproc) | {} |", machine.cpus)?;
+    writeln!(out, "| memory | {:.1} GiB |", machine.memory_gib)?;
+    writeln!(out, "| kernel | {} |", machine.kernel)?;
+    if let Some(seconds) = args.build_seconds {
+        writeln!(out, "| release build | {seconds} s |")?;
+    }
+    if let Some(seconds) = args.suite_seconds {
+        writeln!(out, "| suite (build excluded) | {seconds} s |")?;
+    }
+    writeln!(
+        out,
+        "\nThe server, `mock-llm`, the relay, PostgreSQL and the load generator all share \
+         these cores.\n"
+    )
+}
+
+fn write_method(out: &mut String) -> fmt::Result {
+    writeln!(
+        out,
+        "## Method\n\n\
+         - **Streams.** agentstream's `onboarding` agent runs on `mock-llm` with model \
+         `mock;deltas=64;pace_ms=20` and `tools = [\"update_profile\"]`: the first model call \
+         is an `update_profile` tool call (a database write), the second streams 64 deltas \
+         20 ms apart. Each stream first creates a conversation (`POST /v1/conversations`, not \
+         timed) and then streams `POST /v1/conversations/{{id}}/runs`; every event is in the \
+         durable log before it is sent (no guarantee is off). `mock` is the load generator \
+         asking `mock-llm` for the same 64 deltas directly; `relay` is the same request through \
+         the bare relay (`loadgen relay`: axum SSE pass-through, no database).\n\
+         - **Checks.** An agentstream stream passes when its `seq` runs 1..n with no gap or \
+         repeat and it ends with `done` status `completed`; an upstream stream when it ends \
+         with `[DONE]`.\n\
+         - **Gaps** are between consecutive `delta` events for agentstream and between all \
+         chunks for `mock` and `relay` (all 20 ms apart upstream). **Added** figures are \
+         agentstream's percentile minus `mock`'s at the same number of streams. **TTFE** is \
+         the time from sending the request to the first event (`run.started` for agentstream, \
+         the role chunk upstream).\n\
+         - **Sustained**: under 0.1% failed streams, no lost or duplicated event and no gap \
+         over 10× the pacing (200 ms). The ladder starts all its streams within one second \
+         (each lasts at least 1.4 s), so the streams are all open at once (`peak open`), and \
+         stops at the first level not sustained.\n\
+         - **CPU** is the server process's user+system time from `/proc/PID/stat` over the \
+         run: agentstream's includes SQLite (in process), not PostgreSQL's own processes \
+         nor `mock-llm`. **×relay** divides agentstream's CPU per event by the relay's at the \
+         same level.\n\
+         - **Run starts** use the `chat` agent on model `mock;deltas=2;tools=never` through \
+         `POST /api/v1/chat/stream` (which creates the conversation): a closed loop of workers, \
+         each starting a run when its last one ended; runs/s counts runs that completed with \
+         every event.\n\
+         - **Memory per stream**: the upstream waits 30 s before its first chunk \
+         (`ttft_ms=30000`); the streams are held open a few seconds after the last one started \
+         (`--hold-ms`), then closed. Resident memory above the idle server at the peak, divided \
+         by the open streams. Each agentstream configuration is measured on a freshly started \
+         server (stopped with no drain, so the waiting runs end `interrupted`).\n"
+    )
+}
+
+/// One agentstream configuration's figures against the targets.
+struct Verdicts {
+    cells: Vec<String>,
+    all_met: bool,
+    measured: bool,
+}
+
+impl Verdicts {
+    fn new() -> Self {
+        Self {
+            cells: Vec::new(),
+            all_met: true,
+            measured: false,
+        }
+    }
+
+    fn push(&mut self, value: Option<(String, bool)>) {
+        match value {
+            Some((text, met)) => {
+                self.measured = true;
+                self.all_met &= met;
+                self.cells
+                    .push(format!("{text} {}", if met { "✅" } else { "❌ missed" }));
+            }
+            None => self.cells.push("not measured".to_owned()),
+        }
+    }
+
+    fn verdict(&self) -> &'static str {
+        match (self.measured, self.all_met) {
+            (false, _) => "not measured",
+            (true, true) => "met",
+            (true, false) => "**MISSED**",
+        }
+    }
+}
+
+fn agentstream_targets<'a>(scenarios: &[&Scenario<'a>]) -> Vec<&'a str> {
+    let mut targets: Vec<(usize, &str)> = scenarios
+        .iter()
+        .flat_map(|scenario| scenario.targets())
+        .filter(|(_, runs)| runs.iter().any(|run| run.protocol == Protocol::Agentstream))
+        .map(|(target, _)| (target_rank(target), target))
+        .collect();
+    targets.sort_unstable();
+    targets.dedup();
+    targets.into_iter().map(|(_, target)| target).collect()
+}
+
+/// The highest level sustained, counted up the ladder until the first level that was not.
+fn sustained_streams(runs: &[&Summary]) -> (usize, bool) {
+    let mut best = 0;
+    for run in runs {
+        if !run.sustained {
+            return (best, false);
+        }
+        best = run.streams;
+    }
+    (best, true)
+}
+
+fn write_targets(
+    out: &mut String,
+    ladder: &Scenario<'_>,
+    starts: &Scenario<'_>,
+    idle: &Scenario<'_>,
+) -> fmt::Result {
+    let targets = agentstream_targets(&[ladder, starts, idle]);
+    if targets.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "## Targets\n")?;
+    write!(out, "| figure | target |")?;
+    for target in &targets {
+        write!(out, " {target} |")?;
+    }
+    writeln!(out, " verdict |")?;
+    writeln!(out, "|---|---|{}---|", "---|".repeat(targets.len()))?;
+
+    let row = |out: &mut String,
+               figure: &str,
+               goal: &str,
+               cell: &dyn Fn(&str) -> Option<(String, bool)>|
+     -> fmt::Result {
+        let mut verdicts = Verdicts::new();
+        for target in &targets {
+            verdicts.push(cell(target));
+        }
+        writeln!(
+            out,
+            "| {figure} | {goal} | {} | {} |",
+            verdicts.cells.join(" | "),
+            verdicts.verdict()
+        )
+    };
+
+    let sustained = |target: &str| {
+        let runs = ladder.by_target.get(&(target_rank(target), target))?;
+        let (streams, top) = sustained_streams(runs);
+        let text = if top {
+            format!("≥ {streams} (ladder top)")
+        } else {
+            streams.to_string()
+        };
+        Some((text, streams as u64 >= TARGET_STREAMS))
+    };
+    row(out, "streams sustained", "≥ 5,000", &sustained)?;
+
+    let added = |target: &str, pick: fn(&Summary) -> f64, goal: f64| {
+        let run = ladder.get(target, LATENCY_LEVEL)?;
+        let mock = ladder.get(MOCK, LATENCY_LEVEL)?;
+        let added = pick(run) - pick(mock);
+        Some((
+            format!("{added:+.1} ms"),
+            added <= goal && run.ttfe_ms.count > 0,
+        ))
+    };
+    row(
+        out,
+        "added gap p99 at 1,000 streams",
+        "≤ 3 ms",
+        &|target| added(target, |s| s.gap_ms.p99, TARGET_ADDED_GAP_P99_MS),
+    )?;
+    row(
+        out,
+        "added TTFE p99 at 1,000 streams",
+        "≤ 10 ms",
+        &|target| added(target, |s| s.ttfe_ms.p99, TARGET_ADDED_TTFE_P99_MS),
+    )?;
+    row(out, "memory per live stream", "≤ 32 KiB", &|target| {
+        let kib = kib_per_stream(idle.first(target)?)?;
+        Some((format!("{kib:.1} KiB"), kib <= TARGET_KIB_PER_STREAM))
+    })?;
+    row(
+        out,
+        "run starts per second",
+        "≥ 1,000 SQLite, ≥ 500 PostgreSQL",
+        &|target| {
+            let run = starts.first(target)?;
+            let goal = if target.starts_with("pg") {
+                TARGET_STARTS_POSTGRES
+            } else {
+                TARGET_STARTS_SQLITE
+            };
+            Some((format!("{:.0}/s", run.ok_per_s), run.ok_per_s >= goal))
+        },
+    )?;
+    row(
+        out,
+        "server CPU per event vs the relay",
+        "≤ 2.5×",
+        &|target| {
+            let (level, ratio) = cpu_ratio_at(ladder, target)?;
+            Some((format!("{ratio:.2}× at {level}"), ratio <= TARGET_CPU_RATIO))
+        },
+    )?;
+    row(
+        out,
+        "pool at 2 instead of 15",
+        "same streams sustained",
+        &|target| {
+            let pooled = target.strip_suffix("-2")?;
+            let wide = format!("{pooled}-15");
+            let mine = sustained_streams(ladder.by_target.get(&(target_rank(target), target))?).0;
+            let theirs =
+                sustained_streams(ladder.by_target.get(&(target_rank(&wide), wide.as_str()))?).0;
+            Some((format!("{mine} vs {theirs}"), mine >= theirs))
+        },
+    )?;
+    writeln!(
+        out,
+        "\nA ❌ is a target missed; the profile below shows where the server's time goes.\n"
+    )
+}
+
+fn kib_per_stream(run: &Summary) -> Option<f64> {
+    let server = run.server?;
+    (run.peak_open > 0).then(|| {
+        server.rss_peak_kib.saturating_sub(server.rss_before_kib) as f64 / run.peak_open as f64
+    })
+}
+
+/// CPU per event against the relay's, at 1,000 streams or else the highest level both ran.
+fn cpu_ratio_at(ladder: &Scenario<'_>, target: &str) -> Option<(usize, f64)> {
+    let runs = ladder.by_target.get(&(target_rank(target), target))?;
+    let ratio = |run: &Summary| cpu_ratio(run, ladder.get(RELAY, run.streams)?);
+    if let Some(run) = ladder.get(target, LATENCY_LEVEL) {
+        if let Some(ratio) = ratio(run) {
+            return Some((LATENCY_LEVEL, ratio));
+        }
+    }
+    runs.iter()
+        .rev()
+        .find_map(|run| Some((run.streams, ratio(run)?)))
+}
+
+/// CPU per event of `run` over the relay's; `None` when either spent less than a clock tick.
+fn cpu_ratio(run: &Summary, relay: &Summary) -> Option<f64> {
+    let mine = run.server_cpu_us_per_event.filter(|us| *us > 0.0)?;
+    let floor = relay.server_cpu_us_per_event.filter(|us| *us > 0.0)?;
+    Some(mine / floor)
+}
+
+fn failures(summary: &Summary) -> String {
+    if summary.failed.is_empty() {
+        return "0".to_owned();
+    }
+    let kinds: Vec<String> = summary
+        .failed
+        .iter()
+        .map(|(kind, count)| format!("{count} {kind}"))
+        .collect();
+    let codes: Vec<String> = summary
+        .status_codes
+        .iter()
+        .map(|(code, count)| format!("{count}×{code}"))
+        .collect();
+    if codes.is_empty() {
+        kinds.join(", ")
+    } else {
+        format!("{} ({})", kinds.join(", "), codes.join(", "))
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1}", kib as f64 / 1024.0)
+}
+
+fn opt(value: Option<f64>, digits: usize) -> String {
+    value.map_or_else(|| "–".to_owned(), |value| format!("{value:.digits$}"))
+}
+
+fn write_ladder(out: &mut String, ladder: &Scenario<'_>) -> fmt::Result {
+    if ladder.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "## Concurrency ladder\n")?;
+    writeln!(
+        out,
+        "| target | streams | peak open | failed | events | TTFE p50 / p99 ms | added TTFE p99 \
+         | gap p50 / p99 / max ms | added gap p50 / p99 | stalled | server CPU s | µs/event \
+         | ×relay | RSS peak MiB | sustained |"
+    )?;
+    writeln!(out, "|{}", "---|".repeat(15))?;
+    for (target, runs) in ladder.targets() {
+        for run in runs {
+            let mock = ladder.get(MOCK, run.streams).filter(|_| target != MOCK);
+            let relay = ladder
+                .get(RELAY, run.streams)
+                .filter(|_| run.protocol == Protocol::Agentstream);
+            let added_ttfe = mock.map(|mock| run.ttfe_ms.p99 - mock.ttfe_ms.p99);
+            let added_gap = mock.map(|mock| {
+                format!(
+                    "{:+.1} / {:+.1}",
+                    run.gap_ms.p50 - mock.gap_ms.p50,
+                    run.gap_ms.p99 - mock.gap_ms.p99
+                )
+            });
+            let ratio = relay.and_then(|relay| cpu_ratio(run, relay));
+            writeln!(
+                out,
+                "| {target} | {} | {} | {} | {} | {:.1} / {:.1} | {} | {:.1} / {:.1} / {:.1} \
+                 | {} | {} | {} | {} | {} | {} | {} |",
+                run.streams,
+                run.peak_open,
+                failures(run),
+                run.events,
+                run.ttfe_ms.p50,
+                run.ttfe_ms.p99,
+                opt(added_ttfe, 1),
+                run.gap_ms.p50,
+                run.gap_ms.p99,
+                run.gap_ms.max,
+                added_gap.unwrap_or_else(|| "–".to_owned()),
+                run.stalled_streams,
+                opt(run.server.map(|s| s.cpu_s), 2),
+                opt(run.server_cpu_us_per_event, 1),
+                opt(ratio, 2),
+                run.server
+                    .map_or_else(|| "–".to_owned(), |s| mib(s.rss_peak_kib)),
+                if run.sustained { "yes" } else { "**no**" },
+            )?;
+        }
+    }
+    writeln!(out)
+}
+
+fn write_starts(out: &mut String, starts: &Scenario<'_>) -> fmt::Result {
+    if starts.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "## Run starts per second\n")?;
+    writeln!(
+        out,
+        "| target | workers | seconds | runs ok | failed | runs/s | TTFE p50 / p99 ms \
+         | run p50 / p99 ms | server CPU s | CPU ms/run |"
+    )?;
+    writeln!(out, "|{}", "---|".repeat(10))?;
+    for (target, runs) in starts.targets() {
+        for run in runs {
+            let per_run = run
+                .server
+                .filter(|_| run.ok > 0)
+                .map(|s| s.cpu_s * 1000.0 / run.attempted as f64);
+            writeln!(
+                out,
+                "| {target} | {} | {:.1} | {} | {} | {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {} \
+                 | {} |",
+                run.streams,
+                run.wall_s,
+                run.ok,
+                failures(run),
+                run.ok_per_s,
+                run.ttfe_ms.p50,
+                run.ttfe_ms.p99,
+                run.stream_ms.p50,
+                run.stream_ms.p99,
+                opt(run.server.map(|s| s.cpu_s), 2),
+                opt(per_run, 2),
+            )?;
+        }
+    }
+    writeln!(out)
+}
+
+fn write_idle(out: &mut String, idle: &Scenario<'_>) -> fmt::Result {
+    if idle.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "## Memory per idle stream (long time to first token)\n"
+    )?;
+    writeln!(
+        out,
+        "| target | streams | peak open | held | failed | RSS idle MiB | RSS peak MiB \
+         | KiB per stream | TTFE p50 ms |"
+    )?;
+    writeln!(out, "|{}", "---|".repeat(9))?;
+    for (target, runs) in idle.targets() {
+        for run in runs {
+            writeln!(
+                out,
+                "| {target} | {} | {} | {} | {} | {} | {} | {} | {:.1} |",
+                run.streams,
+                run.peak_open,
+                run.held,
+                failures(run),
+                run.server
+                    .map_or_else(|| "–".to_owned(), |s| mib(s.rss_before_kib)),
+                run.server
+                    .map_or_else(|| "–".to_owned(), |s| mib(s.rss_peak_kib)),
+                opt(kib_per_stream(run), 1),
+                run.ttfe_ms.p50,
+            )?;
+        }
+    }
+    writeln!(out)
+}
+
+fn write_profile(out: &mut String, args: &ReportArgs) -> fmt::Result {
+    let Some(path) = &args.profile else {
+        return Ok(());
+    };
+    writeln!(out, "## Profile\n")?;
+    if !args.profile_title.is_empty() {
+        writeln!(out, "{}\n", args.profile_title)?;
+    }
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => writeln!(out, "```text\n{}\n```\n", text.trim_end()),
+        _ => writeln!(
+            out,
+            "No profile was taken (`perf` missing or not permitted).\n"
+        ),
+    }
+}
+
+fn write_commands(out: &mut String, args: &ReportArgs, results: &[Summary]) -> fmt::Result {
+    writeln!(out, "## Commands\n")?;
+    writeln!(
+        out,
+        "The suite: `{}`. One load command per scenario and target (the highest level):\n",
+        args.command
+    )?;
+    let mut last: BTreeMap<(usize, &str, &str), &Summary> = BTreeMap::new();
+    for summary in results {
+        let key = (
+            target_rank(&summary.target),
+            summary.target.as_str(),
+            summary.scenario.as_str(),
+        );
+        let keep = last
+            .get(&key)
+            .is_none_or(|kept| kept.streams <= summary.streams);
+        if keep {
+            last.insert(key, summary);
+        }
+    }
+    writeln!(out, "```sh")?;
+    for summary in last.values() {
+        writeln!(out, "{}", shell_line(&summary.command))?;
+    }
+    writeln!(out, "```")
+}
+
+/// The command as a shell line, quoting what needs it; the program without its folder.
+fn shell_line(command: &[String]) -> String {
+    let quoted: Vec<String> = command
+        .iter()
+        .enumerate()
+        .map(|(n, arg)| match n {
+            0 => Path::new(arg)
+                .file_name()
+                .map_or_else(|| arg.clone(), |name| name.to_string_lossy().into_owned()),
+            _ => arg.clone(),
+        })
+        .map(|arg| {
+            let plain = !arg.is_empty()
+                && arg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c));
+            if plain {
+                arg
+            } else {
+                format!("'{}'", arg.replace('\'', r"'\''"))
+            }
+        })
+        .collect();
+    quoted.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proc::Usage;
+    use crate::stats::Percentiles;
+
+    fn summary(target: &str, scenario: &str, streams: usize) -> Summary {
+        let protocol = if matches!(target, MOCK | RELAY) {
+            Protocol::Openai
+        } else {
+            Protocol::Agentstream
+        };
+        let ms = |p50, p99| Percentiles {
+            count: 10,
+            p50,
+            p90: p99,
+            p99,
+            max: p99,
+        };
+        Summary {
+            target: target.to_owned(),
+            scenario: scenario.to_owned(),
+            protocol,
+            streams,
+            ramp_ms: 0,
+            duration_ms: None,
+            wall_s: 2.0,
+            peak_open: streams as u64,
+            attempted: streams as u64,
+            ok: streams as u64,
+            held: 0,
+            failed: BTreeMap::new(),
+            failed_total: 0,
+            status_codes: BTreeMap::new(),
+            events: 70 * streams as u64,
+            ttfe_ms: ms(1.0, 2.0),
+            gap_event: None,
+            gap_ms: ms(20.0, 21.0),
+            max_gap_any_ms: 21.0,
+            stall_ms: 200,
+            stalled_streams: 0,
+            stream_ms: ms(1400.0, 1500.0),
+            ok_per_s: 600.0,
+            sustained: true,
+            server_pid: Some(1),
+            server: Some(Usage {
+                cpu_s: 1.0,
+                rss_before_kib: 10_000,
+                rss_after_kib: 10_000,
+                rss_peak_kib: 10_000 + 20 * streams as u64,
+                samples: 3,
+            }),
+            server_cpu_us_per_event: Some(10.0),
+            loadgen: Usage::default(),
+            command: vec![
+                "loadgen".to_owned(),
+                "run".to_owned(),
+                "--body".to_owned(),
+                "{\"a\": 1}".to_owned(),
+            ],
+        }
+    }
+
+    fn args() -> ReportArgs {
+        ReportArgs {
+            results: PathBuf::new(),
+            out: PathBuf::new(),
+            command: "scripts/bench.sh".to_owned(),
+            date: String::new(),
+            revision: String::new(),
+            suite_seconds: None,
+            build_seconds: None,
+            profile: None,
+            profile_title: String::new(),
+            notes: Vec::new(),
+            smoke: false,
+        }
+    }
+
+    #[test]
+    fn sustained_stops_at_the_first_failing_level() {
+        let mut runs = [
+            summary("pg-15", "ladder", 1),
+            summary("pg-15", "ladder", 100),
+            summary("pg-15", "ladder", 1000),
+        ];
+        let all: Vec<&Summary> = runs.iter().collect();
+        assert_eq!(sustained_streams(&all), (1000, true));
+        runs[1].sustained = false;
+        let all: Vec<&Summary> = runs.iter().collect();
+        assert_eq!(sustained_streams(&all), (1, false));
+    }
+
+    #[test]
+    fn report_compares_with_the_baselines_and_says_what_was_missed() {
+        let mut slow = summary("sqlite-15", "ladder", 1000);
+        slow.gap_ms.p99 = 30.0;
+        slow.server_cpu_us_per_event = Some(50.0);
+        let results = vec![
+            summary("mock", "ladder", 1000),
+            summary("relay", "ladder", 1000),
+            slow,
+            summary("sqlite-15", "starts", 8),
+            summary("sqlite-15", "idle", 1000),
+        ];
+        let text = render(&args(), &results, &Machine::default()).unwrap();
+        // 30 - 21 ms of added gap misses the 3 ms target.
+        assert!(text.contains("+9.0 ms ❌ missed"), "{text}");
+        // TTFE equals the floor.
+        assert!(text.contains("+0.0 ms ✅"), "{text}");
+        // 50 µs against the relay's 10 µs per event.
+        assert!(text.contains("5.00× at 1000 ❌ missed"), "{text}");
+        // 1000 streams sustained at the top of the ladder is short of 5000.
+        assert!(text.contains("≥ 1000 (ladder top) ❌ missed"), "{text}");
+        assert!(text.contains("600/s ❌ missed"), "{text}");
+        assert!(text.contains("20.0 KiB ✅"), "{text}");
+        assert!(text.contains("**MISSED**"));
+        assert!(text.contains(r#"loadgen run --body '{"a": 1}'"#), "{text}");
+    }
+
+    #[test]
+    fn shell_line_quotes_only_what_needs_it() {
+        let command = ["/x/target/release/a", "it's", "x=1", ""].map(str::to_owned);
+        assert_eq!(shell_line(&command), r"a 'it'\''s' x=1 ''");
+    }
+}

@@ -1,0 +1,331 @@
+//! `loadgen run` against an in-process mock-llm, the relay and a small agentstream-shaped server.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers outside #[test] functions fail the test by panicking"
+)]
+
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, SocketAddr};
+
+use axum::Router;
+use axum::extract::Path;
+use axum::http::StatusCode;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use clap::Parser;
+use futures_util::stream;
+use loadgen::{Relay, RunArgs, Summary};
+use mock_llm::{MockLlm, Options};
+use tokio::net::TcpListener;
+
+#[derive(Debug, Parser)]
+struct Cli {
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+async fn run(args: &[&str]) -> Summary {
+    let argv = std::iter::once("loadgen").chain(args.iter().copied());
+    let cli = Cli::try_parse_from(argv).unwrap();
+    loadgen::run(&cli.run, Vec::new()).await.unwrap()
+}
+
+fn chat_body(model: &str) -> String {
+    format!(
+        r#"{{"model":"{model}","stream":true,"messages":[{{"role":"user","content":"hi {{i}}"}}]}}"#
+    )
+}
+
+async fn mock() -> MockLlm {
+    MockLlm::start_with(Options {
+        record_bodies: false,
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn every_stream_from_mock_llm_passes_and_is_timed() {
+    let mock = mock().await;
+    let url = format!("{}/chat/completions", mock.base_url());
+    let body = chat_body("mock;deltas=5;pace_ms=2");
+    let pid = std::process::id().to_string();
+    let summary = run(&[
+        "--url",
+        &url,
+        "--body",
+        &body,
+        "--protocol",
+        "openai",
+        "--streams",
+        "8",
+        "--ramp-ms",
+        "20",
+        "--pid",
+        &pid,
+        "--sample-ms",
+        "5",
+    ])
+    .await;
+    assert_eq!(summary.attempted, 8);
+    assert_eq!(summary.ok, 8, "{summary:?}");
+    assert_eq!(summary.failed_total, 0);
+    // The role chunk, 5 deltas, the finish chunk and [DONE].
+    assert_eq!(summary.events, 8 * 8);
+    assert_eq!(summary.ttfe_ms.count, 8);
+    assert_eq!(summary.gap_ms.count, 8 * 7);
+    // Paced 2 ms apart upstream.
+    assert!(summary.gap_ms.p50 >= 1.0, "{:?}", summary.gap_ms);
+    assert!(summary.peak_open >= 1 && summary.peak_open <= 8);
+    assert!(summary.sustained);
+    let server = summary.server.unwrap();
+    assert!(server.rss_peak_kib >= server.rss_before_kib && server.rss_before_kib > 0);
+    assert!(summary.server_cpu_us_per_event.is_some());
+}
+
+#[tokio::test]
+async fn failures_are_counted_by_kind() {
+    let mock = mock().await;
+    let url = format!("{}/chat/completions", mock.base_url());
+    let cases = [
+        ("mock;deltas=3;done=0", "missing_done"),
+        ("mock;deltas=3;fault=500", "status"),
+        ("mock;deltas=3;fault=reset;after=2", "read"),
+        ("mock;deltas=3;fault=stall;after=2", "timeout"),
+    ];
+    for (model, kind) in cases {
+        let body = chat_body(model);
+        let summary = run(&[
+            "--url",
+            &url,
+            "--body",
+            &body,
+            "--protocol",
+            "openai",
+            "--streams",
+            "3",
+            "--timeout-ms",
+            "300",
+        ])
+        .await;
+        assert_eq!(summary.ok, 0, "{model}");
+        assert_eq!(
+            summary.failed.get(kind),
+            Some(&3),
+            "{model}: {:?}",
+            summary.failed
+        );
+        assert!(!summary.sustained);
+        if kind == "status" {
+            assert_eq!(summary.status_codes.get(&500), Some(&3));
+        }
+    }
+    let refused = run(&[
+        "--url",
+        "http://127.0.0.1:1/v1/chat/completions",
+        "--protocol",
+        "openai",
+    ])
+    .await;
+    assert_eq!(refused.failed.get("connect"), Some(&1));
+}
+
+#[tokio::test]
+async fn closed_loop_workers_start_run_after_run() {
+    let mock = mock().await;
+    let url = format!("{}/chat/completions", mock.base_url());
+    let body = chat_body("mock;deltas=2;tools=never");
+    let summary = run(&[
+        "--url",
+        &url,
+        "--body",
+        &body,
+        "--protocol",
+        "openai",
+        "--streams",
+        "2",
+        "--duration-ms",
+        "200",
+    ])
+    .await;
+    assert!(summary.attempted > 2, "{summary:?}");
+    assert_eq!(summary.ok, summary.attempted);
+    assert_eq!(summary.peak_open, 2);
+    assert!(summary.ok_per_s > 0.0);
+    assert_eq!(mock.requests(), summary.attempted);
+}
+
+#[tokio::test]
+async fn hold_closes_idle_streams_without_failing_them() {
+    let mock = mock().await;
+    let url = format!("{}/chat/completions", mock.base_url());
+    let body = chat_body("mock;ttft_ms=30000;deltas=2");
+    let summary = run(&[
+        "--url",
+        &url,
+        "--body",
+        &body,
+        "--protocol",
+        "openai",
+        "--streams",
+        "3",
+        "--hold-ms",
+        "100",
+    ])
+    .await;
+    assert_eq!(summary.held, 3, "{summary:?}");
+    assert_eq!(
+        (summary.ok, summary.failed_total, summary.events),
+        (0, 0, 0)
+    );
+    assert_eq!(summary.peak_open, 3);
+    // The mock sees the disconnects and drops its waiting bodies.
+    mock.wait_for_open_streams(0).await;
+}
+
+#[tokio::test]
+async fn relay_forwards_every_upstream_event() {
+    let mock = mock().await;
+    let relay = Relay::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), &mock.base_url())
+        .await
+        .unwrap();
+    let url = format!("http://{}/v1/chat/completions", relay.addr());
+    let body = chat_body("mock;deltas=6");
+    let summary = run(&[
+        "--url",
+        &url,
+        "--body",
+        &body,
+        "--protocol",
+        "openai",
+        "--streams",
+        "5",
+    ])
+    .await;
+    assert_eq!(summary.ok, 5, "{summary:?}");
+    // The role chunk, 6 deltas, the finish chunk and [DONE], as upstream sent them.
+    assert_eq!(summary.events, 5 * 9);
+    assert_eq!(mock.requests(), 5);
+
+    let failing = run(&[
+        "--url",
+        &url,
+        "--body",
+        &chat_body("mock;fault=429"),
+        "--protocol",
+        "openai",
+    ])
+    .await;
+    assert_eq!(failing.status_codes.get(&429), Some(&1));
+    relay.shutdown().await;
+}
+
+/// A server shaped like agentstream: `POST /c` creates `{"id": "abc"}`; `POST /c/abc/runs`
+/// streams seq 1..4 ending with `done`; `POST /c/{other}/runs` is 404; `POST /lossy/runs`
+/// skips seq 3; `POST /failed/runs` ends with a failed `done`.
+async fn agentstream_like() -> SocketAddr {
+    fn events(ids: &[u64], status: &str) -> Response {
+        let last = ids.len() - 1;
+        let events: Vec<Result<Event, Infallible>> = ids
+            .iter()
+            .enumerate()
+            .map(|(n, seq)| {
+                let (kind, data) = match n {
+                    0 => ("run.started", format!(r#"{{"seq":{seq}}}"#)),
+                    n if n == last => (
+                        "done",
+                        format!(r#"{{"seq":{seq},"type":"done","status":"{status}"}}"#),
+                    ),
+                    _ => ("delta", format!(r#"{{"seq":{seq},"text":"x"}}"#)),
+                };
+                Ok(Event::default().id(seq.to_string()).event(kind).data(data))
+            })
+            .collect();
+        let retry = Ok(Event::default().retry(std::time::Duration::from_secs(1)));
+        Sse::new(stream::iter(std::iter::once(retry).chain(events))).into_response()
+    }
+    let app = Router::new()
+        .route(
+            "/c",
+            post(|| async { axum::Json(serde_json::json!({"id": "abc"})) }),
+        )
+        .route(
+            "/c/{id}/runs",
+            post(|Path(id): Path<String>| async move {
+                if id == "abc" {
+                    events(&[1, 2, 3, 4, 5], "completed")
+                } else {
+                    StatusCode::NOT_FOUND.into_response()
+                }
+            }),
+        )
+        .route(
+            "/lossy/runs",
+            post(|| async { events(&[1, 2, 4, 5], "completed") }),
+        )
+        .route(
+            "/failed/runs",
+            post(|| async { events(&[1, 2, 3], "failed") }),
+        );
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tracker = tokio_util::task::TaskTracker::new();
+    tracker.spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+#[tokio::test]
+async fn agentstream_streams_are_checked_by_seq_after_setup() {
+    let addr = agentstream_like().await;
+    let setup = format!("http://{addr}/c");
+    let runs = format!("http://{addr}/c/{{id}}/runs");
+    let body = r#"{"input": "hello {i}"}"#;
+    let good = run(&[
+        "--setup-url",
+        &setup,
+        "--setup-body",
+        r#"{"kind":"chat"}"#,
+        "--url",
+        &runs,
+        "--body",
+        body,
+        "--header",
+        "accept: text/event-stream",
+        "--streams",
+        "4",
+        "--gap-event",
+        "delta",
+    ])
+    .await;
+    assert_eq!(good.ok, 4, "{good:?}");
+    assert_eq!(good.events, 4 * 5);
+    // Only delta→delta gaps count: seq 2→3 and 3→4.
+    assert_eq!(good.gap_ms.count, 4 * 2);
+
+    let no_setup = run(&["--url", &runs, "--streams", "2"]).await;
+    assert_eq!(no_setup.failed.get("status"), Some(&2), "{no_setup:?}");
+    assert_eq!(no_setup.status_codes.get(&404), Some(&2));
+
+    let lossy = run(&[
+        "--url",
+        &format!("http://{addr}/lossy/runs"),
+        "--streams",
+        "3",
+    ])
+    .await;
+    assert_eq!(lossy.failed.get("seq_lost"), Some(&3), "{lossy:?}");
+    assert!(!lossy.sustained);
+
+    let failed = run(&["--url", &format!("http://{addr}/failed/runs")]).await;
+    assert_eq!(failed.failed.get("run_failed"), Some(&1), "{failed:?}");
+
+    let bad_setup = run(&[
+        "--setup-url",
+        &format!("http://{addr}/nowhere"),
+        "--url",
+        &runs,
+    ])
+    .await;
+    assert_eq!(bad_setup.failed.get("setup"), Some(&1));
+}

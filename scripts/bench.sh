@@ -1,0 +1,294 @@
+#!/usr/bin/env bash
+# The benchmark suite (issue 5; DESIGN.md "Performance method"): builds the binaries,
+# starts mock-llm, the bare relay and agentstream (SQLite and PostgreSQL, pool 15 and 2),
+# runs the load generator against each and writes BENCHMARKS.md.
+#
+#   scripts/bench.sh           the full suite, release build; under 10 minutes on 2 cores
+#   scripts/bench.sh --smoke   tiny loads for a few seconds on the dev build (CI): fails
+#                              when any stream fails, writes the report to the results folder
+#
+# BENCH_OUT=DIR keeps the results (JSON summaries, logs, profile) in DIR; BENCH_PERF=0 skips
+# the perf profile; BENCH_LEVELS="1 100 1000" overrides the concurrency ladder.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+smoke=0
+case "${1:-}" in
+    --smoke) smoke=1 ;;
+    "") ;;
+    *) echo "usage: scripts/bench.sh [--smoke]" >&2; exit 2 ;;
+esac
+
+# Every stream is a socket in each process it crosses, two in agentstream and the relay.
+ulimit -n "$(ulimit -Hn)"
+fd_limit=$(ulimit -n)
+
+if [ "$smoke" = 1 ]; then
+    profile=dev
+    levels=${BENCH_LEVELS:-"1 10"}
+    ramp_ms=100               # ladder levels above 1 start within this
+    stream_model="mock;deltas=8;pace_ms=5"
+    stall_ms=50               # 10x the pacing
+    starts_workers=4 starts_ms=500
+    idle_streams=10 idle_ramp_ms=100 idle_hold_ms=300
+    ladder_budget_s=60
+else
+    profile=release
+    levels=${BENCH_LEVELS:-"1 100 1000 2000 5000 10000"}
+    ramp_ms=1000
+    stream_model="mock;deltas=64;pace_ms=20"
+    stall_ms=200
+    starts_workers=64 starts_ms=5000
+    idle_streams=2000 idle_ramp_ms=2000 idle_hold_ms=3000
+    ladder_budget_s=75        # per target: no higher level once this is spent
+fi
+starts_model="mock;deltas=2;tools=never"
+# The upstream waits 30 s before its first chunk; the streams are measured and closed
+# (--hold-ms) long before that.
+idle_model="mock;ttft_ms=30000;deltas=2;tools=never"
+stream_timeout_ms=30000
+
+mock_port=${BENCH_MOCK_PORT:-18089}
+relay_port=${BENCH_RELAY_PORT:-18090}
+server_port=${BENCH_SERVER_PORT:-18000}
+mock_url="http://127.0.0.1:$mock_port/v1"
+
+out=${BENCH_OUT:-$(mktemp -d /tmp/agentstream-bench.XXXXXX)}
+mkdir -p "$out/results" "$out/logs" "$out/db" "$out/config"
+rm -f "$out"/results/*.json
+echo "bench: results in $out" >&2
+
+# --- build -------------------------------------------------------------------------------
+build_start=$SECONDS
+cargo build --locked --profile "$profile" -p agentstream -p mock-llm -p loadgen --bins
+build_seconds=$((SECONDS - build_start))
+target_dir=$(cargo metadata --format-version 1 --no-deps \
+    | grep -o '"target_directory":"[^"]*"' | cut -d'"' -f4)
+bin="$target_dir/$([ "$profile" = dev ] && echo debug || echo "$profile")"
+
+# --- processes ---------------------------------------------------------------------------
+pids=()
+pg_extra_db=""
+cleanup() {
+    local pid
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [ -n "$pg_extra_db" ]; then
+        psql -q -h 127.0.0.1 -p "$pg_port" -U "$pg_user" -d postgres \
+            -c "DROP DATABASE IF EXISTS $pg_extra_db WITH (FORCE)" >/dev/null 2>&1 || true
+    fi
+    if declare -F cleanup_postgres >/dev/null; then cleanup_postgres; fi
+}
+trap cleanup EXIT
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_port PORT PID NAME: until PORT accepts connections, failing if PID exits first.
+wait_port() {
+    for _ in $(seq 1 300); do
+        port_open "$1" && return 0
+        kill -0 "$2" 2>/dev/null || { echo "bench: $3 exited; see $out/logs/$3.log" >&2; exit 1; }
+        sleep 0.1
+    done
+    echo "bench: $3 did not listen on port $1" >&2
+    exit 1
+}
+
+# start NAME PORT COMMAND...: starts a server in the background; sets $started to its PID.
+start() {
+    local name=$1 port=$2
+    shift 2
+    if port_open "$port"; then
+        echo "bench: port $port is taken; set BENCH_*_PORT" >&2
+        exit 1
+    fi
+    "$@" >"$out/logs/$name.log" 2>&1 &
+    started=$!
+    pids+=("$started")
+    wait_port "$port" "$started" "$name"
+}
+
+stop() {
+    kill -TERM "$1"
+    wait "$1" || { echo "bench: a server exited with status $? while stopping" >&2; exit 1; }
+    local kept=()
+    for pid in "${pids[@]}"; do [ "$pid" = "$1" ] || kept+=("$pid"); done
+    pids=("${kept[@]}")
+}
+
+# --- load --------------------------------------------------------------------------------
+loadgen_run() {
+    local file=$1
+    shift
+    local strict=()
+    [ "$smoke" = 1 ] && strict=(--require-ok)
+    "$bin/loadgen" run "$@" "${strict[@]}" --out "$out/results/$file.json" >/dev/null
+}
+
+# ladder TARGET PID ARGS...: 1, 100, 1,000… streams until one level is not sustained.
+ladder() {
+    local target=$1 pid=$2
+    shift 2
+    local began=$SECONDS level ramp
+    for level in $levels; do
+        if [ $((SECONDS - began)) -gt "$ladder_budget_s" ]; then
+            echo "bench: $target: time budget spent before $level streams" >&2
+            break
+        fi
+        if [ $((level * 2 + 1000)) -gt "$fd_limit" ]; then
+            echo "bench: $target: $level streams need more than $fd_limit descriptors" >&2
+            break
+        fi
+        ramp=$([ "$level" = 1 ] && echo 0 || echo "$ramp_ms")
+        echo "bench: $target ladder: $level streams" >&2
+        loadgen_run "$target-ladder-$(printf %05d "$level")" --target "$target" \
+            --scenario ladder --streams "$level" --ramp-ms "$ramp" \
+            --timeout-ms "$stream_timeout_ms" --stall-ms "$stall_ms" --pid "$pid" "$@"
+        if ! grep -q '"sustained": true' "$out/results/$target-ladder-$(printf %05d "$level").json"; then
+            echo "bench: $target: $level streams not sustained; the ladder stops" >&2
+            break
+        fi
+    done
+}
+
+chat_body() {
+    printf '{"model":"%s","stream":true,"messages":[{"role":"user","content":"hello {i}"}]}' "$1"
+}
+
+# upstream_scenarios TARGET PID URL: the ladder, starts and idle streams of an OpenAI endpoint.
+upstream_scenarios() {
+    local target=$1 pid=$2 url=$3
+    echo "bench: $target idle streams" >&2
+    loadgen_run "$target-idle" --target "$target" --scenario idle --streams "$idle_streams" \
+        --ramp-ms "$idle_ramp_ms" --hold-ms "$idle_hold_ms" --pid "$pid" \
+        --url "$url" --body "$(chat_body "$idle_model")" --protocol openai
+    ladder "$target" "$pid" --url "$url" --body "$(chat_body "$stream_model")" --protocol openai
+    echo "bench: $target run starts" >&2
+    loadgen_run "$target-starts" --target "$target" --scenario starts \
+        --streams "$starts_workers" --duration-ms "$starts_ms" --timeout-ms "$stream_timeout_ms" \
+        --pid "$pid" --url "$url" --body "$(chat_body "$starts_model")" --protocol openai
+}
+
+write_config() {
+    cat >"$out/config/$1.toml" <<TOML
+[providers.mock]
+kind = "openai"
+base_url = "$mock_url"
+
+[agents.onboarding]
+provider = "mock"
+model = "$2"
+tools = ["update_profile"]
+
+[agents.chat]
+provider = "mock"
+model = "$3"
+TOML
+}
+write_config stream "$stream_model" "$starts_model"
+write_config idle "$stream_model" "$idle_model"
+
+# start_agentstream NAME DATABASE_URL POOL OVERFLOW CONFIG [DRAIN_SECS]
+start_agentstream() {
+    # Every stream comes from the one local user: lift the per-user and per-server run
+    # limits above the largest level (environment, so an older binary still starts).
+    start "$1" "$server_port" env RUST_LOG="${BENCH_RUST_LOG:-info}" \
+        AGENTSTREAM_MAX_RUNS_PER_USER=1000000 AGENTSTREAM_MAX_ACTIVE_RUNS=1000000 \
+        AGENTSTREAM_DRAIN_SECS="${6:-10}" \
+        "$bin/agentstream" --bind "127.0.0.1:$server_port" --database-url "$2" \
+        --db-pool-size "$3" --db-max-overflow "$4" --config "$out/config/$5.toml"
+}
+
+profiles=()
+# agentstream_scenarios TARGET DATABASE_URL POOL OVERFLOW
+agentstream_scenarios() {
+    local target=$1 url=$2 pool=$3 overflow=$4 pid base="http://127.0.0.1:$server_port"
+    # Memory first, on a fresh process: the idle server is not yet grown by the ladder.
+    # The idle runs wait 30 s for their model: interrupt them at once at stop.
+    start_agentstream "$target-idle" "$url" "$pool" "$overflow" idle 0
+    pid=$started
+    echo "bench: $target idle streams" >&2
+    loadgen_run "$target-idle" --target "$target" --scenario idle --streams "$idle_streams" \
+        --ramp-ms "$idle_ramp_ms" --hold-ms "$idle_hold_ms" --pid "$pid" \
+        --setup-url "$base/v1/conversations" --setup-body '{"kind":"chat"}' \
+        --url "$base/v1/conversations/{id}/runs" --body '{"input":"hello {i}"}' \
+        --header 'accept: text/event-stream' --protocol agentstream
+    stop "$pid"
+
+    start_agentstream "$target" "$url" "$pool" "$overflow" stream
+    pid=$started
+    local perf_pid=""
+    if [ "$pool" = 5 ] && [ "${BENCH_PERF:-1}" = 1 ] && [ "$smoke" = 0 ] \
+        && command -v perf >/dev/null; then
+        perf record -e cpu-clock -F 499 -p "$pid" -o "$out/logs/$target.perf.data" \
+            >"$out/logs/$target.perf.log" 2>&1 &
+        perf_pid=$!
+    fi
+    ladder "$target" "$pid" \
+        --setup-url "$base/v1/conversations" --setup-body '{"kind":"onboarding"}' \
+        --url "$base/v1/conversations/{id}/runs" --body '{"input":"Ada Lovelace {i}"}' \
+        --header 'accept: text/event-stream' --protocol agentstream --gap-event delta
+    if [ -n "$perf_pid" ]; then
+        kill -INT "$perf_pid" && wait "$perf_pid" || true
+        profiles+=("$target")
+    fi
+    echo "bench: $target run starts" >&2
+    loadgen_run "$target-starts" --target "$target" --scenario starts \
+        --streams "$starts_workers" --duration-ms "$starts_ms" --timeout-ms "$stream_timeout_ms" \
+        --pid "$pid" --url "$base/api/v1/chat/stream" --body '{"message":"hello {i}"}' \
+        --protocol agentstream
+    stop "$pid"
+}
+
+# --- the suite ---------------------------------------------------------------------------
+# shellcheck source=scripts/postgres.sh
+source scripts/postgres.sh
+ensure_postgres
+trap cleanup EXIT
+pg_extra_db="${AGENTSTREAM_PG_TEST_DB}_pool2"
+psql -q -h 127.0.0.1 -p "$pg_port" -U "$pg_user" -d postgres -c "CREATE DATABASE $pg_extra_db" >/dev/null
+pg_url_15=$AGENTSTREAM_TEST_POSTGRES_URL
+pg_url_2="${AGENTSTREAM_TEST_POSTGRES_URL%/*}/$pg_extra_db"
+
+suite_start=$SECONDS
+start mock-llm "$mock_port" "$bin/mock-llm" --bind "127.0.0.1:$mock_port"
+mock_pid=$started
+start relay "$relay_port" "$bin/loadgen" relay --bind "127.0.0.1:$relay_port" --upstream "$mock_url"
+relay_pid=$started
+
+upstream_scenarios mock "$mock_pid" "$mock_url/chat/completions"
+upstream_scenarios relay "$relay_pid" "http://127.0.0.1:$relay_port/v1/chat/completions"
+stop "$relay_pid"
+
+agentstream_scenarios sqlite-15 "sqlite://$out/db/sqlite-15.db" 5 10
+agentstream_scenarios sqlite-2 "sqlite://$out/db/sqlite-2.db" 2 0
+agentstream_scenarios pg-15 "$pg_url_15" 5 10
+agentstream_scenarios pg-2 "$pg_url_2" 2 0
+stop "$mock_pid"
+suite_seconds=$((SECONDS - suite_start))
+
+# --- the report --------------------------------------------------------------------------
+profile_args=()
+if [ "${#profiles[@]}" -gt 0 ]; then
+    for target in "${profiles[@]}"; do
+        echo "== agentstream, $target, whole ladder: share of CPU samples by function =="
+        perf report -i "$out/logs/$target.perf.data" --stdio --no-children --sort dso,symbol \
+            --percent-limit 1.5 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40
+        echo
+    done >"$out/logs/profile.txt"
+    profile_args=(--profile "$out/logs/profile.txt" --profile-title \
+        "\`perf record -e cpu-clock -F 499 -p PID\` on the agentstream process over its whole \
+concurrency ladder (the heaviest load it takes), flat: each line is a function's share of \
+the process's CPU samples. \`[k]\` is kernel time.")
+fi
+report=BENCHMARKS.md
+extra_args=(--build-seconds "$build_seconds")
+if [ "$smoke" = 1 ]; then
+    report="$out/BENCHMARKS.md"
+    extra_args=(--smoke)
+fi
+"$bin/loadgen" report --results "$out/results" --out "$report" \
+    --command "scripts/bench.sh${1:+ $1}" --date "$(date -u '+%Y-%m-%d %H:%M UTC')" \
+    --revision "$(git describe --always --dirty 2>/dev/null || echo unknown)" \
+    --suite-seconds "$suite_seconds" "${extra_args[@]}" "${profile_args[@]}"
+echo "bench: wrote $report in ${suite_seconds}s (build ${build_seconds}s)" >&2

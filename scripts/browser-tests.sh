@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The chat page's end-to-end tests: headless Chromium (Debian's package)
+# driven by playwright-core (from the npm registry) against the real server.
+# Installs what is missing, then runs tests/browser/run.mjs, which builds the
+# server, starts it on a free port with a temporary SQLite database, and
+# saves screenshots into docs/screenshots/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -x /usr/bin/chromium ]; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+fi
+
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+node tests/browser/run.mjs

@@ -1,0 +1,452 @@
+// End-to-end tests of the chat page (GET /) in headless Chromium against the
+// real agentstream binary. Run with scripts/browser-tests.sh, or after
+// `npm ci` here: `node tests/browser/run.mjs`. Prints `N passed, N failed`
+// last and exits non-zero on any failure.
+//
+// Environment: CHROMIUM (default /usr/bin/chromium), AGENTSTREAM_BIN (skip
+// the cargo build and use this binary), SCREENSHOTS (default docs/screenshots).
+
+import { execFileSync, spawn } from "node:child_process";
+import fs from "node:fs";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+import { chromium } from "playwright-core";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const screenshots = path.resolve(root, process.env.SCREENSHOTS || "docs/screenshots");
+const TIMEOUT = 20_000;
+
+// A chat message long enough that the demo model's echo streams for about
+// two seconds at 40 ms a word: time to reload or stop in the middle.
+const LONG_MESSAGE =
+  "Tell me about streaming replies: " +
+  Array.from({ length: 30 }, (_, i) => `word${i + 1}`).join(" ");
+
+function assert(condition, message) {
+  if (!condition) throw new Error(message);
+}
+
+function assertEqual(actual, expected, what) {
+  if (actual !== expected) {
+    throw new Error(`${what}: expected ${JSON.stringify(expected)}, got ${JSON.stringify(actual)}`);
+  }
+}
+
+// ---- the server ----
+
+function serverBinary() {
+  if (process.env.AGENTSTREAM_BIN) return process.env.AGENTSTREAM_BIN;
+  execFileSync("cargo", ["build", "-p", "agentstream"], { cwd: root, stdio: "inherit" });
+  const target = process.env.CARGO_TARGET_DIR
+    ? path.resolve(root, process.env.CARGO_TARGET_DIR)
+    : path.join(root, "target");
+  return path.join(target, "debug", "agentstream");
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+// Starts the server on a free port with a fresh SQLite database and waits
+// for its "serving" line. Its stderr is kept to check for WARN and ERROR.
+async function startServer(binary, { name, before } = {}) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "agentstream-browser-"));
+  const database = `sqlite://${path.join(dir, "agentstream.db")}`;
+  const env = { ...process.env, AGENTSTREAM_LOG_FORMAT: "text", NO_COLOR: "1", RUST_LOG: "info" };
+  delete env.RUST_BACKTRACE;
+  const setup = before ? before({ database, env }) : {};
+  const port = await freePort();
+  const args = [
+    "--bind", `127.0.0.1:${port}`,
+    "--database-url", database,
+    "--scripted-delay-ms", "40",
+  ];
+  const child = spawn(binary, args, { env, stdio: ["ignore", "ignore", "pipe"] });
+  const log = [];
+  let pending = "";
+  let onLine = () => {};
+  child.stderr.setEncoding("utf8");
+  child.stderr.on("data", (chunk) => {
+    pending += chunk;
+    const lines = pending.split("\n");
+    pending = lines.pop();
+    for (const line of lines) {
+      log.push(line);
+      onLine(line);
+    }
+  });
+  const exited = new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
+  await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${name}: no "serving" line:\n${log.join("\n")}`)), 60_000);
+    onLine = (line) => {
+      if (line.includes("serving")) {
+        clearTimeout(timer);
+        resolve();
+      }
+    };
+    exited.then(({ code }) => reject(new Error(`${name}: the server exited (${code}):\n${log.join("\n")}`)));
+  });
+  return {
+    name,
+    base: `http://127.0.0.1:${port}`,
+    log,
+    ...setup,
+    async stop() {
+      child.kill("SIGTERM");
+      const { code } = await exited;
+      if (pending) log.push(pending);
+      fs.rmSync(dir, { recursive: true, force: true });
+      return code;
+    },
+  };
+}
+
+// A TCP proxy in front of the server whose connections the test can cut,
+// to show the page losing its stream and resuming it by itself.
+async function startProxy(target) {
+  const { port: targetPort } = new URL(target);
+  const sockets = new Set();
+  const server = net.createServer((client) => {
+    const upstream = net.connect(Number(targetPort), "127.0.0.1");
+    for (const socket of [client, upstream]) {
+      sockets.add(socket);
+      socket.on("close", () => sockets.delete(socket));
+      socket.on("error", () => {});
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+    client.on("close", () => upstream.destroy());
+    upstream.on("close", () => client.destroy());
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    base: `http://127.0.0.1:${server.address().port}`,
+    cut() {
+      for (const socket of sockets) socket.destroy();
+    },
+    close() {
+      this.cut();
+      return new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+async function getJson(base, route, key) {
+  const headers = key ? { authorization: `Bearer ${key}` } : {};
+  const response = await fetch(base + route, { headers });
+  assert(response.ok, `GET ${route}: ${response.status}`);
+  return response.json();
+}
+
+// ---- page helpers ----
+
+async function newPage(browser, base, viewport = { width: 1000, height: 720 }) {
+  const context = await browser.newContext({ viewport, baseURL: base });
+  const page = await context.newPage();
+  page.setDefaultTimeout(TIMEOUT);
+  const errors = [];
+  page.on("pageerror", (error) => errors.push(error.message));
+  page.errors = errors;
+  return { context, page };
+}
+
+async function send(page, text) {
+  const input = page.getByLabel("Message", { exact: true });
+  await input.fill(text);
+  await input.press("Enter");
+}
+
+// The streaming bubble's text once it has at least `words` words.
+async function partialText(page, words) {
+  const handle = await page.waitForFunction(
+    (words) => {
+      const bubble = document.querySelector("li.msg.assistant.streaming");
+      const text = bubble?.querySelector(".text").textContent.trim() ?? "";
+      if (!text || text.split(/\s+/).length < words) return null;
+      return { text: bubble.querySelector(".text").textContent, runId: bubble.dataset.runId };
+    },
+    words,
+    { polling: "raf" },
+  );
+  return handle.jsonValue();
+}
+
+async function lastAssistant(page, status) {
+  const bubble = page.locator(`li.msg.assistant[data-status="${status}"]`).last();
+  await bubble.waitFor();
+  return {
+    text: await bubble.locator(".text").textContent(),
+    runId: await bubble.getAttribute("data-run-id"),
+    bubble,
+  };
+}
+
+async function conversationId(page, kind) {
+  return page.evaluate((kind) => sessionStorage.getItem(`agentstream.conversation.${kind}`), kind);
+}
+
+async function storedMessages(base, conversation, key) {
+  const { data } = await getJson(base, `/v1/conversations/${conversation}/messages`, key);
+  return data;
+}
+
+async function chatMode(page) {
+  await page.getByLabel("Chat", { exact: true }).check();
+  await page.locator("body.chat-mode").waitFor();
+}
+
+function noPageErrors(page) {
+  assert(page.errors.length === 0, "errors in the page: " + page.errors.join("; "));
+}
+
+// ---- the tests ----
+
+const tests = [];
+const test = (name, fn) => tests.push({ name, fn });
+
+test("an onboarding answer streams in, with its tool chip and the profile update", async ({ browser, server }) => {
+  const { context, page } = await newPage(browser, server.base);
+  await page.goto("/");
+  await page.getByRole("heading", { name: "Your profile" }).waitFor();
+  await page.getByText("Nothing saved yet.").waitFor();
+  await page.getByText("built-in scripted demo model").waitFor();
+
+  await send(page, "Ada Lovelace");
+  await page.locator("li.msg.user", { hasText: "Ada Lovelace" }).waitFor();
+  const chip = page.locator('li.chip[data-tool="update_profile"]');
+  await chip.waitFor();
+  const partial = await partialText(page, 3);
+  const final = await lastAssistant(page, "complete");
+  const expected = 'Thanks! I saved your name as "Ada Lovelace". What is your role?';
+  assertEqual(final.text, expected, "the final reply");
+  assert(partial.text.length < final.text.length, `saw only the final text, not a partial one: ${partial.text}`);
+  assert(final.text.startsWith(partial.text), `the partial text ${JSON.stringify(partial.text)} is not a prefix of the reply`);
+
+  await page.locator('li.chip[data-tool="update_profile"][data-done="true"]').waitFor();
+  const chipText = await chip.textContent();
+  assert(chipText.includes("name") && chipText.includes("Ada Lovelace") && chipText.includes("✓"), `chip: ${chipText}`);
+  await page.locator('#profile-fields dd[data-field="name"]', { hasText: "Ada Lovelace" }).waitFor();
+
+  const conversation = await conversationId(page, "onboarding");
+  const stored = (await storedMessages(server.base, conversation)).filter((m) => m.role === "assistant" && m.content);
+  assertEqual(stored.at(-1).content, final.text, "the stored reply");
+
+  // A second answer, so the screenshot shows the profile filling in.
+  await send(page, "Mathematician");
+  await page.locator('#profile-fields dd[data-field="role"]', { hasText: "Mathematician" }).waitFor();
+  await page.locator('li.msg.assistant[data-status="complete"]', { hasText: "What are your goals?" }).waitFor();
+  await page.locator("#send:not([disabled])").waitFor();
+  await page.screenshot({ path: path.join(screenshots, "onboarding.png") });
+  noPageErrors(page);
+  await context.close();
+});
+
+test("a reload in the middle of a reply resumes it without duplicated text (phone width)", async ({ browser, server }) => {
+  const { context, page } = await newPage(browser, server.base, { width: 375, height: 740 });
+  await page.goto("/");
+  await chatMode(page);
+  await send(page, LONG_MESSAGE);
+  const before = await partialText(page, 5);
+  await page.reload();
+
+  // The page picked the run up again, mid-reply, from its event log.
+  await page.waitForFunction((id) => document.body.dataset.resumedRun === id, before.runId);
+  const resumed = await partialText(page, 1);
+  assertEqual(resumed.runId, before.runId, "the resumed run");
+  const final = await lastAssistant(page, "complete");
+  assertEqual(final.runId, before.runId, "the finished run");
+
+  const conversation = await conversationId(page, "chat");
+  const stored = await storedMessages(server.base, conversation);
+  const reply = stored.filter((m) => m.role === "assistant" && m.run_id === before.runId);
+  assertEqual(reply.length, 1, "stored replies");
+  assertEqual(final.text, reply[0].content, "the page's reply against the stored one");
+  assert(final.text.startsWith(before.text), "the reply does not continue the text seen before the reload");
+  assertEqual(await page.locator("li.msg.assistant").count(), 1, "assistant bubbles");
+  assertEqual(await page.locator("li.msg.user").count(), 1, "user bubbles");
+  assertEqual(await page.locator("li.msg.user").textContent(), LONG_MESSAGE, "the user message");
+  const width = await page.evaluate(() => document.documentElement.scrollWidth);
+  assert(width <= 375, `the page scrolls sideways at 375 px (${width} px wide)`);
+
+  await page.screenshot({ path: path.join(screenshots, "resume.png") });
+  noPageErrors(page);
+  await context.close();
+});
+
+test("stop cancels the run; the partial reply stays, marked stopped", async ({ browser, server }) => {
+  const { context, page } = await newPage(browser, server.base);
+  await page.goto("/");
+  await chatMode(page);
+  await send(page, LONG_MESSAGE);
+  const partial = await partialText(page, 4);
+  await page.getByRole("button", { name: "Stop" }).click();
+
+  const stopped = await lastAssistant(page, "cancelled");
+  await stopped.bubble.locator(".marker", { hasText: "Stopped" }).waitFor();
+  assertEqual(stopped.runId, partial.runId, "the stopped run");
+  assert(stopped.text.startsWith(partial.text), "the partial reply was not kept");
+  const run = await getJson(server.base, `/v1/runs/${partial.runId}`);
+  assertEqual(run.status, "cancelled", "the run's status");
+  const conversation = await conversationId(page, "chat");
+  const reply = (await storedMessages(server.base, conversation)).find(
+    (m) => m.role === "assistant" && m.run_id === partial.runId,
+  );
+  assertEqual(reply.status, "cancelled", "the stored reply's status");
+  assertEqual(reply.content, stopped.text, "the stored partial reply");
+  await page.getByRole("button", { name: "Send" }).waitFor();
+  assert(await page.getByRole("button", { name: "Stop" }).isHidden(), "the stop button is still shown");
+
+  await page.screenshot({ path: path.join(screenshots, "stop.png") });
+  noPageErrors(page);
+  await context.close();
+});
+
+test("a lost connection shows in the status line and the stream resumes by itself", async ({ browser, server }) => {
+  const proxy = await startProxy(server.base);
+  try {
+    const { context, page } = await newPage(browser, proxy.base);
+    await page.goto("/");
+    await chatMode(page);
+    await send(page, LONG_MESSAGE);
+    const partial = await partialText(page, 4);
+    proxy.cut();
+    await page.waitForFunction(
+      () => {
+        const status = document.getElementById("status");
+        return status.classList.contains("trouble") && status.textContent.includes("Reconnecting");
+      },
+      null,
+      { polling: "raf" },
+    );
+    const final = await lastAssistant(page, "complete");
+    assertEqual(final.runId, partial.runId, "the finished run");
+    const conversation = await conversationId(page, "chat");
+    const reply = (await storedMessages(server.base, conversation)).find(
+      (m) => m.role === "assistant" && m.run_id === partial.runId,
+    );
+    assertEqual(final.text, reply.content, "the page's reply against the stored one");
+    assertEqual(await page.locator("li.msg.assistant").count(), 1, "assistant bubbles");
+    noPageErrors(page);
+    await context.close();
+  } finally {
+    await proxy.close();
+  }
+});
+
+test("with API keys on, the page asks for a key once and keeps it for the tab", async ({ browser, binary }) => {
+  let key;
+  const server = await startServer(binary, {
+    name: "keys",
+    before: ({ database, env }) => {
+      key = execFileSync(binary, ["keys", "create", "--user", "ada", "--database-url", database], {
+        env,
+        encoding: "utf8",
+        stdio: ["ignore", "pipe", "ignore"],
+      }).trim();
+      return {};
+    },
+  });
+  try {
+    assert(key && !/\s/.test(key), `no key printed: ${JSON.stringify(key)}`);
+    const { context, page } = await newPage(browser, server.base);
+    const urls = [];
+    page.on("request", (request) => urls.push(request.url()));
+    await page.goto("/");
+    await page.getByLabel("This server needs an API key").waitFor();
+    await page.getByLabel("This server needs an API key").fill(key);
+    await page.getByRole("button", { name: "Use key" }).click();
+    await page.getByText("Nothing saved yet.").waitFor();
+    await send(page, "Grace");
+    await lastAssistant(page, "complete");
+    await page.locator('#profile-fields dd[data-field="name"]', { hasText: "Grace" }).waitFor();
+    assert(await page.locator("#key-form").isHidden(), "the key form is still shown");
+
+    // A reload keeps the key: no second prompt.
+    await page.reload();
+    await page.locator("li.msg.user", { hasText: "Grace" }).waitFor();
+    assert(await page.locator("#key-form").isHidden(), "asked for the key again after a reload");
+    assert(!urls.some((url) => url.includes(key)), "the key appeared in a URL");
+    const profile = await getJson(server.base, "/v1/profile", key);
+    assertEqual(profile.fields.name, "Grace", "the profile of the key's user");
+    noPageErrors(page);
+    await context.close();
+  } finally {
+    server.exitCode = await server.stop();
+    checkLog(server);
+  }
+});
+
+function checkLog(server) {
+  const bad = server.log.filter((line) => / (WARN|ERROR) /.test(line));
+  assert(bad.length === 0, `the ${server.name} server logged WARN/ERROR:\n${bad.join("\n")}`);
+  assertEqual(server.exitCode, 0, `the ${server.name} server's exit code`);
+}
+
+// ---- the runner ----
+
+async function main() {
+  fs.mkdirSync(screenshots, { recursive: true });
+  const binary = serverBinary();
+  const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
+  // launch() gives Chromium a fresh temporary --user-data-dir of its own
+  // (Playwright refuses the flag in `args`) and removes it on close.
+  const browser = await chromium.launch({
+    executablePath,
+    headless: true,
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+  });
+  const server = await startServer(binary, { name: "main" });
+  let passed = 0;
+  let failed = 0;
+  try {
+    for (const { name, fn } of tests) {
+      const started = Date.now();
+      try {
+        await fn({ browser, server, binary });
+        passed += 1;
+        console.log(`ok - ${name} (${Date.now() - started} ms)`);
+      } catch (error) {
+        failed += 1;
+        console.log(`FAIL - ${name}\n  ${String(error.stack || error).replaceAll("\n", "\n  ")}`);
+      }
+    }
+  } finally {
+    await browser.close();
+    server.exitCode = await server.stop();
+  }
+  try {
+    checkLog(server);
+    passed += 1;
+    console.log("ok - the server logged no WARN or ERROR and exited 0");
+  } catch (error) {
+    failed += 1;
+    console.log(`FAIL - ${error.message}`);
+  }
+  console.log(`${passed} passed, ${failed} failed`);
+  process.exitCode = failed === 0 ? 0 : 1;
+}
+
+main().catch((error) => {
+  console.log(`FAIL - the test run could not start: ${error.stack || error}`);
+  console.log("0 passed, 1 failed");
+  process.exitCode = 1;
+});
