@@ -31,22 +31,24 @@ if [ "$smoke" = 1 ]; then
     stall_ms=50               # 10x the pacing
     starts_workers=4 starts_ms=500
     idle_streams=10 idle_ramp_ms=100 idle_hold_ms=300
-    ladder_budget_s=60
+    ladder_budget_s=60 suite_budget_s=120
 else
     profile=release
-    levels=${BENCH_LEVELS:-"1 100 1000 2000 5000 10000"}
+    levels=${BENCH_LEVELS:-"1 100 200 500 1000 2000 5000 10000"}
     ramp_ms=1000
     stream_model="mock;deltas=64;pace_ms=20"
     stall_ms=200
     starts_workers=64 starts_ms=5000
     idle_streams=2000 idle_ramp_ms=2000 idle_hold_ms=3000
-    ladder_budget_s=75        # per target: no higher level once this is spent
+    # No higher ladder level once a target's ladder has taken this long, nor once the suite
+    # has: what is left after that takes under two minutes.
+    ladder_budget_s=75 suite_budget_s=420
 fi
 starts_model="mock;deltas=2;tools=never"
 # The upstream waits 30 s before its first chunk; the streams are measured and closed
 # (--hold-ms) long before that.
 idle_model="mock;ttft_ms=30000;deltas=2;tools=never"
-stream_timeout_ms=30000
+stream_timeout_ms=20000       # an unloaded stream lasts 1.4 s
 
 mock_port=${BENCH_MOCK_PORT:-18089}
 relay_port=${BENCH_RELAY_PORT:-18090}
@@ -55,7 +57,9 @@ mock_url="http://127.0.0.1:$mock_port/v1"
 
 out=${BENCH_OUT:-$(mktemp -d /tmp/agentstream-bench.XXXXXX)}
 mkdir -p "$out/results" "$out/logs" "$out/db" "$out/config"
-rm -f "$out"/results/*.json
+# A kept folder starts afresh: old summaries would mix into the report, and an old
+# database would not be the fresh one each configuration gets.
+rm -rf "${out:?}/results/"* "${out:?}/logs/"* "${out:?}/db/"*
 echo "bench: results in $out" >&2
 
 # --- build -------------------------------------------------------------------------------
@@ -125,13 +129,15 @@ loadgen_run() {
     "$bin/loadgen" run "$@" "${strict[@]}" --out "$out/results/$file.json" >/dev/null
 }
 
-# ladder TARGET PID ARGS...: 1, 100, 1,000… streams until one level is not sustained.
+# ladder TARGET PID ARGS...: every level up to 1,000 streams (the latency targets are read
+# at 1,000), then higher ones until one is not sustained.
 ladder() {
     local target=$1 pid=$2
     shift 2
     local began=$SECONDS level ramp
     for level in $levels; do
-        if [ $((SECONDS - began)) -gt "$ladder_budget_s" ]; then
+        if [ $((SECONDS - began)) -gt "$ladder_budget_s" ] \
+            || [ $((SECONDS - suite_start)) -gt "$suite_budget_s" ]; then
             echo "bench: $target: time budget spent before $level streams" >&2
             break
         fi
@@ -144,7 +150,8 @@ ladder() {
         loadgen_run "$target-ladder-$(printf %05d "$level")" --target "$target" \
             --scenario ladder --streams "$level" --ramp-ms "$ramp" \
             --timeout-ms "$stream_timeout_ms" --stall-ms "$stall_ms" --pid "$pid" "$@"
-        if ! grep -q '"sustained": true' "$out/results/$target-ladder-$(printf %05d "$level").json"; then
+        if [ "$level" -ge 1000 ] \
+            && ! grep -q '"sustained": true' "$out/results/$target-ladder-$(printf %05d "$level").json"; then
             echo "bench: $target: $level streams not sustained; the ladder stops" >&2
             break
         fi
@@ -220,7 +227,8 @@ agentstream_scenarios() {
     local perf_pid=""
     if [ "$pool" = 5 ] && [ "${BENCH_PERF:-1}" = 1 ] && [ "$smoke" = 0 ] \
         && command -v perf >/dev/null; then
-        perf record -e cpu-clock -F 499 -p "$pid" -o "$out/logs/$target.perf.data" \
+        # -g: the kernel's call chains (user-space ones need frame pointers).
+        perf record -g -e cpu-clock -F 499 -p "$pid" -o "$out/logs/$target.perf.data" \
             >"$out/logs/$target.perf.log" 2>&1 &
         perf_pid=$!
     fi
@@ -270,16 +278,29 @@ suite_seconds=$((SECONDS - suite_start))
 # --- the report --------------------------------------------------------------------------
 profile_args=()
 if [ "${#profiles[@]}" -gt 0 ]; then
+    perf_view() {
+        perf report -i "$out/logs/$target.perf.data" --stdio --no-children "$@" 2>/dev/null \
+            | grep -v '^#' | grep -v '^$' | sed 's/[[:space:]-]*$//'
+    }
     for target in "${profiles[@]}"; do
-        echo "== agentstream, $target, whole ladder: share of CPU samples by function =="
-        perf report -i "$out/logs/$target.perf.data" --stdio --no-children --sort dso,symbol \
-            --percent-limit 1.5 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40
+        echo "==== agentstream $target, its whole ladder ===="
+        echo "-- CPU samples by thread --"
+        perf_view --sort comm -g none | head -6
+        echo "-- by binary --"
+        perf_view --sort dso -g none | head -6
+        echo "-- by function --"
+        perf_view --sort dso,symbol -g none --percent-limit 1 | head -20
+        echo "-- call chains into the top functions, read downwards: who called it (>= 3%) --"
+        perf_view --sort symbol -g caller,3,callee,function,percent --percent-limit 5 | head -90
         echo
     done >"$out/logs/profile.txt"
     profile_args=(--profile "$out/logs/profile.txt" --profile-title \
-        "\`perf record -e cpu-clock -F 499 -p PID\` on the agentstream process over its whole \
-concurrency ladder (the heaviest load it takes), flat: each line is a function's share of \
-the process's CPU samples. \`[k]\` is kernel time.")
+        "\`perf record -g -e cpu-clock -F 499 -p PID\` on the agentstream process over its \
+whole concurrency ladder (the heaviest load it takes): shares of the process's CPU samples \
+by thread, binary and function (\`[k]\` is the kernel), then the kernel call chains that \
+lead to the top functions. With cpu-clock sampling in a VM, time spent with interrupts off \
+shows up where they are turned back on (\`finish_task_switch\`, \`_raw_spin_unlock_irqrestore\`): \
+read those as context switches and wake-ups.")
 fi
 report=BENCHMARKS.md
 extra_args=(--build-seconds "$build_seconds")

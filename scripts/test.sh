@@ -1,9 +1,20 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, the API suite on SQLite and on PostgreSQL
-# (a fresh database, made by scripts/postgres.sh), and mock-llm's own tests.
+# (a fresh database, made by scripts/postgres.sh; several nodes, behind
+# nginx too), the terminal client, mock-llm's and loadgen's own tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The multi-node test runs the shipped deploy/nginx.conf in front of two nodes.
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+    echo "test.sh: installing Debian's nginx-light for the load-balancer test" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
+fi
 # shellcheck source=scripts/postgres.sh
 source scripts/postgres.sh
 ensure_postgres
 cargo test --workspace --locked "$@"
+# The page in headless Chromium, the OpenAPI contract under schemathesis, and
+# a few seconds of every benchmark scenario so that the suite never rots.
+scripts/browser-tests.sh
+scripts/contract.sh
+scripts/bench.sh --smoke

@@ -16,7 +16,7 @@ use crate::{
         scripted::Scripted,
     },
     runs::{EventLog, Hub, RunManager},
-    store::{self, Store},
+    store::{self, Backend, Store},
     tools::Registry,
 };
 
@@ -37,10 +37,13 @@ pub struct App {
     config: Config,
     listener: TcpListener,
     state: AppState,
-    /// Background tasks other than runs (the event log writer).
+    /// Background tasks other than runs: the event log writer, the database
+    /// probe, event log pruning, leases and the listener.
     tracker: TaskTracker,
-    /// Stops the event log writer once runs have ended.
+    /// Stops the background tasks once runs have ended.
     writer_stop: CancellationToken,
+    /// On SQLite, held for the process's life: one server per database file.
+    _single_node: Option<std::fs::File>,
 }
 
 impl App {
@@ -48,6 +51,10 @@ impl App {
     /// left open, and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<App> {
         config.validate().map_err(anyhow::Error::msg)?;
+        let single_node = match store::sqlite_path(&config.database_url) {
+            Some(path) => Some(lock_single_node(&path)?),
+            None => None,
+        };
         let store = Store::connect(&config.database_url, &config.pool())
             .await
             .with_context(|| {
@@ -77,8 +84,27 @@ impl App {
             None => FileConfig::default(),
         };
         let agents = agents(&config, &file)?;
-        let runs = RunManager::new(store.clone(), log, hub, agents, config.run_limits());
+        let node = config.node();
+        let runs = RunManager::new(
+            store.clone(),
+            log,
+            hub,
+            agents,
+            config.run_limits(),
+            node.clone(),
+        );
+        runs.register_node()
+            .await
+            .context("cannot register this node")?;
         runs.recover().await.context("cannot recover open runs")?;
+        tracker.spawn(runs.clone().keep_leases(writer_stop.clone()));
+        if store.backend() == Backend::Postgres {
+            tracker.spawn(
+                runs.clone()
+                    .listen(config.database_url.clone(), writer_stop.clone()),
+            );
+        }
+        tracing::info!(node = %node.id, "node");
         let listener = TcpListener::bind(config.bind)
             .await
             .with_context(|| format!("cannot listen on {}", config.bind))?;
@@ -114,6 +140,7 @@ impl App {
             state,
             tracker,
             writer_stop,
+            _single_node: single_node,
         })
     }
 
@@ -143,6 +170,7 @@ impl App {
             state,
             tracker,
             writer_stop,
+            _single_node,
         } = self;
         let addr = listener.local_addr()?;
         let stop_accepting = CancellationToken::new();
@@ -170,6 +198,16 @@ impl App {
             .drain(Duration::from_secs(config.drain_secs))
             .await;
         tracing::info!("shutdown 3/5: ending open streams");
+        // Every run here has ended and its `done` is published: streams end
+        // by themselves once they have sent it. Those still open after the
+        // grace (runs driven by another node) are cut.
+        state.open_streams.close();
+        if tokio::time::timeout(CONNECTION_GRACE, state.open_streams.wait())
+            .await
+            .is_err()
+        {
+            tracing::info!("ending the streams of runs this node does not drive");
+        }
         state.streams_end.cancel();
         match tokio::time::timeout(CONNECTION_GRACE, server).await {
             Ok(Ok(Ok(()))) => {}
@@ -183,6 +221,9 @@ impl App {
         writer_stop.cancel();
         tracker.close();
         tracker.wait().await;
+        if let Err(error) = state.runs.release_node().await {
+            tracing::warn!(%error, "could not give up this node's lease; it runs out by itself");
+        }
         tracing::info!("shutdown 5/5: closing the database pool");
         state.store.close().await;
         tracing::info!("stopped");
@@ -342,6 +383,32 @@ async fn prune_events(store: Store, retention: Duration, stop: CancellationToken
         tokio::select! {
             () = tokio::time::sleep(every) => {}
             () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Takes the lock that keeps a second server off this SQLite file: SQLite
+/// runs one node (several nodes need PostgreSQL).
+fn lock_single_node(database: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    if let Some(dir) = database.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let path = database.with_extension("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "refusing to start: another agentstream server is using {}. SQLite runs one \
+             server; to run several nodes, use PostgreSQL",
+            database.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
         }
     }
 }

@@ -203,6 +203,31 @@ pub struct Config {
     )]
     pub keepalive_secs: u64,
 
+    /// This node's ID among nodes sharing one PostgreSQL (default: unique
+    /// per process). Give a node the same ID across restarts and it takes
+    /// back the runs it left open at once, instead of after their leases.
+    #[arg(long, env = "AGENTSTREAM_NODE_ID", global = true)]
+    pub node_id: Option<String>,
+
+    /// Milliseconds between renewals of the leases of the runs a node drives.
+    #[arg(
+        long,
+        env = "AGENTSTREAM_LEASE_RENEW_MS",
+        default_value_t = 2_000,
+        global = true
+    )]
+    pub lease_renew_ms: u64,
+
+    /// Milliseconds a lease lasts: a node silent this long is taken as dead
+    /// and its runs are marked interrupted by another.
+    #[arg(
+        long,
+        env = "AGENTSTREAM_LEASE_EXPIRE_MS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub lease_expire_ms: u64,
+
     /// A TOML file defining model providers and agents (see the README).
     #[arg(long = "config", env = "AGENTSTREAM_CONFIG", global = true)]
     pub config_file: Option<PathBuf>,
@@ -312,6 +337,28 @@ impl Config {
         }
     }
 
+    /// This node's ID and lease timings.
+    pub fn node(&self) -> crate::runs::NodeSettings {
+        let id = self.node_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "node".to_owned());
+            let unique = uuid::Uuid::now_v7().simple().to_string();
+            format!(
+                "{host}-{}-{}",
+                std::process::id(),
+                &unique[unique.len() - 6..]
+            )
+        });
+        crate::runs::NodeSettings {
+            id,
+            lease_renew: Duration::from_millis(self.lease_renew_ms),
+            lease_expire: Duration::from_millis(self.lease_expire_ms),
+        }
+    }
+
     /// The run limits.
     pub fn run_limits(&self) -> crate::runs::RunLimits {
         crate::runs::RunLimits {
@@ -342,6 +389,9 @@ impl Config {
         }
         if self.max_runs_per_user == 0 || self.max_active_runs == 0 {
             return Err("run limits must be at least 1".to_owned());
+        }
+        if self.lease_renew_ms == 0 || self.lease_expire_ms <= self.lease_renew_ms {
+            return Err("the lease must outlast at least one renewal".to_owned());
         }
         if self.max_events_per_run < 4 {
             return Err("max events per run must be at least 4".to_owned());

@@ -32,6 +32,10 @@ pub struct Usage {
     pub rss_peak_kib: u64,
     /// Readings taken, the first and last included.
     pub samples: u64,
+    /// Context switches (voluntary and not) of the process's threads between the first and
+    /// the last reading; threads that ended in between are not counted.
+    #[serde(default)]
+    pub context_switches: u64,
 }
 
 /// Reads `/proc/{pid}/stat` and `/proc/{pid}/status`; `pid` may be `self`.
@@ -44,6 +48,30 @@ pub fn read(pid: &str) -> io::Result<Sample> {
         cpu_ticks: parse_cpu_ticks(&stat).ok_or_else(|| invalid("unreadable /proc stat"))?,
         rss_kib: parse_rss_kib(&status).ok_or_else(|| invalid("no VmRSS in /proc status"))?,
     })
+}
+
+/// Context switches of every thread of `pid`, summed from `/proc/{pid}/task/*/status`.
+pub fn context_switches(pid: &str) -> io::Result<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        // A thread may end between the listing and the read.
+        let Ok(status) = std::fs::read_to_string(task?.path().join("status")) else {
+            continue;
+        };
+        total += parse_context_switches(&status);
+    }
+    Ok(total)
+}
+
+fn parse_context_switches(status: &str) -> u64 {
+    status
+        .lines()
+        .filter(|line| {
+            line.starts_with("voluntary_ctxt_switches:")
+                || line.starts_with("nonvoluntary_ctxt_switches:")
+        })
+        .filter_map(|line| line.split_ascii_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
 }
 
 /// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line.
@@ -72,6 +100,7 @@ pub async fn measure<T>(
     work: impl Future<Output = T>,
 ) -> io::Result<(T, Usage)> {
     let before = read(pid)?;
+    let switches_before = context_switches(pid)?;
     let mut peak = before.rss_kib;
     let mut samples = 1;
     let mut ticker = tokio::time::interval(interval);
@@ -89,12 +118,14 @@ pub async fn measure<T>(
         }
     };
     let after = read(pid).unwrap_or(before);
+    let switches_after = context_switches(pid).unwrap_or(switches_before);
     let usage = Usage {
         cpu_s: seconds(after.cpu_ticks.saturating_sub(before.cpu_ticks)),
         rss_before_kib: before.rss_kib,
         rss_after_kib: after.rss_kib,
         rss_peak_kib: peak.max(after.rss_kib),
         samples: samples + 1,
+        context_switches: switches_after.saturating_sub(switches_before),
     };
     Ok((output, usage))
 }
@@ -124,9 +155,18 @@ mod tests {
     }
 
     #[test]
+    fn context_switches_add_both_kinds() {
+        let status = "Name:\tx\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t3\n";
+        assert_eq!(parse_context_switches(status), 123);
+        assert_eq!(parse_context_switches("Name:\tx\n"), 0);
+    }
+
+    #[test]
     fn reads_this_process() {
         let sample = read("self").unwrap();
         assert!(sample.rss_kib > 0);
+        // The test harness has switched at least once to start this test's thread.
+        assert!(context_switches("self").unwrap() > 0);
     }
 
     #[tokio::test]

@@ -213,6 +213,7 @@ fn render(args: &ReportArgs, results: &[Summary], machine: &Machine) -> Result<S
     write_machine(&mut out, args, machine)?;
     write_method(&mut out)?;
     write_targets(&mut out, &ladder, &starts, &idle)?;
+    write_capacity(&mut out, &ladder, machine.cpus)?;
     write_ladder(&mut out, &ladder)?;
     write_starts(&mut out, &starts)?;
     write_idle(&mut out, &idle)?;
@@ -232,7 +233,7 @@ fn write_machine(out: &mut String, args: &ReportArgs, machine: &Machine) -> fmt:
     writeln!(out, "| memory | {:.1} GiB |", machine.memory_gib)?;
     writeln!(out, "| kernel | {} |", machine.kernel)?;
     if let Some(seconds) = args.build_seconds {
-        writeln!(out, "| release build | {seconds} s |")?;
+        writeln!(out, "| build step (0 s when already built) | {seconds} s |")?;
     }
     if let Some(seconds) = args.suite_seconds {
         writeln!(out, "| suite (build excluded) | {seconds} s |")?;
@@ -256,6 +257,10 @@ fn write_method(out: &mut String) -> fmt::Result {
          durable log before it is sent (no guarantee is off). `mock` is the load generator \
          asking `mock-llm` for the same 64 deltas directly; `relay` is the same request through \
          the bare relay (`loadgen relay`: axum SSE pass-through, no database).\n\
+         - **Settings.** agentstream runs with its defaults but for the pool (named by the \
+         target: `-15` is 5 + 10 overflow, `-2` is 2 + 0) and its run limits: every stream comes \
+         from the one local user, so `AGENTSTREAM_MAX_RUNS_PER_USER` and \
+         `AGENTSTREAM_MAX_ACTIVE_RUNS` are raised to 1,000,000. Logs at `info`.\n\
          - **Checks.** An agentstream stream passes when its `seq` runs 1..n with no gap or \
          repeat and it ends with `done` status `completed`; an upstream stream when it ends \
          with `[DONE]`.\n\
@@ -265,13 +270,16 @@ fn write_method(out: &mut String) -> fmt::Result {
          the time from sending the request to the first event (`run.started` for agentstream, \
          the role chunk upstream).\n\
          - **Sustained**: under 0.1% failed streams, no lost or duplicated event and no gap \
-         over 10× the pacing (200 ms). The ladder starts all its streams within one second \
-         (each lasts at least 1.4 s), so the streams are all open at once (`peak open`), and \
-         stops at the first level not sustained.\n\
+         over 10× the pacing (200 ms). Each level starts all its streams within one second \
+         (each lasts at least 1.4 s), so they are all open at once (`peak open`). Levels up to \
+         1,000 always run; above, the ladder stops at the first level not sustained. Streams \
+         sustained is the highest level reached with every level below it sustained.\n\
          - **CPU** is the server process's user+system time from `/proc/PID/stat` over the \
          run: agentstream's includes SQLite (in process), not PostgreSQL's own processes \
          nor `mock-llm`. **×relay** divides agentstream's CPU per event by the relay's at the \
-         same level.\n\
+         same level. **switches/event** counts the server threads' context switches \
+         (`/proc/PID/task/*/status`) per event received. **loadgen CPU** is the load \
+         generator's own.\n\
          - **Run starts** use the `chat` agent on model `mock;deltas=2;tools=never` through \
          `POST /api/v1/chat/stream` (which creates the conversation): a closed loop of workers, \
          each starting a run when its last one ended; runs/s counts runs that completed with \
@@ -459,6 +467,74 @@ fn write_targets(
     )
 }
 
+/// What 5,000 concurrent streams would cost each process, from its CPU per stream at 1,000
+/// streams: whether the machine can hold the streams target at all.
+fn write_capacity(out: &mut String, ladder: &Scenario<'_>, cpus: usize) -> fmt::Result {
+    let Some(mock) = ladder.get(MOCK, LATENCY_LEVEL) else {
+        return Ok(());
+    };
+    // How long a stream lasts when nothing is in its way: 64 deltas 20 ms apart.
+    let stream_s = mock.stream_ms.p50 / 1000.0;
+    if stream_s <= 0.0 {
+        return Ok(());
+    }
+    let cores =
+        |cpu_s: f64, streams: u64| cpu_s / streams.max(1) as f64 * TARGET_STREAMS as f64 / stream_s;
+    writeln!(
+        out,
+        "## Capacity
+"
+    )?;
+    writeln!(
+        out,
+        "CPU each process spent per stream at {LATENCY_LEVEL} streams, and the cores it would \
+         need for {TARGET_STREAMS} concurrent streams lasting {stream_s:.2} s each (the \
+         unloaded stream length). This machine has {cpus}.\n"
+    )?;
+    writeln!(
+        out,
+        "| process | measured in | CPU ms per stream | cores for 5,000 streams |"
+    )?;
+    writeln!(out, "|---|---|---|---|")?;
+    let mut row = |process: &str, run: &Summary, cpu_s: f64| -> Result<f64, fmt::Error> {
+        let needed = cores(cpu_s, run.attempted);
+        writeln!(
+            out,
+            "| {process} | {} | {:.2} | {needed:.2} |",
+            run.target,
+            cpu_s * 1000.0 / run.attempted.max(1) as f64,
+        )?;
+        Ok(needed)
+    };
+    let Some(mock_cpu) = mock.server.map(|usage| usage.cpu_s) else {
+        return Ok(());
+    };
+    let floor = row("mock-llm", mock, mock_cpu)? + row("load generator", mock, mock.loadgen.cpu_s)?;
+    for (target, runs) in ladder.targets().filter(|(target, _)| *target != MOCK) {
+        let Some(run) = runs.iter().find(|run| run.streams == LATENCY_LEVEL) else {
+            continue;
+        };
+        if let Some(usage) = run.server {
+            let process = if target == RELAY {
+                "relay"
+            } else {
+                "agentstream"
+            };
+            row(process, run, usage.cpu_s)?;
+        }
+    }
+    writeln!(
+        out,
+        "\nThe floor alone (mock-llm and the load generator, which share the machine by the \
+         issue's rules) needs {floor:.1} of the {cpus} cores for {TARGET_STREAMS} streams{}\n",
+        if floor >= cpus as f64 {
+            ": on this machine no server can sustain that many, however cheap."
+        } else {
+            "; the rest is what a server may use."
+        }
+    )
+}
+
 fn kib_per_stream(run: &Summary) -> Option<f64> {
     let server = run.server?;
     (run.peak_open > 0).then(|| {
@@ -470,10 +546,10 @@ fn kib_per_stream(run: &Summary) -> Option<f64> {
 fn cpu_ratio_at(ladder: &Scenario<'_>, target: &str) -> Option<(usize, f64)> {
     let runs = ladder.by_target.get(&(target_rank(target), target))?;
     let ratio = |run: &Summary| cpu_ratio(run, ladder.get(RELAY, run.streams)?);
-    if let Some(run) = ladder.get(target, LATENCY_LEVEL) {
-        if let Some(ratio) = ratio(run) {
-            return Some((LATENCY_LEVEL, ratio));
-        }
+    if let Some(run) = ladder.get(target, LATENCY_LEVEL)
+        && let Some(ratio) = ratio(run)
+    {
+        return Some((LATENCY_LEVEL, ratio));
     }
     runs.iter()
         .rev()
@@ -485,6 +561,12 @@ fn cpu_ratio(run: &Summary, relay: &Summary) -> Option<f64> {
     let mine = run.server_cpu_us_per_event.filter(|us| *us > 0.0)?;
     let floor = relay.server_cpu_us_per_event.filter(|us| *us > 0.0)?;
     Some(mine / floor)
+}
+
+/// Context switches of the server's threads per event received.
+fn switches_per_event(run: &Summary) -> Option<f64> {
+    let server = run.server?;
+    (run.events > 0).then(|| server.context_switches as f64 / run.events as f64)
 }
 
 fn failures(summary: &Summary) -> String {
@@ -525,9 +607,9 @@ fn write_ladder(out: &mut String, ladder: &Scenario<'_>) -> fmt::Result {
         out,
         "| target | streams | peak open | failed | events | TTFE p50 / p99 ms | added TTFE p99 \
          | gap p50 / p99 / max ms | added gap p50 / p99 | stalled | server CPU s | µs/event \
-         | ×relay | RSS peak MiB | sustained |"
+         | ×relay | switches/event | RSS peak MiB | loadgen CPU s | sustained |"
     )?;
-    writeln!(out, "|{}", "---|".repeat(15))?;
+    writeln!(out, "|{}", "---|".repeat(17))?;
     for (target, runs) in ladder.targets() {
         for run in runs {
             let mock = ladder.get(MOCK, run.streams).filter(|_| target != MOCK);
@@ -546,7 +628,7 @@ fn write_ladder(out: &mut String, ladder: &Scenario<'_>) -> fmt::Result {
             writeln!(
                 out,
                 "| {target} | {} | {} | {} | {} | {:.1} / {:.1} | {} | {:.1} / {:.1} / {:.1} \
-                 | {} | {} | {} | {} | {} | {} | {} |",
+                 | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} |",
                 run.streams,
                 run.peak_open,
                 failures(run),
@@ -562,8 +644,10 @@ fn write_ladder(out: &mut String, ladder: &Scenario<'_>) -> fmt::Result {
                 opt(run.server.map(|s| s.cpu_s), 2),
                 opt(run.server_cpu_us_per_event, 1),
                 opt(ratio, 2),
+                opt(switches_per_event(run), 2),
                 run.server
                     .map_or_else(|| "–".to_owned(), |s| mib(s.rss_peak_kib)),
+                run.loadgen.cpu_s,
                 if run.sustained { "yes" } else { "**no**" },
             )?;
         }
@@ -766,6 +850,7 @@ mod tests {
                 rss_after_kib: 10_000,
                 rss_peak_kib: 10_000 + 20 * streams as u64,
                 samples: 3,
+                context_switches: 0,
             }),
             server_cpu_us_per_event: Some(10.0),
             loadgen: Usage::default(),
@@ -832,6 +917,10 @@ mod tests {
         assert!(text.contains("600/s ❌ missed"), "{text}");
         assert!(text.contains("20.0 KiB ✅"), "{text}");
         assert!(text.contains("**MISSED**"));
+        // Capacity: 1 CPU-second over 1,000 streams of 1.4 s, times 5,000 streams.
+        assert!(text.contains("| mock-llm | mock | 1.00 | 3.57 |"), "{text}");
+        // A ladder row ends with the load generator's CPU and the verdict.
+        assert!(text.contains("| 0.00 | yes |"), "{text}");
         assert!(text.contains(r#"loadgen run --body '{"a": 1}'"#), "{text}");
     }
 

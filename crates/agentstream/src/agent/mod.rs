@@ -135,12 +135,15 @@ async fn steps(
             Ok(message) => message,
             Err(e) => return Outcome::failed("storage_error", e.to_string()),
         };
-        let mut stream = agent.provider.stream(ChatRequest {
-            model: agent.model.clone(),
-            messages: history.clone(),
-            tools: specs.clone(),
-            temperature: agent.temperature,
-        });
+        let mut stream = crate::telemetry::metrics::observe_upstream(
+            &agent.name,
+            agent.provider.stream(ChatRequest {
+                model: agent.model.clone(),
+                messages: history.clone(),
+                tools: specs.clone(),
+                temperature: agent.temperature,
+            }),
+        );
         let mut text = String::new();
         let mut calls: Vec<ToolCall> = Vec::new();
         // Between chunks is a safe point: a stop lands here, never inside a write.

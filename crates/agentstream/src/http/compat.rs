@@ -1,6 +1,8 @@
 //! The seed's routes, kept so its clients work unchanged:
 //! `POST /api/v1/chat/stream` and `POST /api/v1/chat/onboarding/stream`.
 
+use std::time::Instant;
+
 use axum::{Router, extract::State, response::Response, routing::post};
 use serde::Deserialize;
 use uuid::Uuid;
@@ -8,8 +10,12 @@ use uuid::Uuid;
 use super::{
     ApiError, AppState,
     extract::{AppJson, CurrentUser},
+    openapi::{
+        BadRequest, Conflict, NotFound, PayloadTooLarge, TooManyRuns, Unauthorized, Unavailable,
+        Unprocessable, UnsupportedMediaType,
+    },
     runs::check_input,
-    sse,
+    sse::{self, SseMessage},
 };
 use crate::{
     runs::{Multitask, StartRun},
@@ -22,12 +28,46 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/chat/onboarding/stream", post(onboarding_stream))
 }
 
-#[derive(Debug, Deserialize)]
+/// The seed's request: a message, and the conversation to continue.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct SeedMessage {
+    /// The user's message: not blank, at most the server's message limit
+    /// (32 KiB by default; 413 beyond).
+    #[schema(min_length = 1, pattern = r"\S")]
     message: String,
+    /// The conversation to continue (of the route's kind); absent or null
+    /// starts a new one.
     conversation_id: Option<Uuid>,
 }
 
+/// `POST /api/v1/chat/stream`: a run of the chat agent, streamed.
+#[utoipa::path(
+    post,
+    path = "/api/v1/chat/stream",
+    tag = "seed",
+    summary = "Send a chat message and stream the reply",
+    request_body = SeedMessage,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The run's events; each SSE message's `data` is a \
+            `RunEvent`. The conversation is created when absent.",
+            headers(
+                ("X-Run-Id" = Uuid, description = "The run's ID."),
+                ("X-Conversation-Id" = Uuid, description = "The conversation's ID."),
+            ),
+            content((SseMessage = "text/event-stream")),
+        ),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+        (status = 429, response = TooManyRuns),
+        (status = 503, response = Unavailable),
+    ),
+)]
 async fn chat_stream(
     state: State<AppState>,
     user: CurrentUser,
@@ -36,6 +76,34 @@ async fn chat_stream(
     seed_stream(state, user, body, ConversationKind::Chat).await
 }
 
+/// `POST /api/v1/chat/onboarding/stream`: a run of the onboarding agent, streamed.
+#[utoipa::path(
+    post,
+    path = "/api/v1/chat/onboarding/stream",
+    tag = "seed",
+    summary = "Send an onboarding answer and stream the reply",
+    request_body = SeedMessage,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The run's events; each SSE message's `data` is a \
+            `RunEvent`. The conversation is created when absent.",
+            headers(
+                ("X-Run-Id" = Uuid, description = "The run's ID."),
+                ("X-Conversation-Id" = Uuid, description = "The conversation's ID."),
+            ),
+            content((SseMessage = "text/event-stream")),
+        ),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+        (status = 429, response = TooManyRuns),
+        (status = 503, response = Unavailable),
+    ),
+)]
 async fn onboarding_stream(
     state: State<AppState>,
     user: CurrentUser,
@@ -53,6 +121,7 @@ async fn seed_stream(
     AppJson(body): AppJson<SeedMessage>,
     kind: ConversationKind,
 ) -> Result<Response, ApiError> {
+    let received = Instant::now();
     check_input(&state, &body.message)?;
     let conversation = match body.conversation_id {
         Some(id) => {
@@ -88,5 +157,6 @@ async fn seed_stream(
         started.run.id,
         0,
         &[("x-conversation-id", conversation.id.to_string())],
+        Some(received),
     ))
 }

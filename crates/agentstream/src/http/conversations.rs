@@ -7,6 +7,10 @@ use uuid::Uuid;
 use super::{
     ApiError, AppState,
     extract::{AppJson, AppQuery, CurrentUser, IdPath},
+    openapi::{
+        BadRequest, Conflict, NotFound, PayloadTooLarge, Unauthorized, Unavailable, Unprocessable,
+        UnsupportedMediaType,
+    },
 };
 use crate::store::{Conversation, ConversationKind, Message};
 
@@ -28,29 +32,55 @@ pub fn router() -> Router<AppState> {
         .route("/v1/conversations/{id}/messages", get(list_messages))
 }
 
-#[derive(Debug, Deserialize)]
+/// A new conversation.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateConversation {
+    /// Which agent answers: `chat` or `onboarding`.
     kind: ConversationKind,
+    /// An optional title, up to 200 characters; blank means none.
+    #[schema(max_length = 200)]
     title: Option<String>,
 }
 
 /// `POST /v1/conversations`.
+#[utoipa::path(
+    post,
+    path = "/v1/conversations",
+    tag = "conversations",
+    summary = "Create a conversation",
+    request_body = CreateConversation,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "The new conversation.", body = Conversation),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+        (status = 503, response = Unavailable),
+    ),
+)]
 async fn create_conversation(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     AppJson(body): AppJson<CreateConversation>,
 ) -> Result<(StatusCode, Json<Conversation>), ApiError> {
+    // Measured before trimming, as the contract's `maxLength` is.
+    if body
+        .title
+        .as_deref()
+        .is_some_and(|t| t.chars().count() > MAX_TITLE_CHARS)
+    {
+        return Err(ApiError::Invalid(format!(
+            "title: at most {MAX_TITLE_CHARS} characters"
+        )));
+    }
     let title = body
         .title
         .as_deref()
         .map(str::trim)
         .filter(|t| !t.is_empty());
-    if title.is_some_and(|t| t.chars().count() > MAX_TITLE_CHARS) {
-        return Err(ApiError::Invalid(format!(
-            "title: at most {MAX_TITLE_CHARS} characters"
-        )));
-    }
     let conversation = state
         .store
         .create_conversation(user.id, body.kind, title)
@@ -58,22 +88,43 @@ async fn create_conversation(
     Ok((StatusCode::CREATED, Json(conversation)))
 }
 
-#[derive(Debug, Deserialize)]
+/// Which page of conversations.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct Page {
+    /// How many, from 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
+    /// The `next_before` of the previous page: conversations older than this one.
     before: Option<Uuid>,
 }
 
 /// A page of conversations and the cursor of the next.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 struct ConversationPage {
+    /// The conversations, newest first.
     data: Vec<Conversation>,
     /// Pass as `before` for the next page; null on the last.
     next_before: Option<Uuid>,
 }
 
 /// `GET /v1/conversations?limit=&before=`: the caller's, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/conversations",
+    tag = "conversations",
+    summary = "List the caller's conversations, newest first",
+    params(Page),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of conversations.", body = ConversationPage),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 422, response = Unprocessable),
+        (status = 503, response = Unavailable),
+    ),
+)]
 async fn list_conversations(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
@@ -94,6 +145,20 @@ async fn list_conversations(
 }
 
 /// `GET /v1/conversations/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/conversations/{id}",
+    tag = "conversations",
+    summary = "Read a conversation",
+    params(("id" = Uuid, Path, description = "The conversation's ID.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The conversation.", body = Conversation),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    ),
+)]
 async fn get_conversation(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
@@ -109,6 +174,21 @@ async fn get_conversation(
 
 /// `DELETE /v1/conversations/{id}`: with its messages, runs and events.
 /// Refused (409) while a run is active, so no run loses its conversation.
+#[utoipa::path(
+    delete,
+    path = "/v1/conversations/{id}",
+    tag = "conversations",
+    summary = "Delete a conversation with its messages, runs and events",
+    params(("id" = Uuid, Path, description = "The conversation's ID.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 503, response = Unavailable),
+    ),
+)]
 async fn delete_conversation(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
@@ -129,13 +209,29 @@ async fn delete_conversation(
     }
 }
 
-#[derive(Debug, serde::Serialize)]
+/// A conversation's transcript.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 struct Messages {
+    /// The messages in the order they were written.
     data: Vec<Message>,
 }
 
 /// `GET /v1/conversations/{id}/messages`: the transcript with tool calls and
 /// results, each message with its status.
+#[utoipa::path(
+    get,
+    path = "/v1/conversations/{id}/messages",
+    tag = "conversations",
+    summary = "Read a conversation's transcript",
+    params(("id" = Uuid, Path, description = "The conversation's ID.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The transcript: user, assistant and tool messages.", body = Messages),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    ),
+)]
 async fn list_messages(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,

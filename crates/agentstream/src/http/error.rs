@@ -11,6 +11,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
+use serde::Serialize;
+
 use crate::{runs::RunError, store::StoreError};
 
 /// Seconds a client told to retry (429, 503) should wait.
@@ -90,6 +92,27 @@ impl ApiError {
     }
 }
 
+/// The body of every error response.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"error": {"code": "not_found", "message": "conversation not found"}}))]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// A stable code: `bad_request`, `unauthorized`, `not_found`,
+    /// `method_not_allowed`, `conflict`, `payload_too_large`,
+    /// `unsupported_media_type`, `invalid_request`, `too_many_runs`,
+    /// `unavailable` or `internal`.
+    #[schema(example = "not_found")]
+    pub code: String,
+    /// What happened, for people.
+    pub message: String,
+}
+
 /// The detail of a 5xx, carried to the logging middleware on the response.
 #[derive(Debug, Clone)]
 struct Logged(Arc<String>);
@@ -101,7 +124,12 @@ impl IntoResponse for ApiError {
             ApiError::Internal(_) => "internal server error".to_owned(),
             other => other.to_string(),
         };
-        let body = serde_json::json!({ "error": { "code": self.code(), "message": message } });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_owned(),
+                message,
+            },
+        };
         let mut response = (status, Json(body)).into_response();
         if matches!(self, ApiError::TooManyRuns(_) | ApiError::Unavailable(_)) {
             response.headers_mut().insert(

@@ -6,6 +6,9 @@ mod conversations;
 pub mod error;
 mod extract;
 mod health;
+mod metrics;
+mod observe;
+pub mod openapi;
 mod page;
 mod profile;
 mod runs;
@@ -14,7 +17,7 @@ mod sse;
 use std::{sync::Arc, time::Duration};
 
 use axum::{Router, extract::DefaultBodyLimit, middleware};
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use error::ApiError;
 
@@ -41,6 +44,8 @@ pub struct AppState {
     pub keep_alive: Duration,
     /// Fired at the end of shutdown: every open SSE stream ends.
     pub streams_end: CancellationToken,
+    /// Counts the open SSE streams, so shutdown can let them end by themselves.
+    pub open_streams: TaskTracker,
 }
 
 impl AppState {
@@ -62,18 +67,23 @@ impl AppState {
             limits: Arc::new(limits),
             keep_alive,
             streams_end,
+            open_streams: TaskTracker::new(),
         }
     }
 }
 
-/// While the database does not answer, every route but `/healthz` gets 503
+/// Routes that need no database, served while it is down: liveness, the
+/// figures an operator watches during the outage, and the API's contract.
+const SERVED_WHILE_DB_DOWN: [&str; 3] = ["/healthz", "/metrics", "/openapi.json"];
+
+/// While the database does not answer, every route but those above gets 503
 /// at once: a client is told now rather than after the pool timeout.
 async fn refuse_while_db_down(
     axum::extract::State(state): axum::extract::State<AppState>,
     request: axum::extract::Request,
     next: middleware::Next,
 ) -> axum::response::Response {
-    if state.store.is_down() && request.uri().path() != "/healthz" {
+    if state.store.is_down() && !SERVED_WHILE_DB_DOWN.contains(&request.uri().path()) {
         return ApiError::Unavailable(
             "the database is not answering; try again shortly".to_owned(),
         )
@@ -82,8 +92,9 @@ async fn refuse_while_db_down(
     next.run(request).await
 }
 
-/// The whole API.
+/// The whole API. Installs the process's metrics recorder if no app did yet.
 pub fn router(state: AppState) -> Router {
+    crate::telemetry::metrics::handle();
     let body_limit = state.limits.max_body_bytes;
     Router::new()
         .merge(conversations::router())
@@ -92,6 +103,8 @@ pub fn router(state: AppState) -> Router {
         .merge(compat::router())
         .merge(health::router())
         .merge(page::router())
+        .merge(metrics::router())
+        .merge(openapi::router())
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit))
@@ -100,5 +113,8 @@ pub fn router(state: AppState) -> Router {
             refuse_while_db_down,
         ))
         .layer(middleware::from_fn(error::log_errors))
+        // Outermost: the request's span covers every log line above, and
+        // its figures count every answer, refusals included.
+        .layer(middleware::from_fn(observe::observe))
         .with_state(state)
 }

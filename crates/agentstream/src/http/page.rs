@@ -8,7 +8,7 @@ use axum::{
     routing::get,
 };
 
-use super::AppState;
+use super::{AppState, openapi::Unavailable};
 
 const INDEX_HTML: &str = include_str!("../../assets/index.html");
 const APP_JS: &str = include_str!("../../assets/app.js");
@@ -44,6 +44,16 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
 }
 
 /// `GET /`: the chat page.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "page",
+    summary = "The chat page",
+    responses(
+        (status = 200, description = "The chat page (HTML).", content_type = "text/html", body = String),
+        (status = 503, response = Unavailable),
+    ),
+)]
 async fn index() -> impl IntoResponse {
     (
         [
@@ -61,11 +71,31 @@ async fn index() -> impl IntoResponse {
 }
 
 /// `GET /assets/app.js`.
+#[utoipa::path(
+    get,
+    path = "/assets/app.js",
+    tag = "page",
+    summary = "The chat page's script",
+    responses(
+        (status = 200, description = "The script.", content_type = "text/javascript", body = String),
+        (status = 503, response = Unavailable),
+    ),
+)]
 async fn app_js() -> impl IntoResponse {
     asset("text/javascript; charset=utf-8", APP_JS)
 }
 
 /// `GET /assets/style.css`.
+#[utoipa::path(
+    get,
+    path = "/assets/style.css",
+    tag = "page",
+    summary = "The chat page's style sheet",
+    responses(
+        (status = 200, description = "The style sheet.", content_type = "text/css", body = String),
+        (status = 503, response = Unavailable),
+    ),
+)]
 async fn style_css() -> impl IntoResponse {
     asset("text/css; charset=utf-8", STYLE_CSS)
 }

@@ -1,5 +1,7 @@
 //! Runs: start one (streamed or not), read it, follow its events, cancel it.
 
+use std::time::Instant;
+
 use axum::{
     Json, Router,
     extract::State,
@@ -12,7 +14,11 @@ use serde::Deserialize;
 use super::{
     ApiError, AppState,
     extract::{AppJson, AppQuery, CurrentUser, IdPath},
-    sse,
+    openapi::{
+        BadRequest, Conflict, NotFound, PayloadTooLarge, TooManyRuns, Unauthorized, Unavailable,
+        Unprocessable, UnsupportedMediaType,
+    },
+    sse::{self, SseMessage},
 };
 use crate::{
     runs::{Multitask, StartRun},
@@ -30,14 +36,25 @@ pub fn router() -> Router<AppState> {
         .route("/v1/runs/{id}/cancel", post(cancel_run))
 }
 
-#[derive(Debug, Deserialize)]
+/// A user message that starts a run.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateRun {
+    /// The user's message: not blank, at most the server's message limit
+    /// (32 KiB by default; 413 beyond).
+    #[schema(min_length = 1, pattern = r"\S")]
     input: String,
+    /// An idempotency key, 1 to 200 bytes: the same key on the same
+    /// conversation returns the existing run (200) and stores no second message.
+    #[schema(min_length = 1, max_length = 200)]
     client_message_id: Option<String>,
+    /// What the run does when its last subscriber disconnects.
     #[serde(default = "default_on_disconnect")]
+    #[schema(default = "continue")]
     on_disconnect: OnDisconnect,
+    /// What the run does when the conversation already has an active one.
     #[serde(default = "default_multitask")]
+    #[schema(default = "reject")]
     multitask: Multitask,
 }
 
@@ -78,6 +95,42 @@ pub fn wants_stream(headers: &HeaderMap) -> bool {
 /// `POST /v1/conversations/{id}/runs`: with `Accept: text/event-stream` the
 /// response is the run's stream; otherwise 202 with the run (200 when
 /// `client_message_id` found an existing one).
+#[utoipa::path(
+    post,
+    path = "/v1/conversations/{id}/runs",
+    tag = "runs",
+    summary = "Start a run: the run, or with `Accept: text/event-stream` its event stream",
+    description = "Stores the user's message and starts a run on the conversation. With \
+        `Accept: text/event-stream` the response is the run's event stream (see `RunEvent`), \
+        ending with exactly one `done`; otherwise 202 with the run, or 200 with the existing \
+        run when `client_message_id` names one.",
+    params(("id" = Uuid, Path, description = "The conversation's ID.")),
+    request_body = CreateRun,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "With `Accept: text/event-stream`: the run's events, each \
+            SSE message's `data` a `RunEvent`. Otherwise: the existing run that \
+            `client_message_id` named.",
+            headers(
+                ("X-Run-Id" = Uuid, description = "The run's ID (streams)."),
+            ),
+            content(
+                (Run = "application/json"),
+                (SseMessage = "text/event-stream"),
+            ),
+        ),
+        (status = 202, description = "The run, started or queued.", body = Run),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+        (status = 429, response = TooManyRuns),
+        (status = 503, response = Unavailable),
+    ),
+)]
 async fn create_run(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
@@ -85,13 +138,14 @@ async fn create_run(
     headers: HeaderMap,
     AppJson(body): AppJson<CreateRun>,
 ) -> Result<Response, ApiError> {
+    let received = Instant::now();
     check_input(&state, &body.input)?;
-    if let Some(key) = &body.client_message_id {
-        if key.is_empty() || key.len() > MAX_CLIENT_MESSAGE_ID {
-            return Err(ApiError::Invalid(format!(
-                "client_message_id: from 1 to {MAX_CLIENT_MESSAGE_ID} bytes"
-            )));
-        }
+    if let Some(key) = &body.client_message_id
+        && (key.is_empty() || key.len() > MAX_CLIENT_MESSAGE_ID)
+    {
+        return Err(ApiError::Invalid(format!(
+            "client_message_id: from 1 to {MAX_CLIENT_MESSAGE_ID} bytes"
+        )));
     }
     let conversation = state
         .store
@@ -111,7 +165,8 @@ async fn create_run(
         )
         .await?;
     if wants_stream(&headers) {
-        return Ok(sse::stream_run(&state, started.run.id, 0, &[]));
+        let since = started.created.then_some(received);
+        return Ok(sse::stream_run(&state, started.run.id, 0, &[], since));
     }
     let status = if started.created {
         StatusCode::ACCEPTED
@@ -122,6 +177,20 @@ async fn create_run(
 }
 
 /// `GET /v1/runs/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}",
+    tag = "runs",
+    summary = "Read a run",
+    params(("id" = Uuid, Path, description = "The run's ID.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The run and its status.", body = Run),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    ),
+)]
 async fn get_run(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
@@ -135,10 +204,29 @@ async fn get_run(
         .ok_or(ApiError::NotFound("run"))
 }
 
-#[derive(Debug, Deserialize)]
+/// Where to resume a run's events.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct Cursor {
+    /// Send the events after this `seq` (default 0: all). `Last-Event-ID`
+    /// wins when both are sent.
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     after: Option<String>,
+}
+
+/// The resume cursor as a header; read from the `HeaderMap` by the handler.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[expect(
+    dead_code,
+    reason = "describes the `Last-Event-ID` header for the OpenAPI document"
+)]
+struct ResumeHeaders {
+    /// The `seq` of the last event received, as `EventSource` sends it on
+    /// reconnecting; wins over `after`.
+    #[param(rename = "Last-Event-ID", value_type = i64, required = false, minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
+    last_event_id: Option<String>,
 }
 
 fn parse_cursor(text: &str, source: &str) -> Result<i64, ApiError> {
@@ -152,6 +240,32 @@ fn parse_cursor(text: &str, source: &str) -> Result<i64, ApiError> {
 /// `GET /v1/runs/{id}/events`: the events after the cursor (`Last-Event-ID`
 /// or `?after=N`), then live ones; 204 when the run is over and nothing is
 /// left after the cursor.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}/events",
+    tag = "runs",
+    summary = "Follow a run's events from a cursor",
+    description = "Replays the events after the cursor, then follows the run live, with no \
+        gap and no duplicate, ending after `done`.",
+    params(
+        ("id" = Uuid, Path, description = "The run's ID."),
+        ResumeHeaders,
+        Cursor,
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The run's events after the cursor; each SSE message's \
+            `data` is a `RunEvent`.",
+            headers(("X-Run-Id" = Uuid, description = "The run's ID.")),
+            content((SseMessage = "text/event-stream")),
+        ),
+        (status = 204, description = "The run is over and no event is left after the cursor."),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    ),
+)]
 async fn stream_events(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
@@ -159,16 +273,24 @@ async fn stream_events(
     headers: HeaderMap,
     AppQuery(cursor): AppQuery<Cursor>,
 ) -> Result<Response, ApiError> {
-    let after = match (headers.get("last-event-id"), cursor.after) {
-        (Some(value), _) => {
-            let text = value.to_str().map_err(|_| {
-                ApiError::BadRequest("Last-Event-ID must be a non-negative integer".to_owned())
-            })?;
-            parse_cursor(text, "Last-Event-ID")?
-        }
-        (None, Some(after)) => parse_cursor(&after, "after")?,
-        (None, None) => 0,
-    };
+    // Both are checked even when both are sent: a bad cursor is never
+    // silently ignored.
+    let query = cursor
+        .after
+        .map(|after| parse_cursor(&after, "after"))
+        .transpose()?;
+    let header = headers
+        .get("last-event-id")
+        .map(|value| {
+            value
+                .to_str()
+                .map_err(|_| {
+                    ApiError::BadRequest("Last-Event-ID must be a non-negative integer".to_owned())
+                })
+                .and_then(|text| parse_cursor(text, "Last-Event-ID"))
+        })
+        .transpose()?;
+    let after = header.or(query).unwrap_or(0);
     let run = state
         .store
         .run(user.id, id)
@@ -177,11 +299,26 @@ async fn stream_events(
     if run.status.is_terminal() && state.store.last_seq(run.id).await? <= after {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    Ok(sse::stream_run(&state, run.id, after, &[]))
+    Ok(sse::stream_run(&state, run.id, after, &[], None))
 }
 
 /// `POST /v1/runs/{id}/cancel`: idempotent; the run stops at its next safe
 /// point and ends `cancelled`. Answers 202 with the run as it was.
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/cancel",
+    tag = "runs",
+    summary = "Cancel a run (idempotent)",
+    params(("id" = Uuid, Path, description = "The run's ID.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Cancel asked for; the run as it was. It stops at its \
+            next safe point and ends `cancelled`; an ended run is returned as it is.", body = Run),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    ),
+)]
 async fn cancel_run(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,

@@ -67,7 +67,7 @@ pub struct ChatRequest {
 }
 
 /// Tokens counted by the model.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Usage {
     /// Tokens in the request.
     pub prompt_tokens: u64,

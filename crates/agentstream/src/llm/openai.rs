@@ -629,20 +629,20 @@ impl ChunkParser {
 
     fn add_call_piece(&mut self, index: usize, piece: WireToolCall) {
         let call = self.calls.entry(index).or_default();
-        if let Some(id) = piece.id.filter(|id| !id.is_empty()) {
-            if call.id.is_empty() {
-                call.id = id;
-            }
+        if let Some(id) = piece.id.filter(|id| !id.is_empty())
+            && call.id.is_empty()
+        {
+            call.id = id;
         }
         let Some(function) = piece.function else {
             return;
         };
         // Most servers send the name once; some repeat it whole in every chunk, a few split
         // it. Appending only a piece that differs from the name so far handles all three.
-        if let Some(name) = function.name.filter(|n| !n.is_empty()) {
-            if call.name != name {
-                call.name.push_str(&name);
-            }
+        if let Some(name) = function.name.filter(|n| !n.is_empty())
+            && call.name != name
+        {
+            call.name.push_str(&name);
         }
         if let Some(arguments) = function.arguments {
             call.arguments.push_str(&arguments);

@@ -9,7 +9,7 @@ use crate::{
 };
 
 /// An event of a run, as clients see it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "type")]
 pub enum Event {
     /// The run began work.

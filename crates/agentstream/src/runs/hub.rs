@@ -6,7 +6,7 @@ use std::{
     sync::{Arc, Mutex, PoisonError},
 };
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use uuid::Uuid;
 
 use crate::store::StoredEvent;
@@ -15,10 +15,14 @@ use crate::store::StoredEvent;
 /// store instead; it never slows the run or grows memory without bound.
 const CHANNEL_CAPACITY: usize = 256;
 
-/// The live channels of this node's open runs.
+/// The live channels of this node's open runs, and wake-ups for subscribers
+/// here of runs another node drives.
 #[derive(Debug, Default)]
 pub struct Hub {
     channels: Mutex<HashMap<Uuid, broadcast::Sender<Arc<StoredEvent>>>>,
+    /// Per run driven elsewhere: the last `seq` another node said it
+    /// committed (0 for "look again", after the listener reconnected).
+    remote: Mutex<HashMap<Uuid, watch::Sender<i64>>>,
 }
 
 impl Hub {
@@ -63,6 +67,35 @@ impl Hub {
             if done {
                 channels.remove(&run_id);
             }
+        }
+    }
+
+    /// A wake-up for a subscriber here of a run driven elsewhere.
+    pub fn watch_remote(&self, run_id: Uuid) -> watch::Receiver<i64> {
+        let mut remote = self.remote.lock().unwrap_or_else(PoisonError::into_inner);
+        remote.retain(|_, sender| sender.receiver_count() > 0);
+        remote
+            .entry(run_id)
+            .or_insert_with(|| watch::Sender::new(0))
+            .subscribe()
+    }
+
+    /// Another node committed events of these runs, up to these `seq`s.
+    pub fn wake_remote(&self, committed: &[(Uuid, i64)]) {
+        let remote = self.remote.lock().unwrap_or_else(PoisonError::into_inner);
+        for (run_id, seq) in committed {
+            if let Some(sender) = remote.get(run_id) {
+                sender.send_replace(*seq);
+            }
+        }
+    }
+
+    /// Every remote subscriber reads the store again: notifications may have
+    /// been missed (the listener reconnected).
+    pub fn wake_all_remote(&self) {
+        let remote = self.remote.lock().unwrap_or_else(PoisonError::into_inner);
+        for sender in remote.values() {
+            sender.send_modify(|_| {});
         }
     }
 

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::hub::Hub;
-use crate::store::{self, MessageStatus, RunStatus, Store, StoreError, StoredEvent};
+use crate::store::{self, Backend, MessageStatus, RunStatus, Store, StoreError, StoredEvent};
 
 /// Most events one transaction carries.
 const MAX_BATCH: usize = 4096;
@@ -185,6 +185,13 @@ async fn write_loop(
         }
         match outcome {
             Ok(skipped) => {
+                let committed = batch
+                    .iter()
+                    .filter(|pending| !skipped.contains(&pending.event.run_id));
+                crate::telemetry::metrics::events_committed(committed.clone().count());
+                for finish in committed.filter_map(|pending| pending.finish.as_ref()) {
+                    crate::telemetry::metrics::run_finished(finish.status);
+                }
                 let mut acks = Vec::new();
                 let events = batch.drain(..).filter_map(|pending| {
                     let ended = skipped.contains(&pending.event.run_id);
@@ -251,6 +258,9 @@ async fn commit(store: &Store, batch: &[Pending]) -> Result<Vec<Uuid>, StoreErro
         .map(|p| p.event.clone())
         .collect();
     store::append_events(&mut tx, &events).await?;
+    if store.backend() == Backend::Postgres {
+        store::notify_events(&mut tx, &events).await?;
+    }
     tx.commit().await?;
     Ok(skipped)
 }

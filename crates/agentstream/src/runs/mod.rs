@@ -2,6 +2,7 @@
 //! task that drives each one. A run is not a request: it belongs to the
 //! manager, and HTTP responses only subscribe to its events.
 
+mod cluster;
 mod event;
 mod hub;
 mod log;
@@ -19,6 +20,7 @@ use std::{
 
 use futures_util::FutureExt;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
 use uuid::Uuid;
 
 pub use event::Event;
@@ -52,7 +54,9 @@ const FINISH_RETRY_FIRST: Duration = Duration::from_millis(500);
 const FINISH_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// How long stopped runs get to write their final events during shutdown.
-const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Stopped runs end at their next safe point, within a chunk or a tool call,
+/// so this is only an upper bound for a machine under heavy load.
+const STOP_GRACE: Duration = Duration::from_secs(30);
 
 /// Stops a run at its next safe point, remembering why.
 #[derive(Debug, Default)]
@@ -215,9 +219,21 @@ pub struct RunLimits {
     pub events_per_run: i64,
 }
 
+/// This node among others on one database.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// The node's ID, unique among live nodes.
+    pub id: String,
+    /// How often the node renews the leases of the runs it drives.
+    pub lease_renew: Duration,
+    /// How long a lease lasts unless renewed: a node silent this long is dead.
+    pub lease_expire: Duration,
+}
+
 #[derive(Debug)]
 struct Inner {
     store: Store,
+    node: NodeSettings,
     limits: RunLimits,
     log: EventLog,
     hub: Arc<Hub>,
@@ -244,10 +260,12 @@ impl RunManager {
         hub: Arc<Hub>,
         agents: Agents,
         limits: RunLimits,
+        node: NodeSettings,
     ) -> RunManager {
         RunManager {
             inner: Arc::new(Inner {
                 store,
+                node,
                 limits,
                 log,
                 hub,
@@ -296,16 +314,15 @@ impl RunManager {
         else {
             return Err(RunError::NotFound);
         };
-        if let Some(key) = &request.client_message_id {
-            if let Some(run) =
+        if let Some(key) = &request.client_message_id
+            && let Some(run) =
                 store::run_by_client_message_id(&mut tx, conversation.id, key).await?
-            {
-                tx.rollback().await.map_err(StoreError::from)?;
-                return Ok(Started {
-                    run,
-                    created: false,
-                });
-            }
+        {
+            tx.rollback().await.map_err(StoreError::from)?;
+            return Ok(Started {
+                run,
+                created: false,
+            });
         }
         // Counted under the user's row lock, so the limit holds across nodes.
         let users_runs = store::lock_user_active_runs(&mut tx, conversation.user_id).await?;
@@ -327,6 +344,7 @@ impl RunManager {
                 status,
                 client_message_id: request.client_message_id.as_deref(),
                 on_disconnect: request.on_disconnect,
+                owner_node: (status == RunStatus::Running).then_some(self.inner.node.id.as_str()),
             },
         )
         .await?;
@@ -356,9 +374,13 @@ impl RunManager {
             }
         }
         self.inner.hub.open(run.id);
+        if status == RunStatus::Queued {
+            crate::telemetry::metrics::run_queued();
+        }
         if request.multitask == Multitask::Interrupt {
-            for other in &active {
-                self.stop_local(other.id, RunStatus::Cancelled);
+            // The running run is cancelled; runs queued behind it keep their turn.
+            for other in active.iter().filter(|r| r.status == RunStatus::Running) {
+                self.request_cancel(other).await?;
             }
         }
         if status == RunStatus::Running {
@@ -380,10 +402,94 @@ impl RunManager {
         if run.status.is_terminal() {
             return Ok(run);
         }
-        if !self.stop_local(run.id, RunStatus::Cancelled) && run.status == RunStatus::Queued {
-            self.end_unstarted(&run, RunStatus::Cancelled).await?;
-        }
+        self.request_cancel(&run).await?;
         Ok(run)
+    }
+
+    /// Cancels a run wherever it is: here, on the node that drives it (told
+    /// by a notification, and by the database at its next heartbeat), or
+    /// still queued.
+    async fn request_cancel(&self, run: &Run) -> Result<(), StoreError> {
+        if self.stop_local(run.id, RunStatus::Cancelled) {
+            return Ok(());
+        }
+        match run.status {
+            RunStatus::Queued => {
+                self.end_unstarted(run, RunStatus::Cancelled).await?;
+                crate::telemetry::metrics::run_dequeued();
+                Ok(())
+            }
+            RunStatus::Running => {
+                if self.inner.store.request_cancel(run.id).await? {
+                    self.inner.store.notify_cancel(run.id).await?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// When a lease taken now runs out.
+    fn lease_until(&self) -> String {
+        store::format_timestamp(time::OffsetDateTime::now_utc() + self.inner.node.lease_expire)
+    }
+
+    /// Takes this node's lease; call before serving, so that no other node
+    /// takes this one's first runs for a dead node's.
+    pub async fn register_node(&self) -> Result<(), StoreError> {
+        self.inner
+            .store
+            .renew_lease(&self.inner.node.id, &self.lease_until())
+            .await
+    }
+
+    /// Gives up this node's lease once its runs have ended.
+    pub async fn release_node(&self) -> Result<(), StoreError> {
+        self.inner.store.release_lease(&self.inner.node.id).await
+    }
+
+    /// Stops a run this node drives, as asked by another node.
+    pub fn cancel_local(&self, run_id: Uuid) {
+        self.stop_local(run_id, RunStatus::Cancelled);
+    }
+
+    /// One heartbeat: renews the leases of the runs this node drives, stops
+    /// those a cancel was asked for, and stops those whose lease another
+    /// node took (they will be written no more); then ends the runs of dead
+    /// nodes and starts queued runs nobody is starting.
+    #[tracing::instrument(skip_all)]
+    pub async fn heartbeat(&self) -> Result<(), StoreError> {
+        let store = &self.inner.store;
+        // Listed before the renewal: each of these has its row, owned here.
+        let local: Vec<Uuid> = self.active().keys().copied().collect();
+        store
+            .renew_lease(&self.inner.node.id, &self.lease_until())
+            .await?;
+        let held = store.owned_runs(&self.inner.node.id).await?;
+        for (run_id, cancel) in &held {
+            if *cancel {
+                self.stop_local(*run_id, RunStatus::Cancelled);
+            }
+        }
+        for run_id in local {
+            if !held.iter().any(|(id, _)| *id == run_id) {
+                // Ended here a moment ago, or taken over as dead: either way
+                // nothing more of it is this node's to write.
+                self.stop_local(run_id, RunStatus::Interrupted);
+            }
+        }
+        for run in store.expired_runs(&store::now()).await? {
+            tracing::warn!(
+                run_id = %run.id,
+                "the node driving this run stopped renewing its lease; marking it interrupted"
+            );
+            self.end_unstarted(&run, RunStatus::Interrupted).await?;
+            self.start_next(run.conversation_id).await;
+        }
+        for conversation_id in store.stalled_conversations().await? {
+            self.start_next(conversation_id).await;
+        }
+        Ok(())
     }
 
     /// Stops a run this node drives; false if it drives no such run.
@@ -416,6 +522,19 @@ impl RunManager {
     #[tracing::instrument(skip_all)]
     pub async fn recover(&self) -> Result<usize, StoreError> {
         let open = self.inner.store.open_runs().await?;
+        // On SQLite this is the only node (the file lock sees to it), so
+        // every open run was left by a crash. On PostgreSQL other nodes may
+        // be driving theirs: only this node's own are taken here (a restart
+        // with the same --node-id), the rest by the lease sweep.
+        let open: Vec<Run> = match self.inner.store.backend() {
+            store::Backend::Sqlite => open,
+            store::Backend::Postgres => {
+                let mine = self.inner.store.runs_owned_by(&self.inner.node.id).await?;
+                open.into_iter()
+                    .filter(|run| mine.contains(&run.id))
+                    .collect()
+            }
+        };
         for run in &open {
             self.end_unstarted(run, RunStatus::Interrupted).await?;
         }
@@ -453,9 +572,15 @@ impl RunManager {
                 tracing::error!("runs did not stop within {STOP_GRACE:?} of being interrupted");
             }
         }
+        // Queued runs wait for whichever node ends the run ahead of them; on
+        // SQLite there is no other node, so they end here.
+        if self.inner.store.backend() != store::Backend::Sqlite {
+            return;
+        }
         match self.inner.store.open_runs().await {
             Ok(open) => {
                 for run in open.iter().filter(|run| run.status == RunStatus::Queued) {
+                    crate::telemetry::metrics::run_dequeued();
                     if let Err(error) = self.end_unstarted(run, RunStatus::Interrupted).await {
                         tracing::error!(%error, run_id = %run.id, "could not end a queued run");
                     }
@@ -475,12 +600,23 @@ impl RunManager {
             on_disconnect: run.on_disconnect,
         });
         self.active().insert(run.id, active.clone());
+        crate::telemetry::metrics::run_started();
         let manager = self.clone();
-        self.inner.tracker.spawn(async move {
-            let conversation_id = run.conversation_id;
-            manager.drive(run, &agent, &active.control).await;
-            manager.start_next(conversation_id).await;
-        });
+        let span = tracing::info_span!(
+            "run",
+            run_id = %run.id,
+            conversation_id = %run.conversation_id,
+            user_id = %run.user_id,
+            agent = %run.agent,
+        );
+        self.inner.tracker.spawn(
+            async move {
+                let conversation_id = run.conversation_id;
+                manager.drive(run, &agent, &active.control).await;
+                manager.start_next(conversation_id).await;
+            }
+            .instrument(span),
+        );
     }
 
     /// The run's task: the agent loop, then the final events.
@@ -540,14 +676,14 @@ impl RunManager {
                 ended = emitter.finish(outcome.status, &outcome).await;
             }
         }
-        if let Err(error) = ended {
-            if !matches!(error, LogError::AlreadyEnded) {
-                tracing::error!(
-                    %error,
-                    run_id = %run.id,
-                    "could not store the run's end; the next start marks it interrupted"
-                );
-            }
+        if let Err(error) = ended
+            && !matches!(error, LogError::AlreadyEnded)
+        {
+            tracing::error!(
+                %error,
+                run_id = %run.id,
+                "could not store the run's end; the next start marks it interrupted"
+            );
         }
         self.active().remove(&run.id);
     }
@@ -559,23 +695,27 @@ impl RunManager {
         }
         let next = async {
             let mut tx = self.inner.store.begin().await?;
+            store::lock_conversation(&mut tx, conversation_id).await?;
             let runs = store::active_runs(&mut tx, conversation_id).await?;
             let next = match runs.iter().find(|run| run.status == RunStatus::Running) {
                 Some(_) => None,
                 None => runs.into_iter().find(|run| run.status == RunStatus::Queued),
             };
             if let Some(run) = &next {
-                store::start_queued_run(&mut tx, run.id).await?;
+                store::start_queued_run(&mut tx, run.id, &self.inner.node.id).await?;
             }
             tx.commit().await?;
             Ok::<_, StoreError>(next)
         };
         match next.await {
             Ok(Some(mut run)) => {
+                crate::telemetry::metrics::run_dequeued();
                 run.status = RunStatus::Running;
                 self.spawn(run);
             }
             Ok(None) => {}
+            // Another node started it first.
+            Err(StoreError::Conflict(_)) => {}
             Err(error) => {
                 tracing::error!(%error, %conversation_id, "could not start the next queued run")
             }

@@ -10,6 +10,14 @@ use uuid::Uuid;
 use super::RunManager;
 use crate::store::StoredEvent;
 
+/// How often a subscriber of a run driven elsewhere reads the store when no
+/// notification comes (one may have been lost).
+const REMOTE_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How many times in a row such a subscriber tries the store before it gives
+/// up and tells its client to resume later.
+const REMOTE_RETRIES: u32 = 15;
+
 /// Events read from the store per query while replaying.
 const REPLAY_PAGE: u32 = 512;
 
@@ -50,12 +58,25 @@ impl RunManager {
         let live = self.inner.hub.subscribe(run_id);
         async_stream::stream! {
             let _presence = Presence { manager: manager.clone(), run_id };
+            let was_local = live.is_some();
             let mut live = live;
+            let mut remote: Option<tokio::sync::watch::Receiver<i64>> = None;
+            let mut failures = 0;
             let mut cursor = after;
             loop {
                 loop {
                     let page = match manager.inner.store.events_after(run_id, cursor, REPLAY_PAGE).await {
-                        Ok(page) => page,
+                        Ok(page) => {
+                            failures = 0;
+                            page
+                        }
+                        // A run driven elsewhere goes on while the database
+                        // blinks: wait it out (a while), then read again.
+                        Err(_) if !was_local && failures < REMOTE_RETRIES => {
+                            failures += 1;
+                            tokio::time::sleep(REMOTE_POLL).await;
+                            continue;
+                        }
                         Err(error) => {
                             yield Delivery::Unavailable(error.to_string());
                             return;
@@ -74,15 +95,22 @@ impl RunManager {
                         break;
                     }
                 }
-                // Not open on this node and no `done` in the store: the run's
-                // end could not be stored, or another process drives it.
                 let Some(receiver) = live.as_mut() else {
-                    yield Delivery::Unavailable(
-                        "the run is not live on this server and its log has no end yet; \
-                         resume later from the last seq"
-                            .to_owned(),
-                    );
-                    return;
+                    if was_local {
+                        // Its channel closed with no `done` stored: its end
+                        // could not be stored (the database is away).
+                        yield Delivery::Unavailable(
+                            "the run's end is not stored yet; resume later from the last seq"
+                                .to_owned(),
+                        );
+                        return;
+                    }
+                    // Driven by another node: read again when it says it
+                    // committed more, or after a while in case a
+                    // notification was lost.
+                    let remote = remote.get_or_insert_with(|| manager.inner.hub.watch_remote(run_id));
+                    let _ = tokio::time::timeout(REMOTE_POLL, remote.changed()).await;
+                    continue;
                 };
                 loop {
                     match receiver.recv().await {

@@ -8,6 +8,9 @@ use super::{Store, StoreError, now, parse_enum, parse_id, text_enum};
 
 text_enum! {
     /// What a conversation is for; it picks the agent that answers.
+    // The variants' wire names are their lowercase names (see `as_str`).
+    #[derive(utoipa::ToSchema)]
+    #[schema(rename_all = "lowercase")]
     pub enum ConversationKind {
         /// General chat with the chat agent.
         Chat = "chat",
@@ -17,7 +20,7 @@ text_enum! {
 }
 
 /// A conversation as stored and as returned by the API.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Conversation {
     /// The conversation's ID.
     pub id: Uuid,

@@ -43,6 +43,9 @@ static INSERTS: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
                 }
                 sql.push(')');
             }
+            // A run taken over as dead may still try to write: its late
+            // event loses to the `done` already at that `seq`.
+            sql.push_str(" ON CONFLICT (run_id, seq) DO NOTHING");
             (rows, sql)
         })
         .collect()
@@ -73,6 +76,60 @@ pub(crate) async fn append_events(
         rest = tail;
     }
     Ok(())
+}
+
+/// Tells the other nodes (PostgreSQL `NOTIFY`, delivered on commit) which
+/// runs have new events, inside the transaction that adds them: one
+/// `run_id:seq` per run with its last `seq`, comma-separated, in payloads under
+/// PostgreSQL's 8,000-byte limit.
+pub(crate) async fn notify_events(
+    conn: &mut AnyConnection,
+    events: &[StoredEvent],
+) -> Result<(), StoreError> {
+    const MAX_PAYLOAD: usize = 7_900;
+    let mut last: Vec<(Uuid, i64)> = Vec::new();
+    for event in events {
+        match last.iter_mut().find(|(run_id, _)| *run_id == event.run_id) {
+            Some(entry) => entry.1 = entry.1.max(event.seq),
+            None => last.push((event.run_id, event.seq)),
+        }
+    }
+    let mut payload = String::new();
+    for (run_id, seq) in last {
+        let entry = format!("{run_id}:{seq}");
+        if !payload.is_empty() && payload.len() + 1 + entry.len() > MAX_PAYLOAD {
+            notify(conn, &payload).await?;
+            payload.clear();
+        }
+        if !payload.is_empty() {
+            payload.push(',');
+        }
+        payload.push_str(&entry);
+    }
+    if !payload.is_empty() {
+        notify(conn, &payload).await?;
+    }
+    Ok(())
+}
+
+async fn notify(conn: &mut AnyConnection, payload: &str) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(super::EVENTS_CHANNEL)
+        .bind(payload)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Reads a payload of `notify_events`; entries that do not parse are skipped.
+pub fn parse_notification(payload: &str) -> Vec<(Uuid, i64)> {
+    payload
+        .split(',')
+        .filter_map(|entry| {
+            let (run_id, seq) = entry.split_once(':')?;
+            Some((Uuid::parse_str(run_id).ok()?, seq.parse().ok()?))
+        })
+        .collect()
 }
 
 /// The event types we store, so a stored row maps back to a `&'static str`.
@@ -154,7 +211,10 @@ mod tests {
     fn inserts_number_every_placeholder() {
         let (rows, sql) = &INSERTS[2];
         assert_eq!(*rows, 4);
-        assert!(sql.ends_with("($16, $17, $18, $19, $20)"), "{sql}");
+        assert!(
+            sql.ends_with("($16, $17, $18, $19, $20) ON CONFLICT (run_id, seq) DO NOTHING"),
+            "{sql}"
+        );
         assert_eq!(sql.matches('$').count(), 20);
     }
 }

@@ -8,6 +8,9 @@ use super::{Store, StoreError, now, parse_enum, parse_id, text_enum};
 
 text_enum! {
     /// Who wrote a message.
+    // The variants' wire names are their lowercase names (see `as_str`).
+    #[derive(utoipa::ToSchema)]
+    #[schema(rename_all = "lowercase")]
     pub enum Role {
         /// The person.
         User = "user",
@@ -20,6 +23,9 @@ text_enum! {
 
 text_enum! {
     /// Where a message stands.
+    // The variants' wire names are their lowercase names (see `as_str`).
+    #[derive(utoipa::ToSchema)]
+    #[schema(rename_all = "lowercase")]
     pub enum MessageStatus {
         /// The model is still writing it.
         Streaming = "streaming",
@@ -35,7 +41,7 @@ text_enum! {
 }
 
 /// A stored message.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Message {
     /// The message's ID; IDs sort in the order messages were written.
     pub id: Uuid,

@@ -44,12 +44,18 @@ pub use tool_calls::ToolCallRecord;
 pub use users::User;
 
 pub(crate) use conversations::conversation_for_update;
-pub(crate) use events::append_events;
+pub use events::parse_notification;
+pub(crate) use events::{append_events, notify_events};
+
+/// The PostgreSQL channel that carries which runs have new events.
+pub const EVENTS_CHANNEL: &str = "agentstream_events";
+/// The PostgreSQL channel that carries cancels for the node driving a run.
+pub const CANCEL_CHANNEL: &str = "agentstream_cancel";
 pub(crate) use messages::{close_streaming_messages, insert_message};
 pub(crate) use profiles::{complete_onboarding, profile, set_profile_field};
 pub(crate) use runs::{
-    active_runs, finish_run, insert_run, lock_user_active_runs, run_by_client_message_id,
-    start_queued_run,
+    active_runs, finish_run, insert_run, lock_conversation, lock_user_active_runs,
+    run_by_client_message_id, start_queued_run,
 };
 pub(crate) use tool_calls::{insert_tool_call, tool_call};
 
@@ -240,6 +246,7 @@ impl Store {
         if *down.borrow_and_update() {
             return Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut));
         }
+        let _timer = crate::telemetry::metrics::AcquireTimer::start();
         tokio::select! {
             conn = self.pool.acquire() => Ok(conn?),
             _ = down.wait_for(|down| *down) => Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut)),
@@ -273,18 +280,27 @@ impl Store {
     }
 }
 
+/// The file a `sqlite:` URL names (none for `:memory:` or another backend).
+pub fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    if Backend::from_url(url) != Some(Backend::Sqlite) {
+        return None;
+    }
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let path = rest.split_once('?').map_or(rest, |(path, _)| path);
+    (path != ":memory:" && !path.is_empty()).then(|| path.into())
+}
+
 /// Accepts `sqlite:path`, `sqlite://path` and `sqlite:///abs/path`, creates the
 /// file's folder, and asks for the file to be created.
 fn sqlite_url(url: &str) -> Result<String, StoreError> {
     let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-    if path != ":memory:" && !path.is_empty() {
-        if let Some(dir) = std::path::Path::new(path).parent() {
-            if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
-            }
-        }
+    if path != ":memory:"
+        && !path.is_empty()
+        && let Some(dir) = std::path::Path::new(path).parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
     }
     let query = if query.contains("mode=") {
         query.to_owned()
@@ -310,6 +326,11 @@ const SQLITE_MIGRATIONS: MigrationList = &[
         "api keys",
         include_str!("../../migrations/sqlite/0002_api_keys.sql"),
     ),
+    (
+        3,
+        "nodes",
+        include_str!("../../migrations/sqlite/0003_nodes.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: MigrationList = &[
     (
@@ -321,6 +342,11 @@ const POSTGRES_MIGRATIONS: MigrationList = &[
         2,
         "api keys",
         include_str!("../../migrations/postgres/0002_api_keys.sql"),
+    ),
+    (
+        3,
+        "nodes",
+        include_str!("../../migrations/postgres/0003_nodes.sql"),
     ),
 ];
 

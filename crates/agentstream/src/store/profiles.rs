@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::{Store, StoreError, now};
 
 /// A user's onboarding profile.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Profile {
     /// Field name to value.
     pub fields: BTreeMap<String, String>,

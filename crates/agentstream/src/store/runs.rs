@@ -8,6 +8,9 @@ use super::{Store, StoreError, now, parse_enum, parse_id, text_enum};
 
 text_enum! {
     /// Where a run stands. The last four are terminal.
+    // The variants' wire names are their lowercase names (see `as_str`).
+    #[derive(utoipa::ToSchema)]
+    #[schema(rename_all = "lowercase")]
     pub enum RunStatus {
         /// Waiting for the conversation's active run to end (`multitask=enqueue`).
         Queued = "queued",
@@ -33,6 +36,9 @@ impl RunStatus {
 
 text_enum! {
     /// What happens to a run when its last subscriber disconnects.
+    // The variants' wire names are their lowercase names (see `as_str`).
+    #[derive(utoipa::ToSchema)]
+    #[schema(rename_all = "lowercase")]
     pub enum OnDisconnect {
         /// The run goes on and its reply is stored (the default).
         Continue = "continue",
@@ -42,7 +48,7 @@ text_enum! {
 }
 
 /// A run as stored and as returned by the API.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Run {
     /// The run's ID.
     pub id: Uuid,
@@ -86,6 +92,8 @@ pub struct NewRun<'a> {
     pub client_message_id: Option<&'a str>,
     /// What a disconnect does to it.
     pub on_disconnect: OnDisconnect,
+    /// The node that drives it, for a running run.
+    pub owner_node: Option<&'a str>,
 }
 
 fn json_column(row: &AnyRow, column: &str) -> Result<Option<serde_json::Value>, StoreError> {
@@ -176,7 +184,8 @@ pub(crate) async fn insert_run(
     };
     sqlx::query(
         "INSERT INTO runs (id, conversation_id, user_id, agent, status, client_message_id, \
-         on_disconnect, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+         on_disconnect, created_at, owner_node) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(run.id.to_string())
     .bind(run.conversation_id.to_string())
@@ -186,6 +195,7 @@ pub(crate) async fn insert_run(
     .bind(run.client_message_id.clone())
     .bind(run.on_disconnect.as_str())
     .bind(&run.created_at)
+    .bind(new.owner_node)
     .execute(&mut *conn)
     .await?;
     Ok(run)
@@ -248,13 +258,149 @@ pub(crate) async fn lock_user_active_runs(
 pub(crate) async fn start_queued_run(
     conn: &mut AnyConnection,
     id: Uuid,
+    node: &str,
 ) -> Result<bool, StoreError> {
-    let done =
-        sqlx::query("UPDATE runs SET status = 'running' WHERE id = $1 AND status = 'queued'")
-            .bind(id.to_string())
-            .execute(&mut *conn)
-            .await?;
+    let done = sqlx::query(
+        "UPDATE runs SET status = 'running', owner_node = $2 WHERE id = $1 AND status = 'queued'",
+    )
+    .bind(id.to_string())
+    .bind(node)
+    .execute(&mut *conn)
+    .await?;
     Ok(done.rows_affected() > 0)
+}
+
+/// Takes the conversation's row lock (PostgreSQL; SQLite already holds the
+/// write lock), so that starting its next run is one decision at a time.
+pub(crate) async fn lock_conversation(
+    conn: &mut AnyConnection,
+    conversation_id: Uuid,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE conversations SET updated_at = updated_at WHERE id = $1")
+        .bind(conversation_id.to_string())
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Takes or renews `node`'s lease, which covers every run it drives.
+    /// One row per node: the heartbeat never touches the runs' rows, so it
+    /// cannot contend with the writes of the runs themselves.
+    pub async fn renew_lease(&self, node: &str, expires_at: &str) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO nodes (id, started_at, lease_expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (id) DO UPDATE SET lease_expires_at = excluded.lease_expires_at",
+        )
+        .bind(node)
+        .bind(now())
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Gives up `node`'s lease (at the end of a shutdown, its runs ended).
+    pub async fn release_lease(&self, node: &str) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query("DELETE FROM nodes WHERE id = $1")
+            .bind(node)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The running runs `node` drives, each with whether a cancel was asked
+    /// for (from any node).
+    pub async fn owned_runs(&self, node: &str) -> Result<Vec<(Uuid, bool)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, cancel_requested_at FROM runs WHERE owner_node = $1 AND status = 'running'",
+        )
+        .bind(node)
+        .fetch_all(&mut *self.acquire().await?)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let cancel: Option<String> = row.try_get("cancel_requested_at")?;
+                Ok((parse_id(row.try_get("id")?)?, cancel.is_some()))
+            })
+            .collect()
+    }
+
+    /// The open runs `node` holds.
+    pub async fn runs_owned_by(&self, node: &str) -> Result<Vec<Uuid>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id FROM runs WHERE owner_node = $1 AND status IN ('queued', 'running')",
+        )
+        .bind(node)
+        .fetch_all(&mut *self.acquire().await?)
+        .await?;
+        rows.iter()
+            .map(|row| parse_id(row.try_get("id")?))
+            .collect()
+    }
+
+    /// Tells the other nodes (PostgreSQL `NOTIFY`) that a run's cancel was
+    /// asked for; a no-op on SQLite, which has no other node.
+    pub async fn notify_cancel(&self, run_id: Uuid) -> Result<(), StoreError> {
+        if self.backend() == super::Backend::Postgres {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(super::CANCEL_CHANNEL)
+                .bind(run_id.to_string())
+                .execute(&mut *self.acquire().await?)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Running runs whose node's lease ran out before `now`: it is gone.
+    pub async fn expired_runs(&self, now: &str) -> Result<Vec<Run>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT r.id, r.conversation_id, r.user_id, r.agent, r.status, r.client_message_id, \
+             r.on_disconnect, r.error, r.usage, r.last_seq, r.created_at, r.finished_at \
+             FROM runs r LEFT JOIN nodes n ON n.id = r.owner_node \
+             WHERE r.status = 'running' AND (n.id IS NULL OR n.lease_expires_at < $1) \
+             ORDER BY r.id",
+        )
+        .bind(now)
+        .fetch_all(&mut *self.acquire().await?)
+        .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// Conversations with a queued run and no running one: nobody will start
+    /// their next run unless asked to.
+    pub async fn stalled_conversations(&self) -> Result<Vec<Uuid>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT q.conversation_id FROM runs q WHERE q.status = 'queued' \
+             AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.conversation_id = q.conversation_id \
+             AND r.status = 'running')",
+        )
+        .fetch_all(&mut *self.acquire().await?)
+        .await?;
+        rows.iter()
+            .map(|row| parse_id(row.try_get("conversation_id")?))
+            .collect()
+    }
+
+    /// Records a cancel for the node that drives the run. False if the run
+    /// is not running.
+    pub async fn request_cancel(&self, run_id: Uuid) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(
+            "UPDATE runs SET cancel_requested_at = COALESCE(cancel_requested_at, $2) \
+             WHERE id = $1 AND status = 'running'",
+        )
+        .bind(run_id.to_string())
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
 }
 
 /// Ends a run that is still open. False if it had already ended, so a run

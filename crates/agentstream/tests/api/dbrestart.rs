@@ -10,7 +10,7 @@ use tokio::process::Command;
 use crate::helpers::*;
 
 /// A throwaway PostgreSQL cluster made with the installed binaries.
-struct TempCluster {
+pub struct TempCluster {
     bin: PathBuf,
     dir: tempfile::TempDir,
     port: u16,
@@ -18,7 +18,8 @@ struct TempCluster {
 }
 
 impl TempCluster {
-    async fn create() -> TempCluster {
+    /// Makes and starts a cluster in a temporary folder, on a free port.
+    pub async fn create() -> TempCluster {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL binaries under /usr/lib/postgresql")
             .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
@@ -83,7 +84,8 @@ impl TempCluster {
         );
     }
 
-    async fn start(&self) {
+    /// Starts the server and waits until it answers.
+    pub async fn start(&self) {
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
             self.port,
@@ -106,12 +108,14 @@ impl TempCluster {
         .await;
     }
 
-    async fn stop(&self) {
+    /// Stops the server (fast: open sessions are cut).
+    pub async fn stop(&self) {
         self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"])
             .await;
     }
 
-    fn url(&self) -> String {
+    /// Its `postgres` database.
+    pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 }
@@ -129,6 +133,8 @@ async fn database_restart_under_load() {
         config.db_pool_timeout = 30;
     })
     .await;
+    // Waits that began during the outage end after it, slowly, and say so.
+    app.expect_log("time to acquire exceeded slow threshold");
     let conversations = join_all((0..10).map(|_| app.create_conversation("chat"))).await;
     let mut streams = Vec::new();
     let mut runs = Vec::new();

@@ -8,13 +8,16 @@
 
 mod helpers;
 
+mod cluster;
 mod crash;
-mod dbrestart;
+pub mod dbrestart;
 mod durability;
 mod failures;
 mod hostile;
 mod input;
+mod metrics;
 mod onboarding;
+mod openapi;
 mod process;
 mod security;
 mod streaming;

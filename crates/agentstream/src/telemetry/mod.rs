@@ -1,4 +1,7 @@
-//! Log set-up: levels from `RUST_LOG` (default `info`), text or JSON lines on stderr.
+//! Logs and metrics: levels from `RUST_LOG` (default `info`), text or JSON
+//! lines on stderr; the Prometheus figures are in [`metrics`].
+
+pub mod metrics;
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 

@@ -1,0 +1,112 @@
+//! Several nodes on one PostgreSQL: the heartbeat that renews leases and
+//! sweeps dead nodes' runs, and the one listening connection per node that
+//! hears which runs have new events and which runs to cancel.
+
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::RunManager;
+use crate::store::{CANCEL_CHANNEL, EVENTS_CHANNEL, StoreError, parse_notification};
+
+/// Pause before listening again after the connection failed.
+const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
+
+impl RunManager {
+    /// Renews this node's leases and sweeps dead nodes' runs, every
+    /// `lease_renew`, until `stop` fires.
+    pub async fn keep_leases(self, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(self.inner.node.lease_renew) => {}
+                () = stop.cancelled() => return,
+            }
+            match self.heartbeat().await {
+                Ok(()) => {}
+                // The probe reports the database being away, once.
+                Err(StoreError::Unavailable(_)) => {}
+                Err(error) => tracing::warn!(%error, "heartbeat failed; trying again"),
+            }
+        }
+    }
+
+    /// Listens on PostgreSQL for the other nodes' events and cancels until
+    /// `stop` fires. After every reconnection the subscribers of runs driven
+    /// elsewhere read the store again, so nothing missed meanwhile is lost.
+    pub async fn listen(self, url: String, stop: CancellationToken) {
+        let mut listener: Option<PgListener> = None;
+        let mut failing = false;
+        loop {
+            if listener.is_none() {
+                let connected = async {
+                    let mut listener = PgListener::connect(&url).await?;
+                    listener
+                        .listen_all([EVENTS_CHANNEL, CANCEL_CHANNEL])
+                        .await?;
+                    Ok::<_, sqlx::Error>(listener)
+                };
+                let connected = tokio::select! {
+                    connected = connected => connected,
+                    () = stop.cancelled() => return,
+                };
+                match connected {
+                    Ok(connected) => {
+                        if failing {
+                            tracing::info!(
+                                "the listener reconnected; subscribers catch up from the store"
+                            );
+                        }
+                        failing = false;
+                        listener = Some(connected);
+                        self.inner.hub.wake_all_remote();
+                    }
+                    Err(error) => {
+                        if !failing {
+                            tracing::warn!(%error, "cannot listen for other nodes' events; retrying");
+                        }
+                        failing = true;
+                        tokio::select! {
+                            () = tokio::time::sleep(RECONNECT_PAUSE) => continue,
+                            () = stop.cancelled() => return,
+                        }
+                    }
+                }
+            }
+            let Some(active) = listener.as_mut() else {
+                continue;
+            };
+            let received = tokio::select! {
+                received = active.try_recv() => received,
+                () = stop.cancelled() => return,
+            };
+            match received {
+                Ok(Some(notification)) => match notification.channel() {
+                    EVENTS_CHANNEL => {
+                        self.inner
+                            .hub
+                            .wake_remote(&parse_notification(notification.payload()));
+                    }
+                    CANCEL_CHANNEL => {
+                        if let Ok(run_id) = Uuid::parse_str(notification.payload()) {
+                            self.cancel_local(run_id);
+                        }
+                    }
+                    _ => {}
+                },
+                // The connection dropped and came back: notifications in
+                // between are lost, so everyone reads the store again.
+                Ok(None) => {
+                    tracing::info!("the listener reconnected; subscribers catch up from the store");
+                    self.inner.hub.wake_all_remote();
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "lost the connection listening for other nodes' events");
+                    failing = true;
+                    listener = None;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! The Prometheus figures: one recorder per process, installed on first use
+//! (tests build many apps in one process), and one small function per thing
+//! measured, so that every call site elsewhere is one line.
+//!
+//! Counters and histograms are recorded where things happen; the gauges that
+//! are a state (pool, active runs, database up) are sampled at scrape time
+//! by `GET /metrics`.
+
+use std::{
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use axum::http::{Method, StatusCode};
+use futures_util::StreamExt;
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::{
+    llm::{LlmEvent, LlmStream},
+    store::RunStatus,
+};
+
+/// Runs this node is driving (sampled).
+pub const RUNS_ACTIVE: &str = "agentstream_runs_active";
+/// Runs waiting for their conversation's active run.
+pub const RUNS_QUEUED: &str = "agentstream_runs_queued";
+/// Run tasks started on this node.
+pub const RUNS_STARTED: &str = "agentstream_runs_started_total";
+/// Runs whose end was committed, by final status.
+pub const RUNS_FINISHED: &str = "agentstream_runs_finished_total";
+/// Open SSE streams.
+pub const SUBSCRIBERS: &str = "agentstream_subscribers";
+/// Events committed to the event log.
+pub const EVENTS_COMMITTED: &str = "agentstream_events_committed_total";
+/// Events per event-log transaction.
+pub const COMMIT_BATCH: &str = "agentstream_event_commit_batch_size";
+/// From a run-starting request to the run's first event on its stream.
+pub const FIRST_EVENT: &str = "agentstream_first_event_seconds";
+/// From a model call to its first token.
+pub const UPSTREAM_FIRST_TOKEN: &str = "agentstream_upstream_first_token_seconds";
+/// Model calls that failed, by error code.
+pub const UPSTREAM_ERRORS: &str = "agentstream_upstream_errors_total";
+/// Open pool connections (sampled).
+pub const POOL_CONNECTIONS: &str = "agentstream_db_pool_connections";
+/// Idle pool connections (sampled).
+pub const POOL_IDLE: &str = "agentstream_db_pool_idle_connections";
+/// The pool's ceiling (sampled).
+pub const POOL_MAX: &str = "agentstream_db_pool_max_connections";
+/// Time to get a pool connection.
+pub const POOL_ACQUIRE: &str = "agentstream_db_pool_acquire_seconds";
+/// 1 while the health probe finds the database answering (sampled).
+pub const DATABASE_UP: &str = "agentstream_db_up";
+/// HTTP requests answered, by method, route template and status.
+pub const HTTP_REQUESTS: &str = "agentstream_http_requests_total";
+/// Time to the response's head, by method and route template.
+pub const HTTP_DURATION: &str = "agentstream_http_request_duration_seconds";
+
+/// The route label of a request that matched no route: raw paths are never
+/// labels, so the number of series stays bounded.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// Seconds: from a millisecond to a minute (streams of slow models included).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+/// Events: powers of two up to the writer's largest batch (4096).
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
+];
+/// How often histogram samples are folded in when nobody scrapes, so their
+/// memory stays bounded (a scrape folds them in too).
+const UPKEEP: Duration = Duration::from_secs(5);
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process's recorder, installed on the first call. Every later call, by
+/// any app in the process, returns the same one.
+pub fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(install)
+}
+
+/// The figures in the Prometheus text format.
+pub fn render() -> String {
+    handle().render()
+}
+
+fn builder() -> Result<PrometheusBuilder, BuildError> {
+    let latency = [
+        FIRST_EVENT,
+        UPSTREAM_FIRST_TOKEN,
+        POOL_ACQUIRE,
+        HTTP_DURATION,
+    ];
+    let mut builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(COMMIT_BATCH.to_owned()), BATCH_BUCKETS)?;
+    for name in latency {
+        builder =
+            builder.set_buckets_for_metric(Matcher::Full(name.to_owned()), LATENCY_BUCKETS)?;
+    }
+    Ok(builder)
+}
+
+fn install() -> PrometheusHandle {
+    // The buckets are constants, never empty: the fallback (summaries) is
+    // only there so that no error path panics.
+    let recorder = builder()
+        .unwrap_or_else(|_| PrometheusBuilder::new())
+        .build_recorder();
+    let handle = recorder.handle();
+    if metrics::set_global_recorder(recorder).is_err() {
+        tracing::warn!("another metrics recorder is installed: /metrics shows no figures");
+        return handle;
+    }
+    describe();
+    // Series that exist from the start, at zero, rather than appearing with
+    // their first change: a query over them needs no `or vector(0)`.
+    counter!(RUNS_STARTED).increment(0);
+    counter!(EVENTS_COMMITTED).increment(0);
+    gauge!(RUNS_QUEUED).increment(0.0);
+    gauge!(SUBSCRIBERS).increment(0.0);
+    // A plain thread rather than a task: the recorder lives as long as the
+    // process, beyond any one app's runtime and shutdown.
+    let upkeep = handle.clone();
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".to_owned())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP);
+                upkeep.run_upkeep();
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "no metrics upkeep thread: histograms are folded in at scrapes only");
+    }
+    handle
+}
+
+fn describe() {
+    describe_gauge!(RUNS_ACTIVE, "Runs this node is driving.");
+    describe_gauge!(
+        RUNS_QUEUED,
+        "Runs waiting for their conversation's active run (queued here minus started or ended here; sum over nodes)."
+    );
+    describe_counter!(RUNS_STARTED, "Run tasks started on this node.");
+    describe_counter!(
+        RUNS_FINISHED,
+        "Runs whose end this node committed, by final status."
+    );
+    describe_gauge!(SUBSCRIBERS, "Open SSE streams of run events.");
+    describe_counter!(EVENTS_COMMITTED, "Events committed to the event log.");
+    describe_histogram!(
+        COMMIT_BATCH,
+        "Events per event-log transaction (group commit)."
+    );
+    describe_histogram!(
+        FIRST_EVENT,
+        Unit::Seconds,
+        "From a run-starting request to the run's first event on its stream."
+    );
+    describe_histogram!(
+        UPSTREAM_FIRST_TOKEN,
+        Unit::Seconds,
+        "From a model call to its first text or tool call, by agent."
+    );
+    describe_counter!(
+        UPSTREAM_ERRORS,
+        "Model calls that failed, by agent and error code."
+    );
+    describe_gauge!(POOL_CONNECTIONS, "Open database pool connections.");
+    describe_gauge!(POOL_IDLE, "Idle database pool connections.");
+    describe_gauge!(POOL_MAX, "Most connections the database pool opens.");
+    describe_histogram!(
+        POOL_ACQUIRE,
+        Unit::Seconds,
+        "Time to get a database pool connection."
+    );
+    describe_gauge!(
+        DATABASE_UP,
+        "1 while the health probe finds the database answering, else 0."
+    );
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests answered, by method, route template and status."
+    );
+    describe_histogram!(
+        HTTP_DURATION,
+        Unit::Seconds,
+        "Time to the response's head, by method and route template (a stream's head comes first)."
+    );
+}
+
+/// A run's task started on this node.
+pub fn run_started() {
+    counter!(RUNS_STARTED).increment(1);
+}
+
+/// A run was stored as `queued`.
+pub fn run_queued() {
+    gauge!(RUNS_QUEUED).increment(1.0);
+}
+
+/// A queued run started, or ended without starting (cancelled, interrupted).
+pub fn run_dequeued() {
+    gauge!(RUNS_QUEUED).decrement(1.0);
+}
+
+/// A run's end was committed with `status`.
+pub fn run_finished(status: RunStatus) {
+    counter!(RUNS_FINISHED, "status" => status.as_str()).increment(1);
+}
+
+/// The event log committed a transaction of `events` events.
+pub fn events_committed(events: usize) {
+    if events == 0 {
+        return;
+    }
+    counter!(EVENTS_COMMITTED).increment(events as u64);
+    histogram!(COMMIT_BATCH).record(events as f64);
+}
+
+/// A run-starting request's first event went out, `latency` after the
+/// request came in.
+pub fn first_event(latency: Duration) {
+    histogram!(FIRST_EVENT).record(latency);
+}
+
+/// A model call of `agent` answered its first token after `latency`.
+pub fn upstream_first_token(agent: &str, latency: Duration) {
+    histogram!(UPSTREAM_FIRST_TOKEN, "agent" => agent.to_owned()).record(latency);
+}
+
+/// A model call of `agent` failed with `code` (`upstream_timeout`, …).
+pub fn upstream_error(agent: &str, code: &'static str) {
+    counter!(UPSTREAM_ERRORS, "agent" => agent.to_owned(), "code" => code).increment(1);
+}
+
+/// The model call `stream` of `agent`, measured: its first token's latency
+/// and its failure, if it fails.
+pub fn observe_upstream(agent: &str, stream: LlmStream) -> LlmStream {
+    let asked = Instant::now();
+    let agent = agent.to_owned();
+    let mut waiting = true;
+    stream
+        .inspect(move |item| match item {
+            Ok(LlmEvent::Delta(_) | LlmEvent::ToolCall(_)) if waiting => {
+                waiting = false;
+                upstream_first_token(&agent, asked.elapsed());
+            }
+            Ok(_) => {}
+            Err(error) => upstream_error(&agent, error.code()),
+        })
+        .boxed()
+}
+
+/// Getting a pool connection took `wait`.
+pub fn pool_acquire(wait: Duration) {
+    histogram!(POOL_ACQUIRE).record(wait);
+}
+
+/// Records the time to get a pool connection when dropped: put one at the
+/// top of the function that acquires.
+#[derive(Debug)]
+#[must_use = "the wait is recorded when the timer is dropped"]
+pub struct AcquireTimer(Instant);
+
+impl AcquireTimer {
+    /// Starts timing.
+    pub fn start() -> AcquireTimer {
+        AcquireTimer(Instant::now())
+    }
+}
+
+impl Drop for AcquireTimer {
+    fn drop(&mut self) {
+        pool_acquire(self.0.elapsed());
+    }
+}
+
+/// Counts an open SSE stream for as long as it lives.
+#[derive(Debug)]
+pub struct Subscribed(());
+
+impl Subscribed {
+    /// A stream opened.
+    pub fn open() -> Subscribed {
+        gauge!(SUBSCRIBERS).increment(1.0);
+        Subscribed(())
+    }
+}
+
+impl Drop for Subscribed {
+    fn drop(&mut self) {
+        gauge!(SUBSCRIBERS).decrement(1.0);
+    }
+}
+
+/// An HTTP request was answered. `route` is the route's template (or
+/// [`UNMATCHED_ROUTE`]), never the raw path.
+pub fn http_request(method: &Method, route: &str, status: StatusCode, elapsed: Duration) {
+    let method = method_label(method);
+    counter!(
+        HTTP_REQUESTS,
+        "method" => method,
+        "route" => route.to_owned(),
+        "status" => status.as_u16().to_string()
+    )
+    .increment(1);
+    histogram!(HTTP_DURATION, "method" => method, "route" => route.to_owned()).record(elapsed);
+}
+
+/// Standard methods by name; any other is `other`, so a client cannot add
+/// series by inventing methods.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
+}
+
+/// The state gauges, sampled at scrape time.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// Runs this node drives.
+    pub runs_active: usize,
+    /// Open pool connections.
+    pub pool_connections: u32,
+    /// Idle pool connections.
+    pub pool_idle: usize,
+    /// The pool's ceiling.
+    pub pool_max: u32,
+    /// Whether the health probe finds the database answering.
+    pub database_up: bool,
+}
+
+/// Sets the state gauges.
+pub fn sample(sample: Sample) {
+    gauge!(RUNS_ACTIVE).set(sample.runs_active as f64);
+    gauge!(POOL_CONNECTIONS).set(f64::from(sample.pool_connections));
+    gauge!(POOL_IDLE).set(sample.pool_idle as f64);
+    gauge!(POOL_MAX).set(f64::from(sample.pool_max));
+    gauge!(DATABASE_UP).set(if sample.database_up { 1.0 } else { 0.0 });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_recorder_is_installed_once_and_renders_what_was_recorded() {
+        let first = handle() as *const PrometheusHandle;
+        assert_eq!(first, handle() as *const PrometheusHandle);
+        run_finished(RunStatus::Completed);
+        events_committed(3);
+        http_request(
+            &Method::GET,
+            "/v1/runs/{id}",
+            StatusCode::OK,
+            Duration::from_millis(2),
+        );
+        http_request(
+            &Method::from_bytes(b"BREW").unwrap(),
+            UNMATCHED_ROUTE,
+            StatusCode::NOT_FOUND,
+            Duration::from_millis(1),
+        );
+        let text = render();
+        assert!(
+            text.contains(r#"agentstream_runs_finished_total{status="completed"}"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("agentstream_event_commit_batch_size_bucket"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"agentstream_http_requests_total{method="GET",route="/v1/runs/{id}",status="200"}"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"method="other",route="unmatched",status="404""#),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE agentstream_http_request_duration_seconds histogram"),
+            "{text}"
+        );
+    }
+}

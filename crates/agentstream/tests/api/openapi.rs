@@ -1,0 +1,164 @@
+//! `GET /openapi.json`: an OpenAPI 3.1 document that lists every route the
+//! router serves, and only those, with their errors, security and streams.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// The paths of every `.route("…", …)` in the HTTP module's source: the
+/// router's routes, whatever file they are added in.
+fn routes_in_source() -> BTreeSet<String> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/http");
+    let mut routes = BTreeSet::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for piece in text.split(".route(").skip(1) {
+            let literal = piece.trim_start();
+            let Some(rest) = literal.strip_prefix('"') else {
+                continue;
+            };
+            routes.insert(rest.split('"').next().unwrap().to_owned());
+        }
+    }
+    routes
+}
+
+const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
+
+#[tokio::test]
+async fn the_document_is_openapi_3_1_and_lists_every_route() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let response = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let doc: Value = response.json().await.unwrap();
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1."),
+        "{}",
+        doc["openapi"]
+    );
+
+    let paths = doc["paths"].as_object().unwrap();
+    let documented: BTreeSet<String> = paths.keys().cloned().collect();
+    let routes = routes_in_source();
+    assert!(routes.len() >= 17, "{routes:?}");
+    assert_eq!(
+        documented, routes,
+        "documented paths vs the router's routes"
+    );
+
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    let responses = doc["components"]["responses"].as_object().unwrap();
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    for name in [
+        "ErrorBody",
+        "Event",
+        "RunEvent",
+        "SseMessage",
+        "Run",
+        "Conversation",
+    ] {
+        assert!(schemas.contains_key(name), "schema {name}");
+    }
+    // Every event type of the stream is in the event union.
+    let kinds: BTreeSet<&str> = schemas["Event"]["oneOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|variant| variant["properties"]["type"]["enum"][0].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from([
+            "run.started",
+            "delta",
+            "tool.call",
+            "tool.result",
+            "message.completed",
+            "error",
+            "done"
+        ])
+    );
+
+    let mut sse_operations = 0;
+    for (path, item) in paths {
+        for method in METHODS {
+            let Some(operation) = item.get(method) else {
+                continue;
+            };
+            let label = format!("{} {path}", method.to_uppercase());
+            let statuses = operation["responses"].as_object().unwrap();
+            assert!(
+                statuses.keys().any(|s| s.starts_with('2')),
+                "{label}: no 2xx"
+            );
+            // Each error refers to a reusable response whose body is the error body.
+            for (status, answer) in statuses.iter().filter(|(s, _)| s.as_str() >= "400") {
+                let name = answer["$ref"]
+                    .as_str()
+                    .and_then(|r| r.strip_prefix("#/components/responses/"))
+                    .unwrap_or_else(|| panic!("{label} {status}: {answer}"));
+                assert_eq!(
+                    responses[name]["content"]["application/json"]["schema"]["$ref"],
+                    "#/components/schemas/ErrorBody",
+                    "{label} {status}"
+                );
+            }
+            // The API's routes need a key: bearer security and a 401.
+            if path.starts_with("/v1/") || path.starts_with("/api/v1/") {
+                assert_eq!(
+                    operation["security"][0]["bearer"],
+                    Value::Array(vec![]),
+                    "{label}"
+                );
+                assert!(statuses.contains_key("401"), "{label}: no 401");
+                assert!(statuses.contains_key("503"), "{label}: no 503");
+            }
+            if statuses
+                .get("200")
+                .is_some_and(|ok| ok["content"].get("text/event-stream").is_some())
+            {
+                sse_operations += 1;
+            }
+            // A body of JSON has its 400, 413, 415 and 422.
+            if operation.get("requestBody").is_some() {
+                for status in ["400", "413", "415", "422"] {
+                    assert!(statuses.contains_key(status), "{label}: no {status}");
+                }
+            }
+        }
+    }
+    // create_run, stream_events and the two seed routes.
+    assert_eq!(sse_operations, 4);
+
+    // Every documented operation is routed with its method: the answer is
+    // never 405 nor the fallback's "route not found".
+    let id = uuid::Uuid::now_v7().to_string();
+    for (path, item) in paths {
+        for method in METHODS.into_iter().filter(|m| item.get(*m).is_some()) {
+            let url = app.url(&path.replace("{id}", &id));
+            let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let response = app
+                .client
+                .request(method.clone(), &url)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let body = response.text().await.unwrap_or_default();
+            assert_ne!(status, 405, "{method} {path}: {body}");
+            assert!(!body.contains("route not found"), "{method} {path}: {body}");
+        }
+    }
+    app.stop().await;
+}
