@@ -6,30 +6,6 @@ use serde_json::{Value, json};
 
 use crate::{both, helpers::*};
 
-async fn transcript(app: &TestApp, conversation: &str) -> Vec<Value> {
-    let messages = app
-        .get_json(&format!("/v1/conversations/{conversation}/messages"))
-        .await;
-    messages["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            json!([
-                m["role"],
-                m["content"],
-                m["status"],
-                m["tool_calls"],
-                m["tool_call_id"]
-            ])
-        })
-        .collect()
-}
-
-fn run_id_of(response: &reqwest::Response) -> String {
-    response.headers()["x-run-id"].to_str().unwrap().to_owned()
-}
-
 /// Disconnect after every event k: the stored transcript equals the
 /// uninterrupted one.
 async fn disconnect_after_every_event(backend: Backend) {

@@ -432,3 +432,29 @@ pub fn done_status(events: &[SseEvent]) -> String {
         .unwrap()
         .to_owned()
 }
+
+/// The transcript without IDs and times, to compare two conversations.
+pub async fn transcript(app: &TestApp, conversation: &str) -> Vec<Value> {
+    let messages = app
+        .get_json(&format!("/v1/conversations/{conversation}/messages"))
+        .await;
+    messages["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            serde_json::json!([
+                m["role"],
+                m["content"],
+                m["status"],
+                m["tool_calls"],
+                m["tool_call_id"]
+            ])
+        })
+        .collect()
+}
+
+/// The run a streaming response belongs to.
+pub fn run_id_of(response: &reqwest::Response) -> String {
+    response.headers()["x-run-id"].to_str().unwrap().to_owned()
+}

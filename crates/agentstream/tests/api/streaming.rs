@@ -8,31 +8,6 @@ use serde_json::{Value, json};
 
 use crate::{both, helpers::*};
 
-/// The transcript without IDs and times, to compare two conversations.
-async fn transcript(app: &TestApp, conversation: &str) -> Vec<Value> {
-    let messages = app
-        .get_json(&format!("/v1/conversations/{conversation}/messages"))
-        .await;
-    messages["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            json!([
-                m["role"],
-                m["content"],
-                m["status"],
-                m["tool_calls"],
-                m["tool_call_id"]
-            ])
-        })
-        .collect()
-}
-
-async fn run_id_of(response: &reqwest::Response) -> String {
-    response.headers()["x-run-id"].to_str().unwrap().to_owned()
-}
-
 /// A client that disconnects after event k leaves the same transcript as an
 /// uninterrupted run, and every pool connection comes back idle.
 async fn disconnect_does_not_stop_the_run(backend: Backend) {
@@ -45,7 +20,7 @@ async fn disconnect_does_not_stop_the_run(backend: Backend) {
         let response = app
             .stream_run(&conversation, json!({ "input": "Ada" }))
             .await;
-        let run_id = run_id_of(&response).await;
+        let run_id = run_id_of(&response);
         let seen: Vec<SseEvent> = events(response).take(k).collect().await;
         assert_eq!(seen.len(), k);
         // The response and its connection are dropped here, mid-run.
@@ -98,7 +73,7 @@ async fn resume_from_every_cursor(backend: Backend) {
     let response = app
         .stream_run(&conversation, json!({ "input": "Ada" }))
         .await;
-    let run_id = run_id_of(&response).await;
+    let run_id = run_id_of(&response);
     let all = read_all(response).await;
     for k in 0..all.len() {
         let by_header = app
@@ -135,7 +110,7 @@ async fn resume_while_live(backend: Backend) {
     let response = app
         .stream_run(&conversation, json!({ "input": "tell me something" }))
         .await;
-    let run_id = run_id_of(&response).await;
+    let run_id = run_id_of(&response);
     let mut first = Box::pin(events(response));
     let mut seen = Vec::new();
     for _ in 0..4 {
@@ -163,7 +138,7 @@ async fn cancel_keeps_the_partial_reply(backend: Backend) {
     let response = app
         .stream_run(&conversation, json!({ "input": "a long answer please" }))
         .await;
-    let run_id = run_id_of(&response).await;
+    let run_id = run_id_of(&response);
     let mut stream = Box::pin(events(response));
     let mut seen = Vec::new();
     while seen
@@ -275,7 +250,7 @@ async fn shutdown_interrupts_and_ends_streams(backend: Backend) {
     let response = app
         .stream_run(&conversation, json!({ "input": "a long answer please" }))
         .await;
-    let run_id = run_id_of(&response).await;
+    let run_id = run_id_of(&response);
     let mut stream = Box::pin(events(response));
     let mut seen = Vec::new();
     while !seen.iter().any(|e: &SseEvent| e.event == "delta") {
