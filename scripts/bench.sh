@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The benchmark suite (issue 5; DESIGN.md "Performance method"): builds the binaries,
-# starts mock-llm, the bare relay and agentstream (SQLite and PostgreSQL, pool 15 and 2),
-# runs the load generator against each and writes BENCHMARKS.md.
+# starts mock-llm, the bare relay and agentstream (SQLite and PostgreSQL, pool 15 and 2,
+# then two nodes on one PostgreSQL: issue 9), runs the load generator against each and
+# writes BENCHMARKS.md.
 #
 #   scripts/bench.sh           the full suite, release build; under 10 minutes on 2 cores
 #   scripts/bench.sh --smoke   tiny loads for a few seconds on the dev build (CI): fails
 #                              when any stream fails, writes the report to the results folder
 #
 # BENCH_OUT=DIR keeps the results (JSON summaries, logs, profile) in DIR; BENCH_PERF=0 skips
-# the perf profile; BENCH_LEVELS="1 100 1000" overrides the concurrency ladder.
+# the perf profile; BENCH_LEVELS="1 100 1000" overrides the concurrency ladder and
+# BENCH_TWO_NODE_LEVELS="1 100" the two-node levels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +34,7 @@ if [ "$smoke" = 1 ]; then
     starts_workers=4 starts_ms=500
     idle_streams=10 idle_ramp_ms=100 idle_hold_ms=300
     ladder_budget_s=60 suite_budget_s=120
+    two_node_levels=${BENCH_TWO_NODE_LEVELS:-"1 4"} two_node_budget_s=30
 else
     profile=release
     levels=${BENCH_LEVELS:-"1 100 200 500 1000 2000 5000 10000"}
@@ -43,6 +46,9 @@ else
     # No higher ladder level once a target's ladder has taken this long, nor once the suite
     # has: what is left after that takes under two minutes.
     ladder_budget_s=75 suite_budget_s=420
+    # Levels of the two-node scenario (each runs twice: same-node and cross-node); no
+    # higher level once it has taken this long.
+    two_node_levels=${BENCH_TWO_NODE_LEVELS:-"1 100 200 500"} two_node_budget_s=60
 fi
 starts_model="mock;deltas=2;tools=never"
 # The upstream waits 30 s before its first chunk; the streams are measured and closed
@@ -53,6 +59,7 @@ stream_timeout_ms=20000       # an unloaded stream lasts 1.4 s
 mock_port=${BENCH_MOCK_PORT:-18089}
 relay_port=${BENCH_RELAY_PORT:-18090}
 server_port=${BENCH_SERVER_PORT:-18000}
+server_b_port=${BENCH_SERVER_B_PORT:-18001}    # the second node of the two-node scenario
 mock_url="http://127.0.0.1:$mock_port/v1"
 
 out=${BENCH_OUT:-$(mktemp -d /tmp/agentstream-bench.XXXXXX)}
@@ -72,15 +79,15 @@ bin="$target_dir/$([ "$profile" = dev ] && echo debug || echo "$profile")"
 
 # --- processes ---------------------------------------------------------------------------
 pids=()
-pg_extra_db=""
+pg_extra_dbs=()
 cleanup() {
-    local pid
+    local pid db
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    if [ -n "$pg_extra_db" ]; then
+    for db in "${pg_extra_dbs[@]}"; do
         psql -q -h 127.0.0.1 -p "$pg_port" -U "$pg_user" -d postgres \
-            -c "DROP DATABASE IF EXISTS $pg_extra_db WITH (FORCE)" >/dev/null 2>&1 || true
-    fi
+            -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+    done
     if declare -F cleanup_postgres >/dev/null; then cleanup_postgres; fi
 }
 trap cleanup EXIT
@@ -195,15 +202,19 @@ TOML
 write_config stream "$stream_model" "$starts_model"
 write_config idle "$stream_model" "$idle_model"
 
-# start_agentstream NAME DATABASE_URL POOL OVERFLOW CONFIG [DRAIN_SECS]
+# start_agentstream NAME DATABASE_URL POOL OVERFLOW CONFIG [DRAIN_SECS [PORT [ARGS...]]]
 start_agentstream() {
+    local name=$1 database=$2 pool=$3 overflow=$4 config=$5 drain=${6:-10}
+    local port=${7:-$server_port}
+    shift $(($# < 7 ? $# : 7))
     # Every stream comes from the one local user: lift the per-user and per-server run
     # limits above the largest level (environment, so an older binary still starts).
-    start "$1" "$server_port" env RUST_LOG="${BENCH_RUST_LOG:-info}" \
+    start "$name" "$port" env RUST_LOG="${BENCH_RUST_LOG:-info}" \
         AGENTSTREAM_MAX_RUNS_PER_USER=1000000 AGENTSTREAM_MAX_ACTIVE_RUNS=1000000 \
-        AGENTSTREAM_DRAIN_SECS="${6:-10}" \
-        "$bin/agentstream" --bind "127.0.0.1:$server_port" --database-url "$2" \
-        --db-pool-size "$3" --db-max-overflow "$4" --config "$out/config/$5.toml"
+        AGENTSTREAM_DRAIN_SECS="$drain" \
+        "$bin/agentstream" --bind "127.0.0.1:$port" --database-url "$database" \
+        --db-pool-size "$pool" --db-max-overflow "$overflow" --config "$out/config/$config.toml" \
+        "$@"
 }
 
 profiles=()
@@ -248,15 +259,56 @@ agentstream_scenarios() {
     stop "$pid"
 }
 
+# two_node_scenarios DATABASE_URL: nodes A and B on one database. Each stream creates a
+# conversation on A and starts its run there (202, not timed), then follows the run's events
+# on A (same-node) or on B (cross-node, delivered through NOTIFY and the store).
+two_node_scenarios() {
+    local url=$1 a="http://127.0.0.1:$server_port" b="http://127.0.0.1:$server_b_port"
+    local began=$SECONDS pid_a pid_b level ramp side base pid
+    start_agentstream two-node-a "$url" 5 10 stream 10 "$server_port" --node-id a
+    pid_a=$started
+    start_agentstream two-node-b "$url" 5 10 stream 10 "$server_b_port" --node-id b
+    pid_b=$started
+    for level in $two_node_levels; do
+        if [ $((SECONDS - began)) -gt "$two_node_budget_s" ]; then
+            echo "bench: two nodes: time budget spent before $level streams" >&2
+            break
+        fi
+        if [ $((level * 3 + 1000)) -gt "$fd_limit" ]; then
+            echo "bench: two nodes: $level streams need more than $fd_limit descriptors" >&2
+            break
+        fi
+        ramp=$([ "$level" = 1 ] && echo 0 || echo "$ramp_ms")
+        for side in same cross; do
+            if [ "$side" = same ]; then base=$a pid=$pid_a; else base=$b pid=$pid_b; fi
+            echo "bench: two nodes, $side-node: $level streams" >&2
+            loadgen_run "two-node-$side-$(printf %05d "$level")" --target "$side-node" \
+                --scenario two-node --streams "$level" --ramp-ms "$ramp" \
+                --timeout-ms "$stream_timeout_ms" --stall-ms "$stall_ms" --pid "$pid" \
+                --setup-url "$a/v1/conversations" --setup-body '{"kind":"onboarding"}' \
+                --setup-url "$a/v1/conversations/{id}/runs" \
+                --setup-body '{"input":"Ada Lovelace {i}"}' \
+                --method GET --url "$base/v1/runs/{id}/events" \
+                --protocol agentstream --gap-event delta
+        done
+    done
+    stop "$pid_b"
+    stop "$pid_a"
+}
+
 # --- the suite ---------------------------------------------------------------------------
 # shellcheck source=scripts/postgres.sh
 source scripts/postgres.sh
 ensure_postgres
 trap cleanup EXIT
-pg_extra_db="${AGENTSTREAM_PG_TEST_DB}_pool2"
-psql -q -h 127.0.0.1 -p "$pg_port" -U "$pg_user" -d postgres -c "CREATE DATABASE $pg_extra_db" >/dev/null
+# A fresh database for each PostgreSQL configuration: pool 2 and the two nodes get their own.
+for db in "${AGENTSTREAM_PG_TEST_DB}_pool2" "${AGENTSTREAM_PG_TEST_DB}_nodes"; do
+    pg_extra_dbs+=("$db")
+    psql -q -h 127.0.0.1 -p "$pg_port" -U "$pg_user" -d postgres -c "CREATE DATABASE $db" >/dev/null
+done
 pg_url_15=$AGENTSTREAM_TEST_POSTGRES_URL
-pg_url_2="${AGENTSTREAM_TEST_POSTGRES_URL%/*}/$pg_extra_db"
+pg_url_2="${AGENTSTREAM_TEST_POSTGRES_URL%/*}/${AGENTSTREAM_PG_TEST_DB}_pool2"
+pg_url_nodes="${AGENTSTREAM_TEST_POSTGRES_URL%/*}/${AGENTSTREAM_PG_TEST_DB}_nodes"
 
 suite_start=$SECONDS
 start mock-llm "$mock_port" "$bin/mock-llm" --bind "127.0.0.1:$mock_port"
@@ -272,6 +324,7 @@ agentstream_scenarios sqlite-15 "sqlite://$out/db/sqlite-15.db" 5 10
 agentstream_scenarios sqlite-2 "sqlite://$out/db/sqlite-2.db" 2 0
 agentstream_scenarios pg-15 "$pg_url_15" 5 10
 agentstream_scenarios pg-2 "$pg_url_2" 2 0
+two_node_scenarios "$pg_url_nodes"
 stop "$mock_pid"
 suite_seconds=$((SECONDS - suite_start))
 

@@ -179,11 +179,17 @@ fn target_rank(target: &str) -> usize {
 
 const MOCK: &str = "mock";
 const RELAY: &str = "relay";
+/// The two-node scenario and its two targets: each run started on node A and followed on
+/// A itself or on node B.
+const TWO_NODES: &str = "two-node";
+const SAME_NODE: &str = "same-node";
+const CROSS_NODE: &str = "cross-node";
 
 fn render(args: &ReportArgs, results: &[Summary], machine: &Machine) -> Result<String, fmt::Error> {
     let ladder = Scenario::new(results, "ladder");
     let starts = Scenario::new(results, "starts");
     let idle = Scenario::new(results, "idle");
+    let two_nodes = Scenario::new(results, TWO_NODES);
     let mut out = String::new();
     writeln!(out, "# Benchmarks\n")?;
     if args.smoke {
@@ -217,6 +223,7 @@ fn render(args: &ReportArgs, results: &[Summary], machine: &Machine) -> Result<S
     write_ladder(&mut out, &ladder)?;
     write_starts(&mut out, &starts)?;
     write_idle(&mut out, &idle)?;
+    write_two_nodes(&mut out, &two_nodes)?;
     write_profile(&mut out, args)?;
     for note in &args.notes {
         writeln!(out, "{note}\n")?;
@@ -728,6 +735,96 @@ fn write_idle(out: &mut String, idle: &Scenario<'_>) -> fmt::Result {
     writeln!(out)
 }
 
+fn write_two_nodes(out: &mut String, two_nodes: &Scenario<'_>) -> fmt::Result {
+    if two_nodes.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "## Two nodes\n")?;
+    writeln!(
+        out,
+        "Two agentstream nodes (`--node-id a` and `b`, each its own port, pool 5 + 10) on one \
+         fresh PostgreSQL database, with the streams' configuration above. Each stream creates \
+         a conversation on node A and starts its run there with \
+         `POST /v1/conversations/{{id}}/runs` without `Accept: text/event-stream` (202 with the \
+         run; neither request is timed), then follows the run with \
+         `GET /v1/runs/{{id}}/events`: on A (`same-node`: A drives the run and hands each \
+         committed event to its subscribers in memory) or on B (`cross-node`: B hears of each \
+         commit by PostgreSQL `NOTIFY` and reads the new events from the database). \
+         Same-node and cross-node are separate runs at the same number of streams, one after \
+         the other. **TTFE** counts from sending the `GET`, the run already started: when its \
+         first event is committed by then, TTFE is a read of the store on either node, not a \
+         live delivery. **Gaps** are between consecutive `delta` events as in the ladder, 20 ms \
+         apart upstream. **Added** is cross-node minus same-node. A delay every event pays \
+         alike does not change the gaps: the added gap shows how unevenly events cross \
+         nodes (queueing behind `NOTIFY` and the store reads), not a constant offset. \
+         CPU is node B's for cross-node, A's for same-node (the node serving the stream). \
+         A level not sustained on either side is past what this machine holds (compare the \
+         `pg-15` ladder at the same level): its figures measure queueing, not delivery.\n"
+    )?;
+    writeln!(
+        out,
+        "| streams | failed same / cross | TTFE p50 / p99 ms same | TTFE cross \
+         | added TTFE p50 / p99 | gap p50 / p99 / max ms same | gap cross \
+         | added gap p50 / p99 | stalled same / cross | serving node CPU s same / cross \
+         | sustained same / cross |"
+    )?;
+    writeln!(out, "|{}", "---|".repeat(11))?;
+    let mut levels: Vec<usize> = two_nodes
+        .targets()
+        .flat_map(|(_, runs)| runs.iter().map(|run| run.streams))
+        .collect();
+    levels.sort_unstable();
+    levels.dedup();
+    let dash = || "–".to_owned();
+    let pair = |p50: f64, p99: f64| format!("{p50:.1} / {p99:.1}");
+    for streams in levels {
+        let same = two_nodes.get(SAME_NODE, streams);
+        let cross = two_nodes.get(CROSS_NODE, streams);
+        let both = same.zip(cross);
+        let ttfe =
+            |run: Option<&Summary>| run.map_or_else(dash, |r| pair(r.ttfe_ms.p50, r.ttfe_ms.p99));
+        let gap = |run: Option<&Summary>| {
+            run.map_or_else(dash, |r| {
+                format!(
+                    "{:.1} / {:.1} / {:.1}",
+                    r.gap_ms.p50, r.gap_ms.p99, r.gap_ms.max
+                )
+            })
+        };
+        let added = |pick: fn(&Summary) -> &crate::stats::Percentiles| {
+            both.map_or_else(dash, |(same, cross)| {
+                format!(
+                    "{:+.1} / {:+.1}",
+                    pick(cross).p50 - pick(same).p50,
+                    pick(cross).p99 - pick(same).p99
+                )
+            })
+        };
+        let each = |show: &dyn Fn(&Summary) -> String| {
+            format!(
+                "{} / {}",
+                same.map_or_else(dash, show),
+                cross.map_or_else(dash, show)
+            )
+        };
+        writeln!(
+            out,
+            "| {streams} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            each(&failures),
+            ttfe(same),
+            ttfe(cross),
+            added(|s| &s.ttfe_ms),
+            gap(same),
+            gap(cross),
+            added(|s| &s.gap_ms),
+            each(&|r| r.stalled_streams.to_string()),
+            each(&|r| opt(r.server.map(|s| s.cpu_s), 2)),
+            each(&|r| if r.sustained { "yes" } else { "**no**" }.to_owned()),
+        )?;
+    }
+    writeln!(out)
+}
+
 fn write_profile(out: &mut String, args: &ReportArgs) -> fmt::Result {
     let Some(path) = &args.profile else {
         return Ok(());
@@ -922,6 +1019,35 @@ mod tests {
         // A ladder row ends with the load generator's CPU and the verdict.
         assert!(text.contains("| 0.00 | yes |"), "{text}");
         assert!(text.contains(r#"loadgen run --body '{"a": 1}'"#), "{text}");
+    }
+
+    #[test]
+    fn two_nodes_compare_cross_node_with_same_node() {
+        let same = summary(SAME_NODE, TWO_NODES, 100);
+        let mut cross = summary(CROSS_NODE, TWO_NODES, 100);
+        cross.ttfe_ms.p50 = 3.5;
+        cross.ttfe_ms.p99 = 9.0;
+        cross.gap_ms.p99 = 24.0;
+        cross.gap_ms.max = 24.0;
+        cross.sustained = false;
+        let lonely = summary(SAME_NODE, TWO_NODES, 500);
+        let text = render(&args(), &[cross, same, lonely], &Machine::default()).unwrap();
+        assert!(text.contains("## Two nodes"), "{text}");
+        // TTFE 1.0 / 2.0 same-node against 3.5 / 9.0 cross-node; gaps 20 / 21 against 20 / 24.
+        assert!(
+            text.contains(
+                "| 100 | 0 / 0 | 1.0 / 2.0 | 3.5 / 9.0 | +2.5 / +7.0 | 20.0 / 21.0 / 21.0 \
+                 | 20.0 / 24.0 / 24.0 | +0.0 / +3.0 | 0 / 0 | 1.00 / 1.00 | yes / **no** |"
+            ),
+            "{text}"
+        );
+        // A level with only one side shows dashes for the other and for the difference.
+        assert!(
+            text.contains("| 500 | 0 / – | 1.0 / 2.0 | – | – |"),
+            "{text}"
+        );
+        // Not agentstream configurations of the targets table.
+        assert!(!text.contains("## Targets"), "{text}");
     }
 
     #[test]

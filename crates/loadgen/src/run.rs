@@ -22,7 +22,8 @@ use crate::stats::Percentiles;
 /// Options of `loadgen run`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
-    /// URL of the stream; `{i}` is the stream's number (from 0), `{id}` the setup's answer.
+    /// URL of the stream; `{i}` is the stream's number (from 0), `{id}` the last setup
+    /// step's answer.
     #[arg(long)]
     pub url: String,
     /// HTTP method of the stream request.
@@ -36,15 +37,19 @@ pub struct RunArgs {
     #[arg(long = "header", value_name = "NAME: VALUE")]
     pub headers: Vec<String>,
     /// A request made before each stream (not timed), e.g. creating a conversation.
-    #[arg(long)]
-    pub setup_url: Option<String>,
-    /// Method of the setup request.
+    /// Repeatable: the steps run in order, each one's `{id}` is the answer of the step
+    /// before it, and the stream's `{id}` is the last step's (e.g. create a conversation,
+    /// start a run in it, then follow that run's events, perhaps on another server).
+    #[arg(long = "setup-url", value_name = "URL")]
+    pub setup_urls: Vec<String>,
+    /// Method of the setup requests.
     #[arg(long, default_value = "POST")]
     pub setup_method: Method,
-    /// Body of the setup request (JSON), with the `{i}` placeholder.
-    #[arg(long)]
-    pub setup_body: Option<String>,
-    /// Top-level field of the setup's JSON answer that becomes `{id}`.
+    /// Body of a setup request (JSON), with the `{i}` and `{id}` placeholders. Repeatable:
+    /// the n-th body goes with the n-th `--setup-url`; give one per step or none.
+    #[arg(long = "setup-body", value_name = "JSON")]
+    pub setup_bodies: Vec<String>,
+    /// Top-level field of each setup step's JSON answer that becomes `{id}`.
     #[arg(long, default_value = "id")]
     pub setup_field: String,
     /// Concurrent streams (or, with --duration-ms, closed-loop workers).
@@ -182,7 +187,8 @@ struct Plan {
     url: Template,
     body: Option<Template>,
     headers: HeaderMap,
-    setup: Option<Setup>,
+    /// The setup steps, in order.
+    setup: Vec<Setup>,
     timeout: Duration,
     protocol: Protocol,
     gap_event: Option<String>,
@@ -285,6 +291,13 @@ fn plan(args: &RunArgs) -> anyhow::Result<Plan> {
             HeaderValue::try_from(value.trim())?,
         );
     }
+    if !args.setup_bodies.is_empty() && args.setup_bodies.len() != args.setup_urls.len() {
+        anyhow::bail!(
+            "{} --setup-body for {} --setup-url: give one body per setup step, or none",
+            args.setup_bodies.len(),
+            args.setup_urls.len()
+        );
+    }
     if !headers.contains_key(CONTENT_TYPE) {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
@@ -300,12 +313,17 @@ fn plan(args: &RunArgs) -> anyhow::Result<Plan> {
         url: Template::new(&args.url),
         body: args.body.as_deref().map(Template::new),
         headers,
-        setup: args.setup_url.as_deref().map(|url| Setup {
-            method: args.setup_method.clone(),
-            url: Template::new(url),
-            body: args.setup_body.as_deref().map(Template::new),
-            field: args.setup_field.clone(),
-        }),
+        setup: args
+            .setup_urls
+            .iter()
+            .enumerate()
+            .map(|(n, url)| Setup {
+                method: args.setup_method.clone(),
+                url: Template::new(url),
+                body: args.setup_bodies.get(n).map(Template::new),
+                field: args.setup_field.clone(),
+            })
+            .collect(),
         timeout: Duration::from_millis(args.timeout_ms),
         protocol: args.protocol,
         gap_event: args.gap_event.clone(),
@@ -360,13 +378,13 @@ fn offset(ramp: Duration, slot: usize, count: usize) -> Duration {
 /// One stream: its setup, its request, then every event until the final one (or `hold`).
 async fn stream(plan: &Plan, index: u64, hold: Option<Instant>) -> Record {
     let deadline = Instant::now() + plan.timeout;
-    let id = match &plan.setup {
-        Some(setup) => match timeout_at(deadline, run_setup(plan, setup, index)).await {
-            Ok(Some(id)) => Some(id),
+    let mut id = None;
+    for setup in &plan.setup {
+        match timeout_at(deadline, run_setup(plan, setup, index, id.as_deref())).await {
+            Ok(Some(answer)) => id = Some(answer),
             Ok(None) | Err(_) => return Record::failed(Failure::Setup),
-        },
-        None => None,
-    };
+        }
+    }
     let mut request = plan
         .client
         .request(plan.method.clone(), plan.url.render(index, id.as_deref()))
@@ -440,14 +458,15 @@ async fn stream(plan: &Plan, index: u64, hold: Option<Instant>) -> Record {
     record
 }
 
-/// The setup request; the `field` of its JSON answer, or `None` when anything failed.
-async fn run_setup(plan: &Plan, setup: &Setup, index: u64) -> Option<String> {
+/// One setup request, `id` being the previous step's answer; the `field` of its JSON
+/// answer, or `None` when anything failed.
+async fn run_setup(plan: &Plan, setup: &Setup, index: u64, id: Option<&str>) -> Option<String> {
     let mut request = plan
         .client
-        .request(setup.method.clone(), setup.url.render(index, None))
+        .request(setup.method.clone(), setup.url.render(index, id))
         .headers(plan.headers.clone());
     if let Some(body) = &setup.body {
-        request = request.body(body.render(index, None));
+        request = request.body(body.render(index, id));
     }
     let response = request.send().await.ok()?.error_for_status().ok()?;
     let answer: serde_json::Value = response.json().await.ok()?;

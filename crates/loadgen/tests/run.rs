@@ -12,7 +12,7 @@ use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use clap::Parser;
 use futures_util::stream;
 use loadgen::{Relay, RunArgs, Summary};
@@ -223,7 +223,9 @@ async fn relay_forwards_every_upstream_event() {
 
 /// A server shaped like agentstream: `POST /c` creates `{"id": "abc"}`; `POST /c/abc/runs`
 /// streams seq 1..4 ending with `done`; `POST /c/{other}/runs` is 404; `POST /lossy/runs`
-/// skips seq 3; `POST /failed/runs` ends with a failed `done`.
+/// skips seq 3; `POST /failed/runs` ends with a failed `done`. `POST /c/abc/start` with a
+/// body naming `abc` answers 202 `{"id": "run-abc"}` (a run started without its stream),
+/// and `GET /r/run-abc/events` streams that run; other IDs are 404.
 async fn agentstream_like() -> SocketAddr {
     fn events(ids: &[u64], status: &str) -> Response {
         let last = ids.len() - 1;
@@ -267,6 +269,27 @@ async fn agentstream_like() -> SocketAddr {
         .route(
             "/failed/runs",
             post(|| async { events(&[1, 2, 3], "failed") }),
+        )
+        .route(
+            "/c/{id}/start",
+            post(|Path(id): Path<String>, body: String| async move {
+                if id == "abc" && body.contains("abc") {
+                    let run = serde_json::json!({"id": format!("run-{id}"), "status": "queued"});
+                    (StatusCode::ACCEPTED, axum::Json(run)).into_response()
+                } else {
+                    StatusCode::NOT_FOUND.into_response()
+                }
+            }),
+        )
+        .route(
+            "/r/{id}/events",
+            get(|Path(id): Path<String>| async move {
+                if id == "run-abc" {
+                    events(&[1, 2, 3, 4, 5], "completed")
+                } else {
+                    StatusCode::NOT_FOUND.into_response()
+                }
+            }),
         );
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -328,4 +351,72 @@ async fn agentstream_streams_are_checked_by_seq_after_setup() {
     ])
     .await;
     assert_eq!(bad_setup.failed.get("setup"), Some(&1));
+}
+
+#[tokio::test]
+async fn setup_steps_chain_their_ids_into_a_stream_on_another_server() {
+    // Two nodes: the run is started on one and followed on the other.
+    let (a, b) = (agentstream_like().await, agentstream_like().await);
+    let create = format!("http://{a}/c");
+    let start = format!("http://{a}/c/{{id}}/start");
+    let follow = format!("http://{b}/r/{{id}}/events");
+    // The start step must see the conversation's ID in its URL and body, and the stream the
+    // run's: any other ID is 404.
+    let good = run(&[
+        "--setup-url",
+        &create,
+        "--setup-body",
+        r#"{"kind":"onboarding"}"#,
+        "--setup-url",
+        &start,
+        "--setup-body",
+        r#"{"input":"hello {i} in {id}"}"#,
+        "--method",
+        "GET",
+        "--url",
+        &follow,
+        "--streams",
+        "3",
+        "--gap-event",
+        "delta",
+    ])
+    .await;
+    assert_eq!(good.ok, 3, "{good:?}");
+    assert_eq!(good.events, 3 * 5);
+    assert_eq!(good.ttfe_ms.count, 3);
+    assert_eq!(good.gap_ms.count, 3 * 2);
+    assert!(good.sustained);
+
+    // A failing second step fails the stream as `setup`.
+    let broken = run(&[
+        "--setup-url",
+        &create,
+        "--setup-url",
+        &format!("http://{a}/c/{{id}}/nowhere"),
+        "--method",
+        "GET",
+        "--url",
+        &follow,
+    ])
+    .await;
+    assert_eq!(broken.failed.get("setup"), Some(&1), "{broken:?}");
+
+    // Bodies pair with steps by position: one per step or none.
+    let cli = Cli::try_parse_from([
+        "loadgen",
+        "--setup-url",
+        &create,
+        "--setup-url",
+        &start,
+        "--setup-body",
+        "{}",
+        "--url",
+        &follow,
+    ])
+    .unwrap();
+    let error = loadgen::run(&cli.run, Vec::new()).await.unwrap_err();
+    assert!(
+        error.to_string().contains("one body per setup step"),
+        "{error}"
+    );
 }

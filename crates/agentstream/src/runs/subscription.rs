@@ -60,7 +60,9 @@ impl RunManager {
             let _presence = Presence { manager: manager.clone(), run_id };
             let was_local = live.is_some();
             let mut live = live;
-            let mut remote: Option<tokio::sync::watch::Receiver<i64>> = None;
+            // A run driven elsewhere: hear of its commits from before the
+            // first read of the store, so no notice falls in between.
+            let mut remote = (!was_local).then(|| manager.inner.hub.watch_remote(run_id));
             let mut failures = 0;
             let mut cursor = after;
             loop {
