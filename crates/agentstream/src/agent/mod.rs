@@ -86,6 +86,16 @@ impl Outcome {
     }
 }
 
+/// How one model call ended.
+enum StepEnd {
+    /// The model finished its reply.
+    Finished,
+    /// The run was asked to stop with this status.
+    Stopped(RunStatus),
+    /// The model or the event log failed.
+    Failed(Outcome),
+}
+
 /// Runs the agent on the conversation until it answers without a tool call,
 /// is stopped, fails or reaches its step limit. Every database write is a
 /// short transaction of its own; nothing is held across a wait.
@@ -150,69 +160,49 @@ async fn steps(
         let end = loop {
             let item = tokio::select! {
                 biased;
-                () = control.cancelled() => break control.stopped(),
+                () = control.cancelled() => break control.stopped().map_or(StepEnd::Finished, StepEnd::Stopped),
                 item = stream.next() => item,
             };
             match item {
-                None => break None,
+                None => break StepEnd::Finished,
                 Some(Ok(LlmEvent::Delta(delta))) => {
                     let emitted = emitter
                         .emit(Event::Delta {
                             text: delta.clone(),
                         })
                         .await;
+                    // The reply keeps what clients were sent, and no more.
                     if let Err(e) = emitted {
-                        // The reply keeps what clients were sent, and no more.
-                        drop(stream);
-                        let saved = store
-                            .finish_message(message.id, &text, None, MessageStatus::Failed)
-                            .await;
-                        if let Err(e) = saved {
-                            return Outcome::failed("storage_error", e.to_string());
-                        }
-                        return Outcome::failed(e.code(), e.to_string());
+                        break StepEnd::Failed(Outcome::failed(e.code(), e.to_string()));
                     }
                     text.push_str(&delta);
                 }
                 Some(Ok(LlmEvent::ToolCall(call))) => calls.push(call),
                 Some(Ok(LlmEvent::Usage(more))) => *usage.get_or_insert_default() += more,
-                Some(Err(e)) => {
-                    drop(stream);
-                    let saved = store
-                        .finish_message(message.id, &text, None, MessageStatus::Failed)
-                        .await;
-                    if let Err(e) = saved {
-                        return Outcome::failed("storage_error", e.to_string());
-                    }
-                    return Outcome::failed(e.code(), e.to_string());
-                }
+                Some(Err(e)) => break StepEnd::Failed(Outcome::failed(e.code(), e.to_string())),
             }
         };
         drop(stream);
-        if let Some(status) = end {
-            let message_status = match status {
-                RunStatus::Cancelled => MessageStatus::Cancelled,
-                _ => MessageStatus::Interrupted,
-            };
-            if let Err(e) = store
-                .finish_message(message.id, &text, None, message_status)
-                .await
-            {
-                return Outcome::failed("storage_error", e.to_string());
-            }
-            return Outcome::status(status);
-        }
-        let calls_json = (!calls.is_empty()).then(|| serde_json::json!(calls));
-        if let Err(e) = store
-            .finish_message(
-                message.id,
-                &text,
-                calls_json.as_ref(),
+        // The step's message is stored once, whole or as far as it got.
+        let (message_status, calls_json) = match &end {
+            StepEnd::Finished => (
                 MessageStatus::Complete,
-            )
+                (!calls.is_empty()).then(|| serde_json::json!(calls)),
+            ),
+            StepEnd::Stopped(RunStatus::Cancelled) => (MessageStatus::Cancelled, None),
+            StepEnd::Stopped(_) => (MessageStatus::Interrupted, None),
+            StepEnd::Failed(_) => (MessageStatus::Failed, None),
+        };
+        if let Err(e) = store
+            .finish_message(message.id, &text, calls_json.as_ref(), message_status)
             .await
         {
             return Outcome::failed("storage_error", e.to_string());
+        }
+        match end {
+            StepEnd::Finished => {}
+            StepEnd::Stopped(status) => return Outcome::status(status),
+            StepEnd::Failed(outcome) => return outcome,
         }
         if let Err(e) = emitter
             .emit(Event::MessageCompleted {

@@ -200,7 +200,7 @@ async fn write_loop(
                     }
                     (!ended).then_some(pending.event)
                 });
-                hub.publish(events.collect::<Vec<_>>());
+                hub.publish(events);
                 for (ack, ended) in acks {
                     let _ = ack.send(if ended {
                         Err(LogError::AlreadyEnded)
@@ -252,10 +252,11 @@ async fn commit(store: &Store, batch: &[Pending]) -> Result<Vec<Uuid>, StoreErro
             skipped.push(run_id);
         }
     }
-    let events: Vec<StoredEvent> = batch
+    // Borrowed, not cloned: this runs for every event.
+    let events: Vec<&StoredEvent> = batch
         .iter()
         .filter(|p| !skipped.contains(&p.event.run_id))
-        .map(|p| p.event.clone())
+        .map(|p| &p.event)
         .collect();
     store::append_events(&mut tx, &events).await?;
     if store.backend() == Backend::Postgres {

@@ -54,7 +54,7 @@ static INSERTS: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
 /// Appends events inside the caller's transaction.
 pub(crate) async fn append_events(
     conn: &mut AnyConnection,
-    events: &[StoredEvent],
+    events: &[&StoredEvent],
 ) -> Result<(), StoreError> {
     let at = now();
     let mut rest = events;
@@ -84,7 +84,7 @@ pub(crate) async fn append_events(
 /// PostgreSQL's 8,000-byte limit.
 pub(crate) async fn notify_events(
     conn: &mut AnyConnection,
-    events: &[StoredEvent],
+    events: &[&StoredEvent],
 ) -> Result<(), StoreError> {
     const MAX_PAYLOAD: usize = 7_900;
     let mut last: Vec<(Uuid, i64)> = Vec::new();

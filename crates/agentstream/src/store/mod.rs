@@ -285,19 +285,22 @@ pub fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
     if Backend::from_url(url) != Some(Backend::Sqlite) {
         return None;
     }
-    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
-    let path = rest.split_once('?').map_or(rest, |(path, _)| path);
+    let (path, _) = split_sqlite_url(url);
     (path != ":memory:" && !path.is_empty()).then(|| path.into())
+}
+
+/// A `sqlite:` URL's path and query.
+fn split_sqlite_url(url: &str) -> (&str, &str) {
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    rest.split_once('?').unwrap_or((rest, ""))
 }
 
 /// Accepts `sqlite:path`, `sqlite://path` and `sqlite:///abs/path`, creates the
 /// file's folder, and asks for the file to be created.
 fn sqlite_url(url: &str) -> Result<String, StoreError> {
-    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
-    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-    if path != ":memory:"
-        && !path.is_empty()
-        && let Some(dir) = std::path::Path::new(path).parent()
+    let (path, query) = split_sqlite_url(url);
+    if let Some(file) = sqlite_path(url)
+        && let Some(dir) = file.parent()
         && !dir.as_os_str().is_empty()
     {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;

@@ -31,12 +31,8 @@ async fn create_conversation(client: &reqwest::Client, node: &ServerProcess, kin
     let body: Value = client
         .post(node.url("/v1/conversations"))
         .json(&json!({ "kind": kind }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .fetch_json()
+        .await;
     body["id"].as_str().unwrap().to_owned()
 }
 
@@ -154,12 +150,8 @@ async fn a_dead_nodes_runs_are_interrupted_once() {
     );
     let status: Value = client
         .get(c.url(&format!("/v1/runs/{run}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .fetch_json()
+        .await;
     assert_eq!(status["status"], "interrupted");
     // The conversation is free again: a new run starts through C.
     let next = start_stream(&client, &c, &conversation, "and now?").await;
@@ -346,12 +338,8 @@ async fn through_nginx() {
     let conversation: Value = client
         .post(format!("{base}/v1/conversations"))
         .json(&json!({ "kind": "chat" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .fetch_json()
+        .await;
     let response = client
         .post(format!(
             "{base}/v1/conversations/{}/runs",

@@ -37,12 +37,8 @@ async fn sigkill_then_restart(backend: Backend) {
         let conversation: Value = client
             .post(server.url("/v1/conversations"))
             .json(&json!({ "kind": "onboarding" }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .fetch_json()
+            .await;
         let response = client
             .post(server.url(&format!(
                 "/v1/conversations/{}/runs",
@@ -76,12 +72,8 @@ async fn sigkill_then_restart(backend: Backend) {
     for (run_id, got, _stream) in &seen {
         let run: Value = client
             .get(server.url(&format!("/v1/runs/{run_id}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .fetch_json()
+            .await;
         assert_eq!(run["status"], "interrupted");
         let response = client
             .get(server.url(&format!("/v1/runs/{run_id}/events")))
@@ -108,12 +100,8 @@ async fn sigkill_then_restart(backend: Backend) {
                 "/v1/conversations/{}/messages",
                 run["conversation_id"].as_str().unwrap()
             )))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .fetch_json()
+            .await;
         let messages = messages["data"].as_array().unwrap();
         let tools = messages.iter().filter(|m| m["role"] == "tool").count();
         assert_eq!(tools, 1, "the tool call was applied once");

@@ -458,3 +458,15 @@ pub async fn transcript(app: &TestApp, conversation: &str) -> Vec<Value> {
 pub fn run_id_of(response: &reqwest::Response) -> String {
     response.headers()["x-run-id"].to_str().unwrap().to_owned()
 }
+
+/// Sends a request and reads its JSON body, failing the test on any error.
+pub trait FetchJson {
+    /// The response body as JSON.
+    async fn fetch_json(self) -> Value;
+}
+
+impl FetchJson for reqwest::RequestBuilder {
+    async fn fetch_json(self) -> Value {
+        self.send().await.unwrap().json().await.unwrap()
+    }
+}

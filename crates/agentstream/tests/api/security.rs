@@ -58,12 +58,8 @@ async fn keys_and_isolation(backend: Backend) {
     let created: Value = alice
         .post(app.url("/v1/conversations"))
         .json(&json!({ "kind": "onboarding" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .fetch_json()
+        .await;
     let conversation = created["id"].as_str().unwrap();
     let response = alice
         .post(app.url(&format!("/v1/conversations/{conversation}/runs")))
@@ -116,42 +112,17 @@ async fn keys_and_isolation(backend: Backend) {
         assert_eq!(absent_status, 404, "{method} {path}");
         assert_eq!(theirs, nothing, "{method} {path}: the same body either way");
     }
-    let bobs: Value = bob
-        .get(app.url("/v1/conversations"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let bobs: Value = bob.get(app.url("/v1/conversations")).fetch_json().await;
     assert_eq!(bobs["data"], json!([]));
-    let bobs_profile: Value = bob
-        .get(app.url("/v1/profile"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let bobs_profile: Value = bob.get(app.url("/v1/profile")).fetch_json().await;
     assert_eq!(bobs_profile["fields"], json!({}));
-    let alices_profile: Value = alice
-        .get(app.url("/v1/profile"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let alices_profile: Value = alice.get(app.url("/v1/profile")).fetch_json().await;
     assert_eq!(alices_profile["fields"]["name"], "Alice");
     // Alice's run is untouched by Bob's cancel and delete.
     let mine: Value = alice
         .get(app.url(&format!("/v1/runs/{run}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .fetch_json()
+        .await;
     assert_eq!(mine["status"], "completed");
 
     assert!(
@@ -189,12 +160,8 @@ async fn limits_answer_clearly(backend: Backend) {
             let conversation: Value = client
                 .post(format!("{base}/v1/conversations"))
                 .json(&json!({ "kind": "chat" }))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+                .fetch_json()
+                .await;
             client
                 .post(format!(
                     "{base}/v1/conversations/{}/runs",
@@ -241,12 +208,8 @@ async fn limits_answer_clearly(backend: Backend) {
             "/v1/conversations/{}/messages",
             first["conversation_id"].as_str().unwrap()
         )))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .fetch_json()
+        .await;
     assert_eq!(messages["data"][1]["status"], "failed");
     assert_eq!(messages["data"][1]["content"], text_of(&events));
     app.stop().await;

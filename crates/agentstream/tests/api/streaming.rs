@@ -8,31 +8,6 @@ use serde_json::{Value, json};
 
 use crate::{both, helpers::*};
 
-/// A client that disconnects after event k leaves the same transcript as an
-/// uninterrupted run, and every pool connection comes back idle.
-async fn disconnect_does_not_stop_the_run(backend: Backend) {
-    let app = spawn_app(backend).await;
-    let whole = app.create_conversation("onboarding").await;
-    let reference = read_all(app.stream_run(&whole, json!({ "input": "Ada" })).await).await;
-    let expected = transcript(&app, &whole).await;
-    for k in [1, 3, reference.len() / 2, reference.len() - 1] {
-        let conversation = app.create_conversation("onboarding").await;
-        let response = app
-            .stream_run(&conversation, json!({ "input": "Ada" }))
-            .await;
-        let run_id = run_id_of(&response);
-        let seen: Vec<SseEvent> = events(response).take(k).collect().await;
-        assert_eq!(seen.len(), k);
-        // The response and its connection are dropped here, mid-run.
-        let rest = app.follow(&run_id).await;
-        assert_eq!(done_status(&rest), "completed", "k={k}");
-        assert_eq!(transcript(&app, &conversation).await, expected, "k={k}");
-    }
-    app.pool_settles().await;
-    app.stop().await;
-}
-both!(disconnect_does_not_stop_the_run);
-
 /// 200 concurrent streams on a pool of 2 connections all complete: streams
 /// are not bounded by the pool.
 async fn streams_outnumber_the_pool(backend: Backend) {
