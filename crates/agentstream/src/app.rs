@@ -72,7 +72,7 @@ impl App {
         let tracker = TaskTracker::new();
         let writer_stop = CancellationToken::new();
         let (log, writer) = EventLog::new(store.clone(), hub.clone(), writer_stop.clone());
-        tracker.spawn(writer);
+        tracker.spawn_on(writer, store.db_runtime());
         tracker.spawn(probe_database(store.clone(), writer_stop.clone()));
         tracker.spawn(prune_events(
             store.clone(),
@@ -181,7 +181,9 @@ impl App {
                 tracing::debug!(%error, "failed to set TCP_NODELAY");
             }
         });
-        let server = axum::serve(listener, router)
+        // A service made once: `serve(listener, router)` would rebuild every
+        // route for each connection, about 25 KiB a connection.
+        let server = axum::serve(listener, router.into_make_service())
             .with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
         let server = tracker.spawn(async move { server.await });
         tracing::info!(%addr, database = %redact(&config.database_url), "serving");

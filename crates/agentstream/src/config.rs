@@ -100,7 +100,7 @@ pub struct Config {
     #[arg(long, env = "DB_POOL_TIMEOUT", default_value_t = 30, global = true)]
     pub db_pool_timeout: u64,
 
-    /// Test each connection before handing it out.
+    /// Test a PostgreSQL connection idle a second or more before handing it out.
     #[arg(long, env = "DB_POOL_PRE_PING", default_value_t = true, action = clap::ArgAction::Set, global = true)]
     pub db_pool_pre_ping: bool,
 

@@ -72,7 +72,7 @@ impl Relay {
         let tracker = TaskTracker::new();
         let signal = shutdown.clone().cancelled_owned();
         tracker.spawn(async move {
-            if let Err(error) = axum::serve(listener, app)
+            if let Err(error) = axum::serve(listener, app.into_make_service())
                 .with_graceful_shutdown(signal)
                 .await
             {

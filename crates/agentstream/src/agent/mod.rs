@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use crate::{
     llm::{ChatMessage, ChatRequest, LlmEvent, Provider, ToolCall, Usage},
     runs::{Emitter, Event, RunControl},
-    store::{Message, MessageStatus, NewMessage, Role, RunStatus, Store},
+    store::{self, AssistantMessage, Message, MessageStatus, Role, RunStatus, Store},
     tools::{self, Tool, ToolContext},
 };
 
@@ -31,11 +31,11 @@ pub struct Agent {
 }
 
 impl Agent {
-    fn tool(&self, name: &str) -> Option<&dyn Tool> {
+    fn tool(&self, name: &str) -> Option<Arc<dyn Tool>> {
         self.tools
             .iter()
             .find(|tool| tool.spec().name == name)
-            .map(|tool| tool.as_ref())
+            .cloned()
     }
 }
 
@@ -96,19 +96,22 @@ enum StepEnd {
     Failed(Outcome),
 }
 
-/// Runs the agent on the conversation until it answers without a tool call,
-/// is stopped, fails or reaches its step limit. Every database write is a
-/// short transaction of its own; nothing is held across a wait.
+/// Runs the agent on the conversation (its messages, when the caller has
+/// read them already) until it answers without a tool call, is stopped,
+/// fails or reaches its step limit. The reply is written with the run's
+/// events and each tool call in a short transaction of its own; nothing is
+/// held across a wait.
 #[tracing::instrument(skip_all, fields(run_id = %ctx.run_id, agent = %agent.name))]
 pub async fn run(
     agent: &Agent,
     store: &Store,
     ctx: ToolContext,
+    history: Option<Vec<Message>>,
     emitter: &mut Emitter,
     control: &RunControl,
 ) -> Outcome {
     let mut usage = None;
-    let mut outcome = steps(agent, store, ctx, emitter, control, &mut usage).await;
+    let mut outcome = steps(agent, store, ctx, history, emitter, control, &mut usage).await;
     outcome.usage = usage;
     outcome
 }
@@ -117,11 +120,16 @@ async fn steps(
     agent: &Agent,
     store: &Store,
     ctx: ToolContext,
+    history: Option<Vec<Message>>,
     emitter: &mut Emitter,
     control: &RunControl,
     usage: &mut Option<Usage>,
 ) -> Outcome {
-    let mut history = match store.messages(ctx.conversation_id).await {
+    let history = match history {
+        Some(messages) => Ok(messages),
+        None => store.messages(ctx.conversation_id).await,
+    };
+    let mut history = match history {
         Ok(messages) => to_chat(&agent.system_prompt, &messages),
         Err(e) => return Outcome::failed("storage_error", e.to_string()),
     };
@@ -130,21 +138,19 @@ async fn steps(
         if let Some(status) = control.stopped() {
             return Outcome::status(status);
         }
-        let message = match store
-            .insert_message(NewMessage {
-                conversation_id: ctx.conversation_id,
-                run_id: Some(ctx.run_id),
-                role: Role::Assistant,
-                content: "",
-                tool_calls: None,
-                tool_call_id: None,
-                status: MessageStatus::Streaming,
-            })
-            .await
-        {
-            Ok(message) => message,
-            Err(e) => return Outcome::failed("storage_error", e.to_string()),
+        // Stored with the step's first event; its ID is taken now, so the
+        // transcript keeps the order of the steps.
+        let message = AssistantMessage {
+            id: uuid::Uuid::now_v7(),
+            conversation_id: ctx.conversation_id,
+            run_id: ctx.run_id,
+            content: String::new(),
+            tool_calls: None,
+            status: MessageStatus::Streaming,
+            created_at: store::now(),
         };
+        let message_id = message.id;
+        emitter.stage_message(message.clone());
         let mut stream = crate::telemetry::metrics::observe_upstream(
             &agent.name,
             agent.provider.stream(ChatRequest {
@@ -183,8 +189,9 @@ async fn steps(
             }
         };
         drop(stream);
-        // The step's message is stored once, whole or as far as it got.
-        let (message_status, calls_json) = match &end {
+        // The step's message ends whole or as far as it got: written with
+        // `message.completed`, or with the run's end.
+        let (status, tool_calls) = match &end {
             StepEnd::Finished => (
                 MessageStatus::Complete,
                 (!calls.is_empty()).then(|| serde_json::json!(calls)),
@@ -193,23 +200,18 @@ async fn steps(
             StepEnd::Stopped(_) => (MessageStatus::Interrupted, None),
             StepEnd::Failed(_) => (MessageStatus::Failed, None),
         };
-        if let Err(e) = store
-            .finish_message(message.id, &text, calls_json.as_ref(), message_status)
-            .await
-        {
-            return Outcome::failed("storage_error", e.to_string());
-        }
+        emitter.stage_message(AssistantMessage {
+            content: text.clone(),
+            tool_calls,
+            status,
+            ..message
+        });
         match end {
             StepEnd::Finished => {}
             StepEnd::Stopped(status) => return Outcome::status(status),
             StepEnd::Failed(outcome) => return outcome,
         }
-        if let Err(e) = emitter
-            .emit(Event::MessageCompleted {
-                message_id: message.id,
-            })
-            .await
-        {
+        if let Err(e) = emitter.emit(Event::MessageCompleted { message_id }).await {
             return Outcome::failed(e.code(), e.to_string());
         }
         if calls.is_empty() {
@@ -236,7 +238,8 @@ async fn steps(
             if let Err(e) = announced {
                 return Outcome::failed(e.code(), e.to_string());
             }
-            let executed = match tools::execute(store, ctx, agent.tool(&call.name), &call).await {
+            let tool = agent.tool(&call.name);
+            let executed = match tools::execute(store, ctx, tool, call.clone()).await {
                 Ok(executed) => executed,
                 Err(e) => return Outcome::failed("storage_error", e.to_string()),
             };

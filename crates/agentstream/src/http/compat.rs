@@ -18,7 +18,7 @@ use super::{
     sse::{self, SseMessage},
 };
 use crate::{
-    runs::{Multitask, StartRun},
+    runs::{ConversationRef, Multitask, StartRun},
     store::{ConversationKind, OnDisconnect},
 };
 
@@ -124,26 +124,19 @@ async fn seed_stream(
     let received = Instant::now();
     check_input(&state, &body.message)?;
     let conversation = match body.conversation_id {
-        Some(id) => {
-            let conversation = state
-                .store
-                .conversation(user.id, id)
-                .await?
-                .ok_or(ApiError::NotFound("conversation"))?;
-            if conversation.kind != kind {
-                return Err(ApiError::Invalid(format!(
-                    "conversation_id names a {} conversation; this route serves {kind} ones",
-                    conversation.kind
-                )));
-            }
-            conversation
-        }
-        None => state.store.create_conversation(user.id, kind, None).await?,
+        Some(id) => ConversationRef::Existing {
+            id,
+            kind: Some(kind),
+        },
+        // Created in the run's own transaction: a run refused leaves no
+        // empty conversation behind.
+        None => ConversationRef::New(kind),
     };
     let started = state
         .runs
         .start(
-            &conversation,
+            user.id,
+            conversation,
             StartRun {
                 input: body.message,
                 client_message_id: None,
@@ -152,11 +145,14 @@ async fn seed_stream(
             },
         )
         .await?;
+    let start = match started.live {
+        Some(live) => sse::Start::NewRun(live, received),
+        None => sse::Start::After(0),
+    };
     Ok(sse::stream_run(
         &state,
         started.run.id,
-        0,
-        &[("x-conversation-id", conversation.id.to_string())],
-        Some(received),
+        start,
+        &[("x-conversation-id", started.conversation.id.to_string())],
     ))
 }

@@ -175,6 +175,9 @@ impl From<RunError> for ApiError {
             }
             RunError::TooManyRuns(_) => ApiError::TooManyRuns(error.to_string()),
             RunError::Overloaded(_) => ApiError::Unavailable(error.to_string()),
+            RunError::WrongKind { found, expected } => ApiError::Invalid(format!(
+                "conversation_id names a {found} conversation; this route serves {expected} ones"
+            )),
             RunError::NoAgent(_) => ApiError::Internal(error.to_string()),
             RunError::Store(e) => e.into(),
         }

@@ -21,7 +21,7 @@ use super::{
     sse::{self, SseMessage},
 };
 use crate::{
-    runs::{Multitask, StartRun},
+    runs::{ConversationRef, Multitask, StartRun},
     store::{OnDisconnect, Run},
 };
 
@@ -147,15 +147,14 @@ async fn create_run(
             "client_message_id: from 1 to {MAX_CLIENT_MESSAGE_ID} bytes"
         )));
     }
-    let conversation = state
-        .store
-        .conversation(user.id, conversation_id)
-        .await?
-        .ok_or(ApiError::NotFound("conversation"))?;
     let started = state
         .runs
         .start(
-            &conversation,
+            user.id,
+            ConversationRef::Existing {
+                id: conversation_id,
+                kind: None,
+            },
             StartRun {
                 input: body.input,
                 client_message_id: body.client_message_id,
@@ -165,8 +164,11 @@ async fn create_run(
         )
         .await?;
     if wants_stream(&headers) {
-        let since = started.created.then_some(received);
-        return Ok(sse::stream_run(&state, started.run.id, 0, &[], since));
+        let from = match started.live {
+            Some(live) => sse::Start::NewRun(live, received),
+            None => sse::Start::After(0),
+        };
+        return Ok(sse::stream_run(&state, started.run.id, from, &[]));
     }
     let status = if started.created {
         StatusCode::ACCEPTED
@@ -299,7 +301,12 @@ async fn stream_events(
     if run.status.is_terminal() && state.store.last_seq(run.id).await? <= after {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    Ok(sse::stream_run(&state, run.id, after, &[], None))
+    Ok(sse::stream_run(
+        &state,
+        run.id,
+        sse::Start::After(after),
+        &[],
+    ))
 }
 
 /// `POST /v1/runs/{id}/cancel`: idempotent; the run stops at its next safe

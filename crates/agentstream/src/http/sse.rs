@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use crate::{
-    runs::{Delivery, Event},
+    runs::{Delivery, Event, LiveEvents},
     store::EVENT_KINDS,
     telemetry::metrics,
 };
@@ -157,22 +157,34 @@ impl ToSchema for SseMessage {
     }
 }
 
-/// The run's events after `after` as an SSE response, with `headers` added.
-/// `since` is when a request that started the run came in: the delay to its
-/// first event is measured from there.
+/// Where a stream of a run's events begins.
+#[derive(Debug)]
+pub enum Start {
+    /// After this `seq`.
+    After(i64),
+    /// At the first event of a run this request started: the run's live
+    /// channel, joined before its task existed, and when the request came
+    /// in (the delay to the first event is measured from there).
+    NewRun(LiveEvents, Instant),
+}
+
+/// The run's events from `start` as an SSE response, with `headers` added.
 pub fn stream_run(
     state: &AppState,
     run_id: Uuid,
-    after: i64,
+    start: Start,
     headers: &[(&'static str, String)],
-    since: Option<Instant>,
 ) -> Response {
     let subscribed = metrics::Subscribed::open();
     let open = state.open_streams.token();
-    let mut since = since;
-    let events = state
-        .runs
-        .subscribe(run_id, after)
+    let (deliveries, mut since) = match start {
+        Start::After(after) => (state.runs.subscribe(run_id, after).left_stream(), None),
+        Start::NewRun(live, since) => (
+            state.runs.follow_started(run_id, live).right_stream(),
+            Some(since),
+        ),
+    };
+    let events = deliveries
         .map(move |delivery| {
             // The stream owns the count of open streams; it ends with it.
             let _open = (&subscribed, &open);

@@ -13,7 +13,11 @@ use crate::store::StoredEvent;
 
 /// How many events a subscriber may fall behind before it reads from the
 /// store instead; it never slows the run or grows memory without bound.
-const CHANNEL_CAPACITY: usize = 256;
+/// Every run open here holds one slot per event of this (about 2 KiB).
+const CHANNEL_CAPACITY: usize = 64;
+
+/// A receiver of a run's committed events, live.
+pub type LiveEvents = broadcast::Receiver<Arc<StoredEvent>>;
 
 /// The live channels of this node's open runs, and wake-ups for subscribers
 /// here of runs another node drives.
@@ -33,15 +37,16 @@ impl Hub {
         self.channels.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Opens the run's channel; subscribers can join from now on.
-    pub fn open(&self, run_id: Uuid) {
+    /// Opens the run's channel, and joins it: subscribers can join from now on.
+    pub fn open(&self, run_id: Uuid) -> LiveEvents {
         self.channels()
             .entry(run_id)
-            .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0);
+            .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
+            .subscribe()
     }
 
     /// A receiver of the run's live events, if the run is open here.
-    pub fn subscribe(&self, run_id: Uuid) -> Option<broadcast::Receiver<Arc<StoredEvent>>> {
+    pub fn subscribe(&self, run_id: Uuid) -> Option<LiveEvents> {
         self.channels()
             .get(&run_id)
             .map(broadcast::Sender::subscribe)

@@ -11,12 +11,15 @@ use std::{
     time::Duration,
 };
 
+use sqlx::{Any, pool::PoolConnection};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::hub::Hub;
-use crate::store::{self, Backend, MessageStatus, RunStatus, Store, StoreError, StoredEvent};
+use crate::store::{
+    self, AssistantMessage, Backend, MessageStatus, RunStatus, Store, StoreError, StoredEvent,
+};
 
 /// Most events one transaction carries.
 const MAX_BATCH: usize = 4096;
@@ -41,6 +44,8 @@ pub struct Finish {
     pub usage: Option<serde_json::Value>,
     /// The status given to the run's messages still marked `streaming`.
     pub message_status: MessageStatus,
+    /// Whether some of them may be: otherwise none is looked for.
+    pub close_streaming: bool,
 }
 
 /// The log could not take or commit an event.
@@ -72,6 +77,8 @@ impl LogError {
 
 struct Pending {
     event: StoredEvent,
+    /// The run's assistant message as of this event, written with it.
+    message: Option<Box<AssistantMessage>>,
     finish: Option<Finish>,
     ack: Option<oneshot::Sender<Result<(), LogError>>>,
 }
@@ -113,8 +120,13 @@ impl EventLog {
         self.broken.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues an event; it reaches subscribers once committed.
-    pub async fn append(&self, event: StoredEvent) -> Result<(), LogError> {
+    /// Queues an event, and the state of the run's assistant message to
+    /// write in the same transaction; it reaches subscribers once committed.
+    pub async fn append(
+        &self,
+        event: StoredEvent,
+        message: Option<AssistantMessage>,
+    ) -> Result<(), LogError> {
         if self.broken().contains(&event.run_id) {
             return Err(LogError::Store(
                 "earlier events of this run could not be stored".to_owned(),
@@ -123,6 +135,7 @@ impl EventLog {
         self.queue
             .send(Pending {
                 event,
+                message: message.map(Box::new),
                 finish: None,
                 ack: None,
             })
@@ -131,16 +144,24 @@ impl EventLog {
     }
 
     /// Lets a run whose events failed to commit append again: for its end.
-    pub fn forget_failures(&self, run_id: Uuid) {
-        self.broken().remove(&run_id);
+    /// True if some had failed.
+    pub fn forget_failures(&self, run_id: Uuid) -> bool {
+        self.broken().remove(&run_id)
     }
 
-    /// Queues a run's `done` with its final state and waits for the commit.
-    pub async fn finish(&self, event: StoredEvent, finish: Finish) -> Result<(), LogError> {
+    /// Queues a run's `done` with its final state (and its assistant
+    /// message's) and waits for the commit.
+    pub async fn finish(
+        &self,
+        event: StoredEvent,
+        finish: Finish,
+        message: Option<AssistantMessage>,
+    ) -> Result<(), LogError> {
         let (ack, done) = oneshot::channel();
         self.queue
             .send(Pending {
                 event,
+                message: message.map(Box::new),
                 finish: Some(finish),
                 ack: Some(ack),
             })
@@ -159,7 +180,14 @@ async fn write_loop(
 ) {
     let mut batch = Vec::with_capacity(256);
     let mut stopping = false;
+    // The connection of the last commit, kept for the next one only while
+    // events are already waiting and other borrowers have idle connections
+    // to take: never across a wait for events.
+    let mut held: Option<PoolConnection<Any>> = None;
     loop {
+        if rx.is_empty() || store.pool().num_idle() == 0 {
+            held = None;
+        }
         let received = tokio::select! {
             received = rx.recv_many(&mut batch, MAX_BATCH) => received,
             () = stop.cancelled(), if !stopping => {
@@ -171,14 +199,14 @@ async fn write_loop(
         if received == 0 {
             break;
         }
-        let mut outcome = commit(&store, &batch).await;
+        let mut outcome = commit(&store, &mut held, &batch).await;
         for pause in RETRY_BACKOFF {
             match &outcome {
                 // A database the probe finds down is not retried here: the
                 // runs hear at once, and retry their ends themselves.
                 Err(StoreError::Unavailable(_) | StoreError::Database(_)) if !store.is_down() => {
                     tokio::time::sleep(pause).await;
-                    outcome = commit(&store, &batch).await;
+                    outcome = commit(&store, &mut held, &batch).await;
                 }
                 _ => break,
             }
@@ -227,37 +255,61 @@ async fn write_loop(
     }
 }
 
-/// Commits a batch; returns the runs whose `finish` found them already ended
-/// (their events in this batch are not written).
-async fn commit(store: &Store, batch: &[Pending]) -> Result<Vec<Uuid>, StoreError> {
-    let mut tx = store.begin().await?;
+/// Commits a batch on the held connection, or a new one; returns the runs
+/// whose `finish` found them already ended (their events in this batch are
+/// not written). A connection that failed is given back.
+async fn commit(
+    store: &Store,
+    held: &mut Option<PoolConnection<Any>>,
+    batch: &[Pending],
+) -> Result<Vec<Uuid>, StoreError> {
+    let committed = commit_on(store, held, batch).await;
+    if committed.is_err() {
+        *held = None;
+    }
+    committed
+}
+
+async fn commit_on(
+    store: &Store,
+    held: &mut Option<PoolConnection<Any>>,
+    batch: &[Pending],
+) -> Result<Vec<Uuid>, StoreError> {
+    let mut tx = store.begin_events(held).await?;
     let mut skipped = Vec::new();
     for pending in batch {
         let Some(finish) = &pending.finish else {
             continue;
         };
-        let run_id = pending.event.run_id;
         let ended = store::finish_run(
             &mut tx,
-            run_id,
+            pending.event.run_id,
             finish.status,
             finish.error.as_ref(),
             finish.usage.as_ref(),
             pending.event.seq,
         )
         .await?;
-        if ended {
-            store::close_streaming_messages(&mut tx, run_id, finish.message_status).await?;
-        } else {
-            skipped.push(run_id);
+        if !ended {
+            skipped.push(pending.event.run_id);
         }
     }
     // Borrowed, not cloned: this runs for every event.
-    let events: Vec<&StoredEvent> = batch
-        .iter()
-        .filter(|p| !skipped.contains(&p.event.run_id))
-        .map(|p| &p.event)
-        .collect();
+    let written = batch.iter().filter(|p| !skipped.contains(&p.event.run_id));
+    // Messages in the order their runs wrote them, then what the runs that
+    // end here left streaming takes their end's status.
+    for message in written.clone().filter_map(|p| p.message.as_deref()) {
+        store::write_assistant_message(&mut tx, message).await?;
+    }
+    for pending in written.clone() {
+        if let Some(finish) = &pending.finish
+            && finish.close_streaming
+        {
+            store::close_streaming_messages(&mut tx, pending.event.run_id, finish.message_status)
+                .await?;
+        }
+    }
+    let events: Vec<&StoredEvent> = written.map(|p| &p.event).collect();
     store::append_events(&mut tx, &events).await?;
     if store.backend() == Backend::Postgres {
         store::notify_events(&mut tx, &events).await?;

@@ -24,15 +24,15 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 pub use event::Event;
-pub use hub::Hub;
+pub use hub::{Hub, LiveEvents};
 pub use log::{EventLog, Finish, LogError};
 pub use subscription::Delivery;
 
 use crate::{
     agent::{self, Agents, Outcome},
     store::{
-        self, Conversation, MessageStatus, NewMessage, NewRun, OnDisconnect, Role, Run, RunStatus,
-        Store, StoreError, text_enum,
+        self, AssistantMessage, Conversation, ConversationKind, Message, MessageStatus, NewMessage,
+        NewRun, OnDisconnect, Role, Run, RunStatus, Store, StoreError, text_enum,
     },
     tools::ToolContext,
 };
@@ -83,7 +83,9 @@ impl RunControl {
     }
 }
 
-/// Gives a run's events their `seq` and queues them on the log.
+/// Gives a run's events their `seq` and queues them on the log, with the
+/// state of the run's assistant message: a run writes its reply in the
+/// transactions that commit its events, not in ones of its own.
 #[derive(Debug)]
 pub struct Emitter {
     run_id: Uuid,
@@ -91,6 +93,12 @@ pub struct Emitter {
     /// Most events the run may have, its final `error` and `done` included.
     max_events: i64,
     log: EventLog,
+    /// The run's assistant message as last staged.
+    message: Option<AssistantMessage>,
+    /// Whether `message` changed since an event last carried it.
+    staged: bool,
+    /// Whether some of the run's events could not be stored.
+    lost_some: bool,
 }
 
 impl Emitter {
@@ -100,7 +108,16 @@ impl Emitter {
             seq: last_seq,
             max_events,
             log,
+            message: None,
+            staged: false,
+            lost_some: false,
         }
+    }
+
+    /// Sets the state of the run's assistant message; the next event writes it.
+    pub fn stage_message(&mut self, message: AssistantMessage) {
+        self.message = Some(message);
+        self.staged = true;
     }
 
     /// Queues the run's next event; refused once only the final `error` and
@@ -114,14 +131,25 @@ impl Emitter {
 
     async fn push(&mut self, event: Event) -> Result<(), LogError> {
         self.seq += 1;
+        let message = if std::mem::take(&mut self.staged) {
+            self.message.clone()
+        } else {
+            None
+        };
         self.log
-            .append(event.to_stored(self.run_id, self.seq))
+            .append(event.to_stored(self.run_id, self.seq), message)
             .await
     }
 
     /// Writes the run's `done` with its final state, and waits for the commit.
+    /// The `done` carries the assistant message's last state too, in case
+    /// the event that carried it before was not stored: its write is
+    /// idempotent, and leaves an ended message as it is.
     async fn finish(&mut self, status: RunStatus, outcome: &Outcome) -> Result<(), LogError> {
-        self.log.forget_failures(self.run_id);
+        if self.log.forget_failures(self.run_id) {
+            self.lost_some = true;
+        }
+        self.staged = false;
         if let Some((code, message)) = &outcome.error {
             self.push(Event::Error {
                 code: code.clone(),
@@ -134,6 +162,17 @@ impl Emitter {
             status,
             usage: outcome.usage,
         };
+        let message_status = match status {
+            RunStatus::Completed => MessageStatus::Complete,
+            RunStatus::Cancelled => MessageStatus::Cancelled,
+            RunStatus::Failed => MessageStatus::Failed,
+            _ => MessageStatus::Interrupted,
+        };
+        if let Some(message) = &mut self.message
+            && message.status == MessageStatus::Streaming
+        {
+            message.status = message_status;
+        }
         let finish = Finish {
             status,
             error: outcome
@@ -141,15 +180,17 @@ impl Emitter {
                 .as_ref()
                 .map(|(code, message)| serde_json::json!({ "code": code, "message": message })),
             usage: outcome.usage.and_then(|u| serde_json::to_value(u).ok()),
-            message_status: match status {
-                RunStatus::Completed => MessageStatus::Complete,
-                RunStatus::Cancelled => MessageStatus::Cancelled,
-                RunStatus::Failed => MessageStatus::Failed,
-                _ => MessageStatus::Interrupted,
-            },
+            message_status,
+            // The run's earlier messages ended with the events that carried
+            // them, unless some of those were lost.
+            close_streaming: self.message.is_none() || self.lost_some,
         };
         self.log
-            .finish(done.to_stored(self.run_id, self.seq), finish)
+            .finish(
+                done.to_stored(self.run_id, self.seq),
+                finish,
+                self.message.clone(),
+            )
             .await
     }
 }
@@ -167,13 +208,31 @@ pub struct StartRun {
     pub multitask: Multitask,
 }
 
+/// Which conversation a run is for.
+#[derive(Debug, Clone, Copy)]
+pub enum ConversationRef {
+    /// The user's conversation with this ID; of this kind, if one is given.
+    Existing {
+        /// The conversation's ID.
+        id: Uuid,
+        /// The kind it must be.
+        kind: Option<ConversationKind>,
+    },
+    /// A new conversation of this kind, created with the run.
+    New(ConversationKind),
+}
+
 /// A run that was started, or found by its client message ID.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Started {
     /// The run.
     pub run: Run,
+    /// Its conversation.
+    pub conversation: Conversation,
     /// False when `client_message_id` matched an existing run.
     pub created: bool,
+    /// The run's live events from its first, for a run started here.
+    pub live: Option<LiveEvents>,
 }
 
 /// Why a run could not be started or found.
@@ -194,6 +253,14 @@ pub enum RunError {
     /// This node drives as many runs as allowed.
     #[error("the server is running as many runs as it may ({0}); try again shortly")]
     Overloaded(usize),
+    /// The conversation is not of the kind the caller serves.
+    #[error("the conversation is a {found} conversation, not a {expected} one")]
+    WrongKind {
+        /// Its kind.
+        found: ConversationKind,
+        /// The kind asked for.
+        expected: ConversationKind,
+    },
     /// No agent answers this kind of conversation.
     #[error("no agent is configured for {0:?} conversations")]
     NoAgent(String),
@@ -240,6 +307,9 @@ struct Inner {
     agents: Agents,
     /// Every run task; shutdown waits on it.
     tracker: TaskTracker,
+    /// The server's runtime, where run tasks run (started from the
+    /// database thread too).
+    runtime: tokio::runtime::Handle,
     /// The runs this node is driving.
     active: Mutex<HashMap<Uuid, Arc<ActiveRun>>>,
     /// Cleared when shutdown begins: no new run starts.
@@ -271,6 +341,7 @@ impl RunManager {
                 hub,
                 agents,
                 tracker: TaskTracker::new(),
+                runtime: tokio::runtime::Handle::current(),
                 active: Mutex::new(HashMap::new()),
                 accepting: AtomicBool::new(true),
             }),
@@ -289,31 +360,62 @@ impl RunManager {
         self.active().len()
     }
 
-    /// Starts a run on the user's conversation: stores the user's message and
-    /// the run in one short transaction, then spawns the run's task.
-    #[tracing::instrument(skip_all, fields(conversation_id = %conversation.id))]
+    /// Starts a run on the user's conversation (or a new one): stores the
+    /// user's message and the run in one short transaction, then spawns the
+    /// run's task. Runs on the database thread, to its end even if the
+    /// caller goes away: a run stored is a run driven.
+    #[tracing::instrument(skip_all, fields(user_id = %user_id))]
     pub async fn start(
         &self,
-        conversation: &Conversation,
+        user_id: Uuid,
+        conversation: ConversationRef,
+        request: StartRun,
+    ) -> Result<Started, RunError> {
+        let manager = self.clone();
+        self.inner
+            .store
+            .on_db(async move { manager.start_here(user_id, conversation, request).await })
+            .await
+    }
+
+    async fn start_here(
+        &self,
+        user_id: Uuid,
+        conversation: ConversationRef,
         request: StartRun,
     ) -> Result<Started, RunError> {
         if !self.inner.accepting.load(Ordering::Acquire) {
             return Err(RunError::ShuttingDown);
-        }
-        let agent_name = conversation.kind.as_str();
-        if self.inner.agents.get(agent_name).is_none() {
-            return Err(RunError::NoAgent(agent_name.to_owned()));
         }
         let active_here = self.active_count();
         if active_here >= self.inner.limits.active {
             return Err(RunError::Overloaded(active_here));
         }
         let mut tx = self.inner.store.begin().await?;
-        let Some(conversation) =
-            store::conversation_for_update(&mut tx, conversation.user_id, conversation.id).await?
-        else {
-            return Err(RunError::NotFound);
+        let new_conversation = matches!(conversation, ConversationRef::New(_));
+        let conversation = match conversation {
+            ConversationRef::Existing { id, kind } => {
+                let conversation = store::conversation_for_update(&mut tx, user_id, id)
+                    .await?
+                    .ok_or(RunError::NotFound)?;
+                if let Some(expected) = kind
+                    && conversation.kind != expected
+                {
+                    return Err(RunError::WrongKind {
+                        found: conversation.kind,
+                        expected,
+                    });
+                }
+                conversation
+            }
+            ConversationRef::New(kind) => {
+                store::insert_conversation(&mut tx, user_id, kind, None).await?
+            }
         };
+        let agent_name = conversation.kind.as_str();
+        if self.inner.agents.get(agent_name).is_none() {
+            return Err(RunError::NoAgent(agent_name.to_owned()));
+        }
         if let Some(key) = &request.client_message_id
             && let Some(run) =
                 store::run_by_client_message_id(&mut tx, conversation.id, key).await?
@@ -321,15 +423,17 @@ impl RunManager {
             tx.rollback().await.map_err(StoreError::from)?;
             return Ok(Started {
                 run,
+                conversation,
                 created: false,
+                live: None,
             });
         }
-        // Counted under the user's row lock, so the limit holds across nodes.
-        let users_runs = store::lock_user_active_runs(&mut tx, conversation.user_id).await?;
-        if users_runs >= i64::from(self.inner.limits.per_user) {
-            return Err(RunError::TooManyRuns(self.inner.limits.per_user));
-        }
-        let active = store::active_runs(&mut tx, conversation.id).await?;
+        // A conversation created here has no runs, and only this message.
+        let active = if new_conversation {
+            Vec::new()
+        } else {
+            store::active_runs(&mut tx, conversation.id).await?
+        };
         let status = match (active.first(), request.multitask) {
             (None, _) => RunStatus::Running,
             (Some(run), Multitask::Reject) => return Err(RunError::Busy(run.id)),
@@ -348,7 +452,7 @@ impl RunManager {
             },
         )
         .await?;
-        store::insert_message(
+        let message = store::insert_message(
             &mut tx,
             NewMessage {
                 conversation_id: conversation.id,
@@ -361,6 +465,33 @@ impl RunManager {
             },
         )
         .await?;
+        // A run that starts now reads its conversation here rather than on a
+        // connection of its own, and is stored with its first event: a
+        // client hears `run.started` as soon as the run is stored.
+        let first = match status {
+            RunStatus::Running => {
+                let history = if new_conversation {
+                    vec![message]
+                } else {
+                    store::messages(&mut tx, conversation.id).await?
+                };
+                let started = Event::RunStarted {
+                    conversation_id: conversation.id,
+                }
+                .to_stored(run.id, 1);
+                // No other node needs telling: none knows of this run
+                // before this commit, and each reads the store first.
+                store::append_events(&mut tx, &[&started]).await?;
+                Some((history, started))
+            }
+            _ => None,
+        };
+        // Counted last, the new run included, under the user's row lock: the
+        // limit holds across nodes, and the lock is held only to the commit.
+        let users_runs = store::count_user_active_runs(&mut tx, conversation.user_id).await?;
+        if users_runs > i64::from(self.inner.limits.per_user) {
+            return Err(RunError::TooManyRuns(self.inner.limits.per_user));
+        }
         match tx.commit().await {
             Ok(()) => {}
             // A concurrent start on another connection won the race.
@@ -373,7 +504,15 @@ impl RunManager {
                 };
             }
         }
-        self.inner.hub.open(run.id);
+        // Joined before the run's first event is delivered, so this channel
+        // carries every event of the run: its first subscriber needs no read
+        // of the store.
+        let live = self.inner.hub.open(run.id);
+        let history = first.map(|(history, started)| {
+            crate::telemetry::metrics::events_committed(1);
+            self.inner.hub.publish([started]);
+            history
+        });
         if status == RunStatus::Queued {
             crate::telemetry::metrics::run_queued();
         }
@@ -383,10 +522,19 @@ impl RunManager {
                 self.request_cancel(other).await?;
             }
         }
-        if status == RunStatus::Running {
-            self.spawn(run.clone());
+        match history {
+            Some(history) => self.spawn(run.clone(), Some(history)),
+            // Queued: the run ahead may have ended before this one was
+            // stored, and then did not see it. Whoever looks after both
+            // commits starts it.
+            None => self.start_next(conversation.id).await,
         }
-        Ok(Started { run, created: true })
+        Ok(Started {
+            run,
+            conversation,
+            created: true,
+            live: Some(live),
+        })
     }
 
     /// Cancels the user's run. Idempotent: an ended run is returned as it is.
@@ -590,7 +738,10 @@ impl RunManager {
         }
     }
 
-    fn spawn(&self, run: Run) {
+    /// Drives the run on a task of its own. `history` is its conversation as
+    /// read by the transaction that stored the run and its `run.started`;
+    /// none for a queued run starting now, which reads and logs both itself.
+    fn spawn(&self, run: Run, history: Option<Vec<Message>>) {
         let Some(agent) = self.inner.agents.get(&run.agent) else {
             tracing::error!(run_id = %run.id, agent = %run.agent, "run names an unknown agent");
             return;
@@ -602,29 +753,40 @@ impl RunManager {
         self.active().insert(run.id, active.clone());
         crate::telemetry::metrics::run_started();
         let manager = self.clone();
+        // A root span: a run outlives the request that started it, and keeps
+        // no request's span alive.
         let span = tracing::info_span!(
+            parent: None,
             "run",
             run_id = %run.id,
             conversation_id = %run.conversation_id,
             user_id = %run.user_id,
             agent = %run.agent,
         );
-        self.inner.tracker.spawn(
+        self.inner.tracker.spawn_on(
             async move {
                 let conversation_id = run.conversation_id;
-                manager.drive(run, &agent, &active.control).await;
+                manager.drive(run, history, &agent, &active.control).await;
                 manager.start_next(conversation_id).await;
             }
             .instrument(span),
+            &self.inner.runtime,
         );
     }
 
     /// The run's task: the agent loop, then the final events.
-    async fn drive(&self, run: Run, agent: &agent::Agent, control: &RunControl) {
+    async fn drive(
+        &self,
+        run: Run,
+        history: Option<Vec<Message>>,
+        agent: &agent::Agent,
+        control: &RunControl,
+    ) {
         let store = &self.inner.store;
+        let started_logged = history.is_some();
         let mut emitter = Emitter::new(
             run.id,
-            0,
+            i64::from(started_logged),
             self.inner.limits.events_per_run,
             self.inner.log.clone(),
         );
@@ -633,23 +795,34 @@ impl RunManager {
             conversation_id: run.conversation_id,
             run_id: run.id,
         };
-        let outcome = match emitter
-            .emit(Event::RunStarted {
-                conversation_id: run.conversation_id,
-            })
-            .await
-        {
-            Ok(()) => AssertUnwindSafe(agent::run(agent, store, ctx, &mut emitter, control))
-                .catch_unwind()
+        let started = if started_logged {
+            Ok(())
+        } else {
+            emitter
+                .emit(Event::RunStarted {
+                    conversation_id: run.conversation_id,
+                })
                 .await
-                .unwrap_or_else(|_| Outcome {
-                    status: RunStatus::Failed,
-                    error: Some((
-                        "internal".to_owned(),
-                        "the run stopped on an internal error".to_owned(),
-                    )),
-                    usage: None,
-                }),
+        };
+        let outcome = match started {
+            Ok(()) => AssertUnwindSafe(agent::run(
+                agent,
+                store,
+                ctx,
+                history,
+                &mut emitter,
+                control,
+            ))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| Outcome {
+                status: RunStatus::Failed,
+                error: Some((
+                    "internal".to_owned(),
+                    "the run stopped on an internal error".to_owned(),
+                )),
+                usage: None,
+            }),
             Err(e) => Outcome {
                 status: RunStatus::Failed,
                 error: Some(("event_log".to_owned(), e.to_string())),
@@ -688,10 +861,22 @@ impl RunManager {
         self.active().remove(&run.id);
     }
 
-    /// Starts the conversation's oldest queued run if none is running.
+    /// Starts the conversation's oldest queued run if none is running. Both
+    /// a run that ends and a run that is queued call this after their
+    /// commit, so whichever commits last sees the other's: no queued run is
+    /// left waiting behind a run that has ended.
     async fn start_next(&self, conversation_id: Uuid) {
         if !self.inner.accepting.load(Ordering::Acquire) {
             return;
+        }
+        // Most conversations have nothing queued: one read, no transaction.
+        match self.inner.store.has_queued_run(conversation_id).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(error) => {
+                tracing::error!(%error, %conversation_id, "could not look for a queued run");
+                return;
+            }
         }
         let next = async {
             let mut tx = self.inner.store.begin().await?;
@@ -711,7 +896,7 @@ impl RunManager {
             Ok(Some(mut run)) => {
                 crate::telemetry::metrics::run_dequeued();
                 run.status = RunStatus::Running;
-                self.spawn(run);
+                self.spawn(run, None);
             }
             Ok(None) => {}
             // Another node started it first.

@@ -7,7 +7,7 @@ use futures_util::Stream;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
-use super::RunManager;
+use super::{LiveEvents, RunManager};
 use crate::store::StoredEvent;
 
 /// How often a subscriber of a run driven elsewhere reads the store when no
@@ -52,10 +52,31 @@ impl RunManager {
         run_id: Uuid,
         after: i64,
     ) -> impl Stream<Item = Delivery> + Send + 'static {
-        let manager = self.clone();
         // Join the live channel before reading the store, so that nothing
         // committed in between is missed; duplicates are dropped by `seq`.
         let live = self.inner.hub.subscribe(run_id);
+        self.follow(run_id, after, live, true)
+    }
+
+    /// The events of a run started here, from its first: `live` was joined
+    /// before the run's task existed, so it carries them all and the store
+    /// is read only if this subscriber falls behind.
+    pub fn follow_started(
+        &self,
+        run_id: Uuid,
+        live: LiveEvents,
+    ) -> impl Stream<Item = Delivery> + Send + 'static {
+        self.follow(run_id, 0, Some(live), false)
+    }
+
+    fn follow(
+        &self,
+        run_id: Uuid,
+        after: i64,
+        live: Option<LiveEvents>,
+        replay: bool,
+    ) -> impl Stream<Item = Delivery> + Send + 'static {
+        let manager = self.clone();
         async_stream::stream! {
             let _presence = Presence { manager: manager.clone(), run_id };
             let was_local = live.is_some();
@@ -65,8 +86,11 @@ impl RunManager {
             let mut remote = (!was_local).then(|| manager.inner.hub.watch_remote(run_id));
             let mut failures = 0;
             let mut cursor = after;
+            // Read the store, unless `live` carries every event from the
+            // first; from the second time round, always.
+            let mut replay = replay;
             loop {
-                loop {
+                while std::mem::replace(&mut replay, true) {
                     let page = match manager.inner.store.events_after(run_id, cursor, REPLAY_PAGE).await {
                         Ok(page) => {
                             failures = 0;

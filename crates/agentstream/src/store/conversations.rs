@@ -57,10 +57,15 @@ impl Store {
         kind: ConversationKind,
         title: Option<&str>,
     ) -> Result<Conversation, StoreError> {
-        let mut tx = self.begin().await?;
-        let conversation = insert_conversation(&mut tx, user_id, kind, title).await?;
-        tx.commit().await?;
-        Ok(conversation)
+        let store = self.clone();
+        let title = title.map(str::to_owned);
+        // One statement: no transaction around it, but SQLite's write turn.
+        self.on_db(async move {
+            let _turn = store.write_turn(false).await;
+            let mut conn = store.acquire().await?;
+            insert_conversation(&mut conn, user_id, kind, title.as_deref()).await
+        })
+        .await
     }
 
     /// The conversation with this ID if `user_id` owns it.

@@ -107,38 +107,75 @@ impl Store {
     /// The conversation's messages, in the order they were written.
     #[tracing::instrument(skip_all, fields(conversation_id = %conversation_id))]
     pub async fn messages(&self, conversation_id: Uuid) -> Result<Vec<Message>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, conversation_id, run_id, role, content, tool_calls, tool_call_id, \
-             status, created_at FROM messages WHERE conversation_id = $1 ORDER BY id",
-        )
-        .bind(conversation_id.to_string())
-        .fetch_all(&mut *self.acquire().await?)
-        .await?;
-        rows.iter().map(from_row).collect()
+        messages(&mut *self.acquire().await?, conversation_id).await
     }
+}
 
-    /// Sets a message's final text, tool calls and status.
-    #[tracing::instrument(skip_all, fields(message_id = %id))]
-    pub async fn finish_message(
-        &self,
-        id: Uuid,
-        content: &str,
-        tool_calls: Option<&serde_json::Value>,
-        status: MessageStatus,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
-        finish_message(&mut tx, id, content, tool_calls, status).await?;
-        tx.commit().await?;
-        Ok(())
-    }
+/// The conversation's messages, in the order they were written, read on the
+/// caller's connection.
+pub(crate) async fn messages(
+    conn: &mut AnyConnection,
+    conversation_id: Uuid,
+) -> Result<Vec<Message>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, conversation_id, run_id, role, content, tool_calls, tool_call_id, \
+         status, created_at FROM messages WHERE conversation_id = $1 ORDER BY id",
+    )
+    .bind(conversation_id.to_string())
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(from_row).collect()
+}
 
-    /// Stores a message on its own.
-    pub async fn insert_message(&self, message: NewMessage<'_>) -> Result<Message, StoreError> {
-        let mut tx = self.begin().await?;
-        let message = insert_message(&mut tx, message).await?;
-        tx.commit().await?;
-        Ok(message)
-    }
+/// The state of a run's assistant message, written by the event log in the
+/// transaction of one of the run's events rather than in one of its own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AssistantMessage {
+    /// Its ID, chosen when the model call begins, so the transcript keeps
+    /// the order of the run's steps.
+    pub id: Uuid,
+    /// Its conversation.
+    pub conversation_id: Uuid,
+    /// The run writing it.
+    pub run_id: Uuid,
+    /// The text so far.
+    pub content: String,
+    /// The tool calls the model asked for.
+    pub tool_calls: Option<serde_json::Value>,
+    /// `streaming` until the model call ends.
+    pub status: MessageStatus,
+    /// When the model call began.
+    pub created_at: String,
+}
+
+/// Stores the message's state: inserts it, or updates it while it is still
+/// `streaming` (a message that ended keeps its end).
+pub(crate) async fn write_assistant_message(
+    conn: &mut AnyConnection,
+    message: &AssistantMessage,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO messages (id, conversation_id, run_id, role, content, tool_calls, \
+         tool_call_id, status, created_at) VALUES ($1, $2, $3, 'assistant', $4, $5, NULL, $6, $7) \
+         ON CONFLICT (id) DO UPDATE SET content = excluded.content, \
+         tool_calls = excluded.tool_calls, status = excluded.status \
+         WHERE messages.status = 'streaming'",
+    )
+    .bind(message.id.to_string())
+    .bind(message.conversation_id.to_string())
+    .bind(message.run_id.to_string())
+    .bind(message.content.as_str())
+    .bind(
+        message
+            .tool_calls
+            .as_ref()
+            .map(serde_json::Value::to_string),
+    )
+    .bind(message.status.as_str())
+    .bind(message.created_at.as_str())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Inserts a message inside the caller's transaction.
@@ -178,24 +215,6 @@ pub(crate) async fn insert_message(
     .execute(&mut *conn)
     .await?;
     Ok(message)
-}
-
-/// Sets a message's final text, tool calls and status inside the caller's transaction.
-pub(crate) async fn finish_message(
-    conn: &mut AnyConnection,
-    id: Uuid,
-    content: &str,
-    tool_calls: Option<&serde_json::Value>,
-    status: MessageStatus,
-) -> Result<(), StoreError> {
-    sqlx::query("UPDATE messages SET content = $2, tool_calls = $3, status = $4 WHERE id = $1")
-        .bind(id.to_string())
-        .bind(content)
-        .bind(tool_calls.map(serde_json::Value::to_string))
-        .bind(status.as_str())
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
 }
 
 /// Marks the run's unfinished messages with `status`, keeping their text.

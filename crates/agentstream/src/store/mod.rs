@@ -22,28 +22,29 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::watch;
+use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore, watch};
 
 use futures_util::future::BoxFuture;
 use sqlx::{
-    Any, AnyPool, ConnectOptions, Connection, Executor, Transaction,
+    Any, AnyConnection, AnyPool, ConnectOptions, Connection, Executor, Transaction,
     any::{AnyConnectOptions, AnyPoolOptions},
     migrate::{Migration, MigrationSource, MigrationType, Migrator},
     pool::PoolConnection,
 };
 use time::{OffsetDateTime, format_description::BorrowedFormatItem, macros::format_description};
+use tracing::Instrument;
 use uuid::Uuid;
 
 pub use api_keys::{ApiKey, NewKey, hash_key};
 pub use conversations::{Conversation, ConversationKind};
 pub use events::{EVENT_KINDS, StoredEvent};
-pub use messages::{Message, MessageStatus, NewMessage, Role};
+pub use messages::{AssistantMessage, Message, MessageStatus, NewMessage, Role};
 pub use profiles::Profile;
 pub use runs::{NewRun, OnDisconnect, Run, RunStatus};
 pub use tool_calls::ToolCallRecord;
 pub use users::User;
 
-pub(crate) use conversations::conversation_for_update;
+pub(crate) use conversations::{conversation_for_update, insert_conversation};
 pub use events::parse_notification;
 pub(crate) use events::{append_events, notify_events};
 
@@ -51,10 +52,12 @@ pub(crate) use events::{append_events, notify_events};
 pub const EVENTS_CHANNEL: &str = "agentstream_events";
 /// The PostgreSQL channel that carries cancels for the node driving a run.
 pub const CANCEL_CHANNEL: &str = "agentstream_cancel";
-pub(crate) use messages::{close_streaming_messages, insert_message};
+pub(crate) use messages::{
+    close_streaming_messages, insert_message, messages, write_assistant_message,
+};
 pub(crate) use profiles::{complete_onboarding, profile, set_profile_field};
 pub(crate) use runs::{
-    active_runs, finish_run, insert_run, lock_conversation, lock_user_active_runs,
+    active_runs, count_user_active_runs, finish_run, insert_run, lock_conversation,
     run_by_client_message_id, start_queued_run,
 };
 pub(crate) use tool_calls::{insert_tool_call, tool_call};
@@ -139,9 +142,119 @@ pub struct Store {
     backend: Backend,
     /// Set while the health probe finds the database not answering.
     down: Arc<watch::Sender<bool>>,
+    /// Held by the write transaction under way, on SQLite.
+    write_turn: Arc<WriteTurn>,
+    /// Where write transactions run.
+    db: Arc<DbThread>,
+}
+
+/// The thread write transactions run on, with a runtime of its own. A write
+/// transaction holds SQLite's write turn, or PostgreSQL row locks, from its
+/// first statement to its commit, so each statement's result must be taken
+/// up at once: on the server's runtime it would wait behind the tasks of
+/// thousands of streams, every writer queued behind it would wait as well,
+/// and first events and gaps would grow with the number of streams.
+#[derive(Debug)]
+struct DbThread {
+    handle: tokio::runtime::Handle,
+    /// Dropped with the last clone of the store, which ends the thread.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl DbThread {
+    fn start() -> Result<DbThread, StoreError> {
+        let failed = |e| StoreError::Unavailable(sqlx::Error::Io(e));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(failed)?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        // Its log lines go where the caller's go.
+        let dispatch = tracing::dispatcher::get_default(Clone::clone);
+        std::thread::Builder::new()
+            .name("agentstream-db".to_owned())
+            .spawn(move || {
+                let _log = tracing::dispatcher::set_default(&dispatch);
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+            })
+            .map_err(failed)?;
+        Ok(DbThread {
+            handle,
+            _stop: stop,
+        })
+    }
+}
+
+/// How many transactions may wait at SQLite's write turn ahead of the event
+/// log: more make its batches bigger (less work per event), fewer make its
+/// commits wait less.
+const WRITERS_AHEAD_OF_EVENTS: usize = 16;
+
+/// SQLite's write turn (see [`Store::write_turn`]).
+#[derive(Debug)]
+struct WriteTurn {
+    /// Where transactions other than the event log's wait for the turn.
+    gate: Semaphore,
+    /// Held by the write transaction under way.
+    turn: Arc<Mutex<()>>,
+}
+
+impl Default for WriteTurn {
+    fn default() -> WriteTurn {
+        WriteTurn {
+            gate: Semaphore::new(WRITERS_AHEAD_OF_EVENTS),
+            turn: Arc::default(),
+        }
+    }
+}
+
+/// A short write transaction: a connection borrowed as the transaction's,
+/// with SQLite's write turn held until it ends. Dropped without a commit, it
+/// rolls back.
+#[derive(Debug)]
+pub struct WriteTx<'c> {
+    tx: Transaction<'c, Any>,
+    // Dropped after `tx`: the next writer's turn begins once this one's
+    // rollback is under way.
+    _turn: Option<OwnedMutexGuard<()>>,
+}
+
+impl WriteTx<'_> {
+    /// Commits the transaction.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+
+    /// Rolls the transaction back.
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.tx.rollback().await
+    }
+}
+
+impl std::ops::Deref for WriteTx<'_> {
+    type Target = AnyConnection;
+
+    fn deref(&self) -> &AnyConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx<'_> {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
 }
 
 static INSTALL_DRIVERS: Once = Once::new();
+
+/// With `DB_POOL_PRE_PING`, a PostgreSQL connection idle at least this long
+/// is tested before it is handed out. A restart of the database takes longer,
+/// so a connection used more recently cannot have missed one; and one in use
+/// when the database went away fails its query, which is reported either way.
+const PRE_PING_IDLE: Duration = Duration::from_secs(1);
 
 impl Store {
     /// Opens the pool (creating the SQLite file and its folder if needed) and
@@ -163,12 +276,26 @@ impl Store {
             .log_statements(tracing::log::LevelFilter::Trace)
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5));
         let statement_timeout_ms = settings.statement_timeout.as_millis();
-        let pool = AnyPoolOptions::new()
+        let pre_ping = settings.pre_ping;
+        let pool_options = AnyPoolOptions::new()
             .min_connections(settings.size)
             .max_connections(settings.size + settings.max_overflow)
             .max_lifetime(settings.recycle)
             .acquire_timeout(settings.timeout)
-            .test_before_acquire(settings.pre_ping)
+            // DB_POOL_PRE_PING, tested where it can find something: an embedded
+            // SQLite file has no connection to lose, and a PostgreSQL connection
+            // used a moment ago has not missed a restart. Pinging each of those
+            // cost a round trip per transaction, for nothing.
+            .test_before_acquire(false)
+            .before_acquire(move |conn, meta| {
+                Box::pin(async move {
+                    if !pre_ping || backend == Backend::Sqlite || meta.idle_for < PRE_PING_IDLE {
+                        return Ok(true);
+                    }
+                    // A dead connection is closed and another one tried.
+                    Ok(conn.ping().await.is_ok())
+                })
+            })
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     match backend {
@@ -195,13 +322,20 @@ impl Store {
                 })
             })
             // A connection handed back inside a transaction is closed, never reused dirty.
-            .after_release(|conn, _meta| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
-            .connect_with(options)
-            .await?;
+            .after_release(|conn, _meta| Box::pin(async move { Ok(!conn.is_in_transaction()) }));
+        let db = Arc::new(DbThread::start()?);
+        // Opened on the database thread: the connections' sockets are woken
+        // by its runtime, where the transactions run.
+        let pool = match db.handle.spawn(pool_options.connect_with(options)).await {
+            Ok(pool) => pool?,
+            Err(_) => return Err(StoreError::Unavailable(sqlx::Error::PoolClosed)),
+        };
         Ok(Store {
             pool,
             backend,
             down: Arc::new(watch::Sender::new(false)),
+            write_turn: Arc::default(),
+            db,
         })
     }
 
@@ -215,6 +349,32 @@ impl Store {
         let migrator = Migrator::new(source).await?;
         migrator.run(&self.pool).await?;
         Ok(())
+    }
+
+    /// Runs `work` on the database thread (see [`DbThread`]) and waits for it.
+    /// It runs to its end even if the caller stops waiting, so a transaction
+    /// is never cut off halfway by a client that went away.
+    pub async fn on_db<T, E>(
+        &self,
+        work: impl Future<Output = Result<T, E>> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        match self.db.handle.spawn(work.in_current_span()).await {
+            Ok(result) => result,
+            Err(error) => match error.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // The thread is stopping: the store is being dropped.
+                Err(_) => Err(StoreError::Unavailable(sqlx::Error::PoolClosed).into()),
+            },
+        }
+    }
+
+    /// The runtime of the database thread, for the event log's writer.
+    pub fn db_runtime(&self) -> &tokio::runtime::Handle {
+        &self.db.handle
     }
 
     /// The dialect this store speaks.
@@ -266,17 +426,59 @@ impl Store {
         self.pool.close().await;
     }
 
-    /// Begins a short write transaction. On SQLite it takes the write lock up
-    /// front (`BEGIN IMMEDIATE`), so a transaction that reads before it writes
-    /// cannot fail to upgrade its lock.
-    pub async fn begin(&self) -> Result<Transaction<'static, Any>, StoreError> {
+    /// Begins a short write transaction. On SQLite it waits for the write
+    /// turn, then takes the write lock up front (`BEGIN IMMEDIATE`), so a
+    /// transaction that reads before it writes cannot fail to upgrade its lock.
+    pub async fn begin(&self) -> Result<WriteTx<'static>, StoreError> {
+        let turn = self.write_turn(false).await;
         let conn = self.acquire().await?;
-        let statement = match self.backend {
+        // What `Pool::begin_with` does, on a connection from `acquire`.
+        let tx = Transaction::begin(conn, self.begin_statement()).await?;
+        Ok(WriteTx { tx, _turn: turn })
+    }
+
+    /// Begins the event log's transaction, as `begin` does, on the connection
+    /// the log holds (taken from the pool if it holds none). On SQLite it
+    /// goes before every transaction still waiting but a few: events do not
+    /// wait behind a queue of run starts. The turn comes before the
+    /// connection, as in `begin`, so that the two never wait on each other.
+    pub async fn begin_events<'c>(
+        &self,
+        held: &'c mut Option<PoolConnection<Any>>,
+    ) -> Result<WriteTx<'c>, StoreError> {
+        let turn = self.write_turn(true).await;
+        let conn = match held {
+            Some(conn) => conn,
+            None => held.insert(self.acquire().await?),
+        };
+        let tx = Transaction::begin(&mut **conn, self.begin_statement()).await?;
+        Ok(WriteTx { tx, _turn: turn })
+    }
+
+    fn begin_statement(&self) -> Option<Cow<'static, str>> {
+        match self.backend {
             Backend::Sqlite => Some(Cow::Borrowed("BEGIN IMMEDIATE")),
             Backend::Postgres => None,
-        };
-        // What `Pool::begin_with` does, on a connection from `acquire`.
-        Ok(Transaction::begin(conn, statement).await?)
+        }
+    }
+
+    /// SQLite lets one transaction write at a time, and one that finds the
+    /// file locked sleeps and polls (`busy_timeout`), from 1 ms up to 100 ms
+    /// a time. This process is the file's only writer (the lock file sees to
+    /// it), so its write transactions take turns here instead, in order,
+    /// each woken the moment the one before it ends. Other transactions
+    /// queue at a gate first, so at most one of them waits at the turn
+    /// itself, and the event log (`first`) waits behind that one only.
+    /// PostgreSQL locks rows.
+    async fn write_turn(&self, first: bool) -> Option<OwnedMutexGuard<()>> {
+        if self.backend != Backend::Sqlite {
+            return None;
+        }
+        if first {
+            return Some(self.write_turn.turn.clone().lock_owned().await);
+        }
+        let _gate = self.write_turn.gate.acquire().await;
+        Some(self.write_turn.turn.clone().lock_owned().await)
     }
 }
 

@@ -136,7 +136,18 @@ impl Store {
         row.as_ref().map(from_row).transpose()
     }
 
-    /// True when the conversation has a queued or running run.
+    /// True when the conversation has a queued run.
+    pub async fn has_queued_run(&self, conversation_id: Uuid) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM runs WHERE status = 'queued' AND conversation_id = $1",
+        )
+        .bind(conversation_id.to_string())
+        .fetch_one(&mut *self.acquire().await?)
+        .await?;
+        Ok(row.try_get::<i64, _>("n")? > 0)
+    }
+
+    /// Whether the conversation has a queued or running run.
     pub async fn has_active_run(&self, conversation_id: Uuid) -> Result<bool, StoreError> {
         let row = sqlx::query(
             "SELECT COUNT(*) AS n FROM runs WHERE conversation_id = $1 \
@@ -235,16 +246,21 @@ pub(crate) async fn active_runs(
     rows.iter().map(from_row).collect()
 }
 
-/// Takes the user's row lock (PostgreSQL; SQLite already holds the write
-/// lock) and counts the user's queued and running runs.
-pub(crate) async fn lock_user_active_runs(
+/// Counts the user's queued and running runs, under the user's row lock on
+/// PostgreSQL so that concurrent starts on any node count one at a time
+/// (SQLite's `BEGIN IMMEDIATE` already holds the only write lock). The lock
+/// lasts until the caller's transaction ends: take it last.
+pub(crate) async fn count_user_active_runs(
     conn: &mut AnyConnection,
     user_id: Uuid,
 ) -> Result<i64, StoreError> {
-    sqlx::query("UPDATE users SET name = name WHERE id = $1")
-        .bind(user_id.to_string())
-        .execute(&mut *conn)
-        .await?;
+    if conn.backend_name() != "SQLite" {
+        // A lock, not a dummy update: no new row version per run started.
+        sqlx::query("SELECT id FROM users WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(user_id.to_string())
+            .execute(&mut *conn)
+            .await?;
+    }
     let row = sqlx::query(
         "SELECT COUNT(*) AS n FROM runs WHERE user_id = $1 AND status IN ('queued', 'running')",
     )
@@ -276,10 +292,12 @@ pub(crate) async fn lock_conversation(
     conn: &mut AnyConnection,
     conversation_id: Uuid,
 ) -> Result<(), StoreError> {
-    sqlx::query("UPDATE conversations SET updated_at = updated_at WHERE id = $1")
-        .bind(conversation_id.to_string())
-        .execute(&mut *conn)
-        .await?;
+    if conn.backend_name() != "SQLite" {
+        sqlx::query("SELECT id FROM conversations WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(conversation_id.to_string())
+            .execute(&mut *conn)
+            .await?;
+    }
     Ok(())
 }
 

@@ -48,14 +48,15 @@ pub(crate) async fn tool_call(
 }
 
 /// Records a call's result inside the transaction that applied its effects.
+/// False if the run had recorded this call already: the first record stays.
 pub(crate) async fn insert_tool_call(
     conn: &mut AnyConnection,
     run_id: Uuid,
     record: &ToolCallRecord,
-) -> Result<(), StoreError> {
-    sqlx::query(
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
         "INSERT INTO tool_calls (run_id, call_id, name, arguments, output, is_error, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (run_id, call_id) DO NOTHING",
     )
     .bind(run_id.to_string())
     .bind(&record.call_id)
@@ -66,5 +67,5 @@ pub(crate) async fn insert_tool_call(
     .bind(now())
     .execute(&mut *conn)
     .await?;
-    Ok(())
+    Ok(done.rows_affected() > 0)
 }

@@ -5,14 +5,14 @@ mod profile;
 use std::{collections::BTreeMap, sync::Arc};
 
 use futures_util::future::BoxFuture;
-use sqlx::{Acquire, AnyConnection};
+use sqlx::AnyConnection;
 use uuid::Uuid;
 
 pub use profile::{CompleteOnboarding, GetProfile, UpdateProfile};
 
 use crate::{
     llm::{ToolCall, ToolSpec},
-    store::{self, MessageStatus, NewMessage, Role, Store, StoreError, ToolCallRecord},
+    store::{self, MessageStatus, NewMessage, Role, Store, StoreError, ToolCallRecord, WriteTx},
 };
 
 /// Who a tool call acts for.
@@ -99,50 +99,62 @@ pub struct Executed {
     pub output: serde_json::Value,
 }
 
-/// Runs one call in one short transaction: the tool's effects, the
-/// `tool_calls` record and the tool message commit together. A call already
-/// recorded for this run returns its stored result and applies nothing again.
+/// Runs one call in one short transaction, on the database thread: the
+/// tool's effects, the `tool_calls` record and the tool message commit
+/// together. A call already recorded for this run returns its stored result
+/// and applies nothing again.
 #[tracing::instrument(skip_all, fields(run_id = %ctx.run_id, call_id = %call.id, tool = %call.name))]
 pub async fn execute(
+    store: &Store,
+    ctx: ToolContext,
+    tool: Option<Arc<dyn Tool>>,
+    call: ToolCall,
+) -> Result<Executed, StoreError> {
+    let on_db = store.clone();
+    store
+        .on_db(async move { execute_here(&on_db, ctx, tool.as_deref(), &call).await })
+        .await
+}
+
+async fn execute_here(
     store: &Store,
     ctx: ToolContext,
     tool: Option<&dyn Tool>,
     call: &ToolCall,
 ) -> Result<Executed, StoreError> {
-    let mut tx = store.begin().await?;
-    if let Some(record) = store::tool_call(&mut tx, ctx.run_id, &call.id).await? {
-        tx.rollback().await?;
-        let output = serde_json::from_str(&record.output).unwrap_or(serde_json::Value::Null);
-        return Ok(Executed { record, output });
-    }
-    let outcome = match (
-        tool,
-        serde_json::from_str::<serde_json::Value>(&call.arguments),
-    ) {
-        (None, _) => Err(ToolError::Invalid(format!(
-            "there is no tool named {:?}",
-            call.name
-        ))),
-        (Some(_), Err(e)) => Err(ToolError::Invalid(format!(
-            "the arguments are not JSON: {e}"
-        ))),
+    let arguments = serde_json::from_str::<serde_json::Value>(&call.arguments);
+    let refusal = match (tool, arguments) {
+        (None, _) => format!("there is no tool named {:?}", call.name),
+        (Some(_), Err(e)) => format!("the arguments are not JSON: {e}"),
         (Some(tool), Ok(arguments)) => {
-            // A savepoint, so a refused call leaves no partial effect behind
-            // while its refusal is still recorded.
-            let mut savepoint = tx.begin().await?;
-            let outcome = tool.call(ctx, &mut savepoint, arguments).await;
-            match outcome {
-                Ok(_) => savepoint.commit().await?,
-                Err(_) => savepoint.rollback().await?,
+            let mut tx = store.begin().await?;
+            match tool.call(ctx, &mut tx, arguments).await {
+                Ok(output) => return record(tx, ctx, call, output, false).await,
+                // A refused call leaves no partial effect behind: its
+                // transaction is rolled back, and the refusal is recorded
+                // in one of its own.
+                Err(ToolError::Invalid(message)) => {
+                    tx.rollback().await?;
+                    message
+                }
+                Err(ToolError::Store(e)) => return Err(e),
             }
-            outcome
         }
     };
-    let (output, is_error) = match outcome {
-        Ok(output) => (output, false),
-        Err(ToolError::Invalid(message)) => (serde_json::json!({ "error": message }), true),
-        Err(ToolError::Store(e)) => return Err(e),
-    };
+    let tx = store.begin().await?;
+    record(tx, ctx, call, serde_json::json!({ "error": refusal }), true).await
+}
+
+/// Records the call with its tool message and commits. A call this run
+/// recorded already keeps its first result: this transaction, the tool's
+/// effects with it, is rolled back, so nothing is applied twice.
+async fn record(
+    mut tx: WriteTx<'_>,
+    ctx: ToolContext,
+    call: &ToolCall,
+    output: serde_json::Value,
+    is_error: bool,
+) -> Result<Executed, StoreError> {
     let record = ToolCallRecord {
         call_id: call.id.clone(),
         name: call.name.clone(),
@@ -150,7 +162,15 @@ pub async fn execute(
         output: output.to_string(),
         is_error,
     };
-    store::insert_tool_call(&mut tx, ctx.run_id, &record).await?;
+    if !store::insert_tool_call(&mut tx, ctx.run_id, &record).await? {
+        let stored = store::tool_call(&mut tx, ctx.run_id, &call.id).await?;
+        tx.rollback().await?;
+        let record = stored.ok_or_else(|| {
+            StoreError::Corrupt(format!("tool call {:?} recorded but not found", call.id))
+        })?;
+        let output = serde_json::from_str(&record.output).unwrap_or(serde_json::Value::Null);
+        return Ok(Executed { record, output });
+    }
     store::insert_message(
         &mut tx,
         NewMessage {

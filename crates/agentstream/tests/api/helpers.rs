@@ -403,6 +403,13 @@ pub fn events(response: reqwest::Response) -> impl Stream<Item = SseEvent> {
     })
 }
 
+/// The status and the JSON body (null when there is none) of a response.
+pub async fn status_and_body(response: reqwest::Response) -> (reqwest::StatusCode, Value) {
+    let status = response.status();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
 /// Every event of a response, to the end of the body; asserts it ends with
 /// exactly one `done`, last.
 pub async fn read_all(response: reqwest::Response) -> Vec<SseEvent> {

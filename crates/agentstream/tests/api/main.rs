@@ -21,4 +21,5 @@ mod openapi;
 mod process;
 mod security;
 mod streaming;
+mod tools;
 mod upstream;

@@ -1,7 +1,6 @@
 //! Keys, isolation, limits and connection hygiene.
 
 use futures_util::future::join_all;
-use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::{Connection, Row};
 
@@ -15,12 +14,6 @@ fn client_with(key: &str) -> reqwest::Client {
         .default_headers(headers)
         .build()
         .unwrap()
-}
-
-async fn status_and_body(response: reqwest::Response) -> (StatusCode, Value) {
-    let status = response.status();
-    let body = response.json().await.unwrap_or(Value::Null);
-    (status, body)
 }
 
 /// With keys on, a request without a valid key is 401, and one user's
