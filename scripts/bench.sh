@@ -251,12 +251,25 @@ agentstream_scenarios() {
         kill -INT "$perf_pid" && wait "$perf_pid" || true
         profiles+=("$target")
     fi
+    # A ladder level past what the machine holds leaves runs going after its clients gave
+    # up (they continue on disconnect): run starts are measured once they have ended.
+    wait_idle "$target" "$base"
     echo "bench: $target run starts" >&2
     loadgen_run "$target-starts" --target "$target" --scenario starts \
         --streams "$starts_workers" --duration-ms "$starts_ms" --timeout-ms "$stream_timeout_ms" \
         --pid "$pid" --url "$base/api/v1/chat/stream" --body '{"message":"hello {i}"}' \
         --protocol agentstream
     stop "$pid"
+}
+
+# wait_idle TARGET BASE_URL: until the server drives no run (its agentstream_runs_active gauge).
+wait_idle() {
+    for _ in $(seq 1 1200); do
+        [ "$(curl -fsS "$2/metrics" | grep -cx 'agentstream_runs_active 0')" = 1 ] && return 0
+        sleep 0.1
+    done
+    echo "bench: $1 still drives runs after two minutes" >&2
+    exit 1
 }
 
 # two_node_scenarios DATABASE_URL: nodes A and B on one database. Each stream creates a
@@ -356,7 +369,7 @@ shows up where they are turned back on (\`finish_task_switch\`, \`_raw_spin_unlo
 read those as context switches and wake-ups.")
 fi
 report=BENCHMARKS.md
-extra_args=(--build-seconds "$build_seconds")
+extra_args=(--build-seconds "$build_seconds" --note "$(cat docs/benchmark-notes.md)")
 if [ "$smoke" = 1 ]; then
     report="$out/BENCHMARKS.md"
     extra_args=(--smoke)

@@ -18,7 +18,8 @@ use uuid::Uuid;
 
 use super::hub::Hub;
 use crate::store::{
-    self, AssistantMessage, Backend, MessageStatus, RunStatus, Store, StoreError, StoredEvent,
+    self, AssistantMessage, Backend, MessageStatus, RunEnd, RunStatus, Store, StoreError,
+    StoredEvent,
 };
 
 /// Most events one transaction carries.
@@ -212,17 +213,18 @@ async fn write_loop(
             }
         }
         match outcome {
-            Ok(skipped) => {
+            Ok(dropped) => {
                 let committed = batch
                     .iter()
-                    .filter(|pending| !skipped.contains(&pending.event.run_id));
+                    .zip(&dropped)
+                    .filter(|(_, dropped)| !**dropped)
+                    .map(|(pending, _)| pending);
                 crate::telemetry::metrics::events_committed(committed.clone().count());
                 for finish in committed.filter_map(|pending| pending.finish.as_ref()) {
                     crate::telemetry::metrics::run_finished(finish.status);
                 }
                 let mut acks = Vec::new();
-                let events = batch.drain(..).filter_map(|pending| {
-                    let ended = skipped.contains(&pending.event.run_id);
+                let events = batch.drain(..).zip(dropped).filter_map(|(pending, ended)| {
                     if let Some(ack) = pending.ack {
                         acks.push((ack, ended));
                     }
@@ -255,14 +257,15 @@ async fn write_loop(
     }
 }
 
-/// Commits a batch on the held connection, or a new one; returns the runs
-/// whose `finish` found them already ended (their events in this batch are
-/// not written). A connection that failed is given back.
+/// Commits a batch on the held connection, or a new one. Returns, for each
+/// pending event, whether it was left out: the events of a run whose end
+/// found it ended already (another party ended it), and those of a second
+/// end of one run in the same batch. A connection that failed is given back.
 async fn commit(
     store: &Store,
     held: &mut Option<PoolConnection<Any>>,
     batch: &[Pending],
-) -> Result<Vec<Uuid>, StoreError> {
+) -> Result<Vec<bool>, StoreError> {
     let committed = commit_on(store, held, batch).await;
     if committed.is_err() {
         *held = None;
@@ -274,33 +277,48 @@ async fn commit_on(
     store: &Store,
     held: &mut Option<PoolConnection<Any>>,
     batch: &[Pending],
-) -> Result<Vec<Uuid>, StoreError> {
+) -> Result<Vec<bool>, StoreError> {
     let mut tx = store.begin_events(held).await?;
-    let mut skipped = Vec::new();
-    for pending in batch {
-        let Some(finish) = &pending.finish else {
-            continue;
-        };
-        let ended = store::finish_run(
-            &mut tx,
-            pending.event.run_id,
-            finish.status,
-            finish.error.as_ref(),
-            finish.usage.as_ref(),
-            pending.event.seq,
-        )
-        .await?;
-        if !ended {
-            skipped.push(pending.event.run_id);
+    // Each run's first end in the batch; whatever the run queued after it
+    // is left out.
+    let mut dropped = vec![false; batch.len()];
+    let mut ending: HashSet<Uuid> = HashSet::new();
+    let mut ends = Vec::new();
+    for (i, pending) in batch.iter().enumerate() {
+        let run_id = pending.event.run_id;
+        if ending.contains(&run_id) {
+            dropped[i] = true;
+        } else if let Some(finish) = &pending.finish {
+            ending.insert(run_id);
+            ends.push(RunEnd {
+                id: run_id,
+                status: finish.status,
+                error: finish.error.as_ref().map(serde_json::Value::to_string),
+                usage: finish.usage.as_ref().map(serde_json::Value::to_string),
+                last_seq: pending.event.seq,
+            });
+        }
+    }
+    let ended = store::finish_runs(&mut tx, &ends).await?;
+    for (i, pending) in batch.iter().enumerate() {
+        let run_id = pending.event.run_id;
+        if ending.contains(&run_id) && !ended.contains(&run_id) {
+            dropped[i] = true;
         }
     }
     // Borrowed, not cloned: this runs for every event.
-    let written = batch.iter().filter(|p| !skipped.contains(&p.event.run_id));
+    let written = batch
+        .iter()
+        .zip(&dropped)
+        .filter(|(_, dropped)| !**dropped)
+        .map(|(pending, _)| pending);
     // Messages in the order their runs wrote them, then what the runs that
     // end here left streaming takes their end's status.
-    for message in written.clone().filter_map(|p| p.message.as_deref()) {
-        store::write_assistant_message(&mut tx, message).await?;
-    }
+    let messages: Vec<&AssistantMessage> = written
+        .clone()
+        .filter_map(|p| p.message.as_deref())
+        .collect();
+    store::write_assistant_messages(&mut tx, &messages).await?;
     for pending in written.clone() {
         if let Some(finish) = &pending.finish
             && finish.close_streaming
@@ -315,5 +333,5 @@ async fn commit_on(
         store::notify_events(&mut tx, &events).await?;
     }
     tx.commit().await?;
-    Ok(skipped)
+    Ok(dropped)
 }

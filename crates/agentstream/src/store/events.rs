@@ -1,11 +1,11 @@
 //! The run event log: every event a run emits, in `seq` order, as sent.
 
-use std::{fmt::Write, sync::LazyLock};
+use std::sync::LazyLock;
 
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
-use super::{Store, StoreError, now, parse_id};
+use super::{MultiRow, Store, StoreError, now, parse_id};
 
 /// One committed event of a run's log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,47 +20,17 @@ pub struct StoredEvent {
     pub data: String,
 }
 
-/// Multi-row inserts come in these sizes so that each is a prepared
-/// statement the connection caches; a batch is cut into these pieces.
-const CHUNKS: [usize; 4] = [64, 16, 4, 1];
-const COLUMNS_PER_ROW: usize = 5;
-
-/// `INSERT … VALUES ($1, …, $5), ($6, …)` for each chunk size. Only
-/// placeholders are generated here; values are always bound.
-static INSERTS: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| inserts(true));
-
-/// The same with SQLite's anonymous `?` placeholders: SQLite finds a named
-/// one by walking a list, so binding a chunk of `$N` costs the square of its
-/// size (a few percent of the server's CPU under load).
-static INSERTS_ANONYMOUS: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| inserts(false));
-
-fn inserts(numbered: bool) -> Vec<(usize, String)> {
-    CHUNKS
-        .iter()
-        .map(|&rows| {
-            let mut sql = String::from(
-                "INSERT INTO run_events (run_id, seq, type, data, created_at) VALUES ",
-            );
-            for row in 0..rows {
-                sql.push_str(if row == 0 { "(" } else { ", (" });
-                for column in 0..COLUMNS_PER_ROW {
-                    let sep = if column == 0 { "" } else { ", " };
-                    if numbered {
-                        let n = row * COLUMNS_PER_ROW + column + 1;
-                        let _ = write!(sql, "{sep}${n}");
-                    } else {
-                        let _ = write!(sql, "{sep}?");
-                    }
-                }
-                sql.push(')');
-            }
-            // A run taken over as dead may still try to write: its late
-            // event loses to the `done` already at that `seq`.
-            sql.push_str(" ON CONFLICT (run_id, seq) DO NOTHING");
-            (rows, sql)
-        })
-        .collect()
-}
+/// `INSERT … VALUES (…), (…)` in the sizes of `MultiRow`, five columns a row.
+/// A run taken over as dead may still try to write: its late event loses to
+/// the `done` already at that `seq`.
+static INSERTS: LazyLock<MultiRow> = LazyLock::new(|| {
+    MultiRow::new(
+        &[64, 16, 4, 1],
+        "INSERT INTO run_events (run_id, seq, type, data, created_at) VALUES",
+        5,
+        "ON CONFLICT (run_id, seq) DO NOTHING",
+    )
+});
 
 /// Appends events inside the caller's transaction.
 pub(crate) async fn append_events(
@@ -68,18 +38,9 @@ pub(crate) async fn append_events(
     events: &[&StoredEvent],
 ) -> Result<(), StoreError> {
     let at = now();
-    let inserts = if conn.backend_name() == "SQLite" {
-        &*INSERTS_ANONYMOUS
-    } else {
-        &*INSERTS
-    };
-    let mut rest = events;
-    while !rest.is_empty() {
-        let Some((rows, sql)) = inserts.iter().find(|(rows, _)| *rows <= rest.len()) else {
-            break;
-        };
-        let (chunk, tail) = rest.split_at(*rows);
-        let mut query = sqlx::query(sql.as_str());
+    let statements = INSERTS.for_backend(conn.backend_name());
+    for (sql, chunk) in MultiRow::chunks(statements, events) {
+        let mut query = sqlx::query(sql);
         for event in chunk {
             query = query
                 .bind(event.run_id.to_string())
@@ -89,7 +50,6 @@ pub(crate) async fn append_events(
                 .bind(at.as_str());
         }
         query.execute(&mut *conn).await?;
-        rest = tail;
     }
     Ok(())
 }
@@ -225,14 +185,14 @@ mod tests {
 
     #[test]
     fn inserts_number_every_placeholder() {
-        let (rows, sql) = &INSERTS[2];
+        let (rows, sql) = &INSERTS.numbered[2];
         assert_eq!(*rows, 4);
         assert!(
             sql.ends_with("($16, $17, $18, $19, $20) ON CONFLICT (run_id, seq) DO NOTHING"),
             "{sql}"
         );
         assert_eq!(sql.matches('$').count(), 20);
-        let (rows, sql) = &INSERTS_ANONYMOUS[2];
+        let (rows, sql) = &INSERTS.anonymous[2];
         assert_eq!(*rows, 4);
         assert_eq!(sql.matches('?').count(), 20);
     }

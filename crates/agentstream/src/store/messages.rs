@@ -1,10 +1,12 @@
 //! Messages: the stored transcript of a conversation, tool calls and results included.
 
+use std::sync::LazyLock;
+
 use serde::Serialize;
 use sqlx::{AnyConnection, Row, any::AnyRow};
 use uuid::Uuid;
 
-use super::{Store, StoreError, now, parse_enum, parse_id, text_enum};
+use super::{MultiRow, Store, StoreError, now, parse_enum, parse_id, text_enum};
 
 text_enum! {
     /// Who wrote a message.
@@ -148,33 +150,54 @@ pub struct AssistantMessage {
     pub created_at: String,
 }
 
-/// Stores the message's state: inserts it, or updates it while it is still
-/// `streaming` (a message that ended keeps its end).
-pub(crate) async fn write_assistant_message(
-    conn: &mut AnyConnection,
-    message: &AssistantMessage,
-) -> Result<(), StoreError> {
-    sqlx::query(
+/// `INSERT … ON CONFLICT DO UPDATE` of assistant messages, nine columns a row.
+static WRITE_ASSISTANT: LazyLock<MultiRow> = LazyLock::new(|| {
+    MultiRow::new(
+        &[16, 4, 1],
         "INSERT INTO messages (id, conversation_id, run_id, role, content, tool_calls, \
-         tool_call_id, status, created_at) VALUES ($1, $2, $3, 'assistant', $4, $5, NULL, $6, $7) \
-         ON CONFLICT (id) DO UPDATE SET content = excluded.content, \
+         tool_call_id, status, created_at) VALUES",
+        9,
+        "ON CONFLICT (id) DO UPDATE SET content = excluded.content, \
          tool_calls = excluded.tool_calls, status = excluded.status \
          WHERE messages.status = 'streaming'",
     )
-    .bind(message.id.to_string())
-    .bind(message.conversation_id.to_string())
-    .bind(message.run_id.to_string())
-    .bind(message.content.as_str())
-    .bind(
-        message
-            .tool_calls
-            .as_ref()
-            .map(serde_json::Value::to_string),
-    )
-    .bind(message.status.as_str())
-    .bind(message.created_at.as_str())
-    .execute(&mut *conn)
-    .await?;
+});
+
+/// Stores the messages' states, the last of each: inserts them, or updates
+/// those still `streaming` (a message that ended keeps its end).
+pub(crate) async fn write_assistant_messages(
+    conn: &mut AnyConnection,
+    messages: &[&AssistantMessage],
+) -> Result<(), StoreError> {
+    // One row per message in a statement: its last state.
+    let last: Vec<&AssistantMessage> = messages
+        .iter()
+        .enumerate()
+        .filter(|(i, m)| !messages[i + 1..].iter().any(|later| later.id == m.id))
+        .map(|(_, m)| *m)
+        .collect();
+    let statements = WRITE_ASSISTANT.for_backend(conn.backend_name());
+    for (sql, chunk) in MultiRow::chunks(statements, &last) {
+        let mut query = sqlx::query(sql);
+        for message in chunk {
+            query = query
+                .bind(message.id.to_string())
+                .bind(message.conversation_id.to_string())
+                .bind(message.run_id.to_string())
+                .bind(Role::Assistant.as_str())
+                .bind(message.content.as_str())
+                .bind(
+                    message
+                        .tool_calls
+                        .as_ref()
+                        .map(serde_json::Value::to_string),
+                )
+                .bind(None::<String>)
+                .bind(message.status.as_str())
+                .bind(message.created_at.as_str());
+        }
+        query.execute(&mut *conn).await?;
+    }
     Ok(())
 }
 

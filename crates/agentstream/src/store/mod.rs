@@ -17,6 +17,7 @@ mod users;
 
 use std::{
     borrow::Cow,
+    fmt::Write,
     str::FromStr,
     sync::{Arc, Once},
     time::Duration,
@@ -40,7 +41,7 @@ pub use conversations::{Conversation, ConversationKind};
 pub use events::{EVENT_KINDS, StoredEvent};
 pub use messages::{AssistantMessage, Message, MessageStatus, NewMessage, Role};
 pub use profiles::Profile;
-pub use runs::{NewRun, OnDisconnect, Run, RunStatus};
+pub use runs::{NewRun, OnDisconnect, Run, RunEnd, RunStatus};
 pub use tool_calls::ToolCallRecord;
 pub use users::User;
 
@@ -53,11 +54,11 @@ pub const EVENTS_CHANNEL: &str = "agentstream_events";
 /// The PostgreSQL channel that carries cancels for the node driving a run.
 pub const CANCEL_CHANNEL: &str = "agentstream_cancel";
 pub(crate) use messages::{
-    close_streaming_messages, insert_message, messages, write_assistant_message,
+    close_streaming_messages, insert_message, messages, write_assistant_messages,
 };
 pub(crate) use profiles::{complete_onboarding, profile, set_profile_field};
 pub(crate) use runs::{
-    active_runs, count_user_active_runs, finish_run, insert_run, lock_conversation,
+    active_runs, count_user_active_runs, finish_runs, insert_run, lock_conversation,
     run_by_client_message_id, start_queued_run,
 };
 pub(crate) use tool_calls::{insert_tool_call, tool_call};
@@ -578,6 +579,74 @@ impl MigrationSource<'static> for Embedded {
                     )
                 })
                 .collect())
+        })
+    }
+}
+
+/// One multi-row statement per size, so that each is a prepared statement
+/// the connection caches and a batch of any length is cut into a few of them.
+/// Only placeholders are generated; values are always bound.
+#[derive(Debug)]
+struct MultiRow {
+    /// With `$1, $2…`, for PostgreSQL.
+    numbered: Vec<(usize, String)>,
+    /// With `?`, for SQLite, which finds a named placeholder by walking a
+    /// list: binding a chunk of `$N` costs the square of its size.
+    anonymous: Vec<(usize, String)>,
+}
+
+impl MultiRow {
+    /// `{head} (…), (…) {tail}` with `columns` placeholders a row, for each
+    /// of `sizes` rows (largest first, ending with 1).
+    fn new(sizes: &[usize], head: &str, columns: usize, tail: &str) -> MultiRow {
+        let build = |numbered: bool| {
+            sizes
+                .iter()
+                .map(|&rows| {
+                    let mut sql = format!("{head} ");
+                    for row in 0..rows {
+                        sql.push_str(if row == 0 { "(" } else { ", (" });
+                        for column in 0..columns {
+                            let sep = if column == 0 { "" } else { ", " };
+                            if numbered {
+                                let _ = write!(sql, "{sep}${}", row * columns + column + 1);
+                            } else {
+                                let _ = write!(sql, "{sep}?");
+                            }
+                        }
+                        sql.push(')');
+                    }
+                    let _ = write!(sql, " {tail}");
+                    (rows, sql)
+                })
+                .collect()
+        };
+        MultiRow {
+            numbered: build(true),
+            anonymous: build(false),
+        }
+    }
+
+    /// The statements for the connection's backend.
+    fn for_backend(&self, backend_name: &str) -> &[(usize, String)] {
+        if backend_name == "SQLite" {
+            &self.anonymous
+        } else {
+            &self.numbered
+        }
+    }
+
+    /// Cuts `items` into chunks, each with its statement.
+    fn chunks<'a, T>(
+        statements: &'a [(usize, String)],
+        items: &'a [T],
+    ) -> impl Iterator<Item = (&'a str, &'a [T])> {
+        let mut rest = items;
+        std::iter::from_fn(move || {
+            let (rows, sql) = statements.iter().find(|(rows, _)| *rows <= rest.len())?;
+            let (chunk, tail) = rest.split_at(*rows);
+            rest = tail;
+            Some((sql.as_str(), chunk))
         })
     }
 }

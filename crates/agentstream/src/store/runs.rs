@@ -1,10 +1,12 @@
 //! Runs: one agent turn each, from the user's message to the final `done`.
 
+use std::sync::LazyLock;
+
 use serde::Serialize;
 use sqlx::{AnyConnection, Row, any::AnyRow};
 use uuid::Uuid;
 
-use super::{Store, StoreError, now, parse_enum, parse_id, text_enum};
+use super::{MultiRow, Store, StoreError, now, parse_enum, parse_id, text_enum};
 
 text_enum! {
     /// Where a run stands. The last four are terminal.
@@ -421,27 +423,56 @@ impl Store {
     }
 }
 
-/// Ends a run that is still open. False if it had already ended, so a run
-/// ends exactly once however many parties try.
-pub(crate) async fn finish_run(
-    conn: &mut AnyConnection,
-    id: Uuid,
-    status: RunStatus,
-    error: Option<&serde_json::Value>,
-    usage: Option<&serde_json::Value>,
-    last_seq: i64,
-) -> Result<bool, StoreError> {
-    let done = sqlx::query(
-        "UPDATE runs SET status = $2, error = $3, usage = $4, last_seq = $5, finished_at = $6 \
-         WHERE id = $1 AND status IN ('queued', 'running')",
+/// A run's end, as `finish_runs` stores it.
+#[derive(Debug, Clone)]
+pub struct RunEnd {
+    /// The run.
+    pub id: Uuid,
+    /// Its final status.
+    pub status: RunStatus,
+    /// Why it failed, as JSON text.
+    pub error: Option<String>,
+    /// Its token usage, as JSON text.
+    pub usage: Option<String>,
+    /// The `seq` of its `done`.
+    pub last_seq: i64,
+}
+
+/// `UPDATE … FROM (VALUES …)` of run ends, six columns a row. Only runs still
+/// open are updated, so a run ends exactly once however many parties try.
+static FINISH_RUNS: LazyLock<MultiRow> = LazyLock::new(|| {
+    MultiRow::new(
+        &[16, 4, 1],
+        "UPDATE runs SET status = v.column2, error = v.column3, usage = v.column4, \
+         last_seq = v.column5, finished_at = v.column6 FROM (VALUES",
+        6,
+        ") AS v WHERE runs.id = v.column1 AND runs.status IN ('queued', 'running') RETURNING id",
     )
-    .bind(id.to_string())
-    .bind(status.as_str())
-    .bind(error.map(serde_json::Value::to_string))
-    .bind(usage.map(serde_json::Value::to_string))
-    .bind(last_seq)
-    .bind(now())
-    .execute(&mut *conn)
-    .await?;
-    Ok(done.rows_affected() > 0)
+});
+
+/// Ends the runs that are still open (each at most once in `ends`); returns
+/// those it ended. A run not returned had ended already.
+pub(crate) async fn finish_runs(
+    conn: &mut AnyConnection,
+    ends: &[RunEnd],
+) -> Result<Vec<Uuid>, StoreError> {
+    let at = now();
+    let mut ended = Vec::with_capacity(ends.len());
+    let statements = FINISH_RUNS.for_backend(conn.backend_name());
+    for (sql, chunk) in MultiRow::chunks(statements, ends) {
+        let mut query = sqlx::query(sql);
+        for end in chunk {
+            query = query
+                .bind(end.id.to_string())
+                .bind(end.status.as_str())
+                .bind(end.error.clone())
+                .bind(end.usage.clone())
+                .bind(end.last_seq)
+                .bind(at.as_str());
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            ended.push(parse_id(row.try_get("id")?)?);
+        }
+    }
+    Ok(ended)
 }
