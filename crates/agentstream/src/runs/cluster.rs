@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::PgListener;
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -36,12 +36,33 @@ impl RunManager {
     /// `stop` fires. After every reconnection the subscribers of runs driven
     /// elsewhere read the store again, so nothing missed meanwhile is lost.
     pub async fn listen(self, url: String, stop: CancellationToken) {
+        // The listener's own pool of one, which `PgListener::connect` would
+        // make and never close: a listener hands its connection back from a
+        // task of its own, and closing the pool waits for that, so the
+        // connection is put away before the runtime goes.
+        let pool = match PgPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_lazy(&url)
+        {
+            Ok(pool) => pool,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for other nodes' events");
+                return;
+            }
+        };
+        self.listen_on(&pool, stop).await;
+        pool.close().await;
+    }
+
+    async fn listen_on(&self, pool: &PgPool, stop: CancellationToken) {
         let mut listener: Option<PgListener> = None;
         let mut failing = false;
         loop {
             if listener.is_none() {
                 let connected = async {
-                    let mut listener = PgListener::connect(&url).await?;
+                    let mut listener = PgListener::connect_with(pool).await?;
                     listener
                         .listen_all([EVENTS_CHANNEL, CANCEL_CHANNEL])
                         .await?;
