@@ -535,7 +535,10 @@ fn write_capacity(out: &mut String, ladder: &Scenario<'_>, cpus: usize) -> fmt::
         "\nThe floor alone (mock-llm and the load generator, which share the machine by the \
          issue's rules) needs {floor:.1} of the {cpus} cores for {TARGET_STREAMS} streams{}\n",
         if floor >= cpus as f64 {
-            ": on this machine no server can sustain that many, however cheap."
+            ": on this machine no server can keep that many at their unloaded pace, however \
+             cheap. A level can still count as sustained, which asks for no lost event, no \
+             stall and few errors, not for prompt first events: the streams queue to start \
+             (see their TTFE)."
         } else {
             "; the rest is what a server may use."
         }
