@@ -112,6 +112,7 @@ impl Store {
     /// it does not exist or is not the user's.
     #[tracing::instrument(skip_all, fields(conversation_id = %id))]
     pub async fn delete_conversation(&self, user_id: Uuid, id: Uuid) -> Result<bool, StoreError> {
+        let _turn = self.write_turn(false).await;
         let done = sqlx::query("DELETE FROM conversations WHERE id = $1 AND user_id = $2")
             .bind(id.to_string())
             .bind(user_id.to_string())

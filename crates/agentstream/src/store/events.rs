@@ -168,6 +168,7 @@ impl Store {
     /// RFC 3339); the transcript in `messages` stays. Returns the rows removed.
     #[tracing::instrument(skip_all)]
     pub async fn prune_events(&self, before: &str) -> Result<u64, StoreError> {
+        let _turn = self.write_turn(false).await;
         let done = sqlx::query(
             "DELETE FROM run_events WHERE run_id IN \
              (SELECT id FROM runs WHERE finished_at IS NOT NULL AND finished_at < $1)",

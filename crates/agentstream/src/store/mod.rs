@@ -466,7 +466,8 @@ impl Store {
     /// SQLite lets one transaction write at a time, and one that finds the
     /// file locked sleeps and polls (`busy_timeout`), from 1 ms up to 100 ms
     /// a time. This process is the file's only writer (the lock file sees to
-    /// it), so its write transactions take turns here instead, in order,
+    /// it), so its writes take turns here instead (transactions, and the few
+    /// single statements that write outside one), in order,
     /// each woken the moment the one before it ends. Other transactions
     /// queue at a gate first, so at most one of them waits at the turn
     /// itself, and the event log (`first`) waits behind that one only.

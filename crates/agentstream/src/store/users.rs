@@ -19,6 +19,7 @@ impl Store {
     /// Returns the user with this name, creating it if it does not exist.
     #[tracing::instrument(skip_all)]
     pub async fn ensure_user(&self, name: &str) -> Result<User, StoreError> {
+        let turn = self.write_turn(false).await;
         sqlx::query(
             "INSERT INTO users (id, name, created_at) VALUES ($1, $2, $3) \
              ON CONFLICT (name) DO NOTHING",
@@ -28,6 +29,7 @@ impl Store {
         .bind(now())
         .execute(&mut *self.acquire().await?)
         .await?;
+        drop(turn);
         let row = sqlx::query("SELECT id, name FROM users WHERE name = $1")
             .bind(name)
             .fetch_one(&mut *self.acquire().await?)
