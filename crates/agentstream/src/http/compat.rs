@@ -145,10 +145,7 @@ async fn seed_stream(
             },
         )
         .await?;
-    let start = match started.live {
-        Some(live) => sse::Start::NewRun(live, received),
-        None => sse::Start::After(0),
-    };
+    let start = sse::Start::of_started(started.live, received);
     Ok(sse::stream_run(
         &state,
         started.run.id,

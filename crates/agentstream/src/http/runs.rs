@@ -164,11 +164,8 @@ async fn create_run(
         )
         .await?;
     if wants_stream(&headers) {
-        let from = match started.live {
-            Some(live) => sse::Start::NewRun(live, received),
-            None => sse::Start::After(0),
-        };
-        return Ok(sse::stream_run(&state, started.run.id, from, &[]));
+        let start = sse::Start::of_started(started.live, received);
+        return Ok(sse::stream_run(&state, started.run.id, start, &[]));
     }
     let status = if started.created {
         StatusCode::ACCEPTED

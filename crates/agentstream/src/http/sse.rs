@@ -168,6 +168,18 @@ pub enum Start {
     NewRun(LiveEvents, Instant),
 }
 
+impl Start {
+    /// Where the stream of a run this request started (or found by its
+    /// client message ID, with no live channel) begins; `received` is when
+    /// the request came in.
+    pub fn of_started(live: Option<LiveEvents>, received: Instant) -> Start {
+        match live {
+            Some(live) => Start::NewRun(live, received),
+            None => Start::After(0),
+        }
+    }
+}
+
 /// The run's events from `start` as an SSE response, with `headers` added.
 pub fn stream_run(
     state: &AppState,

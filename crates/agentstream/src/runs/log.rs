@@ -299,11 +299,16 @@ async fn commit_on(
             });
         }
     }
-    let ended = store::finish_runs(&mut tx, &ends).await?;
-    for (i, pending) in batch.iter().enumerate() {
-        let run_id = pending.event.run_id;
-        if ending.contains(&run_id) && !ended.contains(&run_id) {
-            dropped[i] = true;
+    let ended: HashSet<Uuid> = store::finish_runs(&mut tx, &ends)
+        .await?
+        .into_iter()
+        .collect();
+    if ended.len() < ends.len() {
+        for (i, pending) in batch.iter().enumerate() {
+            let run_id = pending.event.run_id;
+            if ending.contains(&run_id) && !ended.contains(&run_id) {
+                dropped[i] = true;
+            }
         }
     }
     // Borrowed, not cloned: this runs for every event.

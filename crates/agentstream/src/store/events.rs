@@ -38,7 +38,7 @@ pub(crate) async fn append_events(
     events: &[&StoredEvent],
 ) -> Result<(), StoreError> {
     let at = now();
-    let statements = INSERTS.for_backend(conn.backend_name());
+    let statements = INSERTS.for_conn(conn);
     for (sql, chunk) in MultiRow::chunks(statements, events) {
         let mut query = sqlx::query(sql);
         for event in chunk {

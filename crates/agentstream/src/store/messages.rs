@@ -1,6 +1,6 @@
 //! Messages: the stored transcript of a conversation, tool calls and results included.
 
-use std::sync::LazyLock;
+use std::{collections::HashSet, sync::LazyLock};
 
 use serde::Serialize;
 use sqlx::{AnyConnection, Row, any::AnyRow};
@@ -170,13 +170,15 @@ pub(crate) async fn write_assistant_messages(
     messages: &[&AssistantMessage],
 ) -> Result<(), StoreError> {
     // One row per message in a statement: its last state.
-    let last: Vec<&AssistantMessage> = messages
+    let mut seen = HashSet::new();
+    let mut last: Vec<&AssistantMessage> = messages
         .iter()
-        .enumerate()
-        .filter(|(i, m)| !messages[i + 1..].iter().any(|later| later.id == m.id))
-        .map(|(_, m)| *m)
+        .rev()
+        .filter(|m| seen.insert(m.id))
+        .copied()
         .collect();
-    let statements = WRITE_ASSISTANT.for_backend(conn.backend_name());
+    last.reverse();
+    let statements = WRITE_ASSISTANT.for_conn(conn);
     for (sql, chunk) in MultiRow::chunks(statements, &last) {
         let mut query = sqlx::query(sql);
         for message in chunk {

@@ -107,6 +107,15 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// The dialect a connection speaks.
+    fn of(conn: &AnyConnection) -> Backend {
+        if conn.backend_name() == "SQLite" {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        }
+    }
+
     /// The dialect a database URL names, if it names one we speak.
     pub fn from_url(url: &str) -> Option<Backend> {
         if url.starts_with("sqlite:") {
@@ -628,12 +637,11 @@ impl MultiRow {
         }
     }
 
-    /// The statements for the connection's backend.
-    fn for_backend(&self, backend_name: &str) -> &[(usize, String)] {
-        if backend_name == "SQLite" {
-            &self.anonymous
-        } else {
-            &self.numbered
+    /// The statements for the connection's dialect.
+    fn for_conn(&self, conn: &AnyConnection) -> &[(usize, String)] {
+        match Backend::of(conn) {
+            Backend::Sqlite => &self.anonymous,
+            Backend::Postgres => &self.numbered,
         }
     }
 

@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::{AnyConnection, Row, any::AnyRow};
 use uuid::Uuid;
 
-use super::{MultiRow, Store, StoreError, now, parse_enum, parse_id, text_enum};
+use super::{Backend, MultiRow, Store, StoreError, now, parse_enum, parse_id, text_enum};
 
 text_enum! {
     /// Where a run stands. The last four are terminal.
@@ -256,7 +256,7 @@ pub(crate) async fn count_user_active_runs(
     conn: &mut AnyConnection,
     user_id: Uuid,
 ) -> Result<i64, StoreError> {
-    if conn.backend_name() != "SQLite" {
+    if Backend::of(conn) == Backend::Postgres {
         // A lock, not a dummy update: no new row version per run started.
         sqlx::query("SELECT id FROM users WHERE id = $1 FOR NO KEY UPDATE")
             .bind(user_id.to_string())
@@ -294,7 +294,7 @@ pub(crate) async fn lock_conversation(
     conn: &mut AnyConnection,
     conversation_id: Uuid,
 ) -> Result<(), StoreError> {
-    if conn.backend_name() != "SQLite" {
+    if Backend::of(conn) == Backend::Postgres {
         sqlx::query("SELECT id FROM conversations WHERE id = $1 FOR NO KEY UPDATE")
             .bind(conversation_id.to_string())
             .execute(&mut *conn)
@@ -458,7 +458,7 @@ pub(crate) async fn finish_runs(
 ) -> Result<Vec<Uuid>, StoreError> {
     let at = now();
     let mut ended = Vec::with_capacity(ends.len());
-    let statements = FINISH_RUNS.for_backend(conn.backend_name());
+    let statements = FINISH_RUNS.for_conn(conn);
     for (sql, chunk) in MultiRow::chunks(statements, ends) {
         let mut query = sqlx::query(sql);
         for end in chunk {
