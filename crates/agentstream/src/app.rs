@@ -337,6 +337,7 @@ fn agents(config: &Config, file: &FileConfig) -> anyhow::Result<Agents> {
             tools,
             max_steps,
             temperature: defined.and_then(|a| a.temperature),
+            max_tokens: defined.and_then(|a| a.max_tokens),
         });
     }
     Ok(agents)

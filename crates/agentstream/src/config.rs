@@ -54,6 +54,16 @@ pub enum KeysCommand {
     },
 }
 
+/// The connection pooler between agentstream and PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DbPooler {
+    /// None: agentstream's connections are PostgreSQL sessions.
+    None,
+    /// A pooler in transaction mode (PgBouncer `pool_mode = transaction`):
+    /// each transaction may run on another server connection.
+    Transaction,
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -83,6 +93,24 @@ pub struct Config {
         global = true
     )]
     pub database_url: String,
+
+    /// A URL that reaches PostgreSQL itself, not through a pooler: used for
+    /// migrations and LISTEN, which need a session of their own. Required
+    /// with `--db-pooler transaction`; default: the database URL.
+    #[arg(long, env = "AGENTSTREAM_DATABASE_DIRECT_URL", global = true)]
+    pub database_direct_url: Option<String>,
+
+    /// The connection pooler in front of PostgreSQL, if any: `none`, or
+    /// `transaction` (PgBouncer's transaction mode: no named prepared
+    /// statements, no session settings).
+    #[arg(
+        long,
+        env = "DB_POOLER",
+        value_enum,
+        default_value = "none",
+        global = true
+    )]
+    pub db_pooler: DbPooler,
 
     /// Connections the pool keeps open.
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 5, global = true)]
@@ -299,6 +327,8 @@ pub struct AgentConfig {
     pub max_steps: Option<u32>,
     /// Sampling temperature.
     pub temperature: Option<f32>,
+    /// Most tokens in one reply (`max_tokens`; default: the server's).
+    pub max_tokens: Option<u32>,
 }
 
 impl FileConfig {

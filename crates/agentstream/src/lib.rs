@@ -11,6 +11,7 @@ pub mod llm;
 pub mod runs;
 pub mod store;
 pub mod telemetry;
+pub mod text;
 pub mod tools;
 
 pub use app::App;

@@ -28,6 +28,8 @@ pub struct Agent {
     pub max_steps: u32,
     /// Sampling temperature.
     pub temperature: Option<f32>,
+    /// Most tokens in one reply.
+    pub max_tokens: Option<u32>,
 }
 
 impl Agent {
@@ -158,6 +160,7 @@ async fn steps(
                 messages: history.clone(),
                 tools: specs.clone(),
                 temperature: agent.temperature,
+                max_tokens: agent.max_tokens,
             }),
         );
         let mut text = String::new();
@@ -185,6 +188,7 @@ async fn steps(
                 }
                 Some(Ok(LlmEvent::ToolCall(call))) => calls.push(call),
                 Some(Ok(LlmEvent::Usage(more))) => *usage.get_or_insert_default() += more,
+                Some(Ok(LlmEvent::Reasoning(_) | LlmEvent::Finished(_))) => {}
                 Some(Err(e)) => break StepEnd::Failed(Outcome::failed(e.code(), e.to_string())),
             }
         };
@@ -220,6 +224,7 @@ async fn steps(
         history.push(ChatMessage::Assistant {
             content: text,
             tool_calls: calls.clone(),
+            reasoning: None,
         });
         for call in calls {
             // Between tool calls is a safe point too.
@@ -298,6 +303,7 @@ fn to_chat(system_prompt: &str, messages: &[Message]) -> Vec<ChatMessage> {
                 chat.push(ChatMessage::Assistant {
                     content: message.content.clone(),
                     tool_calls,
+                    reasoning: None,
                 });
             }
             Role::Tool => {

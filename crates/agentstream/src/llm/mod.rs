@@ -26,8 +26,21 @@ pub struct ToolCall {
     pub id: String,
     /// The function's name.
     pub name: String,
-    /// The arguments as JSON text, exactly as the model wrote them.
+    /// The arguments as JSON text (a JSON object, with every U+0000 in its
+    /// strings replaced by U+FFFD; see [`crate::text`]).
     pub arguments: String,
+    /// The ID the upstream gave the call, when agentstream gave it another
+    /// one (the upstream's was missing or not unique in the conversation);
+    /// requests to the upstream use this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_id: Option<String>,
+}
+
+impl ToolCall {
+    /// The ID the upstream knows the call by.
+    pub fn upstream_id(&self) -> &str {
+        self.upstream_id.as_deref().unwrap_or(&self.id)
+    }
 }
 
 /// One message of the conversation as the model sees it.
@@ -43,10 +56,15 @@ pub enum ChatMessage {
         content: String,
         /// The calls it made.
         tool_calls: Vec<ToolCall>,
+        /// The model's reasoning for this message, sent back within the run
+        /// that produced it (thinking models that call tools need it there),
+        /// never in later runs.
+        reasoning: Option<String>,
     },
     /// A tool's result.
     Tool {
-        /// The call it answers.
+        /// The call it answers, by the ID the upstream gave it
+        /// ([`ToolCall::upstream_id`]).
         call_id: String,
         /// The result as JSON text.
         content: String,
@@ -64,6 +82,8 @@ pub struct ChatRequest {
     pub tools: Vec<ToolSpec>,
     /// Sampling temperature, when the agent sets one.
     pub temperature: Option<f32>,
+    /// Most tokens in the reply, when the agent sets it.
+    pub max_tokens: Option<u32>,
 }
 
 /// Tokens counted by the model.
@@ -94,20 +114,41 @@ pub enum LlmEvent {
     ToolCall(ToolCall),
     /// Token usage, when the provider reports it.
     Usage(Usage),
+    /// A piece of the model's reasoning (`reasoning_content` or `reasoning`
+    /// deltas), kept apart from the reply's text.
+    Reasoning(String),
+    /// Why the model stopped (`finish_reason`), as the upstream said it:
+    /// `stop`, `tool_calls`, `length`, `content_filter`, …
+    Finished(String),
 }
 
-/// Why a model call failed.
+/// Why a model call failed. Each variant holds the full detail, for the
+/// log only (one line, no key, no message text or tool arguments); `Display`
+/// is the short message clients see.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LlmError {
     /// No answer in time: connecting, before the first token, or between chunks.
-    #[error("{0}")]
+    #[error("the model server did not answer in time")]
     Timeout(String),
-    /// The upstream could not be reached or answered with an error status.
-    #[error("{0}")]
+    /// The upstream answered with an HTTP error status.
+    #[error("the model server answered HTTP {status}")]
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// The upstream's error, for the log.
+        detail: String,
+    },
+    /// The upstream could not be reached, reported an error in its stream,
+    /// or its connection failed.
+    #[error("the model server could not be reached or failed")]
     Upstream(String),
     /// The upstream answered with something that is not the protocol.
-    #[error("{0}")]
+    #[error("the model server sent a reply that could not be read")]
     Protocol(String),
+    /// The reply's stream ended with neither a finish reason nor `[DONE]`:
+    /// the reply was cut off.
+    #[error("the model server's reply was cut off before it finished")]
+    Incomplete(String),
 }
 
 impl LlmError {
@@ -115,8 +156,20 @@ impl LlmError {
     pub fn code(&self) -> &'static str {
         match self {
             LlmError::Timeout(_) => "upstream_timeout",
-            LlmError::Upstream(_) => "upstream_error",
+            LlmError::Status { .. } | LlmError::Upstream(_) => "upstream_error",
             LlmError::Protocol(_) => "upstream_protocol",
+            LlmError::Incomplete(_) => "upstream_incomplete",
+        }
+    }
+
+    /// The full detail, for the log.
+    pub fn detail(&self) -> &str {
+        match self {
+            LlmError::Timeout(detail)
+            | LlmError::Status { detail, .. }
+            | LlmError::Upstream(detail)
+            | LlmError::Protocol(detail)
+            | LlmError::Incomplete(detail) => detail,
         }
     }
 }
@@ -131,4 +184,22 @@ pub trait Provider: Send + Sync + Debug {
 
     /// How the model is shown to people, e.g. in `GET /v1/agents`.
     fn label(&self, model: &str) -> String;
+
+    /// Checks at start-up that the provider is set up right, without
+    /// failing when it is merely down. The default has nothing to check.
+    fn probe(&self) -> futures_util::future::BoxFuture<'static, Probe> {
+        Box::pin(async { Probe::Ready })
+    }
+}
+
+/// What a start-up check of a provider found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// It answered as a model server should.
+    Ready,
+    /// It could not be reached now; calls will try again (a warning, not a failure).
+    Unreachable(String),
+    /// It answered in a way that shows a mistake in its settings, e.g. 404
+    /// for the models list of its `base_url`: start-up stops.
+    Misconfigured(String),
 }

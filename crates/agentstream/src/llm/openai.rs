@@ -340,6 +340,11 @@ fn map_text(error: LlmError, f: impl FnOnce(String) -> String) -> LlmError {
         LlmError::Timeout(text) => LlmError::Timeout(f(text)),
         LlmError::Upstream(text) => LlmError::Upstream(f(text)),
         LlmError::Protocol(text) => LlmError::Protocol(f(text)),
+        LlmError::Status { status, detail } => LlmError::Status {
+            status,
+            detail: f(detail),
+        },
+        LlmError::Incomplete(text) => LlmError::Incomplete(f(text)),
     }
 }
 
@@ -672,6 +677,7 @@ impl ChunkParser {
                 } else {
                     call.arguments
                 },
+                upstream_id: None,
             }));
         }
         Ok(())
@@ -831,6 +837,7 @@ impl<'a> WireMessage<'a> {
             ChatMessage::Assistant {
                 content,
                 tool_calls,
+                ..
             } => WireMessage::Assistant {
                 content: (!content.is_empty() || tool_calls.is_empty()).then_some(content),
                 tool_calls: tool_calls
@@ -942,6 +949,7 @@ mod tests {
             id: id.to_owned(),
             name: name.to_owned(),
             arguments: arguments.to_owned(),
+            upstream_id: None,
         })
     }
 
@@ -1423,7 +1431,9 @@ mod tests {
                         id: "call_1".to_owned(),
                         name: "get_profile".to_owned(),
                         arguments: "{}".to_owned(),
+                        upstream_id: None,
                     }],
+                    reasoning: None,
                 },
                 ChatMessage::Tool {
                     call_id: "call_1".to_owned(),
@@ -1432,6 +1442,7 @@ mod tests {
                 ChatMessage::Assistant {
                     content: "Your profile is empty.".to_owned(),
                     tool_calls: vec![],
+                    reasoning: None,
                 },
             ],
             tools: vec![ToolSpec {
@@ -1440,6 +1451,7 @@ mod tests {
                 parameters: json!({"type": "object", "properties": {}}),
             }],
             temperature: Some(0.5),
+            max_tokens: None,
         };
         let body = serde_json::to_value(RequestBody::of(&request)).unwrap();
         assert_eq!(
@@ -1473,6 +1485,7 @@ mod tests {
             messages: vec![ChatMessage::User("hi".to_owned())],
             tools: vec![],
             temperature: None,
+            max_tokens: None,
         };
         let body = serde_json::to_value(RequestBody::of(&request)).unwrap();
         assert_eq!(
@@ -1588,6 +1601,7 @@ mod tests {
             messages: vec![ChatMessage::User(text.to_owned())],
             tools: vec![],
             temperature: None,
+            max_tokens: None,
         }
     }
 

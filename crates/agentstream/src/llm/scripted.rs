@@ -210,6 +210,7 @@ impl<'a> History<'a> {
             id: format!("call_{}", self.calls.len() + 1),
             name: name.to_owned(),
             arguments: arguments.to_string(),
+            upstream_id: None,
         })
     }
 }
@@ -301,6 +302,7 @@ mod tests {
                 })
                 .collect(),
             temperature: None,
+            max_tokens: None,
         }
     }
 
@@ -327,6 +329,7 @@ mod tests {
         messages.push(ChatMessage::Assistant {
             content: String::new(),
             tool_calls: vec![call],
+            reasoning: None,
         });
         messages.push(ChatMessage::Tool {
             call_id: "call_1".into(),
@@ -340,6 +343,7 @@ mod tests {
         messages.push(ChatMessage::Assistant {
             content: "…".into(),
             tool_calls: vec![],
+            reasoning: None,
         });
         messages.push(ChatMessage::User("engineer".into()));
         let Step::Call(call) = scripted().next_step(&request(messages.clone(), &tools)) else {
@@ -349,6 +353,7 @@ mod tests {
         messages.push(ChatMessage::Assistant {
             content: String::new(),
             tool_calls: vec![call],
+            reasoning: None,
         });
         messages.push(ChatMessage::Tool {
             call_id: "call_2".into(),
@@ -361,6 +366,7 @@ mod tests {
         messages.push(ChatMessage::Assistant {
             content: String::new(),
             tool_calls: vec![call],
+            reasoning: None,
         });
         messages.push(ChatMessage::Tool {
             call_id: "call_3".into(),
@@ -382,12 +388,14 @@ mod tests {
             id: "call_1".into(),
             name: "update_profile".into(),
             arguments: "{}".into(),
+            upstream_id: None,
         };
         let messages = vec![
             ChatMessage::User(" ".into()),
             ChatMessage::Assistant {
                 content: String::new(),
                 tool_calls: vec![call],
+            reasoning: None,
             },
             ChatMessage::Tool {
                 call_id: "call_1".into(),

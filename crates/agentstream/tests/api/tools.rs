@@ -100,6 +100,7 @@ async fn a_recorded_call_is_applied_once(backend: Backend) {
             id: call_id.clone(),
             name: "update_profile".to_owned(),
             arguments: json!({ "field": "name", "value": "Grace" }).to_string(),
+            upstream_id: None,
         },
     )
     .await
@@ -130,6 +131,7 @@ async fn a_refused_call_keeps_no_effect(backend: Backend) {
         id: call_id.clone(),
         name: "writes_then_refuses".to_owned(),
         arguments: "{}".to_owned(),
+        upstream_id: None,
     };
     let tool: std::sync::Arc<dyn Tool> = std::sync::Arc::new(WritesThenRefuses);
 

@@ -1,0 +1,78 @@
+//! Text as agentstream keeps it: every U+0000 (NUL) becomes U+FFFD.
+//!
+//! PostgreSQL's `text` refuses NUL and SQLite's accepts it, so the same
+//! input would be stored on one and refused by the other. Text is cleaned
+//! where it enters, whoever wrote it (a user's message or title, the
+//! model's reply and tool-call arguments, a tool's output), so both
+//! databases store, and every client sees, the same characters. U+FFFD,
+//! the replacement character, marks where the NUL was rather than hiding it.
+
+use std::borrow::Cow;
+
+/// What a NUL becomes.
+pub const NUL_REPLACEMENT: char = '\u{FFFD}';
+
+/// `text` with every NUL replaced; borrowed when it has none.
+pub fn clean(text: &str) -> Cow<'_, str> {
+    if text.contains('\0') {
+        Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(text)
+    }
+}
+
+/// `text` with every NUL replaced, reusing its buffer when it has none.
+pub fn clean_string(text: String) -> String {
+    match clean(&text) {
+        Cow::Borrowed(_) => text,
+        Cow::Owned(cleaned) => cleaned,
+    }
+}
+
+/// Replaces every NUL in the strings and object keys of `value`, in place.
+pub fn clean_json(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(text) => {
+            if text.contains('\0') {
+                *text = text.replace('\0', "\u{FFFD}");
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(clean_json),
+        serde_json::Value::Object(fields) => {
+            if fields.keys().any(|key| key.contains('\0')) {
+                let taken = std::mem::take(fields);
+                *fields = taken
+                    .into_iter()
+                    .map(|(key, value)| (clean_string(key), value))
+                    .collect();
+            }
+            fields.values_mut().for_each(clean_json);
+        }
+        serde_json::Value::Null | serde_json::Value::Bool(_) | serde_json::Value::Number(_) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_becomes_the_replacement_character_everywhere() {
+        assert_eq!(clean("K\0rsou"), "K\u{FFFD}rsou");
+        assert!(matches!(clean("plain"), Cow::Borrowed("plain")));
+        assert_eq!(clean_string("\0\0".to_owned()), "\u{FFFD}\u{FFFD}");
+        let mut value = serde_json::json!({
+            "a\u{0}b": ["x\u{0}", 1, null, {"deep": "\u{0}"}],
+            "n": 2.5,
+        });
+        clean_json(&mut value);
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "a\u{FFFD}b": ["x\u{FFFD}", 1, null, {"deep": "\u{FFFD}"}],
+                "n": 2.5,
+            })
+        );
+        assert!(!value.to_string().contains("\\u0000"));
+    }
+}
