@@ -338,6 +338,7 @@ fn agents(config: &Config, file: &FileConfig) -> anyhow::Result<Agents> {
             max_steps,
             temperature: defined.and_then(|a| a.temperature),
             max_tokens: defined.and_then(|a| a.max_tokens),
+            tool_choice: defined.and_then(|a| a.tool_choice.clone()),
         });
     }
     Ok(agents)

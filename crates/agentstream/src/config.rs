@@ -329,6 +329,10 @@ pub struct AgentConfig {
     pub temperature: Option<f32>,
     /// Most tokens in one reply (`max_tokens`; default: the server's).
     pub max_tokens: Option<u32>,
+    /// `tool_choice` for the model calls of a run until it has called a
+    /// tool: `auto`, `none`, `required` or a tool's name. Then `auto`, so a
+    /// forced call does not repeat forever (default: not sent).
+    pub tool_choice: Option<crate::llm::ToolChoice>,
 }
 
 impl FileConfig {

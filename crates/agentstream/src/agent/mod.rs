@@ -30,6 +30,8 @@ pub struct Agent {
     pub temperature: Option<f32>,
     /// Most tokens in one reply.
     pub max_tokens: Option<u32>,
+    /// `tool_choice` until the run has called a tool; `auto` after.
+    pub tool_choice: Option<crate::llm::ToolChoice>,
 }
 
 impl Agent {
@@ -161,6 +163,7 @@ async fn steps(
                 tools: specs.clone(),
                 temperature: agent.temperature,
                 max_tokens: agent.max_tokens,
+                tool_choice: None,
             }),
         );
         let mut text = String::new();

@@ -84,6 +84,31 @@ pub struct ChatRequest {
     pub temperature: Option<f32>,
     /// Most tokens in the reply, when the agent sets it.
     pub max_tokens: Option<u32>,
+    /// Whether and which tool the model must call (`tool_choice`), when set.
+    pub tool_choice: Option<ToolChoice>,
+}
+
+/// OpenAI's `tool_choice`: whether the model must call a tool, and which.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum ToolChoice {
+    /// `auto`, `none` or `required`.
+    Mode(ToolChoiceMode),
+    /// The tool of this name, e.g. for a small model that calls tools only
+    /// when told which.
+    Function(String),
+}
+
+/// The named values of [`ToolChoice`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ToolChoiceMode {
+    /// The model decides.
+    Auto,
+    /// No tool call.
+    None,
+    /// Some tool call.
+    Required,
 }
 
 /// Tokens counted by the model.

@@ -1452,6 +1452,7 @@ mod tests {
             }],
             temperature: Some(0.5),
             max_tokens: None,
+            tool_choice: None,
         };
         let body = serde_json::to_value(RequestBody::of(&request)).unwrap();
         assert_eq!(
@@ -1486,6 +1487,7 @@ mod tests {
             tools: vec![],
             temperature: None,
             max_tokens: None,
+            tool_choice: None,
         };
         let body = serde_json::to_value(RequestBody::of(&request)).unwrap();
         assert_eq!(
@@ -1602,6 +1604,7 @@ mod tests {
             tools: vec![],
             temperature: None,
             max_tokens: None,
+            tool_choice: None,
         }
     }
 

@@ -303,6 +303,7 @@ mod tests {
                 .collect(),
             temperature: None,
             max_tokens: None,
+            tool_choice: None,
         }
     }
 
