@@ -63,7 +63,9 @@ impl Store {
         self.on_db(async move {
             let _turn = store.write_turn(false).await;
             let mut conn = store.acquire().await?;
-            insert_conversation(&mut conn, user_id, kind, title.as_deref()).await
+            let conversation = insert_conversation(&mut conn, user_id, kind, title.as_deref()).await?;
+            conn.commit().await?;
+            Ok(conversation)
         })
         .await
     }
@@ -113,11 +115,13 @@ impl Store {
     #[tracing::instrument(skip_all, fields(conversation_id = %id))]
     pub async fn delete_conversation(&self, user_id: Uuid, id: Uuid) -> Result<bool, StoreError> {
         let _turn = self.write_turn(false).await;
+        let mut conn = self.acquire().await?;
         let done = query("DELETE FROM conversations WHERE id = $1 AND user_id = $2")
             .bind(id.to_string())
             .bind(user_id.to_string())
-            .execute(&mut *self.acquire().await?)
+            .execute(&mut *conn)
             .await?;
+        conn.commit().await?;
         Ok(done.rows_affected() > 0)
     }
 }

@@ -168,13 +168,15 @@ impl Store {
     #[tracing::instrument(skip_all)]
     pub async fn prune_events(&self, before: &str) -> Result<u64, StoreError> {
         let _turn = self.write_turn(false).await;
+        let mut conn = self.acquire().await?;
         let done = query(
             "DELETE FROM run_events WHERE run_id IN \
              (SELECT id FROM runs WHERE finished_at IS NOT NULL AND finished_at < $1)",
         )
         .bind(before)
-        .execute(&mut *self.acquire().await?)
+        .execute(&mut *conn)
         .await?;
+        conn.commit().await?;
         Ok(done.rows_affected())
     }
 }

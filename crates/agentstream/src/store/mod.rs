@@ -267,6 +267,54 @@ impl Default for WriteTurn {
     }
 }
 
+/// A connection for statements outside a write transaction. Behind a
+/// transaction pooler it holds a transaction of its own: sqlx prepares a
+/// statement and runs it in two exchanges, which the pooler could hand to two
+/// different server connections, and inside a transaction it hands both to
+/// one. Dropped, that transaction rolls back, so a statement that writes
+/// ends with [`Conn::commit`].
+#[derive(Debug)]
+pub struct Conn(ConnInner);
+
+#[derive(Debug)]
+enum ConnInner {
+    /// A session of its own (no pooler, or one in session mode).
+    Session(PoolConnection<Any>),
+    /// Behind a transaction pooler.
+    Pooled(Transaction<'static, Any>),
+}
+
+impl Conn {
+    /// Makes what was written on it durable (behind a transaction pooler,
+    /// commits its transaction; otherwise each statement committed itself).
+    pub async fn commit(self) -> Result<(), StoreError> {
+        match self.0 {
+            ConnInner::Session(_) => Ok(()),
+            ConnInner::Pooled(tx) => Ok(tx.commit().await?),
+        }
+    }
+}
+
+impl std::ops::Deref for Conn {
+    type Target = AnyConnection;
+
+    fn deref(&self) -> &AnyConnection {
+        match &self.0 {
+            ConnInner::Session(conn) => conn,
+            ConnInner::Pooled(tx) => tx,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        match &mut self.0 {
+            ConnInner::Session(conn) => conn,
+            ConnInner::Pooled(tx) => tx,
+        }
+    }
+}
+
 /// A short write transaction: a connection borrowed as the transaction's,
 /// with SQLite's write turn held until it ends. Dropped without a commit, it
 /// rolls back.
@@ -405,7 +453,7 @@ impl Store {
         // Opened on the database thread: the connections' sockets are woken
         // by its runtime, where the transactions run.
         let pool = match db.handle.spawn(pool_options.connect_with(options)).await {
-            Ok(pool) => pool?,
+            Ok(pool) => pool.map_err(|e| undeclared_pooler(e, pooled))?,
             Err(_) => return Err(StoreError::Unavailable(sqlx::Error::PoolClosed)),
         };
         let store = Store {
@@ -421,7 +469,17 @@ impl Store {
             // opened here belongs to the runtime that opened it.
             let checked = store.clone();
             store
-                .on_db(async move { checked.refuse_transaction_pooler().await })
+                .on_db(async move {
+                    checked
+                        .refuse_transaction_pooler()
+                        .await
+                        .map_err(|e| match e {
+                            StoreError::Database(e) | StoreError::Conflict(e) => {
+                                undeclared_pooler(e, false)
+                            }
+                            e => e,
+                        })
+                })
                 .await?;
         }
         Ok(store)
@@ -442,13 +500,7 @@ impl Store {
         };
         let after = backend_pid(&mut first).await?;
         if before != after || other == Some(before) {
-            return Err(StoreError::Setup(
-                "the database URL leads through a connection pooler in transaction mode \
-                 (e.g. PgBouncer with pool_mode = transaction): start with \
-                 --db-pooler transaction (DB_POOLER=transaction) and give \
-                 --database-direct-url, a URL that reaches PostgreSQL itself"
-                    .to_owned(),
-            ));
+            return Err(StoreError::Setup(UNDECLARED_POOLER.to_owned()));
         }
         Ok(())
     }
@@ -528,10 +580,22 @@ impl Store {
             .send_if_modified(|was| std::mem::replace(was, down) != down)
     }
 
+    /// A connection for statements outside a write transaction (see
+    /// [`Conn`]). While the probe finds the database down this fails at
+    /// once, and a wait already under way ends when the probe notices.
+    pub async fn acquire(&self) -> Result<Conn, StoreError> {
+        let conn = self.acquire_raw().await?;
+        Ok(Conn(if NAMED_STATEMENTS.load(Ordering::Relaxed) {
+            ConnInner::Session(conn)
+        } else {
+            ConnInner::Pooled(Transaction::begin(conn, None).await?)
+        }))
+    }
+
     /// A connection from the pool. While the probe finds the database down
     /// this fails at once, and a wait already under way ends when the probe
     /// notices: nobody waits out the pool timeout for a database that is gone.
-    pub async fn acquire(&self) -> Result<PoolConnection<Any>, StoreError> {
+    async fn acquire_raw(&self) -> Result<PoolConnection<Any>, StoreError> {
         let mut down = self.down.subscribe();
         if *down.borrow_and_update() {
             return Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut));
@@ -547,7 +611,8 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         // Straight from the pool, not through `acquire`: this is how the
         // probe learns that the database is back.
-        query("SELECT 1").execute(&self.pool).await?;
+        // The simple protocol: one exchange, which any pooler passes whole.
+        sqlx::raw_sql("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 
@@ -561,7 +626,7 @@ impl Store {
     /// transaction that reads before it writes cannot fail to upgrade its lock.
     pub async fn begin(&self) -> Result<WriteTx<'static>, StoreError> {
         let turn = self.write_turn(false).await;
-        let conn = self.acquire().await?;
+        let conn = self.acquire_raw().await?;
         // What `Pool::begin_with` does, on a connection from `acquire`.
         let tx = Transaction::begin(conn, self.begin_statement()).await?;
         Ok(WriteTx { tx, _turn: turn })
@@ -579,7 +644,7 @@ impl Store {
         let turn = self.write_turn(true).await;
         let conn = match held {
             Some(conn) => conn,
-            None => held.insert(self.acquire().await?),
+            None => held.insert(self.acquire_raw().await?),
         };
         let tx = Transaction::begin(&mut **conn, self.begin_statement()).await?;
         Ok(WriteTx { tx, _turn: turn })
@@ -610,6 +675,28 @@ impl Store {
         }
         let _gate = self.write_turn.gate.acquire().await;
         Some(self.write_turn.turn.clone().lock_owned().await)
+    }
+}
+
+const UNDECLARED_POOLER: &str = "the database URL leads through a connection pooler in \
+    transaction mode (e.g. PgBouncer with pool_mode = transaction): start with \
+    --db-pooler transaction (DB_POOLER=transaction) and give --database-direct-url, \
+    a URL that reaches PostgreSQL itself";
+
+/// The error, or the start-up refusal it shows: named prepared statements
+/// that clash (`sqlx_s_1 already exists`) or vanish between two statements
+/// of one connection are what a transaction pooler does to a client that
+/// does not know it is there.
+fn undeclared_pooler(error: sqlx::Error, pooled: bool) -> StoreError {
+    let clash = matches!(
+        &error,
+        sqlx::Error::Database(db)
+            if matches!(db.code().as_deref(), Some("42P05" | "26000" | "08P01"))
+    );
+    if clash && !pooled {
+        StoreError::Setup(UNDECLARED_POOLER.to_owned())
+    } else {
+        error.into()
     }
 }
 

@@ -378,11 +378,13 @@ impl Store {
     /// asked for; a no-op on SQLite, which has no other node.
     pub async fn notify_cancel(&self, run_id: Uuid) -> Result<(), StoreError> {
         if self.backend() == super::Backend::Postgres {
+            let mut conn = self.acquire().await?;
             query("SELECT pg_notify($1, $2)")
                 .bind(super::CANCEL_CHANNEL)
                 .bind(run_id.to_string())
-                .execute(&mut *self.acquire().await?)
+                .execute(&mut *conn)
                 .await?;
+            conn.commit().await?;
         }
         Ok(())
     }

@@ -20,6 +20,7 @@ impl Store {
     #[tracing::instrument(skip_all)]
     pub async fn ensure_user(&self, name: &str) -> Result<User, StoreError> {
         let turn = self.write_turn(false).await;
+        let mut conn = self.acquire().await?;
         query(
             "INSERT INTO users (id, name, created_at) VALUES ($1, $2, $3) \
              ON CONFLICT (name) DO NOTHING",
@@ -27,8 +28,9 @@ impl Store {
         .bind(Uuid::now_v7().to_string())
         .bind(name)
         .bind(now())
-        .execute(&mut *self.acquire().await?)
+        .execute(&mut *conn)
         .await?;
+        conn.commit().await?;
         drop(turn);
         let row = query("SELECT id, name FROM users WHERE name = $1")
             .bind(name)
