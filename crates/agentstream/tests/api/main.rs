@@ -18,6 +18,7 @@ mod input;
 mod metrics;
 mod onboarding;
 mod openapi;
+mod pooler;
 mod process;
 mod security;
 mod streaming;
