@@ -8,6 +8,7 @@
 
 mod helpers;
 
+mod cases;
 mod cluster;
 mod crash;
 pub mod dbrestart;
@@ -20,6 +21,7 @@ mod onboarding;
 mod openapi;
 mod pooler;
 mod process;
+mod replay;
 mod security;
 mod streaming;
 mod tools;
