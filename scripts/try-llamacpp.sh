@@ -23,6 +23,12 @@
 # `update_profile` until the run has called a tool, then lets the model
 # reply (`tool_choice` in the config below).
 #
+# What to expect: SmolLM2-135M is tiny, and this version's
+# chatml-function-calling prompt template renders no `tool` messages (the
+# model never sees a tool's result) and HTML-escapes the prompt (replies
+# echo `&#39;`). The point is the protocol, not the answers: real tool calls
+# streamed, executed and stored, replies streamed, every turn completed.
+#
 # TRY_KEEP=1 keeps the temporary folder (config, logs, raw SSE) and prints
 # where it is.
 set -euo pipefail
@@ -182,7 +188,7 @@ TOML
 port=$(free_port)
 base="http://127.0.0.1:$port"
 say "starting agentstream on $base"
-RUST_LOG=${RUST_LOG:-info} "$server" serve \
+NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} "$server" serve \
     --bind "127.0.0.1:$port" \
     --database-url "sqlite://$work/a.db" \
     --config "$work/agentstream.toml" \
@@ -234,7 +240,11 @@ def dispatch():
         line = f"{d.get('code')}: {short(d.get('message'), 300)}"
     elif event == "done":
         status = d.get("status", "?")
-        line = status + (f" usage={json.dumps(d['usage'])}" if d.get("usage") else "")
+        line = status
+        if d.get("finish_reason"):
+            line += f" finish_reason={d['finish_reason']}"
+        if d.get("usage"):
+            line += f" usage={json.dumps(d['usage'])}"
     else:
         line = short(d)
     print(f"  {seq:>3} {event:<17} {line}", flush=True)
