@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, the API suite on SQLite and on PostgreSQL
 # (a fresh database, made by scripts/postgres.sh; several nodes, behind
-# nginx too), the terminal client, mock-llm's and loadgen's own tests.
+# nginx too; through PgBouncer in transaction mode, from scripts/pgbouncer.sh),
+# the terminal client, mock-llm's and loadgen's own tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The multi-node test runs the shipped deploy/nginx.conf in front of two nodes.
@@ -12,6 +13,10 @@ fi
 # shellcheck source=scripts/postgres.sh
 source scripts/postgres.sh
 ensure_postgres
+# PgBouncer in transaction mode in front of it, for the pooler tests.
+# shellcheck source=scripts/pgbouncer.sh
+source scripts/pgbouncer.sh
+ensure_pgbouncer
 cargo test --workspace --locked "$@"
 # The page in headless Chromium, the OpenAPI contract under schemathesis, and
 # a few seconds of every benchmark scenario so that the suite never rots.

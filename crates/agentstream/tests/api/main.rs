@@ -19,6 +19,7 @@ mod input;
 mod metrics;
 mod onboarding;
 mod openapi;
+mod pooler;
 mod process;
 mod replay;
 mod security;
