@@ -396,7 +396,7 @@ mod tests {
             ChatMessage::Assistant {
                 content: String::new(),
                 tool_calls: vec![call],
-            reasoning: None,
+                reasoning: None,
             },
             ChatMessage::Tool {
                 call_id: "call_1".into(),
