@@ -101,8 +101,13 @@ impl App {
         tracker.spawn(runs.clone().keep_leases(writer_stop.clone()));
         if store.backend() == Backend::Postgres {
             tracker.spawn(
-                runs.clone()
-                    .listen(config.database_url.clone(), writer_stop.clone()),
+                runs.clone().listen(
+                    store
+                        .direct_url()
+                        .unwrap_or(&config.database_url)
+                        .to_owned(),
+                    writer_stop.clone(),
+                ),
             );
         }
         tracing::info!(node = %node.id, "node");

@@ -259,6 +259,8 @@ impl Config {
             timeout: Duration::from_secs(self.db_pool_timeout),
             pre_ping: self.db_pool_pre_ping,
             statement_timeout: Duration::from_secs(self.db_statement_timeout),
+            transaction_pooler: self.db_pooler == DbPooler::Transaction,
+            direct_url: self.database_direct_url.clone(),
         }
     }
 

@@ -1,13 +1,17 @@
 //! The agent loop: turns a conversation into model calls and tool calls.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use futures_util::StreamExt;
 
 use crate::{
-    llm::{ChatMessage, ChatRequest, LlmEvent, Provider, ToolCall, Usage},
+    llm::{ChatMessage, ChatRequest, LlmError, LlmEvent, Provider, ToolCall, Usage},
     runs::{Emitter, Event, RunControl},
     store::{self, AssistantMessage, Message, MessageStatus, Role, RunStatus, Store},
+    text,
     tools::{self, Tool, ToolContext},
 };
 
@@ -66,26 +70,42 @@ impl Agents {
 pub struct Outcome {
     /// The run's final status.
     pub status: RunStatus,
-    /// Why it failed: (code, message).
+    /// Why it failed: (code, message). The message is short and safe to
+    /// show: it holds no key, message text or tool arguments.
     pub error: Option<(String, String)>,
+    /// What the log gets besides: the full cause, on one line.
+    pub detail: Option<String>,
     /// Tokens used, summed over the run's model calls.
     pub usage: Option<Usage>,
+    /// Why the model stopped its last reply, when it stopped short of a
+    /// whole one (`length`, `content_filter`, …).
+    pub finish_reason: Option<String>,
 }
 
 impl Outcome {
-    fn failed(code: &str, message: impl Into<String>) -> Outcome {
+    /// A failed run, with its `error` event's code and message.
+    pub fn failed(code: &str, message: impl Into<String>) -> Outcome {
         Outcome {
-            status: RunStatus::Failed,
             error: Some((code.to_owned(), message.into())),
-            usage: None,
+            ..Outcome::status(RunStatus::Failed)
         }
     }
 
-    fn status(status: RunStatus) -> Outcome {
+    /// A run that ended with `status` and no error.
+    pub fn status(status: RunStatus) -> Outcome {
         Outcome {
             status,
             error: None,
+            detail: None,
             usage: None,
+            finish_reason: None,
+        }
+    }
+
+    fn upstream(error: &LlmError) -> Outcome {
+        Outcome {
+            detail: Some(error.detail().to_owned()),
+            ..Outcome::failed(error.code(), error.to_string())
         }
     }
 }
@@ -99,6 +119,13 @@ enum StepEnd {
     /// The model or the event log failed.
     Failed(Outcome),
 }
+
+/// The finish reasons of a reply the model finished: any other (`length`,
+/// `content_filter`, a server's own) is shown on the run's `done`.
+const WHOLE_REPLY: [&str; 5] = ["stop", "tool_calls", "function_call", "eos", "end_turn"];
+
+/// Marks, for the model, an earlier reply that was cut off.
+const CUT_MARK: &str = "\n\n[This reply was cut off before it was finished.]";
 
 /// Runs the agent on the conversation (its messages, when the caller has
 /// read them already) until it answers without a tool call, is stopped,
@@ -115,11 +142,24 @@ pub async fn run(
     control: &RunControl,
 ) -> Outcome {
     let mut usage = None;
-    let mut outcome = steps(agent, store, ctx, history, emitter, control, &mut usage).await;
+    let mut finish_reason = None;
+    let mut outcome = steps(
+        agent,
+        store,
+        ctx,
+        history,
+        emitter,
+        control,
+        &mut usage,
+        &mut finish_reason,
+    )
+    .await;
     outcome.usage = usage;
+    outcome.finish_reason = finish_reason.filter(|reason| !WHOLE_REPLY.contains(&reason.as_str()));
     outcome
 }
 
+#[expect(clippy::too_many_arguments, reason = "the loop's state, passed once")]
 async fn steps(
     agent: &Agent,
     store: &Store,
@@ -128,16 +168,33 @@ async fn steps(
     emitter: &mut Emitter,
     control: &RunControl,
     usage: &mut Option<Usage>,
+    finish_reason: &mut Option<String>,
 ) -> Outcome {
     let history = match history {
         Some(messages) => Ok(messages),
-        None => store.messages(ctx.conversation_id).await,
+        None => store.messages_up_to(ctx.conversation_id, ctx.run_id).await,
     };
-    let mut history = match history {
-        Ok(messages) => to_chat(&agent.system_prompt, &messages),
-        Err(e) => return Outcome::failed("storage_error", e.to_string()),
+    let messages = match history {
+        Ok(messages) => messages,
+        Err(e) => {
+            return Outcome {
+                detail: Some(e.to_string()),
+                ..Outcome::failed("storage_error", "the conversation could not be read")
+            };
+        }
     };
+    // Tool-call IDs are unique in the conversation: an upstream that reuses
+    // one keeps it only as the ID it is sent back under.
+    let mut call_ids: HashSet<String> = messages
+        .iter()
+        .filter_map(|m| m.tool_calls.as_ref())
+        .filter_map(|calls| serde_json::from_value::<Vec<ToolCall>>(calls.clone()).ok())
+        .flatten()
+        .map(|call| call.id)
+        .collect();
+    let mut history = to_chat(&agent.system_prompt, &messages);
     let specs: Vec<_> = agent.tools.iter().map(|tool| tool.spec()).collect();
+    let mut called_a_tool = false;
     for _ in 0..agent.max_steps {
         if let Some(status) = control.stopped() {
             return Outcome::status(status);
@@ -151,6 +208,7 @@ async fn steps(
             content: String::new(),
             tool_calls: None,
             status: MessageStatus::Streaming,
+            finish_reason: None,
             created_at: store::now(),
         };
         let message_id = message.id;
@@ -163,11 +221,15 @@ async fn steps(
                 tools: specs.clone(),
                 temperature: agent.temperature,
                 max_tokens: agent.max_tokens,
-                tool_choice: None,
+                // Forced only until a tool was called, so that a forced call
+                // does not repeat until the step limit.
+                tool_choice: agent.tool_choice.clone().filter(|_| !called_a_tool),
             }),
         );
         let mut text = String::new();
+        let mut reasoning = String::new();
         let mut calls: Vec<ToolCall> = Vec::new();
+        *finish_reason = None;
         // Between chunks is a safe point: a stop lands here, never inside a write.
         let end = loop {
             let item = tokio::select! {
@@ -178,6 +240,7 @@ async fn steps(
             match item {
                 None => break StepEnd::Finished,
                 Some(Ok(LlmEvent::Delta(delta))) => {
+                    let delta = text::clean_string(delta);
                     let emitted = emitter
                         .emit(Event::Delta {
                             text: delta.clone(),
@@ -189,10 +252,11 @@ async fn steps(
                     }
                     text.push_str(&delta);
                 }
-                Some(Ok(LlmEvent::ToolCall(call))) => calls.push(call),
+                Some(Ok(LlmEvent::ToolCall(call))) => calls.push(own_call(call, &mut call_ids)),
                 Some(Ok(LlmEvent::Usage(more))) => *usage.get_or_insert_default() += more,
-                Some(Ok(LlmEvent::Reasoning(_) | LlmEvent::Finished(_))) => {}
-                Some(Err(e)) => break StepEnd::Failed(Outcome::failed(e.code(), e.to_string())),
+                Some(Ok(LlmEvent::Reasoning(more))) => reasoning.push_str(&more),
+                Some(Ok(LlmEvent::Finished(reason))) => *finish_reason = Some(reason),
+                Some(Err(e)) => break StepEnd::Failed(Outcome::upstream(&e)),
             }
         };
         drop(stream);
@@ -211,6 +275,7 @@ async fn steps(
             content: text.clone(),
             tool_calls,
             status,
+            finish_reason: finish_reason.clone(),
             ..message
         });
         match end {
@@ -224,10 +289,13 @@ async fn steps(
         if calls.is_empty() {
             return Outcome::status(RunStatus::Completed);
         }
+        called_a_tool = true;
         history.push(ChatMessage::Assistant {
             content: text,
             tool_calls: calls.clone(),
-            reasoning: None,
+            // A thinking model needs its reasoning for the calls back on the
+            // next call of the same turn; it is not kept for later runs.
+            reasoning: (!reasoning.is_empty()).then_some(reasoning),
         });
         for call in calls {
             // Between tool calls is a safe point too.
@@ -247,9 +315,15 @@ async fn steps(
                 return Outcome::failed(e.code(), e.to_string());
             }
             let tool = agent.tool(&call.name);
+            let upstream_id = call.upstream_id().to_owned();
             let executed = match tools::execute(store, ctx, tool, call.clone()).await {
                 Ok(executed) => executed,
-                Err(e) => return Outcome::failed("storage_error", e.to_string()),
+                Err(e) => {
+                    return Outcome {
+                        detail: Some(e.to_string()),
+                        ..Outcome::failed("storage_error", "a tool call could not be stored")
+                    };
+                }
             };
             let reported = emitter
                 .emit(Event::ToolResult {
@@ -262,7 +336,7 @@ async fn steps(
                 return Outcome::failed(e.code(), e.to_string());
             }
             history.push(ChatMessage::Tool {
-                call_id: call.id,
+                call_id: upstream_id,
                 content: executed.record.output,
             });
         }
@@ -276,15 +350,43 @@ async fn steps(
     )
 }
 
+/// The call as agentstream keeps it: NUL-free, with an ID unique in the
+/// conversation. An upstream ID that is missing or already taken is replaced,
+/// and kept as the ID the call is sent back to the upstream under.
+fn own_call(mut call: ToolCall, taken: &mut HashSet<String>) -> ToolCall {
+    call.name = text::clean_string(call.name);
+    if call.arguments.contains('\0') || call.arguments.contains("\\u0000") {
+        call.arguments = match serde_json::from_str::<serde_json::Value>(&call.arguments) {
+            Ok(mut arguments) => {
+                text::clean_json(&mut arguments);
+                arguments.to_string()
+            }
+            Err(_) => text::clean_string(call.arguments),
+        };
+    }
+    let upstream = text::clean_string(std::mem::take(&mut call.id));
+    if !upstream.is_empty() && taken.insert(upstream.clone()) {
+        call.id = upstream;
+    } else {
+        call.id = format!("call_{}", uuid::Uuid::now_v7().simple());
+        taken.insert(call.id.clone());
+        call.upstream_id = (!upstream.is_empty()).then_some(upstream);
+    }
+    call
+}
+
 /// The stored transcript as the model sees it. Tool calls without a result
 /// (a run stopped between calls) and results without a call are left out,
-/// since providers reject a conversation where they do not pair up.
+/// since providers reject a conversation where they do not pair up; a reply
+/// that was cut off says so; calls and results go by the IDs the upstream
+/// gave them.
 fn to_chat(system_prompt: &str, messages: &[Message]) -> Vec<ChatMessage> {
-    let answered: std::collections::HashSet<&str> = messages
+    let answered: HashSet<&str> = messages
         .iter()
         .filter_map(|m| m.tool_call_id.as_deref())
         .collect();
-    let mut asked = std::collections::HashSet::new();
+    // Asked calls, by agentstream's ID: the ID the upstream knows.
+    let mut asked: HashMap<String, String> = HashMap::new();
     let mut chat = vec![ChatMessage::System(system_prompt.to_owned())];
     for message in messages {
         match message.role {
@@ -299,12 +401,24 @@ fn to_chat(system_prompt: &str, messages: &[Message]) -> Vec<ChatMessage> {
                     .into_iter()
                     .filter(|call| answered.contains(call.id.as_str()))
                     .collect();
-                asked.extend(tool_calls.iter().map(|call| call.id.clone()));
+                asked.extend(
+                    tool_calls
+                        .iter()
+                        .map(|call| (call.id.clone(), call.upstream_id().to_owned())),
+                );
                 if message.content.is_empty() && tool_calls.is_empty() {
                     continue;
                 }
+                let cut = matches!(
+                    message.status,
+                    MessageStatus::Cancelled | MessageStatus::Failed | MessageStatus::Interrupted
+                ) && !message.content.is_empty();
                 chat.push(ChatMessage::Assistant {
-                    content: message.content.clone(),
+                    content: if cut {
+                        format!("{}{CUT_MARK}", message.content)
+                    } else {
+                        message.content.clone()
+                    },
                     tool_calls,
                     reasoning: None,
                 });
@@ -313,9 +427,9 @@ fn to_chat(system_prompt: &str, messages: &[Message]) -> Vec<ChatMessage> {
                 let Some(call_id) = &message.tool_call_id else {
                     continue;
                 };
-                if asked.contains(call_id) {
+                if let Some(upstream_id) = asked.get(call_id) {
                     chat.push(ChatMessage::Tool {
-                        call_id: call_id.clone(),
+                        call_id: upstream_id.clone(),
                         content: message.content.clone(),
                     });
                 }

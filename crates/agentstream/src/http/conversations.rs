@@ -79,11 +79,11 @@ async fn create_conversation(
     let title = body
         .title
         .as_deref()
-        .map(str::trim)
-        .filter(|t| !t.is_empty());
+        .map(crate::text::clean)
+        .filter(|t| !t.trim().is_empty());
     let conversation = state
         .store
-        .create_conversation(user.id, body.kind, title)
+        .create_conversation(user.id, body.kind, title.as_deref().map(str::trim))
         .await?;
     Ok((StatusCode::CREATED, Json(conversation)))
 }

@@ -66,6 +66,11 @@ pub enum Event {
         /// Token usage, when the model reported it.
         #[serde(skip_serializing_if = "Option::is_none")]
         usage: Option<Usage>,
+        /// Why the model stopped, when it stopped short of a whole reply:
+        /// `length` (it reached `max_tokens` or its context) or
+        /// `content_filter`; absent for a reply the model finished.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        finish_reason: Option<String>,
     },
 }
 
@@ -120,6 +125,7 @@ mod tests {
         let done = Event::Done {
             status: RunStatus::Completed,
             usage: None,
+            finish_reason: None,
         }
         .to_stored(run_id, 8);
         assert!(
@@ -160,6 +166,7 @@ mod tests {
             Event::Done {
                 status: RunStatus::Failed,
                 usage: None,
+                finish_reason: None,
             },
         ];
         for event in events {

@@ -6,7 +6,7 @@
 //! a busy one commits bigger batches.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -55,9 +55,13 @@ pub enum LogError {
     /// The writer has stopped (shutdown).
     #[error("the event log is closed")]
     Closed,
-    /// The batch could not be committed.
+    /// The batch could not be committed: the database is unavailable.
     #[error("the event log could not commit: {0}")]
     Store(String),
+    /// The database refused this run's events (its data, not the
+    /// connection): the other runs' events of the batch were committed.
+    #[error("the database refused this run's events")]
+    Refused,
     /// Another party ended the run first; this `done` was not written.
     #[error("the run had already ended")]
     AlreadyEnded,
@@ -71,6 +75,7 @@ impl LogError {
     pub fn code(&self) -> &'static str {
         match self {
             LogError::TooManyEvents(_) => "event_limit",
+            LogError::Refused => "storage_error",
             LogError::Closed | LogError::Store(_) | LogError::AlreadyEnded => "event_log",
         }
     }
@@ -81,17 +86,36 @@ struct Pending {
     /// The run's assistant message as of this event, written with it.
     message: Option<Box<AssistantMessage>>,
     finish: Option<Finish>,
+    /// One of the events that end the run (its `error` and `done`): written
+    /// even after some of the run's events were lost.
+    last: bool,
     ack: Option<oneshot::Sender<Result<(), LogError>>>,
 }
+
+/// Events of a run that were not stored: the run may only end, numbering its
+/// last events after `last_good`, so that its log has no gap and never shows
+/// an event after a lost one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lost {
+    /// The `seq` of the run's last event known to be stored.
+    pub last_good: i64,
+    /// The database refused the events (rather than being unavailable).
+    pub refused: bool,
+    /// Events before the run's end were lost, not only its end: its log
+    /// does not hold its whole reply.
+    pub before_end: bool,
+}
+
+/// Runs with lost events, shared by the writer (which records them) and the
+/// emitters (which stop at once, and number their end after `last_good`).
+type LostRuns = Arc<Mutex<HashMap<Uuid, Lost>>>;
 
 /// A handle to append events. Cheap to clone; the writer stops when every
 /// handle is dropped and the queue is empty.
 #[derive(Debug, Clone)]
 pub struct EventLog {
     queue: mpsc::Sender<Pending>,
-    /// Runs with events that could not be committed: they may only finish,
-    /// so their log never shows a later event after a lost one.
-    broken: Arc<Mutex<HashSet<Uuid>>>,
+    lost: LostRuns,
 }
 
 impl std::fmt::Debug for Pending {
@@ -112,71 +136,104 @@ impl EventLog {
         stop: CancellationToken,
     ) -> (EventLog, impl Future<Output = ()>) {
         let (queue, rx) = mpsc::channel(QUEUE);
-        let broken = Arc::new(Mutex::new(HashSet::new()));
-        let writer = write_loop(store, hub, rx, broken.clone(), stop);
-        (EventLog { queue, broken }, writer)
-    }
-
-    fn broken(&self) -> std::sync::MutexGuard<'_, HashSet<Uuid>> {
-        self.broken.lock().unwrap_or_else(PoisonError::into_inner)
+        let lost = LostRuns::default();
+        let writer = write_loop(store, hub, rx, lost.clone(), stop);
+        (EventLog { queue, lost }, writer)
     }
 
     /// Queues an event, and the state of the run's assistant message to
     /// write in the same transaction; it reaches subscribers once committed.
+    /// Refused once some of the run's events were lost: the run may only end.
     pub async fn append(
         &self,
         event: StoredEvent,
         message: Option<AssistantMessage>,
     ) -> Result<(), LogError> {
-        if self.broken().contains(&event.run_id) {
-            return Err(LogError::Store(
-                "earlier events of this run could not be stored".to_owned(),
-            ));
+        if let Some(lost) = self.lost(event.run_id) {
+            return Err(if lost.refused {
+                LogError::Refused
+            } else {
+                LogError::Store("earlier events of this run could not be stored".to_owned())
+            });
         }
-        self.queue
-            .send(Pending {
-                event,
-                message: message.map(Box::new),
-                finish: None,
-                ack: None,
-            })
-            .await
-            .map_err(|_| LogError::Closed)
+        self.send(Pending {
+            event,
+            message: message.map(Box::new),
+            finish: None,
+            last: false,
+            ack: None,
+        })
+        .await
     }
 
-    /// Lets a run whose events failed to commit append again: for its end.
-    /// True if some had failed.
-    pub fn forget_failures(&self, run_id: Uuid) -> bool {
-        self.broken().remove(&run_id)
+    /// Whether some of the run's events were lost, and after which `seq`.
+    pub fn lost(&self, run_id: Uuid) -> Option<Lost> {
+        lock(&self.lost).get(&run_id).copied()
     }
 
-    /// Queues a run's `done` with its final state (and its assistant
-    /// message's) and waits for the commit.
+    async fn send(&self, pending: Pending) -> Result<(), LogError> {
+        self.queue.send(pending).await.map_err(|_| LogError::Closed)
+    }
+
+    /// Queues a run's last events (its `error`, if any, and its `done`)
+    /// with its final state (and its assistant message's), and waits for
+    /// the commit. They are written even if some of the run's earlier
+    /// events were lost; the caller numbers them after [`Lost::last_good`].
     pub async fn finish(
         &self,
-        event: StoredEvent,
+        error: Option<StoredEvent>,
+        done: StoredEvent,
         finish: Finish,
         message: Option<AssistantMessage>,
     ) -> Result<(), LogError> {
-        let (ack, done) = oneshot::channel();
-        self.queue
-            .send(Pending {
-                event,
-                message: message.map(Box::new),
-                finish: Some(finish),
-                ack: Some(ack),
+        if let Some(error) = error {
+            self.send(Pending {
+                event: error,
+                message: None,
+                finish: None,
+                last: true,
+                ack: None,
             })
-            .await
-            .map_err(|_| LogError::Closed)?;
-        done.await.map_err(|_| LogError::Closed)?
+            .await?;
+        }
+        let (ack, done_ack) = oneshot::channel();
+        self.send(Pending {
+            event: done,
+            message: message.map(Box::new),
+            finish: Some(finish),
+            last: true,
+            ack: Some(ack),
+        })
+        .await?;
+        done_ack.await.map_err(|_| LogError::Closed)?
     }
+}
+
+fn lock(lost: &LostRuns) -> std::sync::MutexGuard<'_, HashMap<Uuid, Lost>> {
+    // The map stays consistent whatever a panicking holder was doing.
+    lost.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What became of one pending event.
+#[derive(Debug, Clone)]
+enum Fate {
+    /// Not written: an earlier event of its run was lost.
+    Skipped,
+    /// Committed.
+    Committed,
+    /// Not written: its run had been ended by another party.
+    AlreadyEnded,
+    /// The database refused its run's events.
+    Refused,
+    /// The database could not be reached.
+    Failed(Arc<str>),
 }
 
 async fn write_loop(
     store: Store,
     hub: Arc<Hub>,
     mut rx: mpsc::Receiver<Pending>,
-    broken: Arc<Mutex<HashSet<Uuid>>>,
+    lost: LostRuns,
     stop: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(256);
@@ -200,60 +257,180 @@ async fn write_loop(
         if received == 0 {
             break;
         }
-        let mut outcome = commit(&store, &mut held, &batch).await;
-        for pause in RETRY_BACKOFF {
-            match &outcome {
-                // A database the probe finds down is not retried here: the
-                // runs hear at once, and retry their ends themselves.
-                Err(StoreError::Unavailable(_) | StoreError::Database(_)) if !store.is_down() => {
-                    tokio::time::sleep(pause).await;
-                    outcome = commit(&store, &mut held, &batch).await;
+        let mut fates = vec![Fate::Skipped; batch.len()];
+        let items = writable(&lost, &batch);
+        write(&store, &mut held, &batch, items, &mut fates).await;
+        deliver(&hub, &lost, batch.drain(..), fates);
+    }
+}
+
+/// The batch's events to write: all but the non-final events of runs with
+/// lost events, which are left out so that no event follows a lost one.
+fn writable(lost: &LostRuns, batch: &[Pending]) -> Vec<usize> {
+    let lost = lock(lost);
+    (0..batch.len())
+        .filter(|&i| batch[i].last || !lost.contains_key(&batch[i].event.run_id))
+        .collect()
+}
+
+/// Writes the events at `items`, setting each one's fate. A database that
+/// cannot be reached is tried again a few times; a database that refuses
+/// the batch's data has the refusing runs found and left out, and the rest
+/// committed at once: one run's bad data never fails, delays or loses
+/// another run's events.
+async fn write(
+    store: &Store,
+    held: &mut Option<PoolConnection<Any>>,
+    batch: &[Pending],
+    items: Vec<usize>,
+    fates: &mut [Fate],
+) {
+    if items.is_empty() {
+        return;
+    }
+    let mut outcome = commit(store, held, batch, &items).await;
+    for pause in RETRY_BACKOFF {
+        match &outcome {
+            // A database the probe finds down is not retried here: the
+            // runs hear at once, and retry their ends themselves.
+            Err(StoreError::Unavailable(_)) if !store.is_down() => {
+                tokio::time::sleep(pause).await;
+                outcome = commit(store, held, batch, &items).await;
+            }
+            _ => break,
+        }
+    }
+    match outcome {
+        Ok(ended) => settle(&items, &ended, fates),
+        Err(error) if error.is_refusal() => isolate(store, held, batch, &items, fates).await,
+        Err(error) => {
+            tracing::error!(%error, events = items.len(), "the event log could not commit a batch");
+            fail(&items, &error, fates);
+        }
+    }
+}
+
+/// Commits the runs of a refused batch in halves, then halves of the halves
+/// that are refused, down to the runs whose own events the database
+/// refuses: about two commits per level for each refused run.
+async fn isolate(
+    store: &Store,
+    held: &mut Option<PoolConnection<Any>>,
+    batch: &[Pending],
+    items: &[usize],
+    fates: &mut [Fate],
+) {
+    // Each run's events, in the order it queued them.
+    let mut runs: Vec<Vec<usize>> = Vec::new();
+    let mut index: HashMap<Uuid, usize> = HashMap::new();
+    for &i in items {
+        let slot = *index.entry(batch[i].event.run_id).or_insert_with(|| {
+            runs.push(Vec::new());
+            runs.len() - 1
+        });
+        runs[slot].push(i);
+    }
+    let mut halves = vec![runs];
+    while let Some(mut runs) = halves.pop() {
+        if runs.len() == 1 {
+            // Known refused: each part is only committed once split further.
+            refuse(store, batch, &runs[0], fates);
+            continue;
+        }
+        let second = runs.split_off(runs.len() / 2);
+        for part in [runs, second] {
+            let items: Vec<usize> = part.concat();
+            match commit(store, held, batch, &items).await {
+                Ok(ended) => settle(&items, &ended, fates),
+                Err(error) if error.is_refusal() => halves.push(part),
+                Err(error) => {
+                    tracing::error!(%error, events = items.len(), "the event log could not commit a batch");
+                    fail(&items, &error, fates);
                 }
-                _ => break,
             }
         }
-        match outcome {
-            Ok(dropped) => {
-                let committed = batch
-                    .iter()
-                    .zip(&dropped)
-                    .filter(|(_, dropped)| !**dropped)
-                    .map(|(pending, _)| pending);
-                crate::telemetry::metrics::events_committed(committed.clone().count());
-                for finish in committed.filter_map(|pending| pending.finish.as_ref()) {
+    }
+}
+
+fn settle(items: &[usize], ended: &[bool], fates: &mut [Fate]) {
+    for (&i, &ended) in items.iter().zip(ended) {
+        fates[i] = if ended {
+            Fate::AlreadyEnded
+        } else {
+            Fate::Committed
+        };
+    }
+}
+
+fn fail(items: &[usize], error: &StoreError, fates: &mut [Fate]) {
+    let error: Arc<str> = error.to_string().into();
+    for &i in items {
+        fates[i] = Fate::Failed(error.clone());
+    }
+}
+
+fn refuse(store: &Store, batch: &[Pending], items: &[usize], fates: &mut [Fate]) {
+    let Some(&first) = items.first() else {
+        return;
+    };
+    let event = &batch[first].event;
+    // The database's reason went to the log with the commit that failed
+    // it; user data does not go there.
+    tracing::error!(
+        run_id = %event.run_id,
+        first_seq = event.seq,
+        events = items.len(),
+        backend = ?store.backend(),
+        "the database refused this run's events; ending the run, committing the others"
+    );
+    for &i in items {
+        fates[i] = Fate::Refused;
+    }
+}
+
+/// Publishes what was committed, answers each `done`'s sender, and records
+/// the runs whose events were lost.
+fn deliver(hub: &Hub, lost: &LostRuns, batch: impl Iterator<Item = Pending>, fates: Vec<Fate>) {
+    let mut acks = Vec::new();
+    let mut committed = Vec::new();
+    let mut lost = lock(lost);
+    for (pending, fate) in batch.zip(fates) {
+        let run_id = pending.event.run_id;
+        let result = match fate {
+            Fate::Committed => {
+                if let Some(finish) = &pending.finish {
                     crate::telemetry::metrics::run_finished(finish.status);
+                    lost.remove(&run_id);
                 }
-                let mut acks = Vec::new();
-                let events = batch.drain(..).zip(dropped).filter_map(|(pending, ended)| {
-                    if let Some(ack) = pending.ack {
-                        acks.push((ack, ended));
-                    }
-                    (!ended).then_some(pending.event)
+                committed.push(pending.event);
+                Ok(())
+            }
+            Fate::Skipped => Ok(()),
+            Fate::AlreadyEnded => Err(LogError::AlreadyEnded),
+            Fate::Refused | Fate::Failed(_) => {
+                let refused = matches!(fate, Fate::Refused);
+                let entry = lost.entry(run_id).or_insert(Lost {
+                    last_good: pending.event.seq - 1,
+                    refused,
+                    before_end: false,
                 });
-                hub.publish(events);
-                for (ack, ended) in acks {
-                    let _ = ack.send(if ended {
-                        Err(LogError::AlreadyEnded)
-                    } else {
-                        Ok(())
-                    });
-                }
+                entry.refused |= refused;
+                entry.before_end |= !pending.last;
+                Err(match fate {
+                    Fate::Failed(error) => LogError::Store(error.to_string()),
+                    _ => LogError::Refused,
+                })
             }
-            Err(error) => {
-                tracing::error!(%error, events = batch.len(), "the event log could not commit a batch");
-                let mut broken = broken.lock().unwrap_or_else(PoisonError::into_inner);
-                for pending in batch.drain(..) {
-                    match pending.ack {
-                        Some(ack) => {
-                            let _ = ack.send(Err(LogError::Store(error.to_string())));
-                        }
-                        None => {
-                            broken.insert(pending.event.run_id);
-                        }
-                    }
-                }
-            }
+        };
+        if let Some(ack) = pending.ack {
+            acks.push((ack, result));
         }
+    }
+    drop(lost);
+    crate::telemetry::metrics::events_committed(committed.len());
+    hub.publish(committed);
+    for (ack, result) in acks {
+        let _ = ack.send(result);
     }
 }
 
@@ -265,8 +442,10 @@ async fn commit(
     store: &Store,
     held: &mut Option<PoolConnection<Any>>,
     batch: &[Pending],
+    items: &[usize],
 ) -> Result<Vec<bool>, StoreError> {
-    let committed = commit_on(store, held, batch).await;
+    let batch: Vec<&Pending> = items.iter().map(|&i| &batch[i]).collect();
+    let committed = commit_on(store, held, &batch).await;
     if committed.is_err() {
         *held = None;
     }
@@ -276,7 +455,7 @@ async fn commit(
 async fn commit_on(
     store: &Store,
     held: &mut Option<PoolConnection<Any>>,
-    batch: &[Pending],
+    batch: &[&Pending],
 ) -> Result<Vec<bool>, StoreError> {
     let mut tx = store.begin_events(held).await?;
     // Each run's first end in the batch; whatever the run queued after it

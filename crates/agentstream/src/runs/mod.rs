@@ -144,23 +144,69 @@ impl Emitter {
     /// Writes the run's `done` with its final state, and waits for the commit.
     /// The `done` carries the assistant message's last state too, in case
     /// the event that carried it before was not stored: its write is
-    /// idempotent, and leaves an ended message as it is.
+    /// idempotent, and leaves an ended message as it is. If the database
+    /// refuses what the end carries, the run ends `failed` with words of
+    /// agentstream's own only.
     async fn finish(&mut self, status: RunStatus, outcome: &Outcome) -> Result<(), LogError> {
-        if self.log.forget_failures(self.run_id) {
+        // A run some of whose events were lost ends `failed`, whatever its
+        // agent did: its log does not hold its whole reply.
+        let lost = self
+            .log
+            .lost(self.run_id)
+            .filter(|lost| lost.before_end)
+            .map(|lost| {
+                let error = if lost.refused {
+                    LogError::Refused
+                } else {
+                    LogError::Store("some of the run's events could not be stored".to_owned())
+                };
+                Outcome {
+                    usage: outcome.usage,
+                    ..Outcome::failed(error.code(), error.to_string())
+                }
+            });
+        let (status, outcome) = match &lost {
+            Some(lost) if outcome.error.is_none() => (RunStatus::Failed, lost),
+            _ => (status, outcome),
+        };
+        match self.finish_as(status, outcome, true).await {
+            Err(LogError::Refused) => {
+                let refused = Outcome {
+                    usage: outcome.usage,
+                    ..Outcome::failed(LogError::Refused.code(), LogError::Refused.to_string())
+                };
+                self.finish_as(RunStatus::Failed, &refused, false).await
+            }
+            ended => ended,
+        }
+    }
+
+    async fn finish_as(
+        &mut self,
+        status: RunStatus,
+        outcome: &Outcome,
+        with_message: bool,
+    ) -> Result<(), LogError> {
+        // Numbered after the last stored event: the log has no gap, and no
+        // event follows a lost one.
+        if let Some(lost) = self.log.lost(self.run_id) {
+            self.seq = lost.last_good;
             self.lost_some = true;
         }
         self.staged = false;
-        if let Some((code, message)) = &outcome.error {
-            self.push(Event::Error {
+        let error = outcome.error.as_ref().map(|(code, message)| {
+            self.seq += 1;
+            Event::Error {
                 code: code.clone(),
                 message: message.clone(),
-            })
-            .await?;
-        }
+            }
+            .to_stored(self.run_id, self.seq)
+        });
         self.seq += 1;
         let done = Event::Done {
             status,
             usage: outcome.usage,
+            finish_reason: outcome.finish_reason.clone(),
         };
         let message_status = match status {
             RunStatus::Completed => MessageStatus::Complete,
@@ -183,13 +229,19 @@ impl Emitter {
             message_status,
             // The run's earlier messages ended with the events that carried
             // them, unless some of those were lost.
-            close_streaming: self.message.is_none() || self.lost_some,
+            close_streaming: self.message.is_none() || self.lost_some || !with_message,
+        };
+        let message = if with_message {
+            self.message.clone()
+        } else {
+            None
         };
         self.log
             .finish(
+                error,
                 done.to_stored(self.run_id, self.seq),
                 finish,
-                self.message.clone(),
+                message,
             )
             .await
     }
@@ -382,8 +434,11 @@ impl RunManager {
         &self,
         user_id: Uuid,
         conversation: ConversationRef,
-        request: StartRun,
+        mut request: StartRun,
     ) -> Result<Started, RunError> {
+        // Stored alike on both databases (see `crate::text`).
+        request.input = crate::text::clean_string(request.input);
+        request.client_message_id = request.client_message_id.map(crate::text::clean_string);
         if !self.inner.accepting.load(Ordering::Acquire) {
             return Err(RunError::ShuttingDown);
         }
@@ -473,7 +528,7 @@ impl RunManager {
                 let history = if new_conversation {
                     vec![message]
                 } else {
-                    store::messages(&mut tx, conversation.id).await?
+                    store::messages(&mut tx, conversation.id, None).await?
                 };
                 let started = Event::RunStarted {
                     conversation_id: conversation.id,
@@ -654,11 +709,7 @@ impl RunManager {
         let last_seq = events.last().map_or(0, |e| e.seq);
         store.keep_partial_reply(run.id, &events).await?;
         let mut emitter = Emitter::new(run.id, last_seq, i64::MAX, self.inner.log.clone());
-        let outcome = Outcome {
-            status,
-            error: None,
-            usage: None,
-        };
+        let outcome = Outcome::status(status);
         match emitter.finish(status, &outcome).await {
             Ok(()) | Err(LogError::AlreadyEnded) => Ok(()),
             Err(e) => Err(StoreError::Corrupt(e.to_string())),
@@ -815,22 +866,19 @@ impl RunManager {
             ))
             .catch_unwind()
             .await
-            .unwrap_or_else(|_| Outcome {
-                status: RunStatus::Failed,
-                error: Some((
-                    "internal".to_owned(),
-                    "the run stopped on an internal error".to_owned(),
-                )),
-                usage: None,
+            .unwrap_or_else(|_| {
+                Outcome::failed("internal", "the run stopped on an internal error")
             }),
-            Err(e) => Outcome {
-                status: RunStatus::Failed,
-                error: Some(("event_log".to_owned(), e.to_string())),
-                usage: None,
-            },
+            Err(e) => Outcome::failed(e.code(), e.to_string()),
         };
         if let Some((code, message)) = &outcome.error {
-            tracing::warn!(run_id = %run.id, code, message, "run failed");
+            tracing::warn!(
+                run_id = %run.id,
+                code,
+                message,
+                detail = outcome.detail.as_deref().unwrap_or_default(),
+                "run failed"
+            );
         }
         let mut ended = emitter.finish(outcome.status, &outcome).await;
         if matches!(ended, Err(LogError::Store(_) | LogError::Closed)) {

@@ -109,6 +109,25 @@ impl RunManager {
                         }
                     };
                     let full = page.len() == REPLAY_PAGE as usize;
+                    // A run driven elsewhere with nothing after the cursor
+                    // may be over, its `done` at or before the cursor (a
+                    // client resuming past the end): then the stream ends.
+                    // Read after learning it ended, so no `done` is missed.
+                    let page = if page.is_empty() && !was_local {
+                        match manager.inner.store.run_ended(run_id).await {
+                            Ok(true) => match manager.inner.store.events_after(run_id, cursor, REPLAY_PAGE).await {
+                                Ok(rest) if rest.is_empty() => return,
+                                Ok(rest) => rest,
+                                Err(error) => {
+                                    yield Delivery::Unavailable(error.to_string());
+                                    return;
+                                }
+                            },
+                            Ok(false) | Err(_) => page,
+                        }
+                    } else {
+                        page
+                    };
                     for event in page {
                         cursor = event.seq;
                         let done = event.kind == "done";
@@ -140,7 +159,13 @@ impl RunManager {
                 };
                 loop {
                     match receiver.recv().await {
-                        Ok(event) if event.seq <= cursor => {}
+                        // Already sent; a `done` at or before the cursor (a
+                        // client resuming past the end) ends the stream.
+                        Ok(event) if event.seq <= cursor => {
+                            if event.kind == "done" {
+                                return;
+                            }
+                        }
                         Ok(event) if event.seq == cursor + 1 => {
                             cursor = event.seq;
                             let done = event.kind == "done";

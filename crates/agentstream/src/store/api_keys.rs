@@ -5,7 +5,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{Row, any::AnyRow};
 use uuid::Uuid;
 
-use super::{Store, StoreError, User, now, parse_id};
+use super::{Store, StoreError, User, now, parse_id, query};
 
 /// Characters of a key kept in clear, to tell keys apart in listings.
 const PREFIX_CHARS: usize = 12;
@@ -78,12 +78,11 @@ impl Store {
         // In the insert's transaction, so two keys created at once cannot
         // both miss each other on SQLite (its write transactions take turns);
         // on PostgreSQL both may say first, which only repeats a notice.
-        let active: i64 =
-            sqlx::query("SELECT COUNT(*) AS n FROM api_keys WHERE revoked_at IS NULL")
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get("n")?;
-        sqlx::query(
+        let active: i64 = query("SELECT COUNT(*) AS n FROM api_keys WHERE revoked_at IS NULL")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+        query(
             "INSERT INTO api_keys (id, user_id, prefix, hash, created_at) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(record.id.to_string())
@@ -103,7 +102,7 @@ impl Store {
 
     /// Every key, oldest first.
     pub async fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
-        let rows = sqlx::query(
+        let rows = query(
             "SELECT k.id, u.name, k.prefix, k.created_at, k.revoked_at \
              FROM api_keys k JOIN users u ON u.id = k.user_id ORDER BY k.id",
         )
@@ -115,7 +114,7 @@ impl Store {
     /// Revokes the key with this ID or prefix; false if no active key matches.
     pub async fn revoke_api_key(&self, id_or_prefix: &str) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
-        let done = sqlx::query(
+        let done = query(
             "UPDATE api_keys SET revoked_at = $2 WHERE (id = $1 OR prefix = $1) AND revoked_at IS NULL",
         )
         .bind(id_or_prefix)
@@ -128,7 +127,7 @@ impl Store {
 
     /// The user an active key acts as.
     pub async fn user_for_key(&self, key: &str) -> Result<Option<User>, StoreError> {
-        let row = sqlx::query(
+        let row = query(
             "SELECT u.id, u.name FROM api_keys k JOIN users u ON u.id = k.user_id \
              WHERE k.hash = $1 AND k.revoked_at IS NULL",
         )
@@ -146,7 +145,7 @@ impl Store {
 
     /// True when at least one key is active.
     pub async fn any_active_key(&self) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM api_keys WHERE revoked_at IS NULL")
+        let row = query("SELECT COUNT(*) AS n FROM api_keys WHERE revoked_at IS NULL")
             .fetch_one(&mut *self.acquire().await?)
             .await?;
         let n: i64 = row.try_get("n")?;

@@ -4,7 +4,7 @@ use serde::Serialize;
 use sqlx::{AnyConnection, Row, any::AnyRow};
 use uuid::Uuid;
 
-use super::{Store, StoreError, now, parse_enum, parse_id, text_enum};
+use super::{Store, StoreError, now, parse_enum, parse_id, query, text_enum};
 
 text_enum! {
     /// What a conversation is for; it picks the agent that answers.
@@ -75,7 +75,7 @@ impl Store {
         user_id: Uuid,
         id: Uuid,
     ) -> Result<Option<Conversation>, StoreError> {
-        let row = sqlx::query(
+        let row = query(
             "SELECT id, user_id, kind, title, created_at, updated_at \
              FROM conversations WHERE id = $1 AND user_id = $2",
         )
@@ -96,7 +96,7 @@ impl Store {
     ) -> Result<Vec<Conversation>, StoreError> {
         // UUID v7 text sorts by creation time; "~" sorts after every ID.
         let before = before.map_or_else(|| "~".to_owned(), |id| id.to_string());
-        let rows = sqlx::query(
+        let rows = query(
             "SELECT id, user_id, kind, title, created_at, updated_at FROM conversations \
              WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
         )
@@ -113,7 +113,7 @@ impl Store {
     #[tracing::instrument(skip_all, fields(conversation_id = %id))]
     pub async fn delete_conversation(&self, user_id: Uuid, id: Uuid) -> Result<bool, StoreError> {
         let _turn = self.write_turn(false).await;
-        let done = sqlx::query("DELETE FROM conversations WHERE id = $1 AND user_id = $2")
+        let done = query("DELETE FROM conversations WHERE id = $1 AND user_id = $2")
             .bind(id.to_string())
             .bind(user_id.to_string())
             .execute(&mut *self.acquire().await?)
@@ -138,7 +138,7 @@ pub(crate) async fn insert_conversation(
         created_at: at.clone(),
         updated_at: at,
     };
-    sqlx::query(
+    query(
         "INSERT INTO conversations (id, user_id, kind, title, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
@@ -162,7 +162,7 @@ pub(crate) async fn conversation_for_update(
     // Touching updated_at takes the row lock on PostgreSQL (SQLite already
     // holds the write lock from BEGIN IMMEDIATE), so concurrent run starts on
     // one conversation are serialised.
-    let row = sqlx::query(
+    let row = query(
         "UPDATE conversations SET updated_at = $3 WHERE id = $1 AND user_id = $2 \
          RETURNING id, user_id, kind, title, created_at, updated_at",
     )

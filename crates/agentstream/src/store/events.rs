@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
-use super::{MultiRow, Store, StoreError, now, parse_id};
+use super::{MultiRow, Store, StoreError, now, parse_id, query};
 
 /// One committed event of a run's log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +40,7 @@ pub(crate) async fn append_events(
     let at = now();
     let statements = INSERTS.for_conn(conn);
     for (sql, chunk) in MultiRow::chunks(statements, events) {
-        let mut query = sqlx::query(sql);
+        let mut query = query(sql);
         for event in chunk {
             query = query
                 .bind(event.run_id.to_string())
@@ -89,7 +89,7 @@ pub(crate) async fn notify_events(
 }
 
 async fn notify(conn: &mut AnyConnection, payload: &str) -> Result<(), StoreError> {
-    sqlx::query("SELECT pg_notify($1, $2)")
+    query("SELECT pg_notify($1, $2)")
         .bind(super::EVENTS_CHANNEL)
         .bind(payload)
         .execute(&mut *conn)
@@ -128,7 +128,7 @@ impl Store {
         after: i64,
         limit: u32,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let rows = sqlx::query(
+        let rows = query(
             "SELECT run_id, seq, type, data FROM run_events \
              WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         )
@@ -156,11 +156,10 @@ impl Store {
 
     /// The `seq` of the run's last committed event (0 when it has none).
     pub async fn last_seq(&self, run_id: Uuid) -> Result<i64, StoreError> {
-        let row =
-            sqlx::query("SELECT COALESCE(MAX(seq), 0) AS last FROM run_events WHERE run_id = $1")
-                .bind(run_id.to_string())
-                .fetch_one(&mut *self.acquire().await?)
-                .await?;
+        let row = query("SELECT COALESCE(MAX(seq), 0) AS last FROM run_events WHERE run_id = $1")
+            .bind(run_id.to_string())
+            .fetch_one(&mut *self.acquire().await?)
+            .await?;
         Ok(row.try_get("last")?)
     }
 
@@ -169,7 +168,7 @@ impl Store {
     #[tracing::instrument(skip_all)]
     pub async fn prune_events(&self, before: &str) -> Result<u64, StoreError> {
         let _turn = self.write_turn(false).await;
-        let done = sqlx::query(
+        let done = query(
             "DELETE FROM run_events WHERE run_id IN \
              (SELECT id FROM runs WHERE finished_at IS NOT NULL AND finished_at < $1)",
         )

@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::{AnyConnection, Row, any::AnyRow};
 use uuid::Uuid;
 
-use super::{MultiRow, Store, StoreError, now, parse_enum, parse_id, text_enum};
+use super::{MultiRow, Store, StoreError, now, parse_enum, parse_id, query, text_enum};
 
 text_enum! {
     /// Who wrote a message.
@@ -63,6 +63,11 @@ pub struct Message {
     pub tool_call_id: Option<String>,
     /// Where it stands.
     pub status: MessageStatus,
+    /// Why the model stopped writing it, as the model server said:
+    /// `stop`, `tool_calls`, `length` (cut at `max_tokens` or the model's
+    /// context), `content_filter`, …; absent when it gave no reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<String>,
     /// When it was written (UTC, RFC 3339).
     pub created_at: String,
 }
@@ -101,29 +106,50 @@ fn from_row(row: &AnyRow) -> Result<Message, StoreError> {
             .map_err(|e| StoreError::Corrupt(format!("tool_calls: {e}")))?,
         tool_call_id: row.try_get("tool_call_id")?,
         status: parse_enum("status", row.try_get("status")?)?,
+        finish_reason: row.try_get("finish_reason")?,
         created_at: row.try_get("created_at")?,
     })
 }
 
 impl Store {
-    /// The conversation's messages, in the order they were written.
+    /// The conversation's messages in transcript order (see [`messages`]).
     #[tracing::instrument(skip_all, fields(conversation_id = %conversation_id))]
     pub async fn messages(&self, conversation_id: Uuid) -> Result<Vec<Message>, StoreError> {
-        messages(&mut *self.acquire().await?, conversation_id).await
+        messages(&mut *self.acquire().await?, conversation_id, None).await
+    }
+
+    /// The conversation as the run `up_to` sees it: the messages of the runs
+    /// stored before it and its own, in transcript order. A queued run
+    /// starts after later inputs were stored, and answers its own.
+    #[tracing::instrument(skip_all, fields(conversation_id = %conversation_id))]
+    pub async fn messages_up_to(
+        &self,
+        conversation_id: Uuid,
+        up_to: Uuid,
+    ) -> Result<Vec<Message>, StoreError> {
+        messages(&mut *self.acquire().await?, conversation_id, Some(up_to)).await
     }
 }
 
-/// The conversation's messages, in the order they were written, read on the
-/// caller's connection.
+/// The conversation's messages in transcript order, read on the caller's
+/// connection: run by run, in the order the runs were stored (their IDs are
+/// UUID v7), and within a run in the order its messages were written. So a
+/// run queued behind another reads as its question, then its answer, even
+/// though its question was stored while the run ahead was still answering.
+/// With `up_to`, only the messages of that run and the runs before it.
 pub(crate) async fn messages(
     conn: &mut AnyConnection,
     conversation_id: Uuid,
+    up_to: Option<Uuid>,
 ) -> Result<Vec<Message>, StoreError> {
-    let rows = sqlx::query(
+    let rows = query(
         "SELECT id, conversation_id, run_id, role, content, tool_calls, tool_call_id, \
-         status, created_at FROM messages WHERE conversation_id = $1 ORDER BY id",
+         status, finish_reason, created_at FROM messages WHERE conversation_id = $1 \
+         AND ($2 IS NULL OR COALESCE(run_id, id) <= $2) \
+         ORDER BY COALESCE(run_id, id), id",
     )
     .bind(conversation_id.to_string())
+    .bind(up_to.map(|id| id.to_string()))
     .fetch_all(&mut *conn)
     .await?;
     rows.iter().map(from_row).collect()
@@ -146,19 +172,22 @@ pub struct AssistantMessage {
     pub tool_calls: Option<serde_json::Value>,
     /// `streaming` until the model call ends.
     pub status: MessageStatus,
+    /// Why the model stopped, once it has.
+    pub finish_reason: Option<String>,
     /// When the model call began.
     pub created_at: String,
 }
 
-/// `INSERT … ON CONFLICT DO UPDATE` of assistant messages, nine columns a row.
+/// `INSERT … ON CONFLICT DO UPDATE` of assistant messages, ten columns a row.
 static WRITE_ASSISTANT: LazyLock<MultiRow> = LazyLock::new(|| {
     MultiRow::new(
         &[16, 4, 1],
         "INSERT INTO messages (id, conversation_id, run_id, role, content, tool_calls, \
-         tool_call_id, status, created_at) VALUES",
-        9,
+         tool_call_id, status, finish_reason, created_at) VALUES",
+        10,
         "ON CONFLICT (id) DO UPDATE SET content = excluded.content, \
-         tool_calls = excluded.tool_calls, status = excluded.status \
+         tool_calls = excluded.tool_calls, status = excluded.status, \
+         finish_reason = excluded.finish_reason \
          WHERE messages.status = 'streaming'",
     )
 });
@@ -180,7 +209,7 @@ pub(crate) async fn write_assistant_messages(
     last.reverse();
     let statements = WRITE_ASSISTANT.for_conn(conn);
     for (sql, chunk) in MultiRow::chunks(statements, &last) {
-        let mut query = sqlx::query(sql);
+        let mut query = query(sql);
         for message in chunk {
             query = query
                 .bind(message.id.to_string())
@@ -196,6 +225,7 @@ pub(crate) async fn write_assistant_messages(
                 )
                 .bind(None::<String>)
                 .bind(message.status.as_str())
+                .bind(message.finish_reason.as_deref())
                 .bind(message.created_at.as_str());
         }
         query.execute(&mut *conn).await?;
@@ -217,9 +247,10 @@ pub(crate) async fn insert_message(
         tool_calls: new.tool_calls.cloned(),
         tool_call_id: new.tool_call_id.map(str::to_owned),
         status: new.status,
+        finish_reason: None,
         created_at: now(),
     };
-    sqlx::query(
+    query(
         "INSERT INTO messages (id, conversation_id, run_id, role, content, tool_calls, \
          tool_call_id, status, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
@@ -248,7 +279,7 @@ pub(crate) async fn close_streaming_messages(
     run_id: Uuid,
     status: MessageStatus,
 ) -> Result<(), StoreError> {
-    sqlx::query("UPDATE messages SET status = $2 WHERE run_id = $1 AND status = 'streaming'")
+    query("UPDATE messages SET status = $2 WHERE run_id = $1 AND status = 'streaming'")
         .bind(run_id.to_string())
         .bind(status.as_str())
         .execute(&mut *conn)
@@ -282,7 +313,7 @@ impl Store {
             return Ok(());
         }
         let mut tx = self.begin().await?;
-        sqlx::query(
+        query(
             "UPDATE messages SET content = $2 WHERE run_id = $1 AND role = 'assistant' \
              AND status = 'streaming' AND content = ''",
         )

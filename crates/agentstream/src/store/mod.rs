@@ -19,7 +19,10 @@ use std::{
     borrow::Cow,
     fmt::Write,
     str::FromStr,
-    sync::{Arc, Once},
+    sync::{
+        Arc, Once,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -75,6 +78,9 @@ pub enum StoreError {
     /// Any other database error.
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
+    /// The database is reached in a way these settings do not allow.
+    #[error("{0}")]
+    Setup(String),
     /// A stored value could not be read back.
     #[error("corrupt row: {0}")]
     Corrupt(String),
@@ -93,6 +99,23 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error),
             sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(error),
             _ => StoreError::Database(error),
+        }
+    }
+}
+
+impl StoreError {
+    /// Whether the database refused the statement for what it holds (a
+    /// constraint, a value it cannot store, a trigger), as opposed to not
+    /// being reachable: the same write on a healthy connection fails again,
+    /// and other writes may well succeed.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            StoreError::Conflict(_) => true,
+            StoreError::Database(error) => matches!(error, sqlx::Error::Database(_)),
+            StoreError::Unavailable(_)
+            | StoreError::Corrupt(_)
+            | StoreError::Migrate(_)
+            | StoreError::Setup(_) => false,
         }
     }
 }
@@ -143,6 +166,26 @@ pub struct PoolSettings {
     pub pre_ping: bool,
     /// PostgreSQL `statement_timeout` and `idle_in_transaction_session_timeout`.
     pub statement_timeout: Duration,
+    /// PostgreSQL is reached through a pooler in transaction mode (PgBouncer
+    /// `pool_mode = transaction`): no named prepared statements and no
+    /// session settings, since each transaction may run on another server
+    /// connection.
+    pub transaction_pooler: bool,
+    /// A URL that reaches PostgreSQL itself, for what needs a session of its
+    /// own: migrations (they take a session lock) and LISTEN.
+    pub direct_url: Option<String>,
+}
+
+/// Whether statements are prepared as named, cached statements: true but
+/// behind a transaction pooler, where the next transaction may run on a
+/// server connection that never saw them. Set once, when the store of the
+/// process connects; a process talks to one database.
+static NAMED_STATEMENTS: AtomicBool = AtomicBool::new(true);
+
+/// A statement on the store's connection: prepared once per connection and
+/// cached, or, behind a transaction pooler, prepared unnamed each time.
+pub(crate) fn query(sql: &str) -> sqlx::query::Query<'_, Any, sqlx::any::AnyArguments<'_>> {
+    sqlx::query(sql).persistent(NAMED_STATEMENTS.load(Ordering::Relaxed))
 }
 
 /// The database: a pool and the dialect it speaks. Cheap to clone.
@@ -150,6 +193,9 @@ pub struct PoolSettings {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Where migrations and LISTEN connect when it is not the pool's URL
+    /// (a pooler stands in front of the database).
+    direct_url: Option<Arc<str>>,
     /// Set while the health probe finds the database not answering.
     down: Arc<watch::Sender<bool>>,
     /// Held by the write transaction under way, on SQLite.
@@ -278,6 +324,28 @@ impl Store {
             ))
         })?;
         tracing::Span::current().record("backend", tracing::field::debug(backend));
+        let pooled = settings.transaction_pooler;
+        if pooled && backend != Backend::Postgres {
+            return Err(StoreError::Setup(
+                "--db-pooler transaction is for PostgreSQL behind a pooler; this URL is SQLite"
+                    .to_owned(),
+            ));
+        }
+        let direct_url = match (&settings.direct_url, pooled) {
+            (Some(direct), _) => Some(Arc::from(direct.as_str())),
+            (None, false) => None,
+            (None, true) => {
+                return Err(StoreError::Setup(
+                    "--db-pooler transaction needs --database-direct-url \
+                     (AGENTSTREAM_DATABASE_DIRECT_URL): a URL that reaches PostgreSQL itself, \
+                     not through the pooler, for migrations and LISTEN, which need a session"
+                        .to_owned(),
+                ));
+            }
+        };
+        if pooled {
+            NAMED_STATEMENTS.store(false, Ordering::Relaxed);
+        }
         let url = match backend {
             Backend::Sqlite => sqlite_url(url)?,
             Backend::Postgres => url.to_owned(),
@@ -319,7 +387,7 @@ impl Store {
                         Backend::Postgres => {
                             // Safety nets: no statement runs away and no session
                             // idles inside a transaction holding locks.
-                            sqlx::query(
+                            query(
                                 "SELECT set_config('statement_timeout', $1, false), \
                                  set_config('idle_in_transaction_session_timeout', $1, false)",
                             )
@@ -340,13 +408,52 @@ impl Store {
             Ok(pool) => pool?,
             Err(_) => return Err(StoreError::Unavailable(sqlx::Error::PoolClosed)),
         };
-        Ok(Store {
+        let store = Store {
             pool,
             backend,
+            direct_url,
             down: Arc::new(watch::Sender::new(false)),
             write_turn: Arc::default(),
             db,
-        })
+        };
+        if backend == Backend::Postgres && !pooled {
+            store.refuse_transaction_pooler().await?;
+        }
+        Ok(store)
+    }
+
+    /// Refuses a PostgreSQL reached through a pooler in transaction mode
+    /// when the settings do not say so: its named prepared statements would
+    /// fail ("prepared statement sqlx_s_1 already exists") under load. Two
+    /// connections of the pool held at once are two sessions, each with
+    /// its own server process, unless a pooler shares one between them.
+    async fn refuse_transaction_pooler(&self) -> Result<(), StoreError> {
+        const PID: &str = "SELECT pg_backend_pid() AS pid";
+        let pid = |row: sqlx::any::AnyRow| sqlx::Row::try_get::<i32, _>(&row, "pid");
+        let mut first = self.pool.acquire().await?;
+        let before = pid(sqlx::raw_sql(PID).fetch_one(&mut *first).await?)?;
+        // A pool of one has no second connection to compare with.
+        let other = match tokio::time::timeout(Duration::from_secs(1), self.pool.acquire()).await {
+            Ok(Ok(mut second)) => Some(pid(sqlx::raw_sql(PID).fetch_one(&mut *second).await?)?),
+            Ok(Err(_)) | Err(_) => None,
+        };
+        let after = pid(sqlx::raw_sql(PID).fetch_one(&mut *first).await?)?;
+        if before != after || other == Some(before) {
+            return Err(StoreError::Setup(
+                "the database URL leads through a connection pooler in transaction mode \
+                 (e.g. PgBouncer with pool_mode = transaction): start with \
+                 --db-pooler transaction (DB_POOLER=transaction) and give \
+                 --database-direct-url, a URL that reaches PostgreSQL itself"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Where LISTEN connects when it is not the pool's URL: PostgreSQL
+    /// itself, never a pooler.
+    pub fn direct_url(&self) -> Option<&str> {
+        self.direct_url.as_deref()
     }
 
     /// Applies the migrations of this store's dialect that are not applied yet.
@@ -357,7 +464,17 @@ impl Store {
             Backend::Postgres => Embedded(POSTGRES_MIGRATIONS),
         };
         let migrator = Migrator::new(source).await?;
-        migrator.run(&self.pool).await?;
+        match &self.direct_url {
+            None => migrator.run(&self.pool).await?,
+            Some(direct) => {
+                // The migrator holds a session lock from start to end: a
+                // session of its own, on PostgreSQL itself.
+                let mut conn = AnyConnection::connect(direct).await?;
+                let ran = migrator.run(&mut conn).await;
+                conn.close().await?;
+                ran?;
+            }
+        }
         Ok(())
     }
 
@@ -427,7 +544,7 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         // Straight from the pool, not through `acquire`: this is how the
         // probe learns that the database is back.
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 
@@ -547,6 +664,11 @@ const SQLITE_MIGRATIONS: MigrationList = &[
         "nodes",
         include_str!("../../migrations/sqlite/0003_nodes.sql"),
     ),
+    (
+        4,
+        "finish reason",
+        include_str!("../../migrations/sqlite/0004_finish_reason.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: MigrationList = &[
     (
@@ -563,6 +685,11 @@ const POSTGRES_MIGRATIONS: MigrationList = &[
         3,
         "nodes",
         include_str!("../../migrations/postgres/0003_nodes.sql"),
+    ),
+    (
+        4,
+        "finish reason",
+        include_str!("../../migrations/postgres/0004_finish_reason.sql"),
     ),
 ];
 

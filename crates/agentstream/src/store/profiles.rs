@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
-use super::{Store, StoreError, now};
+use super::{Store, StoreError, now, query};
 
 /// A user's onboarding profile.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -31,7 +31,7 @@ pub(crate) async fn profile(
     conn: &mut AnyConnection,
     user_id: Uuid,
 ) -> Result<Profile, StoreError> {
-    let rows = sqlx::query("SELECT field, value FROM profiles WHERE user_id = $1 ORDER BY field")
+    let rows = query("SELECT field, value FROM profiles WHERE user_id = $1 ORDER BY field")
         .bind(user_id.to_string())
         .fetch_all(&mut *conn)
         .await?;
@@ -39,7 +39,7 @@ pub(crate) async fn profile(
         .iter()
         .map(|row| Ok((row.try_get("field")?, row.try_get("value")?)))
         .collect::<Result<_, sqlx::Error>>()?;
-    let completed_at = sqlx::query("SELECT onboarding_completed_at FROM users WHERE id = $1")
+    let completed_at = query("SELECT onboarding_completed_at FROM users WHERE id = $1")
         .bind(user_id.to_string())
         .fetch_optional(&mut *conn)
         .await?
@@ -59,7 +59,7 @@ pub(crate) async fn set_profile_field(
     field: &str,
     value: &str,
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    query(
         "INSERT INTO profiles (user_id, field, value, updated_at) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (user_id, field) DO UPDATE SET value = excluded.value, \
          updated_at = excluded.updated_at",
@@ -79,7 +79,7 @@ pub(crate) async fn complete_onboarding(
     user_id: Uuid,
 ) -> Result<String, StoreError> {
     let at = now();
-    sqlx::query(
+    query(
         "UPDATE users SET onboarding_completed_at = COALESCE(onboarding_completed_at, $2) \
          WHERE id = $1",
     )

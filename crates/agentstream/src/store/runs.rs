@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::{AnyConnection, Row, any::AnyRow};
 use uuid::Uuid;
 
-use super::{Backend, MultiRow, Store, StoreError, now, parse_enum, parse_id, text_enum};
+use super::{Backend, MultiRow, Store, StoreError, now, parse_enum, parse_id, query, text_enum};
 
 text_enum! {
     /// Where a run stands. The last four are terminal.
@@ -126,7 +126,7 @@ impl Store {
     /// The run with this ID if `user_id` owns it.
     #[tracing::instrument(skip_all, fields(run_id = %id))]
     pub async fn run(&self, user_id: Uuid, id: Uuid) -> Result<Option<Run>, StoreError> {
-        let row = sqlx::query(
+        let row = query(
             "SELECT id, conversation_id, user_id, agent, status, client_message_id, \
              on_disconnect, error, usage, last_seq, created_at, finished_at \
              FROM runs WHERE id = $1 AND user_id = $2",
@@ -138,9 +138,21 @@ impl Store {
         row.as_ref().map(from_row).transpose()
     }
 
+    /// True when the run has ended (or does not exist): its `done` is stored.
+    pub async fn run_ended(&self, id: Uuid) -> Result<bool, StoreError> {
+        let row = query("SELECT status FROM runs WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&mut *self.acquire().await?)
+            .await?;
+        Ok(match row {
+            Some(row) => !matches!(row.try_get::<&str, _>("status")?, "queued" | "running"),
+            None => true,
+        })
+    }
+
     /// True when the conversation has a queued run.
     pub async fn has_queued_run(&self, conversation_id: Uuid) -> Result<bool, StoreError> {
-        let row = sqlx::query(
+        let row = query(
             "SELECT COUNT(*) AS n FROM runs WHERE status = 'queued' AND conversation_id = $1",
         )
         .bind(conversation_id.to_string())
@@ -151,7 +163,7 @@ impl Store {
 
     /// Whether the conversation has a queued or running run.
     pub async fn has_active_run(&self, conversation_id: Uuid) -> Result<bool, StoreError> {
-        let row = sqlx::query(
+        let row = query(
             "SELECT COUNT(*) AS n FROM runs WHERE conversation_id = $1 \
              AND status IN ('queued', 'running')",
         )
@@ -165,7 +177,7 @@ impl Store {
     /// Runs that are not terminal: after a crash, the ones left open.
     #[tracing::instrument(skip_all)]
     pub async fn open_runs(&self) -> Result<Vec<Run>, StoreError> {
-        let rows = sqlx::query(
+        let rows = query(
             "SELECT id, conversation_id, user_id, agent, status, client_message_id, \
              on_disconnect, error, usage, last_seq, created_at, finished_at \
              FROM runs WHERE status IN ('queued', 'running') ORDER BY id",
@@ -195,7 +207,7 @@ pub(crate) async fn insert_run(
         created_at: now(),
         finished_at: None,
     };
-    sqlx::query(
+    query(
         "INSERT INTO runs (id, conversation_id, user_id, agent, status, client_message_id, \
          on_disconnect, created_at, owner_node) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -220,7 +232,7 @@ pub(crate) async fn run_by_client_message_id(
     conversation_id: Uuid,
     client_message_id: &str,
 ) -> Result<Option<Run>, StoreError> {
-    let row = sqlx::query(
+    let row = query(
         "SELECT id, conversation_id, user_id, agent, status, client_message_id, \
          on_disconnect, error, usage, last_seq, created_at, finished_at \
          FROM runs WHERE conversation_id = $1 AND client_message_id = $2",
@@ -237,7 +249,7 @@ pub(crate) async fn active_runs(
     conn: &mut AnyConnection,
     conversation_id: Uuid,
 ) -> Result<Vec<Run>, StoreError> {
-    let rows = sqlx::query(
+    let rows = query(
         "SELECT id, conversation_id, user_id, agent, status, client_message_id, \
          on_disconnect, error, usage, last_seq, created_at, finished_at \
          FROM runs WHERE conversation_id = $1 AND status IN ('queued', 'running') ORDER BY id",
@@ -258,12 +270,12 @@ pub(crate) async fn count_user_active_runs(
 ) -> Result<i64, StoreError> {
     if Backend::of(conn) == Backend::Postgres {
         // A lock, not a dummy update: no new row version per run started.
-        sqlx::query("SELECT id FROM users WHERE id = $1 FOR NO KEY UPDATE")
+        query("SELECT id FROM users WHERE id = $1 FOR NO KEY UPDATE")
             .bind(user_id.to_string())
             .execute(&mut *conn)
             .await?;
     }
-    let row = sqlx::query(
+    let row = query(
         "SELECT COUNT(*) AS n FROM runs WHERE user_id = $1 AND status IN ('queued', 'running')",
     )
     .bind(user_id.to_string())
@@ -278,7 +290,7 @@ pub(crate) async fn start_queued_run(
     id: Uuid,
     node: &str,
 ) -> Result<bool, StoreError> {
-    let done = sqlx::query(
+    let done = query(
         "UPDATE runs SET status = 'running', owner_node = $2 WHERE id = $1 AND status = 'queued'",
     )
     .bind(id.to_string())
@@ -295,7 +307,7 @@ pub(crate) async fn lock_conversation(
     conversation_id: Uuid,
 ) -> Result<(), StoreError> {
     if Backend::of(conn) == Backend::Postgres {
-        sqlx::query("SELECT id FROM conversations WHERE id = $1 FOR NO KEY UPDATE")
+        query("SELECT id FROM conversations WHERE id = $1 FOR NO KEY UPDATE")
             .bind(conversation_id.to_string())
             .execute(&mut *conn)
             .await?;
@@ -309,7 +321,7 @@ impl Store {
     /// cannot contend with the writes of the runs themselves.
     pub async fn renew_lease(&self, node: &str, expires_at: &str) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        sqlx::query(
+        query(
             "INSERT INTO nodes (id, started_at, lease_expires_at) VALUES ($1, $2, $3) \
              ON CONFLICT (id) DO UPDATE SET lease_expires_at = excluded.lease_expires_at",
         )
@@ -325,7 +337,7 @@ impl Store {
     /// Gives up `node`'s lease (at the end of a shutdown, its runs ended).
     pub async fn release_lease(&self, node: &str) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        sqlx::query("DELETE FROM nodes WHERE id = $1")
+        query("DELETE FROM nodes WHERE id = $1")
             .bind(node)
             .execute(&mut *tx)
             .await?;
@@ -336,7 +348,7 @@ impl Store {
     /// The running runs `node` drives, each with whether a cancel was asked
     /// for (from any node).
     pub async fn owned_runs(&self, node: &str) -> Result<Vec<(Uuid, bool)>, StoreError> {
-        let rows = sqlx::query(
+        let rows = query(
             "SELECT id, cancel_requested_at FROM runs WHERE owner_node = $1 AND status = 'running'",
         )
         .bind(node)
@@ -352,12 +364,11 @@ impl Store {
 
     /// The open runs `node` holds.
     pub async fn runs_owned_by(&self, node: &str) -> Result<Vec<Uuid>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id FROM runs WHERE owner_node = $1 AND status IN ('queued', 'running')",
-        )
-        .bind(node)
-        .fetch_all(&mut *self.acquire().await?)
-        .await?;
+        let rows =
+            query("SELECT id FROM runs WHERE owner_node = $1 AND status IN ('queued', 'running')")
+                .bind(node)
+                .fetch_all(&mut *self.acquire().await?)
+                .await?;
         rows.iter()
             .map(|row| parse_id(row.try_get("id")?))
             .collect()
@@ -367,7 +378,7 @@ impl Store {
     /// asked for; a no-op on SQLite, which has no other node.
     pub async fn notify_cancel(&self, run_id: Uuid) -> Result<(), StoreError> {
         if self.backend() == super::Backend::Postgres {
-            sqlx::query("SELECT pg_notify($1, $2)")
+            query("SELECT pg_notify($1, $2)")
                 .bind(super::CANCEL_CHANNEL)
                 .bind(run_id.to_string())
                 .execute(&mut *self.acquire().await?)
@@ -378,7 +389,7 @@ impl Store {
 
     /// Running runs whose node's lease ran out before `now`: it is gone.
     pub async fn expired_runs(&self, now: &str) -> Result<Vec<Run>, StoreError> {
-        let rows = sqlx::query(
+        let rows = query(
             "SELECT r.id, r.conversation_id, r.user_id, r.agent, r.status, r.client_message_id, \
              r.on_disconnect, r.error, r.usage, r.last_seq, r.created_at, r.finished_at \
              FROM runs r LEFT JOIN nodes n ON n.id = r.owner_node \
@@ -394,7 +405,7 @@ impl Store {
     /// Conversations with a queued run and no running one: nobody will start
     /// their next run unless asked to.
     pub async fn stalled_conversations(&self) -> Result<Vec<Uuid>, StoreError> {
-        let rows = sqlx::query(
+        let rows = query(
             "SELECT DISTINCT q.conversation_id FROM runs q WHERE q.status = 'queued' \
              AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.conversation_id = q.conversation_id \
              AND r.status = 'running')",
@@ -410,7 +421,7 @@ impl Store {
     /// is not running.
     pub async fn request_cancel(&self, run_id: Uuid) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
-        let done = sqlx::query(
+        let done = query(
             "UPDATE runs SET cancel_requested_at = COALESCE(cancel_requested_at, $2) \
              WHERE id = $1 AND status = 'running'",
         )
@@ -460,7 +471,7 @@ pub(crate) async fn finish_runs(
     let mut ended = Vec::with_capacity(ends.len());
     let statements = FINISH_RUNS.for_conn(conn);
     for (sql, chunk) in MultiRow::chunks(statements, ends) {
-        let mut query = sqlx::query(sql);
+        let mut query = query(sql);
         for end in chunk {
             query = query
                 .bind(end.id.to_string())

@@ -3,7 +3,7 @@
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
-use super::{StoreError, now};
+use super::{StoreError, now, query};
 
 /// A tool call that was applied, with its result.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +26,7 @@ pub(crate) async fn tool_call(
     run_id: Uuid,
     call_id: &str,
 ) -> Result<Option<ToolCallRecord>, StoreError> {
-    let row = sqlx::query(
+    let row = query(
         "SELECT call_id, name, arguments, output, is_error FROM tool_calls \
          WHERE run_id = $1 AND call_id = $2",
     )
@@ -54,7 +54,7 @@ pub(crate) async fn insert_tool_call(
     run_id: Uuid,
     record: &ToolCallRecord,
 ) -> Result<bool, StoreError> {
-    let done = sqlx::query(
+    let done = query(
         "INSERT INTO tool_calls (run_id, call_id, name, arguments, output, is_error, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (run_id, call_id) DO NOTHING",
     )

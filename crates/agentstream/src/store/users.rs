@@ -4,7 +4,7 @@ use serde::Serialize;
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{Store, StoreError, now, parse_id};
+use super::{Store, StoreError, now, parse_id, query};
 
 /// A user of the server.
 #[derive(Debug, Clone, Serialize)]
@@ -20,7 +20,7 @@ impl Store {
     #[tracing::instrument(skip_all)]
     pub async fn ensure_user(&self, name: &str) -> Result<User, StoreError> {
         let turn = self.write_turn(false).await;
-        sqlx::query(
+        query(
             "INSERT INTO users (id, name, created_at) VALUES ($1, $2, $3) \
              ON CONFLICT (name) DO NOTHING",
         )
@@ -30,7 +30,7 @@ impl Store {
         .execute(&mut *self.acquire().await?)
         .await?;
         drop(turn);
-        let row = sqlx::query("SELECT id, name FROM users WHERE name = $1")
+        let row = query("SELECT id, name FROM users WHERE name = $1")
             .bind(name)
             .fetch_one(&mut *self.acquire().await?)
             .await?;

@@ -137,6 +137,13 @@ async fn execute_here(
                     tx.rollback().await?;
                     message
                 }
+                // The database refused what the tool wrote (its data, not
+                // the connection): a tool error the model reads.
+                Err(ToolError::Store(e)) if e.is_refusal() => {
+                    tx.rollback().await?;
+                    tracing::warn!(error = %e, "the database refused a tool's write");
+                    "the database refused the tool's write".to_owned()
+                }
                 Err(ToolError::Store(e)) => return Err(e),
             }
         }
@@ -152,9 +159,10 @@ async fn record(
     mut tx: WriteTx<'_>,
     ctx: ToolContext,
     call: &ToolCall,
-    output: serde_json::Value,
+    mut output: serde_json::Value,
     is_error: bool,
 ) -> Result<Executed, StoreError> {
+    crate::text::clean_json(&mut output);
     let record = ToolCallRecord {
         call_id: call.id.clone(),
         name: call.name.clone(),

@@ -118,6 +118,36 @@ async fn resume_and_cancel_across_nodes() {
     db.drop_schema().await;
 }
 
+/// A cursor past a run's last event, resumed on a node that does not drive
+/// the run: the stream sends nothing and ends when the run ends.
+#[tokio::test]
+async fn resume_past_the_end_on_another_node() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let a = node(&db, "node-a", "30").await;
+    let b = node(&db, "node-b", "30").await;
+    let client = reqwest::Client::new();
+    let conversation = create_conversation(&client, &a, "chat").await;
+    let response = start_stream(&client, &a, &conversation, "tell me a long story").await;
+    let run = response.headers()["x-run-id"].to_str().unwrap().to_owned();
+    let past = client
+        .get(b.url(&format!("/v1/runs/{run}/events")))
+        .header("last-event-id", "100000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(past.status(), 200, "the run is still going");
+    let (seen, whole) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(60), events(past).collect::<Vec<_>>()),
+        read_all(response)
+    );
+    let seen = seen.expect("B's stream ended with the run");
+    assert!(seen.is_empty(), "nothing after the cursor: {seen:#?}");
+    assert_eq!(done_status(&whole), "completed");
+    stop(a).await;
+    stop(b).await;
+    db.drop_schema().await;
+}
+
 /// SIGKILL A mid-run: B marks the run `interrupted` once, within the lease
 /// time, and a client following it through B gets `done`.
 #[tokio::test]

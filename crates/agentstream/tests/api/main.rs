@@ -8,6 +8,7 @@
 
 mod helpers;
 
+mod cases;
 mod cluster;
 mod crash;
 pub mod dbrestart;
@@ -19,6 +20,7 @@ mod metrics;
 mod onboarding;
 mod openapi;
 mod process;
+mod replay;
 mod security;
 mod streaming;
 mod tools;
