@@ -530,30 +530,41 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Resolves on SIGINT or SIGTERM. The handlers are installed by this call,
+/// not when the future is first polled: that is after the "serving" line,
+/// and a signal sent in between would kill the process without a shutdown.
+/// Call it inside the runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut signal) => {
+        use tokio::signal::unix::{Signal, SignalKind, signal};
+        let listen = |kind: SignalKind, name: &'static str| {
+            signal(kind)
+                .inspect_err(|error| tracing::error!(%error, "cannot listen for {name}"))
+                .ok()
+        };
+        let received = |signal: Option<Signal>| async move {
+            match signal {
+                Some(mut signal) => {
                     signal.recv().await;
                 }
-                Err(error) => {
-                    tracing::error!(%error, "cannot listen for SIGTERM");
-                    std::future::pending::<()>().await;
-                }
+                None => std::future::pending::<()>().await,
             }
         };
-        tokio::select! {
-            _ = interrupt => tracing::info!("received SIGINT"),
-            () = terminate => tracing::info!("received SIGTERM"),
+        let interrupt = received(listen(SignalKind::interrupt(), "SIGINT"));
+        let terminate = received(listen(SignalKind::terminate(), "SIGTERM"));
+        async move {
+            tokio::select! {
+                () = interrupt => tracing::info!("received SIGINT"),
+                () = terminate => tracing::info!("received SIGTERM"),
+            }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = interrupt.await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
