@@ -457,6 +457,11 @@ function applyEvent(run, data) {
       addNote(`The run hit a problem (${data.code}): ${data.message}`);
       break;
     case "done":
+      if (data.finish_reason === "length") {
+        addNote("The reply stopped at the model's length limit (finish_reason: length).");
+      } else if (data.finish_reason) {
+        addNote(`The model stopped early (finish_reason: ${data.finish_reason}).`);
+      }
       finishRun(run, data.status);
       break;
     default:

@@ -463,14 +463,26 @@ async fn records_requests_bodies_and_authorization() {
 #[tokio::test]
 async fn models_lists_mock() {
     let llm = spawn_app().await;
-    let models: Value = reqwest::get(format!("{}/models", llm.base_url()))
-        .await
-        .unwrap()
-        .json()
+    // Clients probe it at start-up, with their key, and read it as OpenAI's list.
+    let response = reqwest::Client::new()
+        .get(format!("{}/models", llm.base_url()))
+        .bearer_auth("sk-test")
+        .send()
         .await
         .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "application/json"
+    );
+    let models: Value = response.json().await.unwrap();
     assert_eq!(models["object"], "list");
+    assert_eq!(models["data"].as_array().map(Vec::len), Some(1));
     assert_eq!(models["data"][0]["id"], "mock");
+    assert_eq!(models["data"][0]["object"], "model");
+    assert!(models["data"][0]["created"].is_u64());
+    assert!(models["data"][0]["owned_by"].is_string());
+    assert_eq!(llm.requests(), 0, "listing models is not a completion");
     assert!(llm.base_url().starts_with("http://127.0.0.1:"));
     assert_eq!(llm.addr().ip().to_string(), "127.0.0.1");
 }

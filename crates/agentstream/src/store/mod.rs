@@ -417,7 +417,12 @@ impl Store {
             db,
         };
         if backend == Backend::Postgres && !pooled {
-            store.refuse_transaction_pooler().await?;
+            // On the database thread, like every connection of the pool: one
+            // opened here belongs to the runtime that opened it.
+            let checked = store.clone();
+            store
+                .on_db(async move { checked.refuse_transaction_pooler().await })
+                .await?;
         }
         Ok(store)
     }
@@ -428,16 +433,14 @@ impl Store {
     /// connections of the pool held at once are two sessions, each with
     /// its own server process, unless a pooler shares one between them.
     async fn refuse_transaction_pooler(&self) -> Result<(), StoreError> {
-        const PID: &str = "SELECT pg_backend_pid() AS pid";
-        let pid = |row: sqlx::any::AnyRow| sqlx::Row::try_get::<i32, _>(&row, "pid");
         let mut first = self.pool.acquire().await?;
-        let before = pid(sqlx::raw_sql(PID).fetch_one(&mut *first).await?)?;
+        let before = backend_pid(&mut first).await?;
         // A pool of one has no second connection to compare with.
         let other = match tokio::time::timeout(Duration::from_secs(1), self.pool.acquire()).await {
-            Ok(Ok(mut second)) => Some(pid(sqlx::raw_sql(PID).fetch_one(&mut *second).await?)?),
+            Ok(Ok(mut second)) => Some(backend_pid(&mut second).await?),
             Ok(Err(_)) | Err(_) => None,
         };
-        let after = pid(sqlx::raw_sql(PID).fetch_one(&mut *first).await?)?;
+        let after = backend_pid(&mut first).await?;
         if before != after || other == Some(before) {
             return Err(StoreError::Setup(
                 "the database URL leads through a connection pooler in transaction mode \
@@ -608,6 +611,14 @@ impl Store {
         let _gate = self.write_turn.gate.acquire().await;
         Some(self.write_turn.turn.clone().lock_owned().await)
     }
+}
+
+/// The PostgreSQL server process serving the connection.
+async fn backend_pid(conn: &mut AnyConnection) -> Result<i32, StoreError> {
+    let row = query("SELECT pg_backend_pid() AS pid")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(sqlx::Row::try_get(&row, "pid")?)
 }
 
 /// The file a `sqlite:` URL names (none for `:memory:` or another backend).
