@@ -53,7 +53,7 @@ cleanup() {
 trap cleanup EXIT
 
 database="sqlite://$work/contract.db"
-key=$("$server" --database-url "$database" keys create --user contract 2>"$work/keys.log")
+key=$("$server" keys create --user contract --database-url "$database" 2>"$work/keys.log")
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 base="http://127.0.0.1:$port"
 

@@ -11,7 +11,7 @@ use crate::{
     config::{Config, FileConfig, ProviderConfig},
     http::{self, AppState},
     llm::{
-        Provider,
+        Probe, Provider,
         openai::{OpenAi, OpenAiSettings},
         scripted::Scripted,
     },
@@ -51,6 +51,12 @@ impl App {
     /// left open, and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<App> {
         config.validate().map_err(anyhow::Error::msg)?;
+        let file = match &config.config_file {
+            Some(path) => FileConfig::load(path).map_err(anyhow::Error::msg)?,
+            None => FileConfig::default(),
+        };
+        let (agents, providers) = agents(&config, &file)?;
+        probe_providers(&providers).await?;
         let single_node = match store::sqlite_path(&config.database_url) {
             Some(path) => Some(lock_single_node(&path)?),
             None => None,
@@ -79,11 +85,6 @@ impl App {
             Duration::from_secs(config.event_retention_secs),
             writer_stop.clone(),
         ));
-        let file = match &config.config_file {
-            Some(path) => FileConfig::load(path).map_err(anyhow::Error::msg)?,
-            None => FileConfig::default(),
-        };
-        let agents = agents(&config, &file)?;
         let node = config.node();
         let runs = RunManager::new(
             store.clone(),
@@ -238,9 +239,22 @@ impl App {
     }
 }
 
+/// A model provider as start-up reports and checks it.
+#[derive(Debug, Clone)]
+struct NamedProvider {
+    /// Its name in the config file (`scripted` for the built-in one).
+    name: String,
+    /// Its `kind`: `openai` or `scripted`.
+    kind: &'static str,
+    /// Where it answers; none for the built-in demo model.
+    url: Option<String>,
+    provider: Arc<dyn Provider>,
+}
+
 /// The agents: each one the file defines, the others built in on the
-/// scripted demo model.
-fn agents(config: &Config, file: &FileConfig) -> anyhow::Result<Agents> {
+/// scripted demo model; and the providers they use, each once. Logs one
+/// line per agent.
+fn agents(config: &Config, file: &FileConfig) -> anyhow::Result<(Agents, Vec<NamedProvider>)> {
     let registry = Registry::builtin(&config.onboarding_fields);
     let scripted_with = |delay_ms: u64| -> Arc<dyn Provider> {
         Arc::new(Scripted::new(
@@ -248,13 +262,23 @@ fn agents(config: &Config, file: &FileConfig) -> anyhow::Result<Agents> {
             config.onboarding_fields.clone(),
         ))
     };
-    let mut providers: HashMap<&str, Arc<dyn Provider>> = HashMap::new();
-    providers.insert("scripted", scripted_with(config.scripted_delay_ms));
+    let mut providers: HashMap<&str, NamedProvider> = HashMap::new();
+    providers.insert(
+        "scripted",
+        NamedProvider {
+            name: "scripted".to_owned(),
+            kind: "scripted",
+            url: None,
+            provider: scripted_with(config.scripted_delay_ms),
+        },
+    );
     for (name, provider) in &file.providers {
-        let provider: Arc<dyn Provider> = match provider {
-            ProviderConfig::Scripted { delay_ms } => {
-                scripted_with(delay_ms.unwrap_or(config.scripted_delay_ms))
-            }
+        let (kind, url, provider): (_, _, Arc<dyn Provider>) = match provider {
+            ProviderConfig::Scripted { delay_ms } => (
+                "scripted",
+                None,
+                scripted_with(delay_ms.unwrap_or(config.scripted_delay_ms)),
+            ),
             ProviderConfig::Openai {
                 base_url,
                 api_key_env,
@@ -284,12 +308,25 @@ fn agents(config: &Config, file: &FileConfig) -> anyhow::Result<Agents> {
                     max_retries: max_retries.unwrap_or(defaults.max_retries),
                     retry_backoff: defaults.retry_backoff,
                 };
-                Arc::new(
-                    OpenAi::new(settings).map_err(|e| anyhow::anyhow!("provider {name:?}: {e}"))?,
+                (
+                    "openai",
+                    Some(base_url.clone()),
+                    Arc::new(
+                        OpenAi::new(settings)
+                            .map_err(|e| anyhow::anyhow!("provider {name:?}: {e}"))?,
+                    ),
                 )
             }
         };
-        providers.insert(name, provider);
+        providers.insert(
+            name,
+            NamedProvider {
+                name: name.clone(),
+                kind,
+                url,
+                provider,
+            },
+        );
     }
     let builtin = [
         (
@@ -307,12 +344,17 @@ fn agents(config: &Config, file: &FileConfig) -> anyhow::Result<Agents> {
         anyhow::bail!("unknown agent {unknown:?}: the agents are onboarding and chat");
     }
     let mut agents = Agents::default();
+    let mut used: Vec<NamedProvider> = Vec::new();
     for (name, prompt, default_tools) in builtin {
         let defined = file.agents.get(name);
         let provider_name = defined.map_or("scripted", |a| a.provider.as_str());
-        let provider = providers.get(provider_name).cloned().ok_or_else(|| {
+        let named = providers.get(provider_name).ok_or_else(|| {
             anyhow::anyhow!("agent {name:?} names the unknown provider {provider_name:?}")
         })?;
+        if !used.iter().any(|u| u.name == named.name) {
+            used.push(named.clone());
+        }
+        let provider = named.provider.clone();
         let tool_names: Vec<&str> = match defined.and_then(|a| a.tools.as_ref()) {
             Some(names) => names.iter().map(String::as_str).collect(),
             None => default_tools.to_vec(),
@@ -332,10 +374,19 @@ fn agents(config: &Config, file: &FileConfig) -> anyhow::Result<Agents> {
         if max_steps == 0 {
             anyhow::bail!("agent {name:?}: max_steps must be at least 1");
         }
+        let model = defined.map_or_else(|| "demo".to_owned(), |a| a.model.clone());
+        tracing::info!(
+            agent = name,
+            provider = named.name.as_str(),
+            kind = named.kind,
+            // The scripted provider's label says it is the demo model.
+            model = provider.label(&model).as_str(),
+            "agent configured"
+        );
         agents.add(Agent {
             name: name.to_owned(),
             provider,
-            model: defined.map_or_else(|| "demo".to_owned(), |a| a.model.clone()),
+            model,
             system_prompt: defined
                 .and_then(|a| a.system_prompt.clone())
                 .unwrap_or_else(|| prompt.to_owned()),
@@ -346,7 +397,52 @@ fn agents(config: &Config, file: &FileConfig) -> anyhow::Result<Agents> {
             tool_choice: defined.and_then(|a| a.tool_choice.clone()),
         });
     }
-    Ok(agents)
+    Ok((agents, used))
+}
+
+/// How long start-up waits for one provider's check; a provider slower
+/// than this is taken as unreachable.
+const PROVIDER_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Checks every provider at once. One that is misconfigured stops start-up;
+/// one that cannot be reached now gets a warning, since its calls retry and
+/// it may come up later.
+async fn probe_providers(providers: &[NamedProvider]) -> anyhow::Result<()> {
+    let probes = providers.iter().map(|named| {
+        let probe = named.provider.probe();
+        async move {
+            tokio::time::timeout(PROVIDER_PROBE_TIMEOUT, probe)
+                .await
+                .unwrap_or_else(|_| {
+                    Probe::Unreachable(format!("no answer within {PROVIDER_PROBE_TIMEOUT:?}"))
+                })
+        }
+    });
+    let found = futures_util::future::join_all(probes).await;
+    let mut misconfigured = Vec::new();
+    for (named, probe) in providers.iter().zip(found) {
+        let url = named.url.as_deref().unwrap_or("built in");
+        match probe {
+            Probe::Ready => {}
+            Probe::Unreachable(reason) => tracing::warn!(
+                provider = %named.name,
+                url,
+                %reason,
+                "the model provider cannot be reached now; starting anyway, and calls to it \
+                 will retry"
+            ),
+            Probe::Misconfigured(reason) => {
+                misconfigured.push(format!("provider {:?} ({url}): {reason}", named.name));
+            }
+        }
+    }
+    if !misconfigured.is_empty() {
+        anyhow::bail!(
+            "refusing to start: the model provider settings are wrong: {}",
+            misconfigured.join("; ")
+        );
+    }
+    Ok(())
 }
 
 /// How often the database is probed, and how long a probe may take.
@@ -434,36 +530,143 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Resolves on SIGINT or SIGTERM. The handlers are installed by this call,
+/// not when the future is first polled: that is after the "serving" line,
+/// and a signal sent in between would kill the process without a shutdown.
+/// Call it inside the runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut signal) => {
+        use tokio::signal::unix::{Signal, SignalKind, signal};
+        let listen = |kind: SignalKind, name: &'static str| {
+            signal(kind)
+                .inspect_err(|error| tracing::error!(%error, "cannot listen for {name}"))
+                .ok()
+        };
+        let received = |signal: Option<Signal>| async move {
+            match signal {
+                Some(mut signal) => {
                     signal.recv().await;
                 }
-                Err(error) => {
-                    tracing::error!(%error, "cannot listen for SIGTERM");
-                    std::future::pending::<()>().await;
-                }
+                None => std::future::pending::<()>().await,
             }
         };
-        tokio::select! {
-            _ = interrupt => tracing::info!("received SIGINT"),
-            () = terminate => tracing::info!("received SIGTERM"),
+        let interrupt = received(listen(SignalKind::interrupt(), "SIGINT"));
+        let terminate = received(listen(SignalKind::terminate(), "SIGTERM"));
+        async move {
+            tokio::select! {
+                () = interrupt => tracing::info!("received SIGINT"),
+                () = terminate => tracing::info!("received SIGTERM"),
+            }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = interrupt.await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A provider whose start-up check finds `probe`.
+    #[derive(Debug)]
+    struct Probed(Probe);
+
+    impl Provider for Probed {
+        fn stream(&self, _request: crate::llm::ChatRequest) -> crate::llm::LlmStream {
+            Box::pin(futures_util::stream::empty())
+        }
+
+        fn label(&self, model: &str) -> String {
+            model.to_owned()
+        }
+
+        fn probe(&self) -> futures_util::future::BoxFuture<'static, Probe> {
+            let probe = self.0.clone();
+            Box::pin(async move { probe })
+        }
+    }
+
+    fn named(name: &str, probe: Probe) -> NamedProvider {
+        NamedProvider {
+            name: name.to_owned(),
+            kind: "openai",
+            url: Some(format!("http://{name}.example/v1")),
+            provider: Arc::new(Probed(probe)),
+        }
+    }
+
+    /// The WARN lines logged while `f` runs, formatted.
+    async fn warnings_of<T>(f: impl Future<Output = T>) -> (T, String) {
+        #[derive(Clone, Default)]
+        struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        use tracing_subscriber::prelude::*;
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(move || writer.clone())
+                .with_filter(tracing_subscriber::filter::LevelFilter::WARN),
+        );
+        // A current-thread test runtime: the probes log through this guard.
+        let guard = tracing::subscriber::set_default(subscriber);
+        let out = f.await;
+        drop(guard);
+        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        (out, text)
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_provider_is_a_warning() {
+        let providers = [
+            named("up", Probe::Ready),
+            named("down", Probe::Unreachable("connection refused".to_owned())),
+        ];
+        let (result, warnings) = warnings_of(probe_providers(&providers)).await;
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(warnings.lines().count(), 1, "{warnings}");
+        assert!(
+            warnings.contains("provider=down")
+                && warnings.contains("http://down.example/v1")
+                && warnings.contains("will retry")
+                && warnings.contains("connection refused"),
+            "{warnings}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_misconfigured_provider_stops_start_up() {
+        let providers = [
+            named("down", Probe::Unreachable("connection refused".to_owned())),
+            named(
+                "wrong",
+                Probe::Misconfigured("GET /models answered 404".to_owned()),
+            ),
+        ];
+        let (result, _) = warnings_of(probe_providers(&providers)).await;
+        let error = result.unwrap_err().to_string();
+        assert!(
+            error.contains("\"wrong\"")
+                && error.contains("http://wrong.example/v1")
+                && error.contains("GET /models answered 404")
+                && !error.contains("down"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn passwords_are_redacted() {

@@ -41,14 +41,18 @@ pub struct ChatArgs {
     pub resume: Option<Uuid>,
 }
 
-/// Runs the client until stdin ends or Ctrl-C at the prompt.
+/// Runs the client until stdin ends or Ctrl-C at the prompt. A reply that
+/// fails is reported and the session goes on; at the end, the replies that
+/// failed are named. Fails only when the session does: the server cannot be
+/// reached, does not take the key, or a run's stream is lost for good.
 pub async fn chat(args: ChatArgs) -> anyhow::Result<()> {
     let api = Api::new(&args)?;
     let mut term = Term::new();
     let mut interrupts = Interrupts::new()?;
     let mut lines = stdin_lines();
     let mut conversation = None;
-    let mut failed = 0usize;
+    // The replies that did not complete, for the summary at the end.
+    let mut failed = Failed::default();
 
     if let Some(run_id) = args.resume {
         let run: RunInfo = api.json(api.get(&format!("/v1/runs/{run_id}"))).await?;
@@ -56,7 +60,7 @@ pub async fn chat(args: ChatArgs) -> anyhow::Result<()> {
         match api.events(run_id, 0).await? {
             Some(response) => {
                 if !follow(&api, &mut term, &mut interrupts, run_id, response).await? {
-                    failed += 1;
+                    failed.push(format!("the resumed run {run_id}"));
                 }
             }
             None => term.note(&format!(
@@ -81,6 +85,8 @@ pub async fn chat(args: ChatArgs) -> anyhow::Result<()> {
             api.base
         ))?;
     }
+    // Lines sent, to name the replies that failed.
+    let mut sent = 0usize;
     loop {
         term.prompt()?;
         let line = tokio::select! {
@@ -94,6 +100,7 @@ pub async fn chat(args: ChatArgs) -> anyhow::Result<()> {
         if line.trim().is_empty() {
             continue;
         }
+        sent += 1;
         let conversation_id = match conversation {
             Some(id) => id,
             None => {
@@ -119,9 +126,11 @@ pub async fn chat(args: ChatArgs) -> anyhow::Result<()> {
             .await;
         let response = match started {
             Ok(response) => response,
+            // Without the server, or without a key it takes, no later line can do better.
+            Err(error) if error.ends_session() => return Err(error.into()),
             Err(error) => {
-                term.error(&format!("{error:#}"))?;
-                failed += 1;
+                term.error(&format!("{:#}", anyhow::Error::from(error)))?;
+                failed.push(format!("reply {sent} (not started)"));
                 continue;
             }
         };
@@ -132,16 +141,37 @@ pub async fn chat(args: ChatArgs) -> anyhow::Result<()> {
             .and_then(|v| Uuid::parse_str(v).ok())
             .context("the server did not name the run (no X-Run-Id header)")?;
         if !follow(&api, &mut term, &mut interrupts, run_id, response).await? {
-            failed += 1;
+            failed.push(format!("reply {sent} (run {run_id})"));
         }
     }
-    if failed > 0 {
-        bail!(
-            "{failed} repl{} did not complete",
-            if failed == 1 { "y" } else { "ies" }
-        );
+    // A reply that failed was said so when it did, and the session went on:
+    // it is not a failed session, so the exit status stays 0.
+    if let Some(summary) = failed.summary() {
+        term.note(&summary)?;
     }
     Ok(())
+}
+
+/// The replies of a session that did not complete.
+#[derive(Debug, Default)]
+struct Failed(Vec<String>);
+
+impl Failed {
+    fn push(&mut self, which: String) {
+        self.0.push(which);
+    }
+
+    /// `N replies did not complete: …`, when any did not.
+    fn summary(&self) -> Option<String> {
+        let n = self.0.len();
+        (n > 0).then(|| {
+            format!(
+                "{n} repl{} did not complete: {}",
+                if n == 1 { "y" } else { "ies" },
+                self.0.join(", ")
+            )
+        })
+    }
 }
 
 /// Draws one run's events until `done`, reconnecting from the last `seq`
@@ -304,7 +334,10 @@ impl Reply {
             .send(api.post(&format!("/v1/runs/{run_id}/cancel")))
             .await
         {
-            term.error(&format!("could not cancel: {error:#}"))?;
+            term.error(&format!(
+                "could not cancel: {:#}",
+                anyhow::Error::from(error)
+            ))?;
         }
         Ok(())
     }
@@ -319,6 +352,34 @@ impl Reply {
             // Stopped on purpose: not a failure.
             "cancelled" => term.dim_line("[stopped]").map(|()| true),
             other => term.dim_line(&format!("[{other}]")).map(|()| false),
+        }
+    }
+}
+
+/// Why a request to the server failed.
+#[derive(Debug, thiserror::Error)]
+enum ApiError {
+    /// No answer at all.
+    #[error("cannot reach {base}")]
+    Unreachable {
+        base: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// 401: no key, or one the server does not take.
+    #[error("the server wants an API key: pass --key or set AGENTSTREAM_API_KEY ({0})")]
+    Unauthorized(String),
+    /// Any other error status: about this request only (busy, too large…).
+    #[error("the server answered {status}: {message}")]
+    Status { status: StatusCode, message: String },
+}
+
+impl ApiError {
+    /// True when no later request can succeed either: the session is over.
+    fn ends_session(&self) -> bool {
+        match self {
+            ApiError::Unreachable { .. } | ApiError::Unauthorized(_) => true,
+            ApiError::Status { .. } => false,
         }
     }
 }
@@ -372,11 +433,14 @@ impl Api {
     }
 
     /// Sends the request; an error status becomes an error with the server's message.
-    async fn send(&self, request: RequestBuilder) -> anyhow::Result<Response> {
+    async fn send(&self, request: RequestBuilder) -> Result<Response, ApiError> {
         let response = request
             .send()
             .await
-            .with_context(|| format!("cannot reach {}", self.base))?;
+            .map_err(|source| ApiError::Unreachable {
+                base: self.base.clone(),
+                source,
+            })?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -385,11 +449,12 @@ impl Api {
         let message = body
             .pointer("/error/message")
             .and_then(Value::as_str)
-            .unwrap_or("no details");
+            .unwrap_or("no details")
+            .to_owned();
         if status == StatusCode::UNAUTHORIZED {
-            bail!("the server wants an API key: pass --key or set AGENTSTREAM_API_KEY ({message})");
+            return Err(ApiError::Unauthorized(message));
         }
-        bail!("the server answered {status}: {message}")
+        Err(ApiError::Status { status, message })
     }
 
     async fn json<T: serde::de::DeserializeOwned>(

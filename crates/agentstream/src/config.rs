@@ -2,57 +2,10 @@
 
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, FromArgMatches, ValueEnum};
 use serde::Deserialize;
 
 use crate::store::PoolSettings;
-
-/// Streams an LLM agent's reply over SSE while its tools write a database.
-#[derive(Debug, Parser)]
-#[command(name = "agentstream", version, about)]
-pub struct Cli {
-    /// What to do; `serve` when omitted.
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    /// Settings.
-    #[command(flatten)]
-    pub config: Config,
-}
-
-/// The subcommands.
-#[derive(Debug, Clone, Subcommand)]
-pub enum Command {
-    /// Run the server (the default).
-    Serve,
-    /// Apply the database migrations and exit.
-    Migrate,
-    /// Talk to a running server from the terminal.
-    Chat(crate::client::ChatArgs),
-    /// Create, list and revoke API keys.
-    Keys {
-        /// What to do with keys.
-        #[command(subcommand)]
-        action: KeysCommand,
-    },
-}
-
-/// `agentstream keys …`.
-#[derive(Debug, Clone, Subcommand)]
-pub enum KeysCommand {
-    /// Create a key for a user (created if new) and print it, once.
-    Create {
-        /// The user the key acts as.
-        #[arg(long)]
-        user: String,
-    },
-    /// List keys: ID, user, prefix, created, revoked.
-    List,
-    /// Revoke a key by its ID or prefix.
-    Revoke {
-        /// The key's ID or prefix, as `keys list` shows them.
-        key: String,
-    },
-}
 
 /// The connection pooler between agentstream and PostgreSQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -73,125 +26,84 @@ pub enum LogFormat {
     Json,
 }
 
-/// Every setting, each a flag and an environment variable.
+/// The server's settings, each a flag of `agentstream [serve]` and an
+/// environment variable.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Address to listen on.
-    #[arg(
-        long,
-        env = "AGENTSTREAM_BIND",
-        default_value = "127.0.0.1:8000",
-        global = true
-    )]
+    #[arg(long, env = "AGENTSTREAM_BIND", default_value = "127.0.0.1:8000")]
     pub bind: SocketAddr,
 
     /// `sqlite://PATH` (created if missing) or `postgres://USER@HOST/DB`.
     #[arg(
         long,
         env = "AGENTSTREAM_DATABASE_URL",
-        default_value = "sqlite://data/agentstream.db",
-        global = true
+        default_value = "sqlite://data/agentstream.db"
     )]
     pub database_url: String,
 
     /// A URL that reaches PostgreSQL itself, not through a pooler: used for
     /// migrations and LISTEN, which need a session of their own. Required
     /// with `--db-pooler transaction`; default: the database URL.
-    #[arg(long, env = "AGENTSTREAM_DATABASE_DIRECT_URL", global = true)]
+    #[arg(long, env = "AGENTSTREAM_DATABASE_DIRECT_URL")]
     pub database_direct_url: Option<String>,
 
     /// The connection pooler in front of PostgreSQL, if any: `none`, or
     /// `transaction` (PgBouncer's transaction mode: no named prepared
     /// statements, no session settings).
-    #[arg(
-        long,
-        env = "DB_POOLER",
-        value_enum,
-        default_value = "none",
-        global = true
-    )]
+    #[arg(long, env = "DB_POOLER", value_enum, default_value = "none")]
     pub db_pooler: DbPooler,
 
     /// Connections the pool keeps open.
-    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 5, global = true)]
+    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 5)]
     pub db_pool_size: u32,
 
     /// Connections opened beyond the pool size under load.
-    #[arg(long, env = "DB_MAX_OVERFLOW", default_value_t = 10, global = true)]
+    #[arg(long, env = "DB_MAX_OVERFLOW", default_value_t = 10)]
     pub db_max_overflow: u32,
 
     /// Seconds a connection lives before it is replaced.
-    #[arg(long, env = "DB_POOL_RECYCLE", default_value_t = 3600, global = true)]
+    #[arg(long, env = "DB_POOL_RECYCLE", default_value_t = 3600)]
     pub db_pool_recycle: u64,
 
     /// Seconds a request waits for a free connection before it gets 503.
-    #[arg(long, env = "DB_POOL_TIMEOUT", default_value_t = 30, global = true)]
+    #[arg(long, env = "DB_POOL_TIMEOUT", default_value_t = 30)]
     pub db_pool_timeout: u64,
 
     /// Test a PostgreSQL connection idle a second or more before handing it out.
-    #[arg(long, env = "DB_POOL_PRE_PING", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    #[arg(long, env = "DB_POOL_PRE_PING", default_value_t = true, action = clap::ArgAction::Set)]
     pub db_pool_pre_ping: bool,
 
     /// PostgreSQL `statement_timeout` and `idle_in_transaction_session_timeout`, in seconds.
-    #[arg(
-        long,
-        env = "DB_STATEMENT_TIMEOUT",
-        default_value_t = 30,
-        global = true
-    )]
+    #[arg(long, env = "DB_STATEMENT_TIMEOUT", default_value_t = 30)]
     pub db_statement_timeout: u64,
 
     /// Seconds running runs get to finish at shutdown before they are interrupted.
-    #[arg(
-        long,
-        env = "AGENTSTREAM_DRAIN_SECS",
-        default_value_t = 10,
-        global = true
-    )]
+    #[arg(long, env = "AGENTSTREAM_DRAIN_SECS", default_value_t = 10)]
     pub drain_secs: u64,
 
     /// Most model calls in one run.
-    #[arg(
-        long,
-        env = "AGENTSTREAM_MAX_STEPS",
-        default_value_t = 8,
-        global = true
-    )]
+    #[arg(long, env = "AGENTSTREAM_MAX_STEPS", default_value_t = 8)]
     pub max_steps: u32,
 
     /// Queued and running runs one user may have (429 beyond), across nodes.
-    #[arg(
-        long,
-        env = "AGENTSTREAM_MAX_RUNS_PER_USER",
-        default_value_t = 8,
-        global = true
-    )]
+    #[arg(long, env = "AGENTSTREAM_MAX_RUNS_PER_USER", default_value_t = 8)]
     pub max_runs_per_user: u32,
 
     /// Runs this server drives at once (503 beyond).
-    #[arg(
-        long,
-        env = "AGENTSTREAM_MAX_ACTIVE_RUNS",
-        default_value_t = 10_000,
-        global = true
-    )]
+    #[arg(long, env = "AGENTSTREAM_MAX_ACTIVE_RUNS", default_value_t = 10_000)]
     pub max_active_runs: usize,
 
     /// Events one run may emit (the run fails with `event_limit` beyond).
-    #[arg(
-        long,
-        env = "AGENTSTREAM_MAX_EVENTS_PER_RUN",
-        default_value_t = 10_000,
-        global = true
-    )]
+    #[arg(long, env = "AGENTSTREAM_MAX_EVENTS_PER_RUN", default_value_t = 10_000)]
     pub max_events_per_run: i64,
 
     /// Largest user message, in bytes (413 beyond).
-    #[arg(long, env = "AGENTSTREAM_MAX_MESSAGE_BYTES", default_value_t = 32 * 1024, global = true)]
+    #[arg(long, env = "AGENTSTREAM_MAX_MESSAGE_BYTES", default_value_t = 32 * 1024)]
     pub max_message_bytes: usize,
 
     /// Largest request body, in bytes (413 beyond).
-    #[arg(long, env = "AGENTSTREAM_MAX_BODY_BYTES", default_value_t = 256 * 1024, global = true)]
+    #[arg(long, env = "AGENTSTREAM_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
     pub max_body_bytes: usize,
 
     /// The onboarding profile fields, in the order they are asked.
@@ -199,65 +111,43 @@ pub struct Config {
         long,
         env = "AGENTSTREAM_ONBOARDING_FIELDS",
         value_delimiter = ',',
-        default_value = "name,role,goals",
-        global = true
+        default_value = "name,role,goals"
     )]
     pub onboarding_fields: Vec<String>,
 
     /// Pause before each word of the scripted demo model, in milliseconds.
-    #[arg(
-        long,
-        env = "AGENTSTREAM_SCRIPTED_DELAY_MS",
-        default_value_t = 30,
-        global = true
-    )]
+    #[arg(long, env = "AGENTSTREAM_SCRIPTED_DELAY_MS", default_value_t = 30)]
     pub scripted_delay_ms: u64,
 
     /// Seconds a finished run's event log is kept (its transcript stays).
     #[arg(
         long,
         env = "AGENTSTREAM_EVENT_RETENTION_SECS",
-        default_value_t = 86_400,
-        global = true
+        default_value_t = 86_400
     )]
     pub event_retention_secs: u64,
 
     /// Seconds between SSE keep-alive comments.
-    #[arg(
-        long,
-        env = "AGENTSTREAM_KEEPALIVE_SECS",
-        default_value_t = 15,
-        global = true
-    )]
+    #[arg(long, env = "AGENTSTREAM_KEEPALIVE_SECS", default_value_t = 15)]
     pub keepalive_secs: u64,
 
     /// This node's ID among nodes sharing one PostgreSQL (default: unique
     /// per process). Give a node the same ID across restarts and it takes
     /// back the runs it left open at once, instead of after their leases.
-    #[arg(long, env = "AGENTSTREAM_NODE_ID", global = true)]
+    #[arg(long, env = "AGENTSTREAM_NODE_ID")]
     pub node_id: Option<String>,
 
     /// Milliseconds between renewals of the leases of the runs a node drives.
-    #[arg(
-        long,
-        env = "AGENTSTREAM_LEASE_RENEW_MS",
-        default_value_t = 2_000,
-        global = true
-    )]
+    #[arg(long, env = "AGENTSTREAM_LEASE_RENEW_MS", default_value_t = 2_000)]
     pub lease_renew_ms: u64,
 
     /// Milliseconds a lease lasts: a node silent this long is taken as dead
     /// and its runs are marked interrupted by another.
-    #[arg(
-        long,
-        env = "AGENTSTREAM_LEASE_EXPIRE_MS",
-        default_value_t = 10_000,
-        global = true
-    )]
+    #[arg(long, env = "AGENTSTREAM_LEASE_EXPIRE_MS", default_value_t = 10_000)]
     pub lease_expire_ms: u64,
 
     /// A TOML file defining model providers and agents (see the README).
-    #[arg(long = "config", env = "AGENTSTREAM_CONFIG", global = true)]
+    #[arg(long = "config", env = "AGENTSTREAM_CONFIG")]
     pub config_file: Option<PathBuf>,
 
     /// Log line format.
@@ -265,8 +155,7 @@ pub struct Config {
         long,
         env = "AGENTSTREAM_LOG_FORMAT",
         value_enum,
-        default_value = "text",
-        global = true
+        default_value = "text"
     )]
     pub log_format: LogFormat,
 }
@@ -356,7 +245,9 @@ pub struct Limits {
 impl Config {
     /// The settings from the environment and the defaults, without flags.
     pub fn defaults() -> Config {
-        Cli::parse_from(["agentstream"]).config
+        let matches = Config::augment_args(clap::Command::new("agentstream"))
+            .get_matches_from(["agentstream"]);
+        Config::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
     }
 
     /// The pool settings.
@@ -486,7 +377,8 @@ mod tests {
 
     #[test]
     fn pre_ping_can_be_turned_off() {
-        let cli = Cli::parse_from(["agentstream", "--db-pool-pre-ping", "false", "serve"]);
-        assert!(!cli.config.db_pool_pre_ping);
+        let command = Config::augment_args(clap::Command::new("agentstream"));
+        let matches = command.get_matches_from(["agentstream", "--db-pool-pre-ping", "false"]);
+        assert!(!Config::from_arg_matches(&matches).unwrap().db_pool_pre_ping);
     }
 }

@@ -1,9 +1,10 @@
 //! agentstream: streams an LLM agent's reply over Server-Sent Events while the
 //! agent's tools read and write a database, and keeps every conversation
-//! durable. See `DESIGN.md` for the architecture and its guarantees.
+//! durable. See `docs/DESIGN.md` for the architecture and its guarantees.
 
 pub mod agent;
 pub mod app;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod http;

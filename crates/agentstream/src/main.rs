@@ -5,7 +5,8 @@ use std::io::Write;
 use agentstream::{
     App,
     app::shutdown_signal,
-    config::{Cli, Command, Config, KeysCommand},
+    cli::{Cli, Command, KeysCommand},
+    config::Config,
     store::Store,
     telemetry,
 };
@@ -14,27 +15,35 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    telemetry::init(cli.config.log_format);
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => {
-            let app = App::build(cli.config).await?;
-            app.run_until_stopped(shutdown_signal()).await
-        }
-        Command::Migrate => {
-            let store = open_store(&cli.config).await?;
+    let Cli { command, config } = Cli::parse();
+    let Some(command) = command else {
+        return serve(config).await;
+    };
+    if !matches!(command, Command::Serve(_)) {
+        telemetry::init(config.log_format);
+    }
+    match command {
+        Command::Serve(config) => serve(*config).await,
+        Command::Migrate(database) => {
+            let store = open_store(&database.apply(config)).await?;
             store.close().await;
             tracing::info!("migrations applied");
             Ok(())
         }
         Command::Chat(args) => agentstream::client::chat(args).await,
-        Command::Keys { action } => {
-            let store = open_store(&cli.config).await?;
-            let done = keys(&store, action).await;
+        Command::Keys(keys_args) => {
+            let store = open_store(&keys_args.database.apply(config)).await?;
+            let done = keys(&store, keys_args.action).await;
             store.close().await;
             done
         }
     }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    telemetry::init(config.log_format);
+    let app = App::build(config).await?;
+    app.run_until_stopped(shutdown_signal()).await
 }
 
 async fn open_store(config: &Config) -> anyhow::Result<Store> {
@@ -48,6 +57,14 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
     Ok(store)
 }
 
+/// Shown when the first active key is created: it changes who requests
+/// without a key act as.
+const FIRST_KEY_NOTICE: &str = "\
+API keys are on now: from now on every request needs a key.
+Conversations made before without a key belong to the user `local`; to keep
+them reachable, create a key for that user:
+    agentstream keys create --user local";
+
 /// `agentstream keys …`: the key itself is printed once, to stdout.
 async fn keys(store: &Store, action: KeysCommand) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
@@ -57,6 +74,12 @@ async fn keys(store: &Store, action: KeysCommand) -> anyhow::Result<()> {
             anyhow::ensure!(!user.is_empty(), "--user must not be empty");
             let created = store.create_api_key(user).await?;
             writeln!(out, "{}", created.key)?;
+            out.flush()?;
+            if created.first {
+                // Said at once and on stderr, where it is seen even when
+                // stdout goes to a file or a variable.
+                writeln!(std::io::stderr(), "{FIRST_KEY_NOTICE}")?;
+            }
             tracing::info!(
                 id = %created.record.id,
                 user = %created.record.user,

@@ -92,11 +92,17 @@ struct Server {
 
 impl Server {
     async fn start(delay_ms: u64) -> Server {
+        Server::start_with(delay_ms, &[]).await
+    }
+
+    /// A server with more flags.
+    async fn start_with(delay_ms: u64, args: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let database = format!("sqlite://{}", dir.path().join("agentstream.db").display());
         let mut child = Command::new(env!("CARGO_BIN_EXE_agentstream"))
             .args(["--bind", "127.0.0.1:0", "--database-url", &database])
             .args(["--scripted-delay-ms", &delay_ms.to_string()])
+            .args(args)
             .env("AGENTSTREAM_LOG_FORMAT", "text")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -135,7 +141,13 @@ impl Server {
     }
 
     /// Stops the server and checks it logged no WARN or ERROR.
-    async fn stop_cleanly(mut self) {
+    async fn stop_cleanly(self) {
+        self.stop_allowing(&[]).await;
+    }
+
+    /// Stops the server and checks it logged no WARN or ERROR but those
+    /// containing one of `expected`.
+    async fn stop_allowing(mut self, expected: &[&str]) {
         send_signal(&self.child, "TERM").await;
         let status = tokio::time::timeout(WAIT, self.child.wait())
             .await
@@ -146,6 +158,7 @@ impl Server {
         let bad: Vec<&str> = log
             .lines()
             .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
+            .filter(|line| !expected.iter().any(|e| line.contains(e)))
             .collect();
         assert!(bad.is_empty(), "the server logged:\n{}", bad.join("\n"));
     }
@@ -161,8 +174,13 @@ struct ChatClient {
 
 impl ChatClient {
     fn start(server: &Server, args: &[&str]) -> ChatClient {
+        ChatClient::start_at(&server.base, args)
+    }
+
+    /// A client of the server at `url`, which may not be there.
+    fn start_at(url: &str, args: &[&str]) -> ChatClient {
         let mut child = Command::new(env!("CARGO_BIN_EXE_agentstream"))
-            .args(["chat", "--url", &server.base])
+            .args(["chat", "--url", url])
             .args(args)
             .env("NO_COLOR", "1")
             .env_remove("AGENTSTREAM_API_KEY")
@@ -298,5 +316,80 @@ async fn ctrl_c_during_a_reply_cancels_the_run() {
     // Still at the prompt after the cancel: end of input ends it cleanly.
     let status = client.finish().await;
     assert!(status.success(), "the client exited with {status}");
+    server.stop_cleanly().await;
+}
+
+/// A reply that fails (its run ends `failed`, or the server will not start
+/// it) is reported and the session goes on; at the end of input the client
+/// names the replies that failed and exits 0: the session did not fail.
+#[tokio::test]
+async fn failed_replies_are_named_and_the_session_ends_well() {
+    // Four events cannot hold a reply: every run ends `failed` (event_limit).
+    let server = Server::start_with(
+        1,
+        &["--max-events-per-run", "4", "--max-message-bytes", "64"],
+    )
+    .await;
+    let mut client = ChatClient::start(&server, &[]);
+    client.say("hello").await;
+    client.stdout.wait_for("[failed]").await;
+    client.say(&"too long ".repeat(10)).await;
+    client.stderr.wait_for("413").await;
+    client.say("still here?").await;
+    let status = client.finish().await;
+    let stderr = client.stderr.rest().await.to_owned();
+    assert!(
+        status.success(),
+        "the client exited with {status}:\n{stderr}"
+    );
+
+    let conversations = server.get("/v1/conversations").await;
+    let conversation = conversations["data"][0]["id"].as_str().unwrap();
+    let messages = server
+        .get(&format!("/v1/conversations/{conversation}/messages"))
+        .await;
+    let runs: Vec<&str> = messages["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .map(|m| m["run_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(runs.len(), 2, "the long line started no run: {messages}");
+    let summary = stderr
+        .lines()
+        .find(|line| line.contains("did not complete"))
+        .unwrap_or_else(|| panic!("no summary in:\n{stderr}"));
+    assert_eq!(
+        summary,
+        format!(
+            "3 replies did not complete: reply 1 (run {}), reply 2 (not started), reply 3 (run {})",
+            runs[0], runs[1]
+        )
+    );
+    server.stop_allowing(&["run failed"]).await;
+}
+
+/// When the session itself fails (no server, or a key it does not take),
+/// the client says why and exits non-zero.
+#[tokio::test]
+async fn a_failed_session_exits_non_zero() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = format!("http://{}", free.local_addr().unwrap());
+    drop(free);
+    let mut client = ChatClient::start_at(&nowhere, &[]);
+    client.say("hello").await;
+    let status = client.finish().await;
+    let stderr = client.stderr.rest().await.to_owned();
+    assert!(!status.success(), "no server, yet exit 0:\n{stderr}");
+    assert!(stderr.contains("cannot reach"), "{stderr}");
+
+    let server = Server::start(1).await;
+    let mut client = ChatClient::start(&server, &["--key", "ask_not_a_key"]);
+    client.say("hello").await;
+    let status = client.finish().await;
+    let stderr = client.stderr.rest().await.to_owned();
+    assert!(!status.success(), "a bad key, yet exit 0:\n{stderr}");
+    assert!(stderr.contains("API key"), "{stderr}");
     server.stop_cleanly().await;
 }

@@ -32,6 +32,9 @@ pub struct NewKey {
     pub key: String,
     /// What is stored about it.
     pub record: ApiKey,
+    /// No other key was active when it was created: it turned keys on, and
+    /// requests without a key stop acting as the local user.
+    pub first: bool,
 }
 
 /// The stored form of a key. Keys are 256 random bits, so a plain SHA-256
@@ -72,6 +75,13 @@ impl Store {
             revoked_at: None,
         };
         let mut tx = self.begin().await?;
+        // In the insert's transaction, so two keys created at once cannot
+        // both miss each other on SQLite (its write transactions take turns);
+        // on PostgreSQL both may say first, which only repeats a notice.
+        let active: i64 = query("SELECT COUNT(*) AS n FROM api_keys WHERE revoked_at IS NULL")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
         query(
             "INSERT INTO api_keys (id, user_id, prefix, hash, created_at) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -83,7 +93,11 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(NewKey { key, record })
+        Ok(NewKey {
+            key,
+            record,
+            first: active == 0,
+        })
     }
 
     /// Every key, oldest first.

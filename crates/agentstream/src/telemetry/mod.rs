@@ -1,7 +1,11 @@
 //! Logs and metrics: levels from `RUST_LOG` (default `info`), text or JSON
-//! lines on stderr; the Prometheus figures are in [`metrics`].
+//! lines on stderr, one line a record; the Prometheus figures are in
+//! [`metrics`].
 
 pub mod metrics;
+pub mod one_line;
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
@@ -13,10 +17,43 @@ pub fn init(format: LogFormat) {
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_ansi(colour(
+                        std::io::stderr().is_terminal(),
+                        std::env::var_os("NO_COLOR"),
+                    ))
+                    .with_writer(one_line::OneLineWriter(std::io::stderr)),
+            )
             .init(),
+        // JSON escapes line breaks in strings already, and has no colour.
         LogFormat::Json => registry
-            .with(fmt::layer().json().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .json()
+                    .with_ansi(false)
+                    .with_writer(std::io::stderr),
+            )
             .init(),
+    }
+}
+
+/// Colour only on a terminal, and not when `NO_COLOR` is set to anything
+/// but the empty string (<https://no-color.org>): escape codes in a file or
+/// a log collector are noise.
+fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some("".into())));
+        assert!(!colour(true, Some("1".into())));
+        assert!(!colour(false, None));
     }
 }

@@ -3,6 +3,8 @@
 
 use std::{process::Stdio, time::Duration};
 
+use mock_llm::MockLlm;
+
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},
@@ -18,12 +20,12 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts the binary on a free port with `args` and `envs`, and waits for
-    /// its "serving" line.
+    /// Starts `agentstream serve` on a free port with the server flags `args`
+    /// and `envs`, and waits for its "serving" line.
     pub async fn start(args: &[&str], envs: &[(&str, &str)]) -> ServerProcess {
         let mut command = Command::new(env!("CARGO_BIN_EXE_agentstream"));
         command
-            .args(["--bind", "127.0.0.1:0"])
+            .args(["serve", "--bind", "127.0.0.1:0"])
             .args(args)
             .env("AGENTSTREAM_LOG_FORMAT", "text")
             .env("NO_COLOR", "1")
@@ -116,4 +118,115 @@ impl ServerProcess {
             .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
             .collect()
     }
+}
+
+/// The binary's help for `args`, which must succeed.
+async fn help(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_agentstream"))
+        .args(args)
+        .arg("--help")
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{args:?} --help failed");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Each command's help shows its own flags: the server's ~26 only for the
+/// server (`agentstream` alone or `serve`), the database's for `migrate`
+/// and `keys`, none of them for `chat`.
+#[tokio::test]
+async fn each_command_shows_only_its_own_flags() {
+    for server in [&[][..], &["serve"][..]] {
+        let text = help(server).await;
+        for flag in ["--bind", "--db-pool-size", "--database-url", "--max-steps"] {
+            assert!(
+                text.contains(flag),
+                "{server:?} --help lacks {flag}:\n{text}"
+            );
+        }
+    }
+    let chat = help(&["chat"]).await;
+    assert!(
+        chat.contains("--url") && chat.contains("--resume"),
+        "{chat}"
+    );
+    for (command, own) in [
+        (&["chat"][..], &["--url"][..]),
+        (&["keys"][..], &["--database-url", "--db-pooler"][..]),
+        (&["keys", "create"][..], &["--user", "--database-url"][..]),
+        (
+            &["migrate"][..],
+            &["--database-url", "--database-direct-url"][..],
+        ),
+    ] {
+        let text = help(command).await;
+        for flag in own {
+            assert!(
+                text.contains(flag),
+                "{command:?} --help lacks {flag}:\n{text}"
+            );
+        }
+        for flag in ["--db-pool-size", "--bind", "--max-steps", "--log-format"] {
+            assert!(
+                !text.contains(flag),
+                "{command:?} --help shows {flag}:\n{text}"
+            );
+        }
+    }
+    assert!(!chat.contains("--database-url"), "{chat}");
+}
+
+/// Start-up names each agent's provider and model, the demo model as such;
+/// on a pipe the log has no colour codes, even with `NO_COLOR` unset.
+#[tokio::test]
+async fn start_up_names_each_agent_and_logs_plain_lines_on_a_pipe() {
+    let mock = MockLlm::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agentstream.toml");
+    let file = format!(
+        "[providers.local]\nkind = \"openai\"\nbase_url = \"{}\"\n\n\
+         [agents.chat]\nprovider = \"local\"\nmodel = \"mock;deltas=2\"\n",
+        mock.base_url()
+    );
+    std::fs::write(&config, file).unwrap();
+    let database = format!("sqlite://{}/db.sqlite", dir.path().display());
+    let mut server = ServerProcess::start(
+        &[
+            "--database-url",
+            &database,
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[("NO_COLOR", ""), ("RUST_LOG", "info")],
+    )
+    .await;
+    let agent = |name: &str| {
+        let needle = format!("agent=\"{name}\"");
+        server
+            .log
+            .iter()
+            .find(|line| line.contains(" INFO ") && line.contains(&needle))
+            .cloned()
+            .unwrap_or_else(|| panic!("no line for {name}:\n{}", server.log.join("\n")))
+    };
+    let onboarding = agent("onboarding");
+    assert!(
+        onboarding.contains("provider=\"scripted\"")
+            && onboarding.contains("kind=\"scripted\"")
+            && onboarding.contains("demo model"),
+        "{onboarding}"
+    );
+    let chat = agent("chat");
+    assert!(
+        chat.contains("provider=\"local\"")
+            && chat.contains("kind=\"openai\"")
+            && chat.contains("model=\"mock;deltas=2\""),
+        "{chat}"
+    );
+    server.signal("TERM").await;
+    assert!(server.wait().await.success());
+    let coloured: Vec<&String> = server.log.iter().filter(|l| l.contains('\x1b')).collect();
+    assert!(coloured.is_empty(), "escape codes on a pipe: {coloured:?}");
+    assert!(server.warnings().is_empty(), "{:?}", server.warnings());
 }

@@ -304,17 +304,27 @@ both!(connections_come_back_clean);
 
 /// The key commands, as a user runs them: create prints a key once, list
 /// shows it by prefix, the server takes it, revoke stops it. Without keys,
-/// a server on a non-loopback address refuses to start.
+/// a server on a non-loopback address refuses to start. The first key says
+/// at once what it changes for requests without a key.
 #[tokio::test]
 async fn key_commands_work() {
     let dir = tempfile::tempdir().unwrap();
     let database = format!("sqlite://{}/db.sqlite", dir.path().display());
-    let run = |args: &[&str]| {
+    let command = |args: &[&str]| {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_agentstream"));
-        command.args(["--database-url", &database]).args(args);
+        command.args(args).env("NO_COLOR", "1");
         async move { command.output().await.unwrap() }
     };
-    let refused = run(&["--bind", "0.0.0.0:0", "serve"]).await;
+    // The database last: after `serve`, and after the action of `keys`.
+    let run = |args: &[&str]| {
+        let args: Vec<&str> = args
+            .iter()
+            .copied()
+            .chain(["--database-url", &database])
+            .collect();
+        command(&args)
+    };
+    let refused = run(&["serve", "--bind", "0.0.0.0:0"]).await;
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
@@ -326,10 +336,26 @@ async fn key_commands_work() {
     assert!(created.status.success());
     let key = String::from_utf8(created.stdout).unwrap().trim().to_owned();
     assert!(key.starts_with("ask_") && key.len() == 68, "{key}");
-    let listed = run(&["keys", "list"]).await;
+    let notice = String::from_utf8(created.stderr).unwrap();
+    for said in [
+        "every request needs a key",
+        "belong to the user `local`",
+        "agentstream keys create --user local",
+    ] {
+        assert!(notice.contains(said), "no {said:?} in:\n{notice}");
+    }
+    let local = run(&["keys", "create", "--user", "local"]).await;
+    assert!(local.status.success());
+    let second = String::from_utf8(local.stderr).unwrap();
+    assert!(
+        !second.contains("every request needs a key"),
+        "only the first key says so:\n{second}"
+    );
+
+    let listed = command(&["keys", "--database-url", &database, "list"]).await;
     let listed = String::from_utf8(listed.stdout).unwrap();
     assert!(
-        listed.contains("ada") && listed.contains(&key[..12]),
+        listed.contains("ada") && listed.contains(&key[..12]) && listed.contains("local"),
         "{listed}"
     );
     assert!(

@@ -237,3 +237,28 @@ async fn the_api_key_stays_out_of_the_logs() {
         .collect();
     assert!(leaks.is_empty(), "the key leaked: {leaks:#?}");
 }
+
+/// A provider whose `base_url` answers 404 for its models list is set up
+/// wrong, not down: start-up stops with an error naming it. (Needs the
+/// `openai` provider's start-up check; the default check finds nothing.)
+#[tokio::test]
+async fn a_provider_at_a_wrong_url_stops_start_up() {
+    let mock = MockLlm::start().await.unwrap();
+    // mock-llm answers 404 to every path but its own.
+    let wrong = format!("{}/nope", mock.base_url());
+    let db = TestDb::new(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agentstream.toml");
+    std::fs::write(&path, mock_config(&wrong, "mock", "mock", "")).unwrap();
+    let mut config = test_config(&db);
+    config.config_file = Some(path);
+    let error = match agentstream::App::build(config).await {
+        Ok(_) => panic!("started with a provider at {wrong}"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(
+        error.contains("provider \"mock\"") && error.contains(&wrong),
+        "{error}"
+    );
+    db.drop_schema().await;
+}
