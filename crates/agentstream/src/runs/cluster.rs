@@ -52,12 +52,23 @@ impl RunManager {
                 return;
             }
         };
-        self.listen_on(&pool, stop).await;
-        pool.close().await;
+        let mut listener = None;
+        self.listen_on(&pool, &mut listener, stop).await;
+        // Closed before the listener goes: a dropped listener hands its
+        // connection back from a task of its own, which then finds the pool
+        // closed and closes the connection, rather than testing it with a
+        // round trip that the end of the runtime could cut.
+        let closing = pool.close();
+        drop(listener);
+        closing.await;
     }
 
-    async fn listen_on(&self, pool: &PgPool, stop: CancellationToken) {
-        let mut listener: Option<PgListener> = None;
+    async fn listen_on(
+        &self,
+        pool: &PgPool,
+        listener: &mut Option<PgListener>,
+        stop: CancellationToken,
+    ) {
         let mut failing = false;
         loop {
             if listener.is_none() {
@@ -80,7 +91,7 @@ impl RunManager {
                             );
                         }
                         failing = false;
-                        listener = Some(connected);
+                        *listener = Some(connected);
                         self.inner.hub.wake_all_remote();
                     }
                     Err(error) => {
@@ -125,7 +136,7 @@ impl RunManager {
                 Err(error) => {
                     tracing::warn!(%error, "lost the connection listening for other nodes' events");
                     failing = true;
-                    listener = None;
+                    *listener = None;
                 }
             }
         }

@@ -63,7 +63,8 @@ impl Store {
         self.on_db(async move {
             let _turn = store.write_turn(false).await;
             let mut conn = store.acquire().await?;
-            let conversation = insert_conversation(&mut conn, user_id, kind, title.as_deref()).await?;
+            let conversation =
+                insert_conversation(&mut conn, user_id, kind, title.as_deref()).await?;
             conn.commit().await?;
             Ok(conversation)
         })

@@ -432,6 +432,10 @@ impl Store {
                             )
                             .await?;
                         }
+                        // Behind a transaction pooler a session setting would
+                        // stay on whichever server connection ran it; set
+                        // these on the role instead (see the README).
+                        Backend::Postgres if pooled => {}
                         Backend::Postgres => {
                             // Safety nets: no statement runs away and no session
                             // idles inside a transaction holding locks.
@@ -450,6 +454,15 @@ impl Store {
             // A connection handed back inside a transaction is closed, never reused dirty.
             .after_release(|conn, _meta| Box::pin(async move { Ok(!conn.is_in_transaction()) }));
         let db = Arc::new(DbThread::start()?);
+        if backend == Backend::Postgres && !pooled {
+            // Before the pool: its connections' first statements would clash
+            // behind a transaction pooler, and it would only retry them.
+            let checked = options.clone();
+            match db.handle.spawn(refuse_transaction_pooler(checked)).await {
+                Ok(checked) => checked?,
+                Err(_) => return Err(StoreError::Unavailable(sqlx::Error::PoolClosed)),
+            }
+        }
         // Opened on the database thread: the connections' sockets are woken
         // by its runtime, where the transactions run.
         let pool = match db.handle.spawn(pool_options.connect_with(options)).await {
@@ -464,45 +477,7 @@ impl Store {
             write_turn: Arc::default(),
             db,
         };
-        if backend == Backend::Postgres && !pooled {
-            // On the database thread, like every connection of the pool: one
-            // opened here belongs to the runtime that opened it.
-            let checked = store.clone();
-            store
-                .on_db(async move {
-                    checked
-                        .refuse_transaction_pooler()
-                        .await
-                        .map_err(|e| match e {
-                            StoreError::Database(e) | StoreError::Conflict(e) => {
-                                undeclared_pooler(e, false)
-                            }
-                            e => e,
-                        })
-                })
-                .await?;
-        }
         Ok(store)
-    }
-
-    /// Refuses a PostgreSQL reached through a pooler in transaction mode
-    /// when the settings do not say so: its named prepared statements would
-    /// fail ("prepared statement sqlx_s_1 already exists") under load. Two
-    /// connections of the pool held at once are two sessions, each with
-    /// its own server process, unless a pooler shares one between them.
-    async fn refuse_transaction_pooler(&self) -> Result<(), StoreError> {
-        let mut first = self.pool.acquire().await?;
-        let before = backend_pid(&mut first).await?;
-        // A pool of one has no second connection to compare with.
-        let other = match tokio::time::timeout(Duration::from_secs(1), self.pool.acquire()).await {
-            Ok(Ok(mut second)) => Some(backend_pid(&mut second).await?),
-            Ok(Err(_)) | Err(_) => None,
-        };
-        let after = backend_pid(&mut first).await?;
-        if before != after || other == Some(before) {
-            return Err(StoreError::Setup(UNDECLARED_POOLER.to_owned()));
-        }
-        Ok(())
     }
 
     /// Where LISTEN connects when it is not the pool's URL: PostgreSQL
@@ -700,11 +675,34 @@ fn undeclared_pooler(error: sqlx::Error, pooled: bool) -> StoreError {
     }
 }
 
+/// Refuses a PostgreSQL reached through a pooler in transaction mode when
+/// the settings do not say so: its named prepared statements would fail
+/// ("prepared statement sqlx_s_1 already exists") under load. Two
+/// connections open at once are two sessions, each with a server process of
+/// its own, and one connection keeps its server process, unless a pooler
+/// shares them out.
+async fn refuse_transaction_pooler(options: AnyConnectOptions) -> Result<(), StoreError> {
+    let mut first = AnyConnection::connect_with(&options).await?;
+    let mut second = AnyConnection::connect_with(&options).await?;
+    let before = backend_pid(&mut first).await?;
+    let other = backend_pid(&mut second).await?;
+    let after = backend_pid(&mut first).await?;
+    first.close().await?;
+    second.close().await?;
+    if before != after || other == before {
+        return Err(StoreError::Setup(UNDECLARED_POOLER.to_owned()));
+    }
+    Ok(())
+}
+
 /// The PostgreSQL server process serving the connection.
 async fn backend_pid(conn: &mut AnyConnection) -> Result<i32, StoreError> {
-    let row = query("SELECT pg_backend_pid() AS pid")
+    // Unnamed: a named statement on a fresh connection is what clashes.
+    let row = sqlx::query("SELECT pg_backend_pid() AS pid")
+        .persistent(false)
         .fetch_one(&mut *conn)
-        .await?;
+        .await
+        .map_err(|e| undeclared_pooler(e, false))?;
     Ok(sqlx::Row::try_get(&row, "pid")?)
 }
 

@@ -420,7 +420,12 @@ async fn conversations_run_through_pgbouncer() {
     for mut node in [a, b] {
         node.signal("TERM").await;
         assert!(node.wait().await.success(), "{}", node.log.join("\n"));
-        assert!(node.warnings().is_empty(), "{:#?}", node.warnings());
+        assert!(
+            node.warnings().is_empty(),
+            "{:#?}\n{}",
+            node.warnings(),
+            node.log.join("\n")
+        );
     }
 }
 
