@@ -3,7 +3,8 @@
 # driven by playwright-core (from the npm registry) against the real server.
 # Installs what is missing, then runs tests/browser/run.mjs, which builds the
 # server, starts it on a free port with a temporary SQLite database, and
-# saves screenshots into docs/screenshots/.
+# saves screenshots into target/screenshots/ (SCREENSHOTS=docs/screenshots
+# refreshes the README's pictures on purpose).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

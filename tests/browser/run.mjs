@@ -4,7 +4,9 @@
 // last and exits non-zero on any failure.
 //
 // Environment: CHROMIUM (default /usr/bin/chromium), AGENTSTREAM_BIN (skip
-// the cargo build and use this binary), SCREENSHOTS (default docs/screenshots).
+// the cargo build and use this binary), SCREENSHOTS (default target/screenshots, outside the tracked tree:
+// a test run leaves `git status` clean; `SCREENSHOTS=docs/screenshots`
+// refreshes the README's pictures on purpose).
 
 import { execFileSync, spawn } from "node:child_process";
 import fs from "node:fs";
@@ -16,7 +18,7 @@ import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-const screenshots = path.resolve(root, process.env.SCREENSHOTS || "docs/screenshots");
+const screenshots = path.resolve(root, process.env.SCREENSHOTS || "target/screenshots");
 const TIMEOUT = 20_000;
 
 // A chat message long enough that the demo model's echo streams for about
