@@ -7,6 +7,7 @@ pub mod app;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod events;
 pub mod http;
 pub mod llm;
 pub mod runs;

@@ -1,5 +1,11 @@
 //! The agent loop: turns a conversation into model calls and tool calls.
 
+mod control;
+mod sink;
+
+pub use control::RunControl;
+pub use sink::{EventSink, SinkError};
+
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
@@ -9,7 +15,7 @@ use futures_util::StreamExt;
 
 use crate::{
     llm::{ChatMessage, ChatRequest, LlmError, LlmEvent, Provider, ToolCall, Usage},
-    runs::{Emitter, Event, RunControl},
+    events::Event,
     store::{self, AssistantMessage, Message, MessageStatus, Role, RunStatus, Store},
     text,
     tools::{self, Tool, ToolContext},
@@ -138,7 +144,7 @@ pub async fn run(
     store: &Store,
     ctx: ToolContext,
     history: Option<Vec<Message>>,
-    emitter: &mut Emitter,
+    emitter: &mut impl EventSink,
     control: &RunControl,
 ) -> Outcome {
     let mut usage = None;
@@ -165,7 +171,7 @@ async fn steps(
     store: &Store,
     ctx: ToolContext,
     history: Option<Vec<Message>>,
-    emitter: &mut Emitter,
+    emitter: &mut impl EventSink,
     control: &RunControl,
     usage: &mut Option<Usage>,
     finish_reason: &mut Option<String>,
@@ -248,7 +254,7 @@ async fn steps(
                         .await;
                     // The reply keeps what clients were sent, and no more.
                     if let Err(e) = emitted {
-                        break StepEnd::Failed(Outcome::failed(e.code(), e.to_string()));
+                        break StepEnd::Failed(Outcome::failed(e.code, e.message));
                     }
                     text.push_str(&delta);
                 }
@@ -284,7 +290,7 @@ async fn steps(
             StepEnd::Failed(outcome) => return outcome,
         }
         if let Err(e) = emitter.emit(Event::MessageCompleted { message_id }).await {
-            return Outcome::failed(e.code(), e.to_string());
+            return Outcome::failed(e.code, e.message);
         }
         if calls.is_empty() {
             return Outcome::status(RunStatus::Completed);
@@ -312,7 +318,7 @@ async fn steps(
                 })
                 .await;
             if let Err(e) = announced {
-                return Outcome::failed(e.code(), e.to_string());
+                return Outcome::failed(e.code, e.message);
             }
             let tool = agent.tool(&call.name);
             let upstream_id = call.upstream_id().to_owned();
@@ -333,7 +339,7 @@ async fn steps(
                 })
                 .await;
             if let Err(e) = reported {
-                return Outcome::failed(e.code(), e.to_string());
+                return Outcome::failed(e.code, e.message);
             }
             history.push(ChatMessage::Tool {
                 call_id: upstream_id,

@@ -3,7 +3,6 @@
 //! manager, and HTTP responses only subscribe to its events.
 
 mod cluster;
-mod event;
 mod hub;
 mod log;
 mod subscription;
@@ -12,18 +11,19 @@ use std::{
     collections::HashMap,
     panic::AssertUnwindSafe,
     sync::{
-        Arc, Mutex, OnceLock, PoisonError,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
 
 use futures_util::FutureExt;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use uuid::Uuid;
 
-pub use event::Event;
+pub use crate::agent::RunControl;
+pub use crate::events::Event;
 pub use hub::{Hub, LiveEvents};
 pub use log::{EventLog, Finish, LogError};
 pub use subscription::Delivery;
@@ -57,31 +57,6 @@ const FINISH_RETRY_MAX: Duration = Duration::from_secs(5);
 /// Stopped runs end at their next safe point, within a chunk or a tool call,
 /// so this is only an upper bound for a machine under heavy load.
 const STOP_GRACE: Duration = Duration::from_secs(30);
-
-/// Stops a run at its next safe point, remembering why.
-#[derive(Debug, Default)]
-pub struct RunControl {
-    token: CancellationToken,
-    reason: OnceLock<RunStatus>,
-}
-
-impl RunControl {
-    /// Asks the run to stop with `status`; the first reason given wins.
-    pub fn stop(&self, status: RunStatus) {
-        let _ = self.reason.set(status);
-        self.token.cancel();
-    }
-
-    /// The status the run was asked to stop with, if it was.
-    pub fn stopped(&self) -> Option<RunStatus> {
-        self.reason.get().copied()
-    }
-
-    /// Resolves once the run is asked to stop.
-    pub async fn cancelled(&self) {
-        self.token.cancelled().await;
-    }
-}
 
 /// Gives a run's events their `seq` and queues them on the log, with the
 /// state of the run's assistant message: a run writes its reply in the
@@ -244,6 +219,21 @@ impl Emitter {
                 message,
             )
             .await
+    }
+}
+
+impl crate::agent::EventSink for Emitter {
+    async fn emit(&mut self, event: Event) -> Result<(), crate::agent::SinkError> {
+        Emitter::emit(self, event)
+            .await
+            .map_err(|e| crate::agent::SinkError {
+                code: e.code(),
+                message: e.to_string(),
+            })
+    }
+
+    fn stage_message(&mut self, message: AssistantMessage) {
+        Emitter::stage_message(self, message);
     }
 }
 

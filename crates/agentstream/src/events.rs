@@ -1,4 +1,5 @@
-//! The typed events a run emits, and how each becomes its stored, sent form.
+//! The event vocabulary: the typed events a run emits, and how each becomes
+//! its stored, sent form.
 
 use serde::Serialize;
 use uuid::Uuid;
