@@ -226,6 +226,7 @@ impl App {
             }
         }
         tracing::info!("shutdown 4/5: flushing the event log");
+        state.store.stop_reusing_connections();
         writer_stop.cancel();
         tracker.close();
         tracker.wait().await;

@@ -14,8 +14,8 @@ use std::{
 use futures_util::StreamExt;
 
 use crate::{
-    llm::{ChatMessage, ChatRequest, LlmError, LlmEvent, Provider, ToolCall, Usage},
     events::Event,
+    llm::{ChatMessage, ChatRequest, LlmError, LlmEvent, Provider, ToolCall, Usage},
     store::{self, AssistantMessage, Message, MessageStatus, Role, RunStatus, Store},
     text,
     tools::{self, Tool, ToolContext},

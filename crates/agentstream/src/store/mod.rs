@@ -198,6 +198,10 @@ pub struct Store {
     direct_url: Option<Arc<str>>,
     /// Set while the health probe finds the database not answering.
     down: Arc<watch::Sender<bool>>,
+    /// Set when shutdown begins: connections handed back are closed, not
+    /// tested with a round trip (sqlx's on-release ping) that the end of the
+    /// runtime could cut in half.
+    closing: Arc<AtomicBool>,
     /// Held by the write transaction under way, on SQLite.
     write_turn: Arc<WriteTurn>,
     /// Where write transactions run.
@@ -403,6 +407,8 @@ impl Store {
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5));
         let statement_timeout_ms = settings.statement_timeout.as_millis();
         let pre_ping = settings.pre_ping;
+        let closing = Arc::new(AtomicBool::new(false));
+        let closing_on_release = closing.clone();
         let pool_options = AnyPoolOptions::new()
             .min_connections(settings.size)
             .max_connections(settings.size + settings.max_overflow)
@@ -452,7 +458,11 @@ impl Store {
                 })
             })
             // A connection handed back inside a transaction is closed, never reused dirty.
-            .after_release(|conn, _meta| Box::pin(async move { Ok(!conn.is_in_transaction()) }));
+            .after_release(move |conn, _meta| {
+                let reuse =
+                    !conn.is_in_transaction() && !closing_on_release.load(Ordering::Acquire);
+                Box::pin(async move { Ok(reuse) })
+            });
         let db = Arc::new(DbThread::start()?);
         if backend == Backend::Postgres && !pooled {
             // Before the pool: its connections' first statements would clash
@@ -474,6 +484,7 @@ impl Store {
             backend,
             direct_url,
             down: Arc::new(watch::Sender::new(false)),
+            closing,
             write_turn: Arc::default(),
             db,
         };
@@ -591,8 +602,16 @@ impl Store {
         Ok(())
     }
 
+    /// Stops reusing connections: each one handed back from now on is
+    /// closed. Called when shutdown begins, so that no connection is still
+    /// being tested for reuse when the process ends.
+    pub fn stop_reusing_connections(&self) {
+        self.closing.store(true, Ordering::Release);
+    }
+
     /// Closes every connection; waits for borrowed ones to come back.
     pub async fn close(&self) {
+        self.stop_reusing_connections();
         self.pool.close().await;
     }
 

@@ -71,7 +71,12 @@ async fn events_via(
 async fn stop(mut node: ServerProcess) {
     node.signal("TERM").await;
     assert!(node.wait().await.success());
-    assert!(node.warnings().is_empty(), "{:#?}", node.warnings());
+    assert!(
+        node.warnings().is_empty(),
+        "{:#?}\nthe log:\n{}",
+        node.warnings(),
+        node.log.join("\n")
+    );
 }
 
 /// A run started through A is followed live through B and resumed through B

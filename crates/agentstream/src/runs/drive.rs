@@ -1,0 +1,188 @@
+//! Driving a run: its task runs the agent loop, then writes its end, then
+//! starts the next queued run of its conversation.
+
+use std::{
+    panic::AssertUnwindSafe,
+    sync::{Arc, atomic::Ordering},
+};
+
+use futures_util::FutureExt;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::{
+    ActiveRun, Emitter, Event, FINISH_RETRY_FIRST, FINISH_RETRY_MAX, LogError, RunManager,
+};
+use crate::{
+    agent::{self, Outcome, RunControl},
+    store::{self, Message, Run, RunStatus, StoreError},
+    tools::ToolContext,
+};
+
+impl RunManager {
+    /// Drives the run on a task of its own. `history` is its conversation as
+    /// read by the transaction that stored the run and its `run.started`;
+    /// none for a queued run starting now, which reads and logs both itself.
+    pub(super) fn spawn(&self, run: Run, history: Option<Vec<Message>>) {
+        let Some(agent) = self.inner.agents.get(&run.agent) else {
+            tracing::error!(run_id = %run.id, agent = %run.agent, "run names an unknown agent");
+            return;
+        };
+        let active = Arc::new(ActiveRun {
+            control: RunControl::default(),
+            on_disconnect: run.on_disconnect,
+        });
+        self.active().insert(run.id, active.clone());
+        crate::telemetry::metrics::run_started();
+        let manager = self.clone();
+        // A root span: a run outlives the request that started it, and keeps
+        // no request's span alive.
+        let span = tracing::info_span!(
+            parent: None,
+            "run",
+            run_id = %run.id,
+            conversation_id = %run.conversation_id,
+            user_id = %run.user_id,
+            agent = %run.agent,
+        );
+        self.inner.tracker.spawn_on(
+            async move {
+                let conversation_id = run.conversation_id;
+                manager.drive(run, history, &agent, &active.control).await;
+                manager.start_next(conversation_id).await;
+            }
+            .instrument(span),
+            &self.inner.runtime,
+        );
+    }
+
+    /// The run's task: the agent loop, then the final events.
+    async fn drive(
+        &self,
+        run: Run,
+        history: Option<Vec<Message>>,
+        agent: &agent::Agent,
+        control: &RunControl,
+    ) {
+        let store = &self.inner.store;
+        let started_logged = history.is_some();
+        let mut emitter = Emitter::new(
+            run.id,
+            i64::from(started_logged),
+            self.inner.limits.events_per_run,
+            self.inner.log.clone(),
+        );
+        let ctx = ToolContext {
+            user_id: run.user_id,
+            conversation_id: run.conversation_id,
+            run_id: run.id,
+        };
+        let started = if started_logged {
+            Ok(())
+        } else {
+            emitter
+                .emit(Event::RunStarted {
+                    conversation_id: run.conversation_id,
+                })
+                .await
+        };
+        let outcome = match started {
+            Ok(()) => AssertUnwindSafe(agent::run(
+                agent,
+                store,
+                ctx,
+                history,
+                &mut emitter,
+                control,
+            ))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                Outcome::failed("internal", "the run stopped on an internal error")
+            }),
+            Err(e) => Outcome::failed(e.code(), e.to_string()),
+        };
+        if let Some((code, message)) = &outcome.error {
+            tracing::warn!(
+                run_id = %run.id,
+                code,
+                message,
+                detail = outcome.detail.as_deref().unwrap_or_default(),
+                "run failed"
+            );
+        }
+        let mut ended = emitter.finish(outcome.status, &outcome).await;
+        if matches!(ended, Err(LogError::Store(_) | LogError::Closed)) {
+            // Subscribers learn now that the end is not stored; the run keeps
+            // trying to store it, so it does not stay open once the database
+            // is back.
+            self.inner.hub.abort(run.id);
+            let mut pause = FINISH_RETRY_FIRST;
+            while let Err(LogError::Store(error)) = &ended {
+                if !self.inner.accepting.load(Ordering::Acquire) {
+                    break;
+                }
+                tracing::warn!(run_id = %run.id, %error, "could not store the run's end; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(FINISH_RETRY_MAX);
+                ended = emitter.finish(outcome.status, &outcome).await;
+            }
+        }
+        if let Err(error) = ended
+            && !matches!(error, LogError::AlreadyEnded)
+        {
+            tracing::error!(
+                %error,
+                run_id = %run.id,
+                "could not store the run's end; the next start marks it interrupted"
+            );
+        }
+        self.active().remove(&run.id);
+    }
+
+    /// Starts the conversation's oldest queued run if none is running. Both
+    /// a run that ends and a run that is queued call this after their
+    /// commit, so whichever commits last sees the other's: no queued run is
+    /// left waiting behind a run that has ended.
+    pub(super) async fn start_next(&self, conversation_id: Uuid) {
+        if !self.inner.accepting.load(Ordering::Acquire) {
+            return;
+        }
+        // Most conversations have nothing queued: one read, no transaction.
+        match self.inner.store.has_queued_run(conversation_id).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(error) => {
+                tracing::error!(%error, %conversation_id, "could not look for a queued run");
+                return;
+            }
+        }
+        let next = async {
+            let mut tx = self.inner.store.begin().await?;
+            store::lock_conversation(&mut tx, conversation_id).await?;
+            let runs = store::active_runs(&mut tx, conversation_id).await?;
+            let next = match runs.iter().find(|run| run.status == RunStatus::Running) {
+                Some(_) => None,
+                None => runs.into_iter().find(|run| run.status == RunStatus::Queued),
+            };
+            if let Some(run) = &next {
+                store::start_queued_run(&mut tx, run.id, &self.inner.node.id).await?;
+            }
+            tx.commit().await?;
+            Ok::<_, StoreError>(next)
+        };
+        match next.await {
+            Ok(Some(mut run)) => {
+                crate::telemetry::metrics::run_dequeued();
+                run.status = RunStatus::Running;
+                self.spawn(run, None);
+            }
+            Ok(None) => {}
+            // Another node started it first.
+            Err(StoreError::Conflict(_)) => {}
+            Err(error) => {
+                tracing::error!(%error, %conversation_id, "could not start the next queued run")
+            }
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! Starting a run (one short transaction stores it, the user's message and
+//! its first event) and cancelling one, wherever it runs.
+
+use std::sync::atomic::Ordering;
+
+use uuid::Uuid;
+
+use super::{ConversationRef, Event, Multitask, RunError, RunManager, StartRun, Started};
+use crate::store::{self, MessageStatus, NewMessage, NewRun, Role, Run, RunStatus, StoreError};
+
+impl RunManager {
+    /// Starts a run on the user's conversation (or a new one): stores the
+    /// user's message and the run in one short transaction, then spawns the
+    /// run's task. Runs on the database thread, to its end even if the
+    /// caller goes away: a run stored is a run driven.
+    #[tracing::instrument(skip_all, fields(user_id = %user_id))]
+    pub async fn start(
+        &self,
+        user_id: Uuid,
+        conversation: ConversationRef,
+        request: StartRun,
+    ) -> Result<Started, RunError> {
+        let manager = self.clone();
+        self.inner
+            .store
+            .on_db(async move { manager.start_here(user_id, conversation, request).await })
+            .await
+    }
+
+    async fn start_here(
+        &self,
+        user_id: Uuid,
+        conversation: ConversationRef,
+        mut request: StartRun,
+    ) -> Result<Started, RunError> {
+        // Stored alike on both databases (see `crate::text`).
+        request.input = crate::text::clean_string(request.input);
+        request.client_message_id = request.client_message_id.map(crate::text::clean_string);
+        if !self.inner.accepting.load(Ordering::Acquire) {
+            return Err(RunError::ShuttingDown);
+        }
+        let active_here = self.active_count();
+        if active_here >= self.inner.limits.active {
+            return Err(RunError::Overloaded(active_here));
+        }
+        let mut tx = self.inner.store.begin().await?;
+        let new_conversation = matches!(conversation, ConversationRef::New(_));
+        let conversation = match conversation {
+            ConversationRef::Existing { id, kind } => {
+                let conversation = store::conversation_for_update(&mut tx, user_id, id)
+                    .await?
+                    .ok_or(RunError::NotFound)?;
+                if let Some(expected) = kind
+                    && conversation.kind != expected
+                {
+                    return Err(RunError::WrongKind {
+                        found: conversation.kind,
+                        expected,
+                    });
+                }
+                conversation
+            }
+            ConversationRef::New(kind) => {
+                store::insert_conversation(&mut tx, user_id, kind, None).await?
+            }
+        };
+        let agent_name = conversation.kind.as_str();
+        if self.inner.agents.get(agent_name).is_none() {
+            return Err(RunError::NoAgent(agent_name.to_owned()));
+        }
+        if let Some(key) = &request.client_message_id
+            && let Some(run) =
+                store::run_by_client_message_id(&mut tx, conversation.id, key).await?
+        {
+            tx.rollback().await.map_err(StoreError::from)?;
+            return Ok(Started {
+                run,
+                conversation,
+                created: false,
+                live: None,
+            });
+        }
+        // A conversation created here has no runs, and only this message.
+        let active = if new_conversation {
+            Vec::new()
+        } else {
+            store::active_runs(&mut tx, conversation.id).await?
+        };
+        let status = match (active.first(), request.multitask) {
+            (None, _) => RunStatus::Running,
+            (Some(run), Multitask::Reject) => return Err(RunError::Busy(run.id)),
+            (Some(_), Multitask::Enqueue | Multitask::Interrupt) => RunStatus::Queued,
+        };
+        let run = store::insert_run(
+            &mut tx,
+            NewRun {
+                conversation_id: conversation.id,
+                user_id: conversation.user_id,
+                agent: agent_name,
+                status,
+                client_message_id: request.client_message_id.as_deref(),
+                on_disconnect: request.on_disconnect,
+                owner_node: (status == RunStatus::Running).then_some(self.inner.node.id.as_str()),
+            },
+        )
+        .await?;
+        let message = store::insert_message(
+            &mut tx,
+            NewMessage {
+                conversation_id: conversation.id,
+                run_id: Some(run.id),
+                role: Role::User,
+                content: &request.input,
+                tool_calls: None,
+                tool_call_id: None,
+                status: MessageStatus::Complete,
+            },
+        )
+        .await?;
+        // A run that starts now reads its conversation here rather than on a
+        // connection of its own, and is stored with its first event: a
+        // client hears `run.started` as soon as the run is stored.
+        let first = match status {
+            RunStatus::Running => {
+                let history = if new_conversation {
+                    vec![message]
+                } else {
+                    store::messages(&mut tx, conversation.id, None).await?
+                };
+                let started = Event::RunStarted {
+                    conversation_id: conversation.id,
+                }
+                .to_stored(run.id, 1);
+                // No other node needs telling: none knows of this run
+                // before this commit, and each reads the store first.
+                store::append_events(&mut tx, &[&started]).await?;
+                Some((history, started))
+            }
+            _ => None,
+        };
+        // Counted last, the new run included, under the user's row lock: the
+        // limit holds across nodes, and the lock is held only to the commit.
+        let users_runs = store::count_user_active_runs(&mut tx, conversation.user_id).await?;
+        if users_runs > i64::from(self.inner.limits.per_user) {
+            return Err(RunError::TooManyRuns(self.inner.limits.per_user));
+        }
+        match tx.commit().await {
+            Ok(()) => {}
+            // A concurrent start on another connection won the race.
+            Err(e) => {
+                return match StoreError::from(e) {
+                    StoreError::Conflict(_) => {
+                        Err(RunError::Busy(active.first().map_or(run.id, |r| r.id)))
+                    }
+                    e => Err(e.into()),
+                };
+            }
+        }
+        // Joined before the run's first event is delivered, so this channel
+        // carries every event of the run: its first subscriber needs no read
+        // of the store.
+        let live = self.inner.hub.open(run.id);
+        let history = first.map(|(history, started)| {
+            crate::telemetry::metrics::events_committed(1);
+            self.inner.hub.publish([started]);
+            history
+        });
+        if status == RunStatus::Queued {
+            crate::telemetry::metrics::run_queued();
+        }
+        if request.multitask == Multitask::Interrupt {
+            // The running run is cancelled; runs queued behind it keep their turn.
+            for other in active.iter().filter(|r| r.status == RunStatus::Running) {
+                self.request_cancel(other).await?;
+            }
+        }
+        match history {
+            Some(history) => self.spawn(run.clone(), Some(history)),
+            // Queued: the run ahead may have ended before this one was
+            // stored, and then did not see it. Whoever looks after both
+            // commits starts it.
+            None => self.start_next(conversation.id).await,
+        }
+        Ok(Started {
+            run,
+            conversation,
+            created: true,
+            live: Some(live),
+        })
+    }
+
+    /// Cancels the user's run. Idempotent: an ended run is returned as it is.
+    /// A running run stops at its next safe point.
+    #[tracing::instrument(skip_all, fields(run_id = %run_id))]
+    pub async fn cancel(&self, user_id: Uuid, run_id: Uuid) -> Result<Run, RunError> {
+        let run = self
+            .inner
+            .store
+            .run(user_id, run_id)
+            .await?
+            .ok_or(RunError::NotFound)?;
+        if run.status.is_terminal() {
+            return Ok(run);
+        }
+        self.request_cancel(&run).await?;
+        Ok(run)
+    }
+
+    /// Cancels a run wherever it is: here, on the node that drives it (told
+    /// by a notification, and by the database at its next heartbeat), or
+    /// still queued.
+    pub(super) async fn request_cancel(&self, run: &Run) -> Result<(), StoreError> {
+        if self.stop_local(run.id, RunStatus::Cancelled) {
+            return Ok(());
+        }
+        match run.status {
+            RunStatus::Queued => {
+                self.end_unstarted(run, RunStatus::Cancelled).await?;
+                crate::telemetry::metrics::run_dequeued();
+                Ok(())
+            }
+            RunStatus::Running => {
+                if self.inner.store.request_cancel(run.id).await? {
+                    self.inner.store.notify_cancel(run.id).await?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
