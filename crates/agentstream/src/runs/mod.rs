@@ -725,9 +725,9 @@ impl RunManager {
         // every open run was left by a crash. On PostgreSQL other nodes may
         // be driving theirs: only this node's own are taken here (a restart
         // with the same --node-id), the rest by the lease sweep.
-        let open: Vec<Run> = match self.inner.store.backend() {
-            store::Backend::Sqlite => open,
-            store::Backend::Postgres => {
+        let open: Vec<Run> = match self.inner.store.single_node() {
+            true => open,
+            false => {
                 let mine = self.inner.store.runs_owned_by(&self.inner.node.id).await?;
                 open.into_iter()
                     .filter(|run| mine.contains(&run.id))
@@ -773,7 +773,7 @@ impl RunManager {
         }
         // Queued runs wait for whichever node ends the run ahead of them; on
         // SQLite there is no other node, so they end here.
-        if self.inner.store.backend() != store::Backend::Sqlite {
+        if !self.inner.store.single_node() {
             return;
         }
         match self.inner.store.open_runs().await {
