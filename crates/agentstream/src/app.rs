@@ -16,7 +16,7 @@ use crate::{
         scripted::Scripted,
     },
     runs::{EventLog, Hub, RunManager},
-    store::{self, Backend, Store},
+    store::{self, Store},
     tools::Registry,
 };
 
@@ -99,7 +99,7 @@ impl App {
             .context("cannot register this node")?;
         runs.recover().await.context("cannot recover open runs")?;
         tracker.spawn(runs.clone().keep_leases(writer_stop.clone()));
-        if store.backend() == Backend::Postgres {
+        if store.can_notify() {
             tracker.spawn(
                 runs.clone().listen(
                     store

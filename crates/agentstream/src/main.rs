@@ -6,7 +6,7 @@ use agentstream::{
     App,
     app::shutdown_signal,
     cli::{Cli, Command, KeysCommand},
-    config::Config,
+    config::{Config, LogFormat},
     store::Store,
     telemetry,
 };
@@ -20,7 +20,7 @@ async fn main() -> anyhow::Result<()> {
         return serve(config).await;
     };
     if !matches!(command, Command::Serve(_)) {
-        telemetry::init(config.log_format);
+        telemetry::init(log_format(config.log_format));
     }
     match command {
         Command::Serve(config) => serve(*config).await,
@@ -41,9 +41,17 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    telemetry::init(config.log_format);
+    telemetry::init(log_format(config.log_format));
     let app = App::build(config).await?;
     app.run_until_stopped(shutdown_signal()).await
+}
+
+/// The log lines `--log-format` asks for.
+fn log_format(format: LogFormat) -> telemetry::Format {
+    match format {
+        LogFormat::Text => telemetry::Format::Text,
+        LogFormat::Json => telemetry::Format::Json,
+    }
 }
 
 async fn open_store(config: &Config) -> anyhow::Result<Store> {

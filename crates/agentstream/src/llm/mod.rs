@@ -202,6 +202,16 @@ impl LlmError {
 /// A streamed reply: ends when the model is done.
 pub type LlmStream = BoxStream<'static, Result<LlmEvent, LlmError>>;
 
+impl crate::telemetry::metrics::UpstreamItem for Result<LlmEvent, LlmError> {
+    fn is_token(&self) -> bool {
+        matches!(self, Ok(LlmEvent::Delta(_) | LlmEvent::ToolCall(_)))
+    }
+
+    fn error_code(&self) -> Option<&'static str> {
+        self.as_ref().err().map(LlmError::code)
+    }
+}
+
 /// A source of model replies.
 pub trait Provider: Send + Sync + Debug {
     /// Streams the model's reply to `request`. Dropping the stream abandons the call.

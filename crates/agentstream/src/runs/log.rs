@@ -18,8 +18,7 @@ use uuid::Uuid;
 
 use super::hub::Hub;
 use crate::store::{
-    self, AssistantMessage, Backend, MessageStatus, RunEnd, RunStatus, Store, StoreError,
-    StoredEvent,
+    self, AssistantMessage, MessageStatus, RunEnd, RunStatus, Store, StoreError, StoredEvent,
 };
 
 /// Most events one transaction carries.
@@ -399,7 +398,7 @@ fn deliver(hub: &Hub, lost: &LostRuns, batch: impl Iterator<Item = Pending>, fat
         let result = match fate {
             Fate::Committed => {
                 if let Some(finish) = &pending.finish {
-                    crate::telemetry::metrics::run_finished(finish.status);
+                    crate::telemetry::metrics::run_finished(finish.status.as_str());
                     lost.remove(&run_id);
                 }
                 committed.push(pending.event);
@@ -513,9 +512,7 @@ async fn commit_on(
     }
     let events: Vec<&StoredEvent> = written.map(|p| &p.event).collect();
     store::append_events(&mut tx, &events).await?;
-    if store.backend() == Backend::Postgres {
-        store::notify_events(&mut tx, &events).await?;
-    }
+    store::notify_events(&mut tx, &events).await?;
     tx.commit().await?;
     Ok(dropped)
 }

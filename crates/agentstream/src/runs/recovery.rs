@@ -6,7 +6,7 @@ use std::{sync::atomic::Ordering, time::Duration};
 use super::{Emitter, LogError, RunManager, STOP_GRACE};
 use crate::{
     agent::Outcome,
-    store::{self, Run, RunStatus, StoreError},
+    store::{Run, RunStatus, StoreError},
 };
 
 impl RunManager {
@@ -38,14 +38,13 @@ impl RunManager {
         // every open run was left by a crash. On PostgreSQL other nodes may
         // be driving theirs: only this node's own are taken here (a restart
         // with the same --node-id), the rest by the lease sweep.
-        let open: Vec<Run> = match self.inner.store.backend() {
-            store::Backend::Sqlite => open,
-            store::Backend::Postgres => {
-                let mine = self.inner.store.runs_owned_by(&self.inner.node.id).await?;
-                open.into_iter()
-                    .filter(|run| mine.contains(&run.id))
-                    .collect()
-            }
+        let open: Vec<Run> = if self.inner.store.single_node() {
+            open
+        } else {
+            let mine = self.inner.store.runs_owned_by(&self.inner.node.id).await?;
+            open.into_iter()
+                .filter(|run| mine.contains(&run.id))
+                .collect()
         };
         for run in &open {
             self.end_unstarted(run, RunStatus::Interrupted).await?;
@@ -86,7 +85,7 @@ impl RunManager {
         }
         // Queued runs wait for whichever node ends the run ahead of them; on
         // SQLite there is no other node, so they end here.
-        if self.inner.store.backend() != store::Backend::Sqlite {
+        if !self.inner.store.single_node() {
             return;
         }
         match self.inner.store.open_runs().await {

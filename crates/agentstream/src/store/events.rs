@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
-use super::{MultiRow, Store, StoreError, now, parse_id, query};
+use super::{Backend, MultiRow, Store, StoreError, now, parse_id, query};
 
 /// One committed event of a run's log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,11 +57,15 @@ pub(crate) async fn append_events(
 /// Tells the other nodes (PostgreSQL `NOTIFY`, delivered on commit) which
 /// runs have new events, inside the transaction that adds them: one
 /// `run_id:seq` per run with its last `seq`, comma-separated, in payloads under
-/// PostgreSQL's 8,000-byte limit.
+/// PostgreSQL's 8,000-byte limit. On SQLite, which has no other node to
+/// tell (see [`Store::can_notify`]), it does nothing.
 pub(crate) async fn notify_events(
     conn: &mut AnyConnection,
     events: &[&StoredEvent],
 ) -> Result<(), StoreError> {
+    if Backend::of(conn) != Backend::Postgres {
+        return Ok(());
+    }
     const MAX_PAYLOAD: usize = 7_900;
     let mut last: Vec<(Uuid, i64)> = Vec::new();
     for event in events {

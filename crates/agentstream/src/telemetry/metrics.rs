@@ -12,16 +12,11 @@ use std::{
 };
 
 use axum::http::{Method, StatusCode};
-use futures_util::StreamExt;
+use futures_util::{StreamExt, stream::BoxStream};
 use metrics::{
     Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
-
-use crate::{
-    llm::{LlmEvent, LlmStream},
-    store::RunStatus,
-};
 
 /// Runs this node is driving (sampled).
 pub const RUNS_ACTIVE: &str = "agentstream_runs_active";
@@ -207,9 +202,9 @@ pub fn run_dequeued() {
     gauge!(RUNS_QUEUED).decrement(1.0);
 }
 
-/// A run's end was committed with `status`.
-pub fn run_finished(status: RunStatus) {
-    counter!(RUNS_FINISHED, "status" => status.as_str()).increment(1);
+/// A run's end was committed with `status` (its stored name: `completed`, …).
+pub fn run_finished(status: &'static str) {
+    counter!(RUNS_FINISHED, "status" => status).increment(1);
 }
 
 /// The event log committed a transaction of `events` events.
@@ -237,20 +232,32 @@ pub fn upstream_error(agent: &str, code: &'static str) {
     counter!(UPSTREAM_ERRORS, "agent" => agent.to_owned(), "code" => code).increment(1);
 }
 
+/// What [`observe_upstream`] reads from the items of a model stream; the
+/// model client implements it for its items.
+pub trait UpstreamItem {
+    /// Whether the item is a token: text or a tool call.
+    fn is_token(&self) -> bool;
+    /// The item's error code (`upstream_timeout`, …) if it is a failure.
+    fn error_code(&self) -> Option<&'static str>;
+}
+
 /// The model call `stream` of `agent`, measured: its first token's latency
 /// and its failure, if it fails.
-pub fn observe_upstream(agent: &str, stream: LlmStream) -> LlmStream {
+pub fn observe_upstream<I>(agent: &str, stream: BoxStream<'static, I>) -> BoxStream<'static, I>
+where
+    I: UpstreamItem + Send + 'static,
+{
     let asked = Instant::now();
     let agent = agent.to_owned();
     let mut waiting = true;
     stream
-        .inspect(move |item| match item {
-            Ok(LlmEvent::Delta(_) | LlmEvent::ToolCall(_)) if waiting => {
+        .inspect(move |item| {
+            if let Some(code) = item.error_code() {
+                upstream_error(&agent, code);
+            } else if waiting && item.is_token() {
                 waiting = false;
                 upstream_first_token(&agent, asked.elapsed());
             }
-            Ok(_) => {}
-            Err(error) => upstream_error(&agent, error.code()),
         })
         .boxed()
 }
@@ -360,7 +367,7 @@ mod tests {
     fn the_recorder_is_installed_once_and_renders_what_was_recorded() {
         let first = handle() as *const PrometheusHandle;
         assert_eq!(first, handle() as *const PrometheusHandle);
-        run_finished(RunStatus::Completed);
+        run_finished("completed");
         events_committed(3);
         http_request(
             &Method::GET,

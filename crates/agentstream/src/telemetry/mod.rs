@@ -1,6 +1,7 @@
 //! Logs and metrics: levels from `RUST_LOG` (default `info`), text or JSON
 //! lines on stderr, one line a record; the Prometheus figures are in
-//! [`metrics`].
+//! [`metrics`]. A leaf: it names nothing else of the crate, so every module
+//! may record into it (callers pass labels, not their types).
 
 pub mod metrics;
 pub mod one_line;
@@ -9,14 +10,21 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
-use crate::config::LogFormat;
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Human-readable lines, coloured on a terminal.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Installs the global subscriber. Call once, from `main`.
-pub fn init(format: LogFormat) {
+pub fn init(format: Format) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Text => registry
+        Format::Text => registry
             .with(
                 fmt::layer()
                     .with_ansi(colour(
@@ -27,7 +35,7 @@ pub fn init(format: LogFormat) {
             )
             .init(),
         // JSON escapes line breaks in strings already, and has no colour.
-        LogFormat::Json => registry
+        Format::Json => registry
             .with(
                 fmt::layer()
                     .json()

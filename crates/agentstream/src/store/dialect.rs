@@ -1,0 +1,160 @@
+//! What differs between SQLite and PostgreSQL at run time: which dialect a
+//! connection speaks, the placeholders of multi-row statements, how a write
+//! transaction begins, and SQLite's write turn.
+
+use std::{borrow::Cow, fmt::Write, sync::Arc};
+
+use sqlx::AnyConnection;
+use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore};
+
+use super::Store;
+
+/// Which SQL dialect the store speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite, embedded: one file, WAL mode.
+    Sqlite,
+    /// PostgreSQL over the network.
+    Postgres,
+}
+
+impl Backend {
+    /// The dialect a connection speaks.
+    pub(super) fn of(conn: &AnyConnection) -> Backend {
+        if conn.backend_name() == "SQLite" {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        }
+    }
+
+    /// The dialect a database URL names, if it names one we speak.
+    pub fn from_url(url: &str) -> Option<Backend> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+/// How many transactions may wait at SQLite's write turn ahead of the event
+/// log: more make its batches bigger (less work per event), fewer make its
+/// commits wait less.
+const WRITERS_AHEAD_OF_EVENTS: usize = 16;
+
+/// SQLite's write turn (see [`Store::write_turn`]).
+#[derive(Debug)]
+pub(super) struct WriteTurn {
+    /// Where transactions other than the event log's wait for the turn.
+    gate: Semaphore,
+    /// Held by the write transaction under way.
+    turn: Arc<Mutex<()>>,
+}
+
+impl Default for WriteTurn {
+    fn default() -> WriteTurn {
+        WriteTurn {
+            gate: Semaphore::new(WRITERS_AHEAD_OF_EVENTS),
+            turn: Arc::default(),
+        }
+    }
+}
+
+impl Store {
+    pub(super) fn begin_statement(&self) -> Option<Cow<'static, str>> {
+        match self.backend {
+            Backend::Sqlite => Some(Cow::Borrowed("BEGIN IMMEDIATE")),
+            Backend::Postgres => None,
+        }
+    }
+
+    /// SQLite lets one transaction write at a time, and one that finds the
+    /// file locked sleeps and polls (`busy_timeout`), from 1 ms up to 100 ms
+    /// a time. This process is the file's only writer (the lock file sees to
+    /// it), so its writes take turns here instead (transactions, and the few
+    /// single statements that write outside one), in order,
+    /// each woken the moment the one before it ends. Other transactions
+    /// queue at a gate first, so at most one of them waits at the turn
+    /// itself, and the event log (`first`) waits behind that one only.
+    /// PostgreSQL locks rows.
+    pub(super) async fn write_turn(&self, first: bool) -> Option<OwnedMutexGuard<()>> {
+        if self.backend != Backend::Sqlite {
+            return None;
+        }
+        if first {
+            return Some(self.write_turn.turn.clone().lock_owned().await);
+        }
+        let _gate = self.write_turn.gate.acquire().await;
+        Some(self.write_turn.turn.clone().lock_owned().await)
+    }
+}
+
+/// One multi-row statement per size, so that each is a prepared statement
+/// the connection caches and a batch of any length is cut into a few of them.
+/// Only placeholders are generated; values are always bound.
+#[derive(Debug)]
+pub(super) struct MultiRow {
+    /// With `$1, $2…`, for PostgreSQL.
+    pub(super) numbered: Vec<(usize, String)>,
+    /// With `?`, for SQLite, which finds a named placeholder by walking a
+    /// list: binding a chunk of `$N` costs the square of its size.
+    pub(super) anonymous: Vec<(usize, String)>,
+}
+
+impl MultiRow {
+    /// `{head} (…), (…) {tail}` with `columns` placeholders a row, for each
+    /// of `sizes` rows (largest first, ending with 1).
+    pub(super) fn new(sizes: &[usize], head: &str, columns: usize, tail: &str) -> MultiRow {
+        let build = |numbered: bool| {
+            sizes
+                .iter()
+                .map(|&rows| {
+                    let mut sql = format!("{head} ");
+                    for row in 0..rows {
+                        sql.push_str(if row == 0 { "(" } else { ", (" });
+                        for column in 0..columns {
+                            let sep = if column == 0 { "" } else { ", " };
+                            if numbered {
+                                let _ = write!(sql, "{sep}${}", row * columns + column + 1);
+                            } else {
+                                let _ = write!(sql, "{sep}?");
+                            }
+                        }
+                        sql.push(')');
+                    }
+                    let _ = write!(sql, " {tail}");
+                    (rows, sql)
+                })
+                .collect()
+        };
+        MultiRow {
+            numbered: build(true),
+            anonymous: build(false),
+        }
+    }
+
+    /// The statements for the connection's dialect.
+    pub(super) fn for_conn(&self, conn: &AnyConnection) -> &[(usize, String)] {
+        match Backend::of(conn) {
+            Backend::Sqlite => &self.anonymous,
+            Backend::Postgres => &self.numbered,
+        }
+    }
+
+    /// Cuts `items` into chunks, each with its statement.
+    pub(super) fn chunks<'a, T>(
+        statements: &'a [(usize, String)],
+        items: &'a [T],
+    ) -> impl Iterator<Item = (&'a str, &'a [T])> {
+        let mut rest = items;
+        std::iter::from_fn(move || {
+            let (rows, sql) = statements.iter().find(|(rows, _)| *rows <= rest.len())?;
+            let (chunk, tail) = rest.split_at(*rows);
+            rest = tail;
+            Some((sql.as_str(), chunk))
+        })
+    }
+}
