@@ -1,6 +1,6 @@
 //! Builds everything, serves, and shuts down in numbered phases.
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -8,13 +8,9 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     agent::{Agent, Agents},
-    config::{Config, FileConfig, ProviderConfig},
+    config::{Config, FileConfig},
     http::{self, AppState},
-    llm::{
-        Probe, Provider,
-        openai::{OpenAi, OpenAiSettings},
-        scripted::Scripted,
-    },
+    llm::{self, Probe, registry::NamedProvider},
     runs::{EventLog, Hub, RunManager},
     store::{self, Store},
     tools::Registry,
@@ -240,95 +236,16 @@ impl App {
     }
 }
 
-/// A model provider as start-up reports and checks it.
-#[derive(Debug, Clone)]
-struct NamedProvider {
-    /// Its name in the config file (`scripted` for the built-in one).
-    name: String,
-    /// Its `kind`: `openai` or `scripted`.
-    kind: &'static str,
-    /// Where it answers; none for the built-in demo model.
-    url: Option<String>,
-    provider: Arc<dyn Provider>,
-}
-
 /// The agents: each one the file defines, the others built in on the
 /// scripted demo model; and the providers they use, each once. Logs one
 /// line per agent.
 fn agents(config: &Config, file: &FileConfig) -> anyhow::Result<(Agents, Vec<NamedProvider>)> {
     let registry = Registry::builtin(&config.onboarding_fields);
-    let scripted_with = |delay_ms: u64| -> Arc<dyn Provider> {
-        Arc::new(Scripted::new(
-            Duration::from_millis(delay_ms),
-            config.onboarding_fields.clone(),
-        ))
+    let defaults = llm::registry::Defaults {
+        scripted_delay: Duration::from_millis(config.scripted_delay_ms),
+        onboarding_fields: config.onboarding_fields.clone(),
     };
-    let mut providers: HashMap<&str, NamedProvider> = HashMap::new();
-    providers.insert(
-        "scripted",
-        NamedProvider {
-            name: "scripted".to_owned(),
-            kind: "scripted",
-            url: None,
-            provider: scripted_with(config.scripted_delay_ms),
-        },
-    );
-    for (name, provider) in &file.providers {
-        let (kind, url, provider): (_, _, Arc<dyn Provider>) = match provider {
-            ProviderConfig::Scripted { delay_ms } => (
-                "scripted",
-                None,
-                scripted_with(delay_ms.unwrap_or(config.scripted_delay_ms)),
-            ),
-            ProviderConfig::Openai {
-                base_url,
-                api_key_env,
-                connect_timeout_ms,
-                first_token_timeout_ms,
-                chunk_timeout_ms,
-                max_retries,
-            } => {
-                let api_key = match api_key_env {
-                    Some(var) => Some(std::env::var(var).map_err(|_| {
-                        anyhow::anyhow!(
-                            "provider {name:?}: the environment variable {var} is not set"
-                        )
-                    })?),
-                    None => None,
-                };
-                let defaults = OpenAiSettings::default();
-                let ms = |value: &Option<u64>, default: Duration| {
-                    value.map_or(default, Duration::from_millis)
-                };
-                let settings = OpenAiSettings {
-                    base_url: base_url.clone(),
-                    api_key,
-                    connect_timeout: ms(connect_timeout_ms, defaults.connect_timeout),
-                    first_token_timeout: ms(first_token_timeout_ms, defaults.first_token_timeout),
-                    chunk_timeout: ms(chunk_timeout_ms, defaults.chunk_timeout),
-                    max_retries: max_retries.unwrap_or(defaults.max_retries),
-                    retry_backoff: defaults.retry_backoff,
-                };
-                (
-                    "openai",
-                    Some(base_url.clone()),
-                    Arc::new(
-                        OpenAi::new(settings)
-                            .map_err(|e| anyhow::anyhow!("provider {name:?}: {e}"))?,
-                    ),
-                )
-            }
-        };
-        providers.insert(
-            name,
-            NamedProvider {
-                name: name.clone(),
-                kind,
-                url,
-                provider,
-            },
-        );
-    }
+    let providers = llm::registry::build(&file.providers, &defaults).map_err(anyhow::Error::msg)?;
     let builtin = [
         (
             "onboarding",
@@ -572,6 +489,7 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::llm::Provider;
 
     /// A provider whose start-up check finds `probe`.
     #[derive(Debug)]

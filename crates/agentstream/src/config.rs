@@ -5,6 +5,7 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration}
 use clap::{Args, FromArgMatches, ValueEnum};
 use serde::Deserialize;
 
+use crate::llm::registry::ProviderConfig;
 use crate::store::PoolSettings;
 
 /// The connection pooler between agentstream and PostgreSQL.
@@ -174,32 +175,6 @@ pub struct FileConfig {
     pub agents: BTreeMap<String, AgentConfig>,
 }
 
-/// One model provider.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum ProviderConfig {
-    /// Any OpenAI-compatible Chat Completions server.
-    Openai {
-        /// The API's base URL, e.g. `https://api.openai.com/v1`.
-        base_url: String,
-        /// The environment variable holding the API key, if the server wants one.
-        api_key_env: Option<String>,
-        /// Connect timeout (default 10 s).
-        connect_timeout_ms: Option<u64>,
-        /// Time allowed before the first token (default 60 s).
-        first_token_timeout_ms: Option<u64>,
-        /// Time allowed between chunks (default 60 s).
-        chunk_timeout_ms: Option<u64>,
-        /// Retries before the first token on connection errors, 429 and 5xx (default 2).
-        max_retries: Option<u32>,
-    },
-    /// The built-in demo model.
-    Scripted {
-        /// Pause before each word (default: `--scripted-delay-ms`).
-        delay_ms: Option<u64>,
-    },
-}
-
 /// One agent.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -330,6 +305,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::llm::openai::OpenAiConfig;
 
     #[test]
     fn defaults_are_the_seeds() {
@@ -362,11 +338,11 @@ mod tests {
         .unwrap();
         assert!(matches!(
             &file.providers["local"],
-            ProviderConfig::Openai {
+            ProviderConfig::Openai(OpenAiConfig {
                 chunk_timeout_ms: Some(500),
                 api_key_env: None,
                 ..
-            }
+            })
         ));
         assert_eq!(file.agents["chat"].model, "llama3.1");
         let unknown = toml::from_str::<FileConfig>(

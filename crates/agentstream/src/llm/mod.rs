@@ -1,7 +1,9 @@
 //! Model providers: the trait the agent loop streams from, and its implementations.
 
 pub mod openai;
+pub mod registry;
 pub mod scripted;
+pub(crate) mod transport;
 
 use std::fmt::Debug;
 
@@ -217,7 +219,8 @@ pub trait Provider: Send + Sync + Debug {
     /// Streams the model's reply to `request`. Dropping the stream abandons the call.
     fn stream(&self, request: ChatRequest) -> LlmStream;
 
-    /// How the model is shown to people, e.g. in `GET /v1/agents`.
+    /// How the model is named in the start-up log's line for each agent; the scripted
+    /// provider says it is the demo model.
     fn label(&self, model: &str) -> String;
 
     /// Checks at start-up that the provider is set up right, without

@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use serde::Deserialize;
 
 use super::{ChatMessage, ChatRequest, LlmError, LlmEvent, LlmStream, Provider, ToolCall, Usage};
 
@@ -21,6 +22,25 @@ pub struct Scripted {
     delay: Duration,
     /// The onboarding fields, in the order they are asked.
     fields: Vec<String>,
+}
+
+/// A `[providers.<name>]` table of the config file with `kind = "scripted"`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptedConfig {
+    /// Pause before each word (default: `--scripted-delay-ms`).
+    pub delay_ms: Option<u64>,
+}
+
+impl ScriptedConfig {
+    /// The provider the table describes: pausing `delay` before each word unless the table
+    /// sets its own pause, and asking for `fields`.
+    pub fn build(&self, delay: Duration, fields: &[String]) -> Scripted {
+        Scripted::new(
+            self.delay_ms.map_or(delay, Duration::from_millis),
+            fields.to_vec(),
+        )
+    }
 }
 
 /// What the script does next.
