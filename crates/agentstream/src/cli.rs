@@ -3,7 +3,7 @@
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, DbPooler};
+use agentstream::config::{Config, DbPooler};
 
 /// Streams an LLM agent's reply over SSE while its tools write a database.
 #[derive(Debug, Parser)]

@@ -4,8 +4,6 @@
 
 pub mod agent;
 pub mod app;
-pub mod cli;
-pub mod client;
 pub mod config;
 pub mod events;
 pub mod http;

@@ -1,11 +1,17 @@
-//! The `agentstream` binary: parses settings and runs a subcommand.
+//! The `agentstream` binary: parses settings and runs a subcommand. The
+//! command line and the terminal client live here, not in the server
+//! library.
+
+mod cli;
+mod client;
 
 use std::io::Write;
+
+use cli::{Cli, Command, KeysCommand};
 
 use agentstream::{
     App,
     app::shutdown_signal,
-    cli::{Cli, Command, KeysCommand},
     config::{Config, LogFormat},
     store::Store,
     telemetry,
@@ -30,7 +36,7 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("migrations applied");
             Ok(())
         }
-        Command::Chat(args) => agentstream::client::chat(args).await,
+        Command::Chat(args) => client::chat(args).await,
         Command::Keys(keys_args) => {
             let store = open_store(&keys_args.database.apply(config)).await?;
             let done = keys(&store, keys_args.action).await;

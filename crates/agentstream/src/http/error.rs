@@ -51,9 +51,9 @@ pub enum ApiError {
     /// The server cannot take this now; retry shortly.
     #[error("{0}")]
     Unavailable(String),
-    /// A fault on our side; the details are logged, not sent.
+    /// A fault on our side; its source is logged, not sent.
     #[error("internal error: {0}")]
-    Internal(String),
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl ApiError {
@@ -157,7 +157,7 @@ impl From<StoreError> for ApiError {
             StoreError::Unavailable(_) => {
                 ApiError::Unavailable("the database is unavailable; try again shortly".to_owned())
             }
-            other => ApiError::Internal(other.to_string()),
+            other => ApiError::Internal(Box::new(other)),
         }
     }
 }
@@ -165,7 +165,8 @@ impl From<StoreError> for ApiError {
 impl From<RunError> for ApiError {
     fn from(error: RunError) -> Self {
         match error {
-            RunError::NotFound => ApiError::NotFound("conversation"),
+            RunError::ConversationNotFound => ApiError::NotFound("conversation"),
+            RunError::RunNotFound => ApiError::NotFound("run"),
             RunError::Busy(run_id) => ApiError::Conflict(format!(
                 "the conversation already has an active run ({run_id}); wait for it, cancel it, \
                  or send multitask=enqueue or multitask=interrupt"
@@ -178,7 +179,7 @@ impl From<RunError> for ApiError {
             RunError::WrongKind { found, expected } => ApiError::Invalid(format!(
                 "conversation_id names a {found} conversation; this route serves {expected} ones"
             )),
-            RunError::NoAgent(_) => ApiError::Internal(error.to_string()),
+            RunError::NoAgent(_) => ApiError::Internal(Box::new(error)),
             RunError::Store(e) => e.into(),
         }
     }

@@ -31,24 +31,39 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct AppState {
     /// The database.
-    pub store: Store,
+    pub(crate) store: Store,
     /// Starts, stops and streams runs.
-    pub runs: RunManager,
+    pub(crate) runs: RunManager,
     /// How callers are authenticated.
-    pub auth: auth::Auth,
+    pub(crate) auth: auth::Auth,
     /// The user of requests without a key, when the server allows them.
-    pub local_user: User,
+    pub(crate) local_user: User,
     /// Request and run limits.
-    pub limits: Arc<Limits>,
+    pub(crate) limits: Arc<Limits>,
     /// Interval of SSE keep-alive comments.
-    pub keep_alive: Duration,
+    pub(crate) keep_alive: Duration,
     /// Fired at the end of shutdown: every open SSE stream ends.
-    pub streams_end: CancellationToken,
+    pub(crate) streams_end: CancellationToken,
     /// Counts the open SSE streams, so shutdown can let them end by themselves.
-    pub open_streams: TaskTracker,
+    pub(crate) open_streams: TaskTracker,
 }
 
 impl AppState {
+    /// The database.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The run manager.
+    pub fn runs(&self) -> &RunManager {
+        &self.runs
+    }
+
+    /// The user of requests without a key.
+    pub fn local_user(&self) -> &User {
+        &self.local_user
+    }
+
     /// Builds the state.
     pub fn new(
         store: Store,

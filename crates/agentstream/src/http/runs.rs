@@ -328,9 +328,6 @@ async fn cancel_run(
     CurrentUser(user): CurrentUser,
     IdPath(id): IdPath,
 ) -> Result<(StatusCode, Json<Run>), ApiError> {
-    let run = state.runs.cancel(user.id, id).await.map_err(|e| match e {
-        crate::runs::RunError::NotFound => ApiError::NotFound("run"),
-        other => other.into(),
-    })?;
+    let run = state.runs.cancel(user.id, id).await?;
     Ok((StatusCode::ACCEPTED, Json(run)))
 }

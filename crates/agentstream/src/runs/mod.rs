@@ -98,9 +98,12 @@ pub struct Started {
 /// Why a run could not be started or found.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// No such conversation or run, or not the caller's.
-    #[error("not found")]
-    NotFound,
+    /// No such conversation, or not the caller's.
+    #[error("conversation not found")]
+    ConversationNotFound,
+    /// No such run, or not the caller's.
+    #[error("run not found")]
+    RunNotFound,
     /// The conversation has an active run and the policy is `reject`.
     #[error("the conversation already has an active run ({0})")]
     Busy(Uuid),
@@ -230,10 +233,5 @@ impl RunManager {
             tracing::info!(%run_id, "last subscriber left: cancelling the run (on_disconnect=cancel)");
             run.control.stop(RunStatus::Cancelled);
         }
-    }
-
-    /// The store the runs write to.
-    pub fn store(&self) -> &Store {
-        &self.inner.store
     }
 }

@@ -49,7 +49,7 @@ impl RunManager {
             ConversationRef::Existing { id, kind } => {
                 let conversation = store::conversation_for_update(&mut tx, user_id, id)
                     .await?
-                    .ok_or(RunError::NotFound)?;
+                    .ok_or(RunError::ConversationNotFound)?;
                 if let Some(expected) = kind
                     && conversation.kind != expected
                 {
@@ -198,7 +198,7 @@ impl RunManager {
             .store
             .run(user_id, run_id)
             .await?
-            .ok_or(RunError::NotFound)?;
+            .ok_or(RunError::RunNotFound)?;
         if run.status.is_terminal() {
             return Ok(run);
         }

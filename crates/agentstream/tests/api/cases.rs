@@ -514,7 +514,7 @@ async fn refuse_rows(app: &TestApp, backend: Backend, table: &str, column: &str,
         ),
     };
     sqlx::raw_sql(&sql)
-        .execute(app.state.store.pool())
+        .execute(app.state.store().pool())
         .await
         .unwrap();
 }

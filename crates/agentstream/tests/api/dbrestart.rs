@@ -166,7 +166,7 @@ async fn database_restart_under_load() {
     }
     // Once the probe has seen it, requests are refused at once, not after
     // the 30 s pool timeout.
-    let store = app.state.store.clone();
+    let store = app.state.store().clone();
     tokio::time::timeout(Duration::from_secs(10), async {
         while !store.is_down() {
             tokio::task::yield_now().await;

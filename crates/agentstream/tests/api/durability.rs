@@ -195,7 +195,7 @@ async fn retention_prunes_event_logs(backend: Backend) {
     let before = transcript(&app, &conversation).await;
     let removed = app
         .state
-        .store
+        .store()
         .prune_events(&agentstream::store::now())
         .await
         .unwrap();
@@ -227,7 +227,7 @@ async fn a_slow_subscriber_reads_from_the_store(backend: Backend) {
     let run: Value = started.json().await.unwrap();
     let run_id: uuid::Uuid = run["id"].as_str().unwrap().parse().unwrap();
     // Subscribed, but not read until the run is over: it lags far behind.
-    let slow = app.state.runs.subscribe(run_id, 0);
+    let slow = app.state.runs().subscribe(run_id, 0);
     let fast = app.follow(&run_id.to_string()).await;
     assert!(fast.len() > 600, "{}", fast.len());
     let slow: Vec<agentstream::runs::Delivery> = slow.collect().await;

@@ -372,7 +372,7 @@ impl TestApp {
 
     /// Waits until every pool connection is back and idle.
     pub async fn pool_settles(&self) {
-        let pool = self.state.store.pool().clone();
+        let pool = self.state.store().pool().clone();
         tokio::time::timeout(Duration::from_secs(10), async {
             while pool.num_idle() != pool.size() as usize {
                 tokio::task::yield_now().await;

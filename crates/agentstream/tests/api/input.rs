@@ -15,7 +15,7 @@ async fn row_counts(app: &TestApp) -> Vec<i64> {
         "tool_calls",
     ] {
         let sql = format!("SELECT COUNT(*) AS n FROM {table}");
-        let row = sqlx::query(&sql).fetch_one(app.state.store.pool()).await;
+        let row = sqlx::query(&sql).fetch_one(app.state.store().pool()).await;
         counts.push(sqlx::Row::get::<i64, _>(&row.unwrap(), "n"));
     }
     counts

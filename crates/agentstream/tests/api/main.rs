@@ -3,6 +3,8 @@
 #![expect(
     clippy::unwrap_used,
     clippy::expect_used,
+    clippy::panic,
+    clippy::match_wildcard_for_single_variants,
     reason = "tests fail loudly on the first surprise"
 )]
 

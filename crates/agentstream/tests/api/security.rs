@@ -21,8 +21,8 @@ fn client_with(key: &str) -> reqwest::Client {
 /// another: 404 with the same body as for what does not exist.
 async fn keys_and_isolation(backend: Backend) {
     let app = spawn_app(backend).await;
-    let alice_key = app.state.store.create_api_key("alice").await.unwrap().key;
-    let bob_key = app.state.store.create_api_key("bob").await.unwrap().key;
+    let alice_key = app.state.store().create_api_key("alice").await.unwrap().key;
+    let bob_key = app.state.store().create_api_key("bob").await.unwrap().key;
     let (alice, bob) = (client_with(&alice_key), client_with(&bob_key));
 
     for (client, what) in [
@@ -120,7 +120,7 @@ async fn keys_and_isolation(backend: Backend) {
 
     assert!(
         app.state
-            .store
+            .store()
             .revoke_api_key(&alice_key[..12])
             .await
             .unwrap()
@@ -144,8 +144,8 @@ async fn limits_answer_clearly(backend: Backend) {
     app.expect_log("run failed");
     app.expect_log("request refused");
     // Keys for the local user and another one.
-    let local = client_with(&app.state.store.create_api_key("local").await.unwrap().key);
-    let other = client_with(&app.state.store.create_api_key("other").await.unwrap().key);
+    let local = client_with(&app.state.store().create_api_key("local").await.unwrap().key);
+    let other = client_with(&app.state.store().create_api_key("other").await.unwrap().key);
     let start = |client: &reqwest::Client| {
         let client = client.clone();
         let base = app.base.clone();
@@ -218,8 +218,8 @@ async fn connections_come_back_clean(backend: Backend) {
         config.db_max_overflow = 0;
     })
     .await;
-    let pool = app.state.store.pool().clone();
-    let user = app.state.local_user.id.to_string();
+    let pool = app.state.store().pool().clone();
+    let user = app.state.local_user().id.to_string();
     let write =
         "INSERT INTO profiles (user_id, field, value, updated_at) VALUES ($1, $2, 'x', 'now')";
 

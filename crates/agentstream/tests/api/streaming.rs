@@ -17,7 +17,7 @@ async fn streams_outnumber_the_pool(backend: Backend) {
         config.db_pool_timeout = 60;
     })
     .await;
-    assert_eq!(app.state.store.pool().options().get_max_connections(), 2);
+    assert_eq!(app.state.store().pool().options().get_max_connections(), 2);
     let conversations = join_all((0..200).map(|_| app.create_conversation("onboarding"))).await;
     let runs = conversations.iter().enumerate().map(|(i, conversation)| {
         let app = &app;
@@ -235,7 +235,7 @@ async fn shutdown_interrupts_and_ends_streams(backend: Backend) {
     seen.extend(stream.collect::<Vec<_>>().await);
     assert_eq!(done_status(&seen), "interrupted");
     assert_eq!(seen.iter().filter(|e| e.event == "done").count(), 1);
-    let user = app.state.local_user.id;
+    let user = app.state.local_user().id;
     let db = app.stop_keeping_db().await;
     // The shutdown closed the server's pool; read what it left with a new one.
     let store =

@@ -36,7 +36,7 @@ async fn onboarded(app: &TestApp, answer: &str) -> (ToolContext, Value) {
     assert_eq!(tools.len(), 1, "one tool message: {messages:#?}");
     let tool_message = tools[0].clone();
     let ctx = ToolContext {
-        user_id: app.state.local_user.id,
+        user_id: app.state.local_user().id,
         conversation_id: conversation.parse().unwrap(),
         run_id: tool_message["run_id"].as_str().unwrap().parse().unwrap(),
     };
@@ -93,7 +93,7 @@ async fn a_recorded_call_is_applied_once(backend: Backend) {
         .get("update_profile")
         .unwrap();
     let executed = tools::execute(
-        &app.state.store,
+        app.state.store(),
         ctx,
         Some(update_profile),
         ToolCall {
@@ -135,7 +135,7 @@ async fn a_refused_call_keeps_no_effect(backend: Backend) {
     };
     let tool: std::sync::Arc<dyn Tool> = std::sync::Arc::new(WritesThenRefuses);
 
-    let first = tools::execute(&app.state.store, ctx, Some(tool.clone()), call.clone())
+    let first = tools::execute(app.state.store(), ctx, Some(tool.clone()), call.clone())
         .await
         .unwrap();
     assert!(first.record.is_error);
@@ -161,7 +161,7 @@ async fn a_refused_call_keeps_no_effect(backend: Backend) {
     assert_eq!(answers[0]["content"], first.record.output.as_str());
     assert_eq!(answers[0]["run_id"], ctx.run_id.to_string());
 
-    let again = tools::execute(&app.state.store, ctx, Some(tool), call)
+    let again = tools::execute(app.state.store(), ctx, Some(tool), call)
         .await
         .unwrap();
     assert_eq!(again.record, first.record);
