@@ -30,13 +30,20 @@ const CHAT_PROMPT: &str = "You are a helpful assistant. Call get_profile when th
 /// The server, built and bound, not yet serving.
 #[derive(Debug)]
 pub struct App {
+    /// The settings it was built with; owned here until `run_until_stopped`
+    /// takes them (the drain time, the address to log).
     config: Config,
+    /// The bound socket; owned until serving starts, then by the server task.
     listener: TcpListener,
+    /// Shared with every request handler (cloned per request); lives as long
+    /// as the server and the background tasks hold a clone.
     state: AppState,
     /// Background tasks other than runs: the event log writer, the database
-    /// probe, event log pruning, leases and the listener.
+    /// probe, event log pruning, leases and the listener. Shutdown phase 4
+    /// closes it and waits for them.
     tracker: TaskTracker,
-    /// Stops the background tasks once runs have ended.
+    /// Stops the background tasks once runs have ended (phase 4); every
+    /// background task holds a clone.
     writer_stop: CancellationToken,
     /// On SQLite, held for the process's life: one server per database file.
     _single_node: Option<std::fs::File>,

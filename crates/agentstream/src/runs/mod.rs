@@ -161,12 +161,21 @@ pub struct NodeSettings {
 }
 
 #[derive(Debug)]
+/// The manager's state, shared by every clone of the manager and every run
+/// task (each holds the `Arc`); it lives until the last of them ends.
 struct Inner {
+    /// The database, shared with the rest of the server.
     store: Store,
+    /// This node's ID and lease timings, fixed at start-up.
     node: NodeSettings,
+    /// Limits on runs, fixed at start-up.
     limits: RunLimits,
+    /// Where runs' events go; its writer task stops at shutdown phase 4,
+    /// after every run has ended.
     log: EventLog,
+    /// Live delivery, shared with the event log's writer and the listener.
     hub: Arc<Hub>,
+    /// The agents runs use, fixed at start-up.
     agents: Agents,
     /// Every run task; shutdown waits on it.
     tracker: TaskTracker,
