@@ -7,7 +7,7 @@ use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    agent::{Agent, Agents},
+    agent::Agents,
     config::{Config, FileConfig},
     http::{self, AppState},
     llm::{self, Probe, registry::NamedProvider},
@@ -18,14 +18,6 @@ use crate::{
 
 /// How long open connections get to close after the streams end.
 const CONNECTION_GRACE: Duration = Duration::from_secs(5);
-
-/// The system prompt of the onboarding agent.
-const ONBOARDING_PROMPT: &str = "You onboard a new user. Ask for each profile field in turn, \
-    save each answer with update_profile, and call complete_onboarding when every field is \
-    filled. Keep replies short and friendly.";
-/// The system prompt of the chat agent.
-const CHAT_PROMPT: &str = "You are a helpful assistant. Call get_profile when the user asks \
-    about their profile.";
 
 /// The server, built and bound, not yet serving.
 #[derive(Debug)]
@@ -244,85 +236,16 @@ impl App {
 }
 
 /// The agents: each one the file defines, the others built in on the
-/// scripted demo model; and the providers they use, each once. Logs one
-/// line per agent.
+/// scripted demo model; and the providers they use, each once.
 fn agents(config: &Config, file: &FileConfig) -> anyhow::Result<(Agents, Vec<NamedProvider>)> {
-    let registry = Registry::builtin(&config.onboarding_fields);
+    let tools = Registry::builtin(&config.onboarding_fields);
     let defaults = llm::registry::Defaults {
         scripted_delay: Duration::from_millis(config.scripted_delay_ms),
         onboarding_fields: config.onboarding_fields.clone(),
     };
     let providers = llm::registry::build(&file.providers, &defaults).map_err(anyhow::Error::msg)?;
-    let builtin = [
-        (
-            "onboarding",
-            ONBOARDING_PROMPT,
-            &["get_profile", "update_profile", "complete_onboarding"][..],
-        ),
-        ("chat", CHAT_PROMPT, &["get_profile"][..]),
-    ];
-    if let Some(unknown) = file
-        .agents
-        .keys()
-        .find(|k| !builtin.iter().any(|(n, ..)| n == k))
-    {
-        anyhow::bail!("unknown agent {unknown:?}: the agents are onboarding and chat");
-    }
-    let mut agents = Agents::default();
-    let mut used: Vec<NamedProvider> = Vec::new();
-    for (name, prompt, default_tools) in builtin {
-        let defined = file.agents.get(name);
-        let provider_name = defined.map_or("scripted", |a| a.provider.as_str());
-        let named = providers.get(provider_name).ok_or_else(|| {
-            anyhow::anyhow!("agent {name:?} names the unknown provider {provider_name:?}")
-        })?;
-        if !used.iter().any(|u| u.name == named.name) {
-            used.push(named.clone());
-        }
-        let provider = named.provider.clone();
-        let tool_names: Vec<&str> = match defined.and_then(|a| a.tools.as_ref()) {
-            Some(names) => names.iter().map(String::as_str).collect(),
-            None => default_tools.to_vec(),
-        };
-        let mut tools = Vec::new();
-        for tool in tool_names {
-            tools.push(registry.get(tool).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "agent {name:?} names the unknown tool {tool:?}; the tools are {}",
-                    registry.names().collect::<Vec<_>>().join(", ")
-                )
-            })?);
-        }
-        let max_steps = defined
-            .and_then(|a| a.max_steps)
-            .unwrap_or(config.max_steps);
-        if max_steps == 0 {
-            anyhow::bail!("agent {name:?}: max_steps must be at least 1");
-        }
-        let model = defined.map_or_else(|| "demo".to_owned(), |a| a.model.clone());
-        tracing::info!(
-            agent = name,
-            provider = named.name.as_str(),
-            kind = named.kind,
-            // The scripted provider's label says it is the demo model.
-            model = provider.label(&model).as_str(),
-            "agent configured"
-        );
-        agents.add(Agent {
-            name: name.to_owned(),
-            provider,
-            model,
-            system_prompt: defined
-                .and_then(|a| a.system_prompt.clone())
-                .unwrap_or_else(|| prompt.to_owned()),
-            tools,
-            max_steps,
-            temperature: defined.and_then(|a| a.temperature),
-            max_tokens: defined.and_then(|a| a.max_tokens),
-            tool_choice: defined.and_then(|a| a.tool_choice.clone()),
-        });
-    }
-    Ok((agents, used))
+    crate::agent::registry::build(&file.agents, &providers, &tools, config.max_steps)
+        .map_err(anyhow::Error::msg)
 }
 
 /// How long start-up waits for one provider's check; a provider slower

@@ -172,31 +172,7 @@ pub struct FileConfig {
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Agents by name: `onboarding` and `chat`.
     #[serde(default)]
-    pub agents: BTreeMap<String, AgentConfig>,
-}
-
-/// One agent.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AgentConfig {
-    /// The provider's name.
-    pub provider: String,
-    /// The model's name at the provider.
-    pub model: String,
-    /// The system prompt (default: the built-in one).
-    pub system_prompt: Option<String>,
-    /// The tools it may call (default: the built-in set for the agent).
-    pub tools: Option<Vec<String>>,
-    /// Most model calls in one run (default: `--max-steps`).
-    pub max_steps: Option<u32>,
-    /// Sampling temperature.
-    pub temperature: Option<f32>,
-    /// Most tokens in one reply (`max_tokens`; default: the server's).
-    pub max_tokens: Option<u32>,
-    /// `tool_choice` for the model calls of a run until it has called a
-    /// tool: `auto`, `none`, `required` or a tool's name. Then `auto`, so a
-    /// forced call does not repeat forever (default: not sent).
-    pub tool_choice: Option<crate::llm::ToolChoice>,
+    pub agents: BTreeMap<String, crate::agent::registry::AgentConfig>,
 }
 
 impl FileConfig {

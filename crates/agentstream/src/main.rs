@@ -71,6 +71,11 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
     Ok(store)
 }
 
+/// Shown when the last active key is revoked: keys are off again.
+const LAST_KEY_NOTICE: &str = "No active API key is left: a server on a loopback address now \
+    takes requests without a key again, as the single local user, and one on any other \
+    address refuses to start. Create a key to turn keys back on.";
+
 /// Shown when the first active key is created: it changes who requests
 /// without a key act as.
 const FIRST_KEY_NOTICE: &str = "\
@@ -125,6 +130,10 @@ async fn keys(store: &Store, action: KeysCommand) -> anyhow::Result<()> {
                 "no active key has the ID or prefix {key:?}"
             );
             tracing::info!(key = %key.trim(), "revoked");
+            let left = store.list_api_keys().await?;
+            if left.iter().all(|key| key.revoked_at.is_some()) {
+                writeln!(std::io::stderr(), "{LAST_KEY_NOTICE}")?;
+            }
         }
     }
     Ok(())

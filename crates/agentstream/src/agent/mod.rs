@@ -1,6 +1,7 @@
 //! The agent loop: turns a conversation into model calls and tool calls.
 
 mod control;
+pub mod registry;
 mod sink;
 
 pub use control::RunControl;

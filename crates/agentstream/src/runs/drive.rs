@@ -103,10 +103,11 @@ impl RunManager {
             Err(e) => Outcome::failed(e.code(), e.to_string()),
         };
         if let Some((code, message)) = &outcome.error {
+            // `reason`, not `message`: that name is the log line's own.
             tracing::warn!(
                 run_id = %run.id,
                 code,
-                message,
+                reason = message.as_str(),
                 detail = outcome.detail.as_deref().unwrap_or_default(),
                 "run failed"
             );

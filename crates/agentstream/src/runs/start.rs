@@ -64,7 +64,7 @@ impl RunManager {
                 store::insert_conversation(&mut tx, user_id, kind, None).await?
             }
         };
-        let agent_name = conversation.kind.as_str();
+        let agent_name = conversation.agent.as_str();
         if self.inner.agents.get(agent_name).is_none() {
             return Err(RunError::NoAgent(agent_name.to_owned()));
         }

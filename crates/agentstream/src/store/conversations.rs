@@ -32,6 +32,9 @@ pub struct Conversation {
     pub created_at: String,
     /// When a message was last added (UTC, RFC 3339).
     pub updated_at: String,
+    /// The agent that answers it, by name (not in the API yet).
+    #[serde(skip)]
+    pub agent: String,
     #[serde(skip)]
     /// The owner.
     pub user_id: Uuid,
@@ -42,6 +45,7 @@ fn from_row(row: &AnyRow) -> Result<Conversation, StoreError> {
         id: parse_id(row.try_get("id")?)?,
         user_id: parse_id(row.try_get("user_id")?)?,
         kind: parse_enum("kind", row.try_get("kind")?)?,
+        agent: row.try_get("agent")?,
         title: row.try_get("title")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
@@ -79,7 +83,7 @@ impl Store {
         id: Uuid,
     ) -> Result<Option<Conversation>, StoreError> {
         let row = query(
-            "SELECT id, user_id, kind, title, created_at, updated_at \
+            "SELECT id, user_id, kind, agent, title, created_at, updated_at \
              FROM conversations WHERE id = $1 AND user_id = $2",
         )
         .bind(id.to_string())
@@ -100,7 +104,7 @@ impl Store {
         // UUID v7 text sorts by creation time; "~" sorts after every ID.
         let before = before.map_or_else(|| "~".to_owned(), |id| id.to_string());
         let rows = query(
-            "SELECT id, user_id, kind, title, created_at, updated_at FROM conversations \
+            "SELECT id, user_id, kind, agent, title, created_at, updated_at FROM conversations \
              WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
         )
         .bind(user_id.to_string())
@@ -139,17 +143,20 @@ pub(crate) async fn insert_conversation(
         id: Uuid::now_v7(),
         user_id,
         kind,
+        // The agent of the conversation's kind, until conversations name one.
+        agent: kind.as_str().to_owned(),
         title: title.map(str::to_owned),
         created_at: at.clone(),
         updated_at: at,
     };
     query(
-        "INSERT INTO conversations (id, user_id, kind, title, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO conversations (id, user_id, kind, agent, title, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(conversation.id.to_string())
     .bind(user_id.to_string())
     .bind(kind.as_str())
+    .bind(&conversation.agent)
     .bind(conversation.title.clone())
     .bind(&conversation.created_at)
     .bind(&conversation.updated_at)
@@ -169,7 +176,7 @@ pub(crate) async fn conversation_for_update(
     // one conversation are serialised.
     let row = query(
         "UPDATE conversations SET updated_at = $3 WHERE id = $1 AND user_id = $2 \
-         RETURNING id, user_id, kind, title, created_at, updated_at",
+         RETURNING id, user_id, kind, agent, title, created_at, updated_at",
     )
     .bind(id.to_string())
     .bind(user_id.to_string())

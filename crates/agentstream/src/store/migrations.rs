@@ -60,6 +60,11 @@ const SQLITE_MIGRATIONS: MigrationList = &[
         "finish reason",
         include_str!("../../migrations/sqlite/0004_finish_reason.sql"),
     ),
+    (
+        5,
+        "conversation agent",
+        include_str!("../../migrations/sqlite/0005_conversation_agent.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: MigrationList = &[
     (
@@ -81,6 +86,11 @@ const POSTGRES_MIGRATIONS: MigrationList = &[
         4,
         "finish reason",
         include_str!("../../migrations/postgres/0004_finish_reason.sql"),
+    ),
+    (
+        5,
+        "conversation agent",
+        include_str!("../../migrations/postgres/0005_conversation_agent.sql"),
     ),
 ];
 

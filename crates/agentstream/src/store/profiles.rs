@@ -73,19 +73,19 @@ pub(crate) async fn set_profile_field(
     Ok(())
 }
 
-/// Marks onboarding complete inside the caller's transaction; returns the time.
+/// Marks onboarding complete inside the caller's transaction, once; returns
+/// the time it was first completed, as stored.
 pub(crate) async fn complete_onboarding(
     conn: &mut AnyConnection,
     user_id: Uuid,
 ) -> Result<String, StoreError> {
-    let at = now();
-    query(
+    let row = query(
         "UPDATE users SET onboarding_completed_at = COALESCE(onboarding_completed_at, $2) \
-         WHERE id = $1",
+         WHERE id = $1 RETURNING onboarding_completed_at",
     )
     .bind(user_id.to_string())
-    .bind(&at)
-    .execute(&mut *conn)
+    .bind(now())
+    .fetch_one(&mut *conn)
     .await?;
-    Ok(at)
+    Ok(row.try_get("onboarding_completed_at")?)
 }

@@ -346,6 +346,10 @@ async fn key_commands_work() {
     }
     let local = run(&["keys", "create", "--user", "local"]).await;
     assert!(local.status.success());
+    let local_key = String::from_utf8(local.stdout.clone())
+        .unwrap()
+        .trim()
+        .to_owned();
     let second = String::from_utf8(local.stderr).unwrap();
     assert!(
         !second.contains("every request needs a key"),
@@ -375,6 +379,11 @@ async fn key_commands_work() {
     assert_eq!(without.status(), 401);
     let revoked = run(&["keys", "revoke", &key[..12]]).await;
     assert!(revoked.status.success());
+    let said = String::from_utf8(revoked.stderr).unwrap();
+    assert!(
+        !said.contains("No active API key is left"),
+        "the local user's key is still active:\n{said}"
+    );
     let after = with_key
         .get(server.url("/v1/profile"))
         .send()
@@ -383,6 +392,13 @@ async fn key_commands_work() {
     assert_eq!(after.status(), 401);
     let again = run(&["keys", "revoke", &key[..12]]).await;
     assert!(!again.status.success(), "revoking twice says so");
+    let last = run(&["keys", "revoke", &local_key[..12]]).await;
+    assert!(last.status.success());
+    let said = String::from_utf8(last.stderr).unwrap();
+    assert!(
+        said.contains("No active API key is left"),
+        "the last revoke says keys are off:\n{said}"
+    );
     server.signal("TERM").await;
     assert!(server.wait().await.success());
     assert!(server.log.iter().any(|l| l.contains("API keys are on")));
