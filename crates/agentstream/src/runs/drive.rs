@@ -15,6 +15,7 @@ use super::{
 };
 use crate::{
     agent::{self, Outcome, RunControl},
+    events::ErrorCode,
     store::{self, Message, Run, RunStatus, StoreError},
     tools::ToolContext,
 };
@@ -98,14 +99,14 @@ impl RunManager {
             .catch_unwind()
             .await
             .unwrap_or_else(|_| {
-                Outcome::failed("internal", "the run stopped on an internal error")
+                Outcome::failed(ErrorCode::Internal, "the run stopped on an internal error")
             }),
             Err(e) => Outcome::failed(e.code(), e.to_string()),
         };
         if let Some((code, message)) = &outcome.error {
             tracing::warn!(
                 run_id = %run.id,
-                code,
+                code = code.as_str(),
                 message,
                 detail = outcome.detail.as_deref().unwrap_or_default(),
                 "run failed"
