@@ -204,14 +204,14 @@ impl App {
         // Every run here has ended and its `done` is published: streams end
         // by themselves once they have sent it. Those still open after the
         // grace (runs driven by another node) are cut.
-        state.open_streams.close();
-        if tokio::time::timeout(CONNECTION_GRACE, state.open_streams.wait())
+        state.streams.open.close();
+        if tokio::time::timeout(CONNECTION_GRACE, state.streams.open.wait())
             .await
             .is_err()
         {
             tracing::info!("ending the streams of runs this node does not drive");
         }
-        state.streams_end.cancel();
+        state.streams.end.cancel();
         match tokio::time::timeout(CONNECTION_GRACE, server).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => tracing::error!(error = %e, "the server stopped with an error"),

@@ -1,16 +1,117 @@
-//! The event vocabulary: the typed events a run emits, and how each becomes
-//! its stored, sent form.
+//! The event vocabulary: the typed events a run emits, their kinds and error
+//! codes, and the one stored form each becomes, which is also what is sent.
+//!
+//! It sits below the rest of the server: the store keeps these events, the
+//! model client and the event log name their error codes, and the wire
+//! formats send them. It names no other module but `text`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{
-    llm::Usage,
-    store::{RunStatus, StoredEvent},
-};
+use crate::text::text_enum;
+
+text_enum! {
+    /// The kind of an event: its `type`, stored in `run_events.type` and
+    /// sent as the SSE `event:` name.
+    pub enum EventKind {
+        /// `run.started`: the run began work.
+        RunStarted = "run.started",
+        /// `delta`: a piece of the reply's text.
+        Delta = "delta",
+        /// `tool.call`: the model called a tool.
+        ToolCall = "tool.call",
+        /// `tool.result`: a tool's result.
+        ToolResult = "tool.result",
+        /// `message.completed`: an assistant message was stored whole.
+        MessageCompleted = "message.completed",
+        /// `error`: the run hit a problem; a `done` follows.
+        Error = "error",
+        /// `done`: the run ended.
+        Done = "done",
+    }
+}
+
+text_enum! {
+    /// The stable `code` of an `error` event, and of a failed run's `error`.
+    pub enum ErrorCode {
+        /// The model server could not be reached, answered with an HTTP
+        /// error, or failed mid-reply.
+        UpstreamError = "upstream_error",
+        /// The model server did not answer in time.
+        UpstreamTimeout = "upstream_timeout",
+        /// The model server sent something that is not its protocol.
+        UpstreamProtocol = "upstream_protocol",
+        /// The model server's reply was cut off before it finished.
+        UpstreamIncomplete = "upstream_incomplete",
+        /// The run made as many model calls as its agent allows.
+        StepLimit = "step_limit",
+        /// The run reached its limit of events.
+        EventLimit = "event_limit",
+        /// The database could not read or store what the run needed, or
+        /// refused it.
+        StorageError = "storage_error",
+        /// The event log could not commit: the database is away, or the
+        /// server is shutting down.
+        EventLog = "event_log",
+        /// The run stopped on an internal error.
+        Internal = "internal",
+        /// A stream cannot go on: the server could not read the run's log.
+        /// Sent on a stream only, never stored.
+        Unavailable = "unavailable",
+    }
+}
+
+text_enum! {
+    /// Where a run stands. The last four are terminal.
+    // The variants' wire names are their lowercase names (see `as_str`).
+    #[derive(utoipa::ToSchema)]
+    #[schema(rename_all = "lowercase")]
+    pub enum RunStatus {
+        /// Waiting for the conversation's active run to end (`multitask=enqueue`).
+        Queued = "queued",
+        /// The agent is working.
+        Running = "running",
+        /// The agent finished its reply.
+        Completed = "completed",
+        /// Stopped by a cancel.
+        Cancelled = "cancelled",
+        /// Stopped by an error.
+        Failed = "failed",
+        /// Stopped by a shutdown or a crash.
+        Interrupted = "interrupted",
+    }
+}
+
+impl RunStatus {
+    /// True once the run can change no more.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, RunStatus::Queued | RunStatus::Running)
+    }
+}
+
+/// Tokens counted by the model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Usage {
+    /// Tokens in the request.
+    pub prompt_tokens: u64,
+    /// Tokens in the reply.
+    pub completion_tokens: u64,
+    /// Both.
+    pub total_tokens: u64,
+}
+
+impl std::ops::AddAssign for Usage {
+    fn add_assign(&mut self, other: Usage) {
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.total_tokens += other.total_tokens;
+    }
+}
 
 /// An event of a run, as clients see it.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+// The `type` names are those of `EventKind`: serde takes literals only, and
+// a test holds the two lists together.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type")]
 pub enum Event {
     /// The run began work.
@@ -55,7 +156,10 @@ pub enum Event {
     #[serde(rename = "error")]
     Error {
         /// A stable code, e.g. `upstream_timeout`.
-        code: String,
+        // Documented as a string: a client should take a code it does not
+        // know yet.
+        #[schema(value_type = String)]
+        code: ErrorCode,
         /// What happened, for people.
         message: String,
     },
@@ -76,49 +180,136 @@ pub enum Event {
 }
 
 impl Event {
-    /// The SSE `event:` name.
-    pub fn kind(&self) -> &'static str {
+    /// Its kind: the `type` field, and the SSE `event:` name.
+    pub fn kind(&self) -> EventKind {
         match self {
-            Event::RunStarted { .. } => "run.started",
-            Event::Delta { .. } => "delta",
-            Event::ToolCall { .. } => "tool.call",
-            Event::ToolResult { .. } => "tool.result",
-            Event::MessageCompleted { .. } => "message.completed",
-            Event::Error { .. } => "error",
-            Event::Done { .. } => "done",
+            Event::RunStarted { .. } => EventKind::RunStarted,
+            Event::Delta { .. } => EventKind::Delta,
+            Event::ToolCall { .. } => EventKind::ToolCall,
+            Event::ToolResult { .. } => EventKind::ToolResult,
+            Event::MessageCompleted { .. } => EventKind::MessageCompleted,
+            Event::Error { .. } => EventKind::Error,
+            Event::Done { .. } => EventKind::Done,
         }
     }
 
-    /// The event at `seq` of `run_id`, serialised once as stored and sent:
-    /// `{"run_id":…,"seq":…,"type":…,…fields}`.
-    pub fn to_stored(&self, run_id: Uuid, seq: i64) -> StoredEvent {
-        #[derive(Serialize)]
-        struct Envelope<'a> {
-            run_id: Uuid,
-            seq: i64,
-            #[serde(flatten)]
-            event: &'a Event,
+    /// The event at `seq` of `run_id`, serialised once as stored and sent.
+    pub fn to_stored(self, run_id: Uuid, seq: i64) -> StoredEvent {
+        RunEvent {
+            run_id,
+            seq,
+            event: self,
         }
-        let data = serde_json::to_string(&Envelope { run_id, seq, event: self })
-            .unwrap_or_else(|e| format!(r#"{{"run_id":"{run_id}","seq":{seq},"type":"error","code":"internal","message":"{e}"}}"#));
+        .to_stored()
+    }
+}
+
+/// The `data` of each SSE message: the event with its run and `seq`
+/// (equal to the message's `id`). The SSE `event` field is the `type`.
+///
+/// One message has neither `run_id` nor `seq` nor `id`: an `error` with code
+/// `unavailable` when the server could not read the run's log; the stream
+/// then ends without `done`, and the client resumes from its last `seq`.
+// This is the stored form (`run_events.data`) and what the OpenAPI document
+// describes: `{"run_id":…,"seq":…,"type":…,…fields}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RunEvent {
+    /// The run.
+    pub run_id: Uuid,
+    /// The event's place in the run's log: 1, 2, 3… with no gap.
+    #[schema(minimum = 1)]
+    pub seq: i64,
+    // The event's own fields, beside `run_id` and `seq`.
+    #[expect(
+        missing_docs,
+        reason = "a doc comment would add a description to the `allOf` of the OpenAPI document"
+    )]
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+impl RunEvent {
+    /// Serialised once, as stored and sent.
+    pub fn to_stored(&self) -> StoredEvent {
+        let (run_id, seq) = (self.run_id, self.seq);
+        let data = serde_json::to_string(self).unwrap_or_else(|e| {
+            let code = ErrorCode::Internal;
+            format!(r#"{{"run_id":"{run_id}","seq":{seq},"type":"error","code":"{code}","message":"{e}"}}"#)
+        });
         StoredEvent {
             run_id,
             seq,
-            kind: self.kind(),
+            kind: self.event.kind(),
             data,
         }
     }
+
+    /// Reads a stored event's `data` back.
+    pub fn parse(data: &str) -> Result<RunEvent, serde_json::Error> {
+        serde_json::from_str(data)
+    }
+}
+
+/// One committed event of a run's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// The run that emitted it.
+    pub run_id: Uuid,
+    /// Its position in the run's log: 1, 2, 3…
+    pub seq: i64,
+    /// Its kind, the SSE `event:` field.
+    pub kind: EventKind,
+    /// Its JSON payload (a [`RunEvent`]) as sent in the SSE `data:` field.
+    pub data: String,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// One event of each kind, with every optional field set.
+    fn one_of_each() -> Vec<Event> {
+        vec![
+            Event::RunStarted {
+                conversation_id: Uuid::now_v7(),
+            },
+            Event::Delta {
+                text: "Hel\"lo\n".into(),
+            },
+            Event::ToolCall {
+                call_id: "call_1".into(),
+                name: "save_profile".into(),
+                arguments: serde_json::json!({"name": "Ada", "tags": [1, null]}),
+            },
+            Event::ToolResult {
+                call_id: "call_1".into(),
+                output: serde_json::json!("saved"),
+                is_error: false,
+            },
+            Event::MessageCompleted {
+                message_id: Uuid::now_v7(),
+            },
+            Event::Error {
+                code: ErrorCode::UpstreamTimeout,
+                message: "the model server did not answer in time".into(),
+            },
+            Event::Done {
+                status: RunStatus::Completed,
+                usage: Some(Usage {
+                    prompt_tokens: 3,
+                    completion_tokens: 4,
+                    total_tokens: 7,
+                }),
+                finish_reason: Some("length".into()),
+            },
+        ]
+    }
+
     #[test]
     fn events_serialise_with_run_and_seq_first() {
         let run_id = Uuid::nil();
         let stored = Event::Delta { text: "Hel".into() }.to_stored(run_id, 7);
-        assert_eq!(stored.kind, "delta");
+        assert_eq!(stored.kind, EventKind::Delta);
         assert_eq!(
             stored.data,
             r#"{"run_id":"00000000-0000-0000-0000-000000000000","seq":7,"type":"delta","text":"Hel"}"#
@@ -135,43 +326,80 @@ mod tests {
             "{}",
             done.data
         );
+        let error = Event::Error {
+            code: ErrorCode::EventLimit,
+            message: "too many".into(),
+        }
+        .to_stored(run_id, 9);
+        assert!(
+            error
+                .data
+                .ends_with(r#""type":"error","code":"event_limit","message":"too many"}"#),
+            "{}",
+            error.data
+        );
     }
 
     #[test]
-    fn every_kind_is_a_stored_kind() {
-        use crate::store::EVENT_KINDS;
-        let events = [
-            Event::RunStarted {
-                conversation_id: Uuid::nil(),
-            },
-            Event::Delta {
-                text: String::new(),
-            },
-            Event::ToolCall {
-                call_id: String::new(),
-                name: String::new(),
-                arguments: serde_json::Value::Null,
-            },
-            Event::ToolResult {
-                call_id: String::new(),
-                output: serde_json::Value::Null,
-                is_error: false,
-            },
-            Event::MessageCompleted {
-                message_id: Uuid::nil(),
-            },
-            Event::Error {
-                code: String::new(),
-                message: String::new(),
-            },
-            Event::Done {
-                status: RunStatus::Failed,
-                usage: None,
-                finish_reason: None,
-            },
-        ];
-        for event in events {
-            assert!(EVENT_KINDS.contains(&event.kind()));
+    fn every_event_round_trips_through_its_stored_form() {
+        let run_id = Uuid::now_v7();
+        let events = one_of_each();
+        let kinds: Vec<EventKind> = events.iter().map(Event::kind).collect();
+        assert_eq!(kinds, EventKind::ALL, "one event of each kind, in order");
+        for (seq, event) in (1..).zip(events) {
+            let stored = event.clone().to_stored(run_id, seq);
+            assert_eq!((stored.run_id, stored.seq), (run_id, seq));
+            assert_eq!(stored.kind, event.kind());
+            // The `type` serde writes is the kind's name.
+            let json: serde_json::Value = serde_json::from_str(&stored.data).unwrap();
+            assert_eq!(json["type"], event.kind().as_str(), "{}", stored.data);
+            let back = RunEvent::parse(&stored.data).unwrap();
+            assert_eq!(back, RunEvent { run_id, seq, event });
+            assert_eq!(back.to_stored(), stored);
         }
+    }
+
+    #[test]
+    fn kinds_and_codes_keep_their_names() {
+        let kinds: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "run.started",
+                "delta",
+                "tool.call",
+                "tool.result",
+                "message.completed",
+                "error",
+                "done"
+            ]
+        );
+        let codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(
+            codes,
+            [
+                "upstream_error",
+                "upstream_timeout",
+                "upstream_protocol",
+                "upstream_incomplete",
+                "step_limit",
+                "event_limit",
+                "storage_error",
+                "event_log",
+                "internal",
+                "unavailable"
+            ]
+        );
+        for kind in EventKind::ALL {
+            assert_eq!(kind.as_str().parse(), Ok(*kind));
+        }
+        for code in ErrorCode::ALL {
+            assert_eq!(code.as_str().parse(), Ok(*code));
+            assert_eq!(
+                serde_json::to_value(code).unwrap(),
+                serde_json::json!(code.as_str())
+            );
+        }
+        assert_eq!("finished".parse::<EventKind>(), Err(()));
     }
 }

@@ -6,6 +6,9 @@
 //! model's reply and tool-call arguments, a tool's output), so both
 //! databases store, and every client sees, the same characters. U+FFFD,
 //! the replacement character, marks where the NUL was rather than hiding it.
+//!
+//! Enums kept as text (a stored column, a JSON field) are defined by
+//! `text_enum!`, so that their stored and sent names are one list.
 
 use std::borrow::Cow;
 
@@ -51,6 +54,42 @@ pub fn clean_json(value: &mut serde_json::Value) {
         serde_json::Value::Null | serde_json::Value::Bool(_) | serde_json::Value::Number(_) => {}
     }
 }
+
+/// Defines a text-backed enum with `ALL`, `as_str`, `FromStr`, `Display` and
+/// serde as the names given, so stored columns and JSON agree.
+macro_rules! text_enum {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            /// Every variant, in the order defined.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The stored and wire name.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = ();
+            fn from_str(s: &str) -> Result<Self, ()> {
+                match s { $($text => Ok($name::$variant),)+ _ => Err(()) }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+pub(crate) use text_enum;
 
 #[cfg(test)]
 mod tests {

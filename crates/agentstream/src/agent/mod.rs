@@ -15,7 +15,7 @@ use std::{
 use futures_util::StreamExt;
 
 use crate::{
-    events::Event,
+    events::{ErrorCode, Event},
     llm::{ChatMessage, ChatRequest, LlmError, LlmEvent, Provider, ToolCall, Usage},
     store::{self, AssistantMessage, Message, MessageStatus, Role, RunStatus, Store},
     text,
@@ -79,7 +79,7 @@ pub struct Outcome {
     pub status: RunStatus,
     /// Why it failed: (code, message). The message is short and safe to
     /// show: it holds no key, message text or tool arguments.
-    pub error: Option<(String, String)>,
+    pub error: Option<(ErrorCode, String)>,
     /// What the log gets besides: the full cause, on one line.
     pub detail: Option<String>,
     /// Tokens used, summed over the run's model calls.
@@ -91,9 +91,9 @@ pub struct Outcome {
 
 impl Outcome {
     /// A failed run, with its `error` event's code and message.
-    pub fn failed(code: &str, message: impl Into<String>) -> Outcome {
+    pub fn failed(code: ErrorCode, message: impl Into<String>) -> Outcome {
         Outcome {
-            error: Some((code.to_owned(), message.into())),
+            error: Some((code, message.into())),
             ..Outcome::status(RunStatus::Failed)
         }
     }
@@ -186,7 +186,10 @@ async fn steps(
         Err(e) => {
             return Outcome {
                 detail: Some(e.to_string()),
-                ..Outcome::failed("storage_error", "the conversation could not be read")
+                ..Outcome::failed(
+                    ErrorCode::StorageError,
+                    "the conversation could not be read",
+                )
             };
         }
     };
@@ -328,7 +331,10 @@ async fn steps(
                 Err(e) => {
                     return Outcome {
                         detail: Some(e.to_string()),
-                        ..Outcome::failed("storage_error", "a tool call could not be stored")
+                        ..Outcome::failed(
+                            ErrorCode::StorageError,
+                            "a tool call could not be stored",
+                        )
                     };
                 }
             };
@@ -349,7 +355,7 @@ async fn steps(
         }
     }
     Outcome::failed(
-        "step_limit",
+        ErrorCode::StepLimit,
         format!(
             "the agent reached its limit of {} model calls in one run",
             agent.max_steps

@@ -1,7 +1,10 @@
 //! Where the agent loop's events go: a trait the run manager implements, so
 //! the loop knows nothing of runs, logs or subscribers.
 
-use crate::{events::Event, store::AssistantMessage};
+use crate::{
+    events::{ErrorCode, Event},
+    store::AssistantMessage,
+};
 
 /// Why an event could not be taken: the run ends with an `error` of this
 /// code and message.
@@ -9,7 +12,7 @@ use crate::{events::Event, store::AssistantMessage};
 #[error("{message}")]
 pub struct SinkError {
     /// The `error` event's code, e.g. `event_limit`.
-    pub code: &'static str,
+    pub code: ErrorCode,
     /// What happened, for people.
     pub message: String,
 }

@@ -15,7 +15,7 @@ use super::{
         Unprocessable, UnsupportedMediaType,
     },
     runs::check_input,
-    sse::{self, SseMessage},
+    wire::{self, NativeEncoder, SseMessage, Start, sse_response},
 };
 use crate::{
     runs::{ConversationRef, Multitask, StartRun},
@@ -145,11 +145,13 @@ async fn seed_stream(
             },
         )
         .await?;
-    let start = sse::Start::of_started(started.live, received);
-    Ok(sse::stream_run(
-        &state,
-        started.run.id,
-        start,
+    let run_id = started.run.id;
+    let events = wire::subscribe(&state, run_id, Start::of_started(started.live, received));
+    Ok(sse_response(
+        NativeEncoder,
+        run_id,
+        events,
+        &state.streams,
         &[("x-conversation-id", started.conversation.id.to_string())],
     ))
 }

@@ -1,4 +1,4 @@
-//! HTTP: routes, extractors, the error type and SSE encoding.
+//! HTTP: routes, extractors, the error type and the wire formats of streams.
 
 pub mod auth;
 mod compat;
@@ -12,7 +12,7 @@ pub mod openapi;
 mod page;
 mod profile;
 mod runs;
-mod sse;
+pub mod wire;
 
 use std::{sync::Arc, time::Duration};
 
@@ -40,12 +40,8 @@ pub struct AppState {
     pub(crate) local_user: User,
     /// Request and run limits.
     pub(crate) limits: Arc<Limits>,
-    /// Interval of SSE keep-alive comments.
-    pub(crate) keep_alive: Duration,
-    /// Fired at the end of shutdown: every open SSE stream ends.
-    pub(crate) streams_end: CancellationToken,
-    /// Counts the open SSE streams, so shutdown can let them end by themselves.
-    pub(crate) open_streams: TaskTracker,
+    /// What the SSE streams share: keep-alive, the end at shutdown, their count.
+    pub(crate) streams: wire::Streams,
 }
 
 impl AppState {
@@ -80,9 +76,11 @@ impl AppState {
             auth: auth::Auth::new(local_user.clone(), local_allowed),
             local_user,
             limits: Arc::new(limits),
-            keep_alive,
-            streams_end,
-            open_streams: TaskTracker::new(),
+            streams: wire::Streams {
+                keep_alive,
+                end: streams_end,
+                open: TaskTracker::new(),
+            },
         }
     }
 }

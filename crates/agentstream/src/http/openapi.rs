@@ -65,7 +65,7 @@ pub fn router() -> Router<AppState> {
         page::style_css,
     ),
     components(
-        schemas(ErrorBody, crate::http::sse::RunEvent),
+        schemas(ErrorBody, crate::events::RunEvent),
         responses(
             BadRequest,
             Unauthorized,

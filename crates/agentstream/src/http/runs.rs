@@ -18,7 +18,7 @@ use super::{
         BadRequest, Conflict, NotFound, PayloadTooLarge, TooManyRuns, Unauthorized, Unavailable,
         Unprocessable, UnsupportedMediaType,
     },
-    sse::{self, SseMessage},
+    wire::{self, NativeEncoder, SseMessage, Start, sse_response},
 };
 use crate::{
     runs::{ConversationRef, Multitask, StartRun},
@@ -164,8 +164,15 @@ async fn create_run(
         )
         .await?;
     if wants_stream(&headers) {
-        let start = sse::Start::of_started(started.live, received);
-        return Ok(sse::stream_run(&state, started.run.id, start, &[]));
+        let run_id = started.run.id;
+        let events = wire::subscribe(&state, run_id, Start::of_started(started.live, received));
+        return Ok(sse_response(
+            NativeEncoder,
+            run_id,
+            events,
+            &state.streams,
+            &[],
+        ));
     }
     let status = if started.created {
         StatusCode::ACCEPTED
@@ -298,10 +305,12 @@ async fn stream_events(
     if run.status.is_terminal() && state.store.last_seq(run.id).await? <= after {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    Ok(sse::stream_run(
-        &state,
+    let events = wire::subscribe(&state, run.id, Start::After(after));
+    Ok(sse_response(
+        NativeEncoder,
         run.id,
-        sse::Start::After(after),
+        events,
+        &state.streams,
         &[],
     ))
 }

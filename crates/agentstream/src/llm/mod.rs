@@ -10,6 +10,8 @@ use std::fmt::Debug;
 use futures_util::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
+use crate::events::ErrorCode;
+
 /// A function the model may call.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ToolSpec {
@@ -113,24 +115,9 @@ pub enum ToolChoiceMode {
     Required,
 }
 
-/// Tokens counted by the model.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Usage {
-    /// Tokens in the request.
-    pub prompt_tokens: u64,
-    /// Tokens in the reply.
-    pub completion_tokens: u64,
-    /// Both.
-    pub total_tokens: u64,
-}
-
-impl std::ops::AddAssign for Usage {
-    fn add_assign(&mut self, other: Usage) {
-        self.prompt_tokens += other.prompt_tokens;
-        self.completion_tokens += other.completion_tokens;
-        self.total_tokens += other.total_tokens;
-    }
-}
+// Defined with the events (`done` carries it), which sit below the model
+// client.
+pub use crate::events::Usage;
 
 /// One piece of the model's streamed reply.
 #[derive(Debug, Clone, PartialEq)]
@@ -180,12 +167,12 @@ pub enum LlmError {
 
 impl LlmError {
     /// The code of the `error` event this failure becomes.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            LlmError::Timeout(_) => "upstream_timeout",
-            LlmError::Status { .. } | LlmError::Upstream(_) => "upstream_error",
-            LlmError::Protocol(_) => "upstream_protocol",
-            LlmError::Incomplete(_) => "upstream_incomplete",
+            LlmError::Timeout(_) => ErrorCode::UpstreamTimeout,
+            LlmError::Status { .. } | LlmError::Upstream(_) => ErrorCode::UpstreamError,
+            LlmError::Protocol(_) => ErrorCode::UpstreamProtocol,
+            LlmError::Incomplete(_) => ErrorCode::UpstreamIncomplete,
         }
     }
 
@@ -210,7 +197,7 @@ impl crate::telemetry::metrics::UpstreamItem for Result<LlmEvent, LlmError> {
     }
 
     fn error_code(&self) -> Option<&'static str> {
-        self.as_ref().err().map(LlmError::code)
+        self.as_ref().err().map(|e| e.code().as_str())
     }
 }
 

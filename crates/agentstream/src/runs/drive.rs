@@ -15,6 +15,7 @@ use super::{
 };
 use crate::{
     agent::{self, Outcome, RunControl},
+    events::ErrorCode,
     store::{self, Message, Run, RunStatus, StoreError},
     tools::ToolContext,
 };
@@ -98,7 +99,7 @@ impl RunManager {
             .catch_unwind()
             .await
             .unwrap_or_else(|_| {
-                Outcome::failed("internal", "the run stopped on an internal error")
+                Outcome::failed(ErrorCode::Internal, "the run stopped on an internal error")
             }),
             Err(e) => Outcome::failed(e.code(), e.to_string()),
         };
@@ -106,7 +107,7 @@ impl RunManager {
             // `reason`, not `message`: that name is the log line's own.
             tracing::warn!(
                 run_id = %run.id,
-                code,
+                code = code.as_str(),
                 reason = message.as_str(),
                 detail = outcome.detail.as_deref().unwrap_or_default(),
                 "run failed"

@@ -128,7 +128,7 @@ impl Emitter {
         let error = outcome.error.as_ref().map(|(code, message)| {
             self.seq += 1;
             Event::Error {
-                code: code.clone(),
+                code: *code,
                 message: message.clone(),
             }
             .to_stored(self.run_id, self.seq)

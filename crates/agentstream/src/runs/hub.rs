@@ -9,7 +9,7 @@ use std::{
 use tokio::sync::{broadcast, watch};
 use uuid::Uuid;
 
-use crate::store::StoredEvent;
+use crate::events::{EventKind, StoredEvent};
 
 /// How many events a subscriber may fall behind before it reads from the
 /// store instead; it never slows the run or grows memory without bound.
@@ -63,7 +63,7 @@ impl Hub {
     pub fn publish(&self, events: impl IntoIterator<Item = StoredEvent>) {
         let mut channels = self.channels();
         for event in events {
-            let done = event.kind == "done";
+            let done = event.kind == EventKind::Done;
             let run_id = event.run_id;
             if let Some(sender) = channels.get(&run_id) {
                 // No receiver is fine: nobody is watching right now.

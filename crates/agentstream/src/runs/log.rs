@@ -17,8 +17,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::hub::Hub;
-use crate::store::{
-    self, AssistantMessage, MessageStatus, RunEnd, RunStatus, Store, StoreError, StoredEvent,
+use crate::{
+    events::{ErrorCode, StoredEvent},
+    store::{self, AssistantMessage, MessageStatus, RunEnd, RunStatus, Store, StoreError},
 };
 
 /// Most events one transaction carries.
@@ -71,11 +72,11 @@ pub enum LogError {
 
 impl LogError {
     /// The code of the `error` event a run ends with after this failure.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            LogError::TooManyEvents(_) => "event_limit",
-            LogError::Refused => "storage_error",
-            LogError::Closed | LogError::Store(_) | LogError::AlreadyEnded => "event_log",
+            LogError::TooManyEvents(_) => ErrorCode::EventLimit,
+            LogError::Refused => ErrorCode::StorageError,
+            LogError::Closed | LogError::Store(_) | LogError::AlreadyEnded => ErrorCode::EventLog,
         }
     }
 }

@@ -29,9 +29,8 @@ pub use subscription::Delivery;
 
 use crate::{
     agent::Agents,
-    store::{
-        Conversation, ConversationKind, OnDisconnect, Run, RunStatus, Store, StoreError, text_enum,
-    },
+    store::{Conversation, ConversationKind, OnDisconnect, Run, RunStatus, Store, StoreError},
+    text::text_enum,
 };
 
 text_enum! {

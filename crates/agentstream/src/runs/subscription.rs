@@ -8,7 +8,7 @@ use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
 use super::{LiveEvents, RunManager};
-use crate::store::StoredEvent;
+use crate::events::{EventKind, StoredEvent};
 
 /// How often a subscriber of a run driven elsewhere reads the store when no
 /// notification comes (one may have been lost).
@@ -130,7 +130,7 @@ impl RunManager {
                     };
                     for event in page {
                         cursor = event.seq;
-                        let done = event.kind == "done";
+                        let done = event.kind == EventKind::Done;
                         yield Delivery::Event(Arc::new(event));
                         if done {
                             return;
@@ -162,13 +162,13 @@ impl RunManager {
                         // Already sent; a `done` at or before the cursor (a
                         // client resuming past the end) ends the stream.
                         Ok(event) if event.seq <= cursor => {
-                            if event.kind == "done" {
+                            if event.kind == EventKind::Done {
                                 return;
                             }
                         }
                         Ok(event) if event.seq == cursor + 1 => {
                             cursor = event.seq;
-                            let done = event.kind == "done";
+                            let done = event.kind == EventKind::Done;
                             yield Delivery::Event(event);
                             if done {
                                 return;

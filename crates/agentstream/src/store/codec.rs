@@ -33,39 +33,6 @@ pub(super) fn parse_enum<T: FromStr>(column: &str, text: &str) -> Result<T, Stor
         .map_err(|_| StoreError::Corrupt(format!("bad {column} {text:?}")))
 }
 
-/// Defines a text-backed enum with `as_str`, `FromStr`, `Display` and serde as
-/// its lowercase names, so stored columns and JSON agree.
-macro_rules! text_enum {
-    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-        pub enum $name {
-            $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
-        }
-
-        impl $name {
-            /// The stored and wire name.
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text),+ }
-            }
-        }
-
-        impl std::str::FromStr for $name {
-            type Err = ();
-            fn from_str(s: &str) -> Result<Self, ()> {
-                match s { $($text => Ok($name::$variant),)+ _ => Err(()) }
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
-pub(crate) use text_enum;
-
 #[cfg(test)]
 mod tests {
     use super::*;

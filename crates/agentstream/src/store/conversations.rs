@@ -4,7 +4,8 @@ use serde::Serialize;
 use sqlx::{AnyConnection, Row, any::AnyRow};
 use uuid::Uuid;
 
-use super::{Store, StoreError, now, parse_enum, parse_id, query, text_enum};
+use super::{Store, StoreError, now, parse_enum, parse_id, query};
+use crate::text::text_enum;
 
 text_enum! {
     /// What a conversation is for; it picks the agent that answers.

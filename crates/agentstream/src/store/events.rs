@@ -6,19 +6,7 @@ use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
 use super::{Backend, MultiRow, Store, StoreError, now, parse_id, query};
-
-/// One committed event of a run's log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredEvent {
-    /// The run that emitted it.
-    pub run_id: Uuid,
-    /// Its position in the run's log: 1, 2, 3…
-    pub seq: i64,
-    /// Its type (`delta`, `done`…), the SSE `event:` field.
-    pub kind: &'static str,
-    /// Its JSON payload as sent in the SSE `data:` field.
-    pub data: String,
-}
+use crate::events::{EventKind, StoredEvent};
 
 /// `INSERT … VALUES (…), (…)` in the sizes of `MultiRow`, five columns a row.
 /// A run taken over as dead may still try to write: its late event loses to
@@ -45,7 +33,7 @@ pub(crate) async fn append_events(
             query = query
                 .bind(event.run_id.to_string())
                 .bind(event.seq)
-                .bind(event.kind)
+                .bind(event.kind.as_str())
                 .bind(event.data.as_str())
                 .bind(at.as_str());
         }
@@ -112,17 +100,6 @@ pub fn parse_notification(payload: &str) -> Vec<(Uuid, i64)> {
         .collect()
 }
 
-/// The event types we store, so a stored row maps back to a `&'static str`.
-pub const EVENT_KINDS: [&str; 7] = [
-    "run.started",
-    "delta",
-    "tool.call",
-    "tool.result",
-    "message.completed",
-    "error",
-    "done",
-];
-
 impl Store {
     /// The run's committed events after `after`, in order, at most `limit`.
     #[tracing::instrument(skip_all, fields(run_id = %run_id, after))]
@@ -144,10 +121,9 @@ impl Store {
         rows.iter()
             .map(|row| {
                 let kind: String = row.try_get("type")?;
-                let kind = EVENT_KINDS
-                    .into_iter()
-                    .find(|k| *k == kind)
-                    .ok_or_else(|| StoreError::Corrupt(format!("event type {kind:?}")))?;
+                let kind: EventKind = kind
+                    .parse()
+                    .map_err(|()| StoreError::Corrupt(format!("event type {kind:?}")))?;
                 Ok(StoredEvent {
                     run_id: parse_id(row.try_get("run_id")?)?,
                     seq: row.try_get("seq")?,

@@ -6,7 +6,11 @@ use serde::Serialize;
 use sqlx::{AnyConnection, Row, any::AnyRow};
 use uuid::Uuid;
 
-use super::{MultiRow, Store, StoreError, now, parse_enum, parse_id, query, text_enum};
+use super::{MultiRow, Store, StoreError, now, parse_enum, parse_id, query};
+use crate::{
+    events::{Event, EventKind, RunEvent, StoredEvent},
+    text::text_enum,
+};
 
 text_enum! {
     /// Who wrote a message.
@@ -295,18 +299,18 @@ impl Store {
     pub async fn keep_partial_reply(
         &self,
         run_id: Uuid,
-        events: &[super::StoredEvent],
+        events: &[StoredEvent],
     ) -> Result<(), StoreError> {
         let start = events
             .iter()
-            .rposition(|e| e.kind == "message.completed" || e.kind == "tool.result")
+            .rposition(|e| matches!(e.kind, EventKind::MessageCompleted | EventKind::ToolResult))
             .map_or(0, |i| i + 1);
         let text: String = events[start..]
             .iter()
-            .filter(|e| e.kind == "delta")
-            .filter_map(|e| {
-                let data: serde_json::Value = serde_json::from_str(&e.data).ok()?;
-                data.get("text")?.as_str().map(str::to_owned)
+            .filter(|e| e.kind == EventKind::Delta)
+            .filter_map(|e| match RunEvent::parse(&e.data).ok()?.event {
+                Event::Delta { text } => Some(text),
+                _ => None,
             })
             .collect();
         if text.is_empty() {

@@ -29,7 +29,6 @@ use std::sync::Arc;
 use sqlx::AnyPool;
 use tokio::sync::watch;
 
-pub(crate) use codec::text_enum;
 pub use codec::{format_timestamp, now};
 use codec::{parse_enum, parse_id};
 use connect::DbThread;
@@ -41,10 +40,12 @@ pub use error::StoreError;
 
 pub use api_keys::{ApiKey, NewKey, hash_key};
 pub use conversations::{Conversation, ConversationKind};
-pub use events::{EVENT_KINDS, StoredEvent};
 pub use messages::{AssistantMessage, Message, MessageStatus, NewMessage, Role};
 pub use profiles::Profile;
-pub use runs::{NewRun, OnDisconnect, Run, RunEnd, RunStatus};
+pub use runs::{NewRun, OnDisconnect, Run, RunEnd};
+// Defined with the events (`done` carries it), below the store; a run's
+// status is also a column of `runs`.
+pub use crate::events::RunStatus;
 pub use tool_calls::ToolCallRecord;
 pub use users::User;
 

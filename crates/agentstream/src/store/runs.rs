@@ -6,35 +6,8 @@ use serde::Serialize;
 use sqlx::{AnyConnection, Row, any::AnyRow};
 use uuid::Uuid;
 
-use super::{Backend, MultiRow, Store, StoreError, now, parse_enum, parse_id, query, text_enum};
-
-text_enum! {
-    /// Where a run stands. The last four are terminal.
-    // The variants' wire names are their lowercase names (see `as_str`).
-    #[derive(utoipa::ToSchema)]
-    #[schema(rename_all = "lowercase")]
-    pub enum RunStatus {
-        /// Waiting for the conversation's active run to end (`multitask=enqueue`).
-        Queued = "queued",
-        /// The agent is working.
-        Running = "running",
-        /// The agent finished its reply.
-        Completed = "completed",
-        /// Stopped by a cancel.
-        Cancelled = "cancelled",
-        /// Stopped by an error.
-        Failed = "failed",
-        /// Stopped by a shutdown or a crash.
-        Interrupted = "interrupted",
-    }
-}
-
-impl RunStatus {
-    /// True once the run can change no more.
-    pub fn is_terminal(self) -> bool {
-        !matches!(self, RunStatus::Queued | RunStatus::Running)
-    }
-}
+use super::{Backend, MultiRow, Store, StoreError, now, parse_enum, parse_id, query};
+use crate::{events::RunStatus, text::text_enum};
 
 text_enum! {
     /// What happens to a run when its last subscriber disconnects.

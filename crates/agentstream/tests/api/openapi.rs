@@ -8,12 +8,23 @@ use serde_json::Value;
 use crate::helpers::*;
 
 /// The paths of every `.route("…", …)` in the HTTP module's source: the
-/// router's routes, whatever file they are added in.
+/// router's routes, whatever file (or folder under it) they are added in.
 fn routes_in_source() -> BTreeSet<String> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/http");
+    let mut dirs = vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/http")];
+    let mut files = Vec::new();
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
     let mut routes = BTreeSet::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+    for file in files {
+        let text = std::fs::read_to_string(file).unwrap();
         for piece in text.split(".route(").skip(1) {
             let literal = piece.trim_start();
             let Some(rest) = literal.strip_prefix('"') else {

@@ -460,7 +460,7 @@ mod tests {
             call_mock(test_settings(&mock), user_request("mock;fault=500", "hi")).await;
         assert_eq!(events, []);
         let error = error.unwrap();
-        assert_eq!(error.code(), "upstream_error");
+        assert_eq!(error.code().as_str(), "upstream_error");
         assert!(matches!(error, LlmError::Status { status: 500, .. }));
         assert_eq!(error.to_string(), "the model server answered HTTP 500");
         assert!(
@@ -481,7 +481,7 @@ mod tests {
         let (events, error) = call_mock(settings, user_request("mock;fault=429", "hi")).await;
         assert_eq!(events, []);
         let error = error.unwrap();
-        assert_eq!(error.code(), "upstream_error");
+        assert_eq!(error.code().as_str(), "upstream_error");
         assert!(matches!(error, LlmError::Status { status: 429, .. }));
         assert!(error.detail().contains("rate_limit_exceeded"), "{error:?}");
         assert_eq!(mock.requests(), 2);
@@ -508,7 +508,7 @@ mod tests {
             ..test_settings(&mock)
         };
         let (_, error) = call_mock(settings, user_request("mock;fail_first=1", "hi")).await;
-        assert_eq!(error.map(|e| e.code()), Some("upstream_error"));
+        assert_eq!(error.map(|e| e.code().as_str()), Some("upstream_error"));
         assert_eq!(mock.requests(), 1);
     }
 
@@ -522,7 +522,7 @@ mod tests {
         .await;
         assert_eq!(events, [delta("Mock "), delta("reply ")]);
         let error = error.unwrap();
-        assert_eq!(error.code(), "upstream_error");
+        assert_eq!(error.code().as_str(), "upstream_error");
         assert!(matches!(error, LlmError::Upstream(_)));
         assert!(error.detail().contains("mid-stream"), "{error:?}");
         assert_eq!(mock.requests(), 1);
@@ -538,7 +538,7 @@ mod tests {
         .await;
         assert_eq!(events, []);
         let error = error.unwrap();
-        assert_eq!(error.code(), "upstream_error");
+        assert_eq!(error.code().as_str(), "upstream_error");
         assert!(
             error.detail().contains("before the first chunk"),
             "{error:?}"
@@ -555,7 +555,7 @@ mod tests {
         )
         .await;
         assert_eq!(events, [delta("Mock ")]);
-        assert_eq!(error.map(|e| e.code()), Some("upstream_protocol"));
+        assert_eq!(error.map(|e| e.code().as_str()), Some("upstream_protocol"));
         assert_eq!(mock.requests(), 1);
     }
 
@@ -676,7 +676,7 @@ mod tests {
         let (events, error) = call_mock(settings, user_request("mock", "hi")).await;
         assert_eq!(events, []);
         let error = error.unwrap();
-        assert_eq!(error.code(), "upstream_error");
+        assert_eq!(error.code().as_str(), "upstream_error");
         assert!(matches!(error, LlmError::Upstream(_)));
         assert!(error.detail().contains("could not reach"), "{error:?}");
         assert!(error.detail().ends_with("(after 3 attempts)"), "{error:?}");

@@ -569,7 +569,7 @@ mod tests {
         let (events, error) = parse(&body);
         assert_eq!(events, [delta("Hi"), usage(3, 4)]);
         let error = error.unwrap();
-        assert_eq!(error.code(), "upstream_incomplete");
+        assert_eq!(error.code().as_str(), "upstream_incomplete");
         assert!(
             error.detail().contains("dropped 2 unfinished tool calls"),
             "{error:?}"
@@ -609,7 +609,7 @@ mod tests {
         let (events, error) = parse(&body);
         assert_eq!(events, []);
         let error = error.unwrap();
-        assert_eq!(error.code(), "upstream_protocol");
+        assert_eq!(error.code().as_str(), "upstream_protocol");
         assert!(
             error.detail().contains("without a function name"),
             "{error:?}"
@@ -654,7 +654,7 @@ mod tests {
         let (events, error) = parse(&body);
         assert_eq!(events, [delta("before")]);
         let error = error.unwrap();
-        assert_eq!(error.code(), "upstream_protocol");
+        assert_eq!(error.code().as_str(), "upstream_protocol");
         assert!(error.detail().contains("not valid JSON"), "{error:?}");
         assert!(error.detail().contains("{not json"), "{error:?}");
     }
@@ -663,10 +663,10 @@ mod tests {
     fn a_chunk_of_the_wrong_shape_is_a_protocol_error() {
         let (_, error) = parse("data: {\"choices\":[{\"delta\":{\"content\":5}}]}\n\n");
         let error = error.unwrap();
-        assert_eq!(error.code(), "upstream_protocol");
+        assert_eq!(error.code().as_str(), "upstream_protocol");
         assert!(error.detail().contains("unexpected shape"), "{error:?}");
         let (_, error) = parse("data: 42\n\n");
-        assert_eq!(error.unwrap().code(), "upstream_protocol");
+        assert_eq!(error.unwrap().code().as_str(), "upstream_protocol");
     }
 
     #[test]
@@ -712,7 +712,7 @@ mod tests {
             let (events, error) = parse(body);
             assert_eq!(events, []);
             assert_eq!(
-                error.map(|e| e.code()),
+                error.map(|e| e.code().as_str()),
                 Some("upstream_protocol"),
                 "{body:?}"
             );
@@ -946,7 +946,7 @@ mod tests {
         );
         let error = error.unwrap();
         assert!(matches!(error, LlmError::Incomplete(_)), "{error:?}");
-        assert_eq!(error.code(), "upstream_incomplete");
+        assert_eq!(error.code().as_str(), "upstream_incomplete");
     }
 
     #[test]
@@ -1142,7 +1142,7 @@ mod tests {
         let (events, error) = parse(&body);
         assert_eq!(events, [delta("Half a sen")]);
         let error = error.unwrap();
-        assert_eq!(error.code(), "upstream_incomplete");
+        assert_eq!(error.code().as_str(), "upstream_incomplete");
         assert!(!error.detail().contains("Half"), "{error:?}");
     }
 
