@@ -18,6 +18,7 @@ mod durability;
 mod failures;
 mod hostile;
 mod input;
+mod layout;
 mod metrics;
 mod onboarding;
 mod openapi;
