@@ -61,6 +61,17 @@ text_enum! {
     }
 }
 
+/// Why a run failed: its `error` event's code and message, and what the
+/// run's row stores as `error` (`{"code":…,"message":…}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunFailure {
+    /// A stable code, e.g. `upstream_timeout`.
+    pub code: ErrorCode,
+    /// What happened, short and safe to show: no key, message text or tool
+    /// arguments.
+    pub message: String,
+}
+
 text_enum! {
     /// Where a run stands. The last four are terminal.
     // The variants' wire names are their lowercase names (see `as_str`).
@@ -266,6 +277,22 @@ pub struct StoredEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_failure_is_stored_as_code_and_message() {
+        let failure = RunFailure {
+            code: ErrorCode::UpstreamTimeout,
+            message: "the \"model\" timed out".to_owned(),
+        };
+        assert_eq!(
+            serde_json::to_string(&failure).unwrap(),
+            serde_json::json!({ "code": failure.code, "message": failure.message }).to_string()
+        );
+        assert_eq!(
+            serde_json::to_string(&failure).unwrap(),
+            r#"{"code":"upstream_timeout","message":"the \"model\" timed out"}"#
+        );
+    }
 
     /// One event of each kind, with every optional field set.
     fn one_of_each() -> Vec<Event> {

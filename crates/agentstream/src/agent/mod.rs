@@ -15,7 +15,7 @@ use std::{
 use futures_util::StreamExt;
 
 use crate::{
-    events::{ErrorCode, Event},
+    events::{ErrorCode, Event, RunFailure},
     llm::{ChatMessage, ChatRequest, LlmError, LlmEvent, Provider, ToolCall, Usage},
     store::{self, AssistantMessage, Message, MessageStatus, Role, RunStatus, Store},
     text,
@@ -77,9 +77,8 @@ impl Agents {
 pub struct Outcome {
     /// The run's final status.
     pub status: RunStatus,
-    /// Why it failed: (code, message). The message is short and safe to
-    /// show: it holds no key, message text or tool arguments.
-    pub error: Option<(ErrorCode, String)>,
+    /// Why it failed.
+    pub error: Option<RunFailure>,
     /// What the log gets besides: the full cause, on one line.
     pub detail: Option<String>,
     /// Tokens used, summed over the run's model calls.
@@ -93,7 +92,10 @@ impl Outcome {
     /// A failed run, with its `error` event's code and message.
     pub fn failed(code: ErrorCode, message: impl Into<String>) -> Outcome {
         Outcome {
-            error: Some((code, message.into())),
+            error: Some(RunFailure {
+                code,
+                message: message.into(),
+            }),
             ..Outcome::status(RunStatus::Failed)
         }
     }

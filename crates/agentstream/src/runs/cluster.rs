@@ -1,20 +1,14 @@
 //! Several nodes on one PostgreSQL: the heartbeat that renews leases and
-//! sweeps dead nodes' runs, and the one listening connection per node that
-//! hears which runs have new events and which runs to cancel.
+//! sweeps dead nodes' runs, and what this node does with what its listener
+//! (`store::listen`) hears: wakes the subscribers of runs with new events,
+//! cancels the runs asked to stop, and has everyone read the store again
+//! after a reconnection.
 
-use std::time::Duration;
-
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::RunManager;
-use crate::store::{
-    self, CANCEL_CHANNEL, EVENTS_CHANNEL, RunStatus, StoreError, parse_notification,
-};
-
-/// Pause before listening again after the connection failed.
-const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
+use crate::store::{self, Notice, RunStatus, StoreError};
 
 impl RunManager {
     /// Renews this node's leases and sweeps dead nodes' runs, every
@@ -38,110 +32,12 @@ impl RunManager {
     /// `stop` fires. After every reconnection the subscribers of runs driven
     /// elsewhere read the store again, so nothing missed meanwhile is lost.
     pub async fn listen(self, url: String, stop: CancellationToken) {
-        // The listener's own pool of one, which `PgListener::connect` would
-        // make and never close: a listener hands its connection back from a
-        // task of its own, and closing the pool waits for that, so the
-        // connection is put away before the runtime goes.
-        let pool = match PgPoolOptions::new()
-            .max_connections(1)
-            .max_lifetime(None)
-            .idle_timeout(None)
-            .connect_lazy(&url)
-        {
-            Ok(pool) => pool,
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for other nodes' events");
-                return;
-            }
-        };
-        let mut listener = None;
-        self.listen_on(&pool, &mut listener, stop).await;
-        // Closed before the listener goes: a dropped listener hands its
-        // connection back from a task of its own, which then finds the pool
-        // closed and closes the connection, rather than testing it with a
-        // round trip that the end of the runtime could cut.
-        let closing = pool.close();
-        drop(listener);
-        closing.await;
-    }
-
-    async fn listen_on(
-        &self,
-        pool: &PgPool,
-        listener: &mut Option<PgListener>,
-        stop: CancellationToken,
-    ) {
-        let mut failing = false;
-        loop {
-            if listener.is_none() {
-                let connected = async {
-                    let mut listener = PgListener::connect_with(pool).await?;
-                    listener
-                        .listen_all([EVENTS_CHANNEL, CANCEL_CHANNEL])
-                        .await?;
-                    Ok::<_, sqlx::Error>(listener)
-                };
-                let connected = tokio::select! {
-                    connected = connected => connected,
-                    () = stop.cancelled() => return,
-                };
-                match connected {
-                    Ok(connected) => {
-                        if failing {
-                            tracing::info!(
-                                "the listener reconnected; subscribers catch up from the store"
-                            );
-                        }
-                        failing = false;
-                        *listener = Some(connected);
-                        self.inner.hub.wake_all_remote();
-                    }
-                    Err(error) => {
-                        if !failing {
-                            tracing::warn!(%error, "cannot listen for other nodes' events; retrying");
-                        }
-                        failing = true;
-                        tokio::select! {
-                            () = tokio::time::sleep(RECONNECT_PAUSE) => continue,
-                            () = stop.cancelled() => return,
-                        }
-                    }
-                }
-            }
-            let Some(active) = listener.as_mut() else {
-                continue;
-            };
-            let received = tokio::select! {
-                received = active.try_recv() => received,
-                () = stop.cancelled() => return,
-            };
-            match received {
-                Ok(Some(notification)) => match notification.channel() {
-                    EVENTS_CHANNEL => {
-                        self.inner
-                            .hub
-                            .wake_remote(&parse_notification(notification.payload()));
-                    }
-                    CANCEL_CHANNEL => {
-                        if let Ok(run_id) = Uuid::parse_str(notification.payload()) {
-                            self.cancel_local(run_id);
-                        }
-                    }
-                    _ => {}
-                },
-                // The connection dropped and came back: notifications in
-                // between are lost, so everyone reads the store again.
-                Ok(None) => {
-                    tracing::info!("the listener reconnected; subscribers catch up from the store");
-                    self.inner.hub.wake_all_remote();
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "lost the connection listening for other nodes' events");
-                    failing = true;
-                    *listener = None;
-                }
-            }
-        }
+        store::listen(&url, stop, |notice| match notice {
+            Notice::Events(runs) => self.inner.hub.wake_remote(&runs),
+            Notice::Cancel(run_id) => self.cancel_local(run_id),
+            Notice::Reconnected => self.inner.hub.wake_all_remote(),
+        })
+        .await;
     }
 }
 

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     agent::{self, Outcome, RunControl},
-    events::ErrorCode,
+    events::{ErrorCode, RunFailure},
     store::{self, Message, Run, RunStatus, StoreError},
     tools::ToolContext,
 };
@@ -103,7 +103,7 @@ impl RunManager {
             }),
             Err(e) => Outcome::failed(e.code(), e.to_string()),
         };
-        if let Some((code, message)) = &outcome.error {
+        if let Some(RunFailure { code, message }) = &outcome.error {
             // `reason`, not `message`: that name is the log line's own.
             tracing::warn!(
                 run_id = %run.id,

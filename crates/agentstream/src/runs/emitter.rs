@@ -125,11 +125,11 @@ impl Emitter {
             self.lost_some = true;
         }
         self.staged = false;
-        let error = outcome.error.as_ref().map(|(code, message)| {
+        let error = outcome.error.as_ref().map(|failure| {
             self.seq += 1;
             Event::Error {
-                code: *code,
-                message: message.clone(),
+                code: failure.code,
+                message: failure.message.clone(),
             }
             .to_stored(self.run_id, self.seq)
         });
@@ -152,10 +152,7 @@ impl Emitter {
         }
         let finish = Finish {
             status,
-            error: outcome
-                .error
-                .as_ref()
-                .map(|(code, message)| serde_json::json!({ "code": code, "message": message })),
+            error: outcome.error.clone(),
             usage: outcome.usage.and_then(|u| serde_json::to_value(u).ok()),
             message_status,
             // The run's earlier messages ended with the events that carried

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::hub::Hub;
 use crate::{
-    events::{ErrorCode, StoredEvent},
+    events::{ErrorCode, RunFailure, StoredEvent},
     store::{self, AssistantMessage, MessageStatus, RunEnd, RunStatus, Store, StoreError},
 };
 
@@ -39,8 +39,8 @@ const RETRY_BACKOFF: [Duration; 3] = [
 pub struct Finish {
     /// The final status.
     pub status: RunStatus,
-    /// Why it failed: `{code, message}`.
-    pub error: Option<serde_json::Value>,
+    /// Why it failed; stored as `{code, message}`.
+    pub error: Option<RunFailure>,
     /// Token usage.
     pub usage: Option<serde_json::Value>,
     /// The status given to the run's messages still marked `streaming`.
@@ -472,7 +472,11 @@ async fn commit_on(
             ends.push(RunEnd {
                 id: run_id,
                 status: finish.status,
-                error: finish.error.as_ref().map(serde_json::Value::to_string),
+                // A code and a string: serializing them cannot fail.
+                error: finish
+                    .error
+                    .as_ref()
+                    .and_then(|error| serde_json::to_string(error).ok()),
                 usage: finish.usage.as_ref().map(serde_json::Value::to_string),
                 last_seq: pending.event.seq,
             });

@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
-use super::{Backend, MultiRow, Store, StoreError, now, parse_id, query};
+use super::{MultiRow, Store, StoreError, now, parse_id, query};
 use crate::events::{EventKind, StoredEvent};
 
 /// `INSERT … VALUES (…), (…)` in the sizes of `MultiRow`, five columns a row.
@@ -40,64 +40,6 @@ pub(crate) async fn append_events(
         query.execute(&mut *conn).await?;
     }
     Ok(())
-}
-
-/// Tells the other nodes (PostgreSQL `NOTIFY`, delivered on commit) which
-/// runs have new events, inside the transaction that adds them: one
-/// `run_id:seq` per run with its last `seq`, comma-separated, in payloads under
-/// PostgreSQL's 8,000-byte limit. On SQLite, which has no other node to
-/// tell (see [`Store::can_notify`]), it does nothing.
-pub(crate) async fn notify_events(
-    conn: &mut AnyConnection,
-    events: &[&StoredEvent],
-) -> Result<(), StoreError> {
-    if Backend::of(conn) != Backend::Postgres {
-        return Ok(());
-    }
-    const MAX_PAYLOAD: usize = 7_900;
-    let mut last: Vec<(Uuid, i64)> = Vec::new();
-    for event in events {
-        match last.iter_mut().find(|(run_id, _)| *run_id == event.run_id) {
-            Some(entry) => entry.1 = entry.1.max(event.seq),
-            None => last.push((event.run_id, event.seq)),
-        }
-    }
-    let mut payload = String::new();
-    for (run_id, seq) in last {
-        let entry = format!("{run_id}:{seq}");
-        if !payload.is_empty() && payload.len() + 1 + entry.len() > MAX_PAYLOAD {
-            notify(conn, &payload).await?;
-            payload.clear();
-        }
-        if !payload.is_empty() {
-            payload.push(',');
-        }
-        payload.push_str(&entry);
-    }
-    if !payload.is_empty() {
-        notify(conn, &payload).await?;
-    }
-    Ok(())
-}
-
-async fn notify(conn: &mut AnyConnection, payload: &str) -> Result<(), StoreError> {
-    query("SELECT pg_notify($1, $2)")
-        .bind(super::EVENTS_CHANNEL)
-        .bind(payload)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
-/// Reads a payload of `notify_events`; entries that do not parse are skipped.
-pub fn parse_notification(payload: &str) -> Vec<(Uuid, i64)> {
-    payload
-        .split(',')
-        .filter_map(|entry| {
-            let (run_id, seq) = entry.split_once(':')?;
-            Some((Uuid::parse_str(run_id).ok()?, seq.parse().ok()?))
-        })
-        .collect()
 }
 
 impl Store {

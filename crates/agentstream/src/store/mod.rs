@@ -5,8 +5,9 @@
 //! RFC 3339 text, so one implementation serves SQLite and PostgreSQL and the
 //! contract tests run it against both. What differs lives in the migrations
 //! folders and in a few files here: `connect` (connection set-up, the
-//! pooler), `dialect` (placeholders, how a write transaction begins) and
-//! `migrations`. The rest of the server asks the store what it can do
+//! pooler), `dialect` (placeholders, how a write transaction begins),
+//! `migrations` and `notify` (`NOTIFY`/`LISTEN` between nodes, PostgreSQL
+//! only). The rest of the server asks the store what it can do
 //! ([`Store::can_notify`], [`Store::single_node`]) rather than which database
 //! it is.
 
@@ -19,6 +20,7 @@ mod error;
 mod events;
 mod messages;
 mod migrations;
+mod notify;
 mod profiles;
 mod runs;
 mod tool_calls;
@@ -50,16 +52,12 @@ pub use tool_calls::ToolCallRecord;
 pub use users::User;
 
 pub(crate) use conversations::{conversation_for_update, insert_conversation};
-pub use events::parse_notification;
-pub(crate) use events::{append_events, notify_events};
-
-/// The PostgreSQL channel that carries which runs have new events.
-pub const EVENTS_CHANNEL: &str = "agentstream_events";
-/// The PostgreSQL channel that carries cancels for the node driving a run.
-pub const CANCEL_CHANNEL: &str = "agentstream_cancel";
+pub(crate) use events::append_events;
 pub(crate) use messages::{
     close_streaming_messages, insert_message, messages, write_assistant_messages,
 };
+pub(crate) use notify::notify_events;
+pub use notify::{CANCEL_CHANNEL, EVENTS_CHANNEL, Notice, listen, parse_notification};
 pub(crate) use profiles::{complete_onboarding, profile, set_profile_field};
 pub(crate) use runs::{
     active_runs, count_user_active_runs, finish_runs, insert_run, lock_conversation,

@@ -347,21 +347,6 @@ impl Store {
             .collect()
     }
 
-    /// Tells the other nodes (PostgreSQL `NOTIFY`) that a run's cancel was
-    /// asked for; a no-op on SQLite, which has no other node.
-    pub async fn notify_cancel(&self, run_id: Uuid) -> Result<(), StoreError> {
-        if self.backend() == super::Backend::Postgres {
-            let mut conn = self.acquire().await?;
-            query("SELECT pg_notify($1, $2)")
-                .bind(super::CANCEL_CHANNEL)
-                .bind(run_id.to_string())
-                .execute(&mut *conn)
-                .await?;
-            conn.commit().await?;
-        }
-        Ok(())
-    }
-
     /// Running runs whose node's lease ran out before `now`: it is gone.
     pub async fn expired_runs(&self, now: &str) -> Result<Vec<Run>, StoreError> {
         let rows = query(
