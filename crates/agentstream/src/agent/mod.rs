@@ -252,7 +252,6 @@ async fn steps(
             match item {
                 None => break StepEnd::Finished,
                 Some(Ok(LlmEvent::Delta(delta))) => {
-                    let delta = text::clean_string(delta);
                     let emitted = emitter
                         .emit(Event::Delta {
                             text: delta.clone(),

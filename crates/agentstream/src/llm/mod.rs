@@ -3,6 +3,8 @@
 pub mod openai;
 pub mod registry;
 pub mod scripted;
+#[cfg(test)]
+mod test_requests;
 pub(crate) mod transport;
 
 use std::fmt::Debug;
@@ -122,7 +124,9 @@ pub use crate::events::Usage;
 /// One piece of the model's streamed reply.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LlmEvent {
-    /// Text, as it arrives.
+    /// Text, as it arrives, already NUL-free ([`crate::text`]): the
+    /// provider cleans it where it reads it, so nothing downstream scans
+    /// each delta again.
     Delta(String),
     /// A tool call, once its arguments are whole.
     ToolCall(ToolCall),

@@ -671,34 +671,12 @@ where
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
 
     use super::*;
-    use crate::llm::{ToolCall, ToolSpec};
-
-    fn request_with(messages: Vec<ChatMessage>) -> ChatRequest {
-        ChatRequest {
-            model: "m".to_owned(),
-            messages,
-            tools: vec![ToolSpec {
-                name: "update_profile".to_owned(),
-                description: "Saves one profile field".to_owned(),
-                parameters: json!({"type": "object"}),
-            }],
-            temperature: None,
-            max_tokens: None,
-            tool_choice: None,
-        }
-    }
-
-    fn profile_call(id: &str, upstream_id: Option<&str>) -> ToolCall {
-        ToolCall {
-            id: id.to_owned(),
-            name: "update_profile".to_owned(),
-            arguments: r#"{"field":"name","value":"Ada"}"#.to_owned(),
-            upstream_id: upstream_id.map(str::to_owned),
-        }
-    }
+    use crate::llm::{
+        ToolCall,
+        test_requests::{profile_call, request_with},
+    };
 
     #[test]
     fn secrets_are_found_raw_escaped_ascii_escaped_and_cut_short() {

@@ -266,7 +266,10 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::llm::ToolCall;
+    use crate::llm::{
+        ToolCall,
+        test_requests::{profile_call, request_with},
+    };
 
     #[test]
     fn the_request_body_maps_every_message_kind() {
@@ -345,30 +348,6 @@ mod tests {
             json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
                    "stream": true, "stream_options": {"include_usage": true}})
         );
-    }
-
-    fn request_with(messages: Vec<ChatMessage>) -> ChatRequest {
-        ChatRequest {
-            model: "m".to_owned(),
-            messages,
-            tools: vec![ToolSpec {
-                name: "update_profile".to_owned(),
-                description: "Saves one profile field".to_owned(),
-                parameters: json!({"type": "object"}),
-            }],
-            temperature: None,
-            max_tokens: None,
-            tool_choice: None,
-        }
-    }
-
-    fn profile_call(id: &str, upstream_id: Option<&str>) -> ToolCall {
-        ToolCall {
-            id: id.to_owned(),
-            name: "update_profile".to_owned(),
-            arguments: r#"{"field":"name","value":"Ada"}"#.to_owned(),
-            upstream_id: upstream_id.map(str::to_owned),
-        }
     }
 
     #[test]
