@@ -1,6 +1,6 @@
 //! Builds everything, serves, and shuts down in numbered phases.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -13,7 +13,11 @@ use crate::{
     llm::{self, Probe, registry::NamedProvider},
     runs::{EventLog, Hub, RunManager},
     store::{self, Store},
-    tools::Registry,
+    tools::{
+        Registry, ToolConfig,
+        registry::BuildContext,
+        sql::{self, Databases},
+    },
 };
 
 /// How long open connections get to close after the streams end.
@@ -37,6 +41,8 @@ pub struct App {
     /// Stops the background tasks once runs have ended (phase 4); every
     /// background task holds a clone.
     writer_stop: CancellationToken,
+    /// The databases SQL tools act on; their pools close in phase 5.
+    tool_databases: Databases,
     /// On SQLite, held for the process's life: one server per database file.
     _single_node: Option<std::fs::File>,
 }
@@ -46,12 +52,9 @@ impl App {
     /// left open, and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<App> {
         config.validate().map_err(anyhow::Error::msg)?;
-        let file = match &config.config_file {
-            Some(path) => FileConfig::load(path).map_err(anyhow::Error::msg)?,
-            None => FileConfig::default(),
-        };
-        let (agents, providers) = agents(&config, &file)?;
-        probe_providers(&providers).await?;
+        let file = FileConfig::load(config.config_file.as_deref(), &config.onboarding_fields)
+            .map_err(anyhow::Error::msg)?;
+        let providers = providers(&config, &file)?;
         let single_node = match store::sqlite_path(&config.database_url) {
             Some(path) => Some(lock_single_node(&path)?),
             None => None,
@@ -69,6 +72,7 @@ impl App {
             .await
             .context("cannot migrate the database")?;
         let local_user = store.ensure_user("local").await?;
+        let (agents, tool_databases) = agents(&config, &file, &providers).await?;
         let hub = Arc::new(Hub::default());
         let tracker = TaskTracker::new();
         let writer_stop = CancellationToken::new();
@@ -141,6 +145,7 @@ impl App {
             state,
             tracker,
             writer_stop,
+            tool_databases,
             _single_node: single_node,
         })
     }
@@ -171,6 +176,7 @@ impl App {
             state,
             tracker,
             writer_stop,
+            tool_databases,
             _single_node,
         } = self;
         let addr = listener.local_addr()?;
@@ -229,23 +235,55 @@ impl App {
             tracing::warn!(%error, "could not give up this node's lease; it runs out by itself");
         }
         tracing::info!("shutdown 5/5: closing the database pool");
+        tool_databases.close().await;
         state.store.close().await;
         tracing::info!("stopped");
         Ok(())
     }
 }
 
-/// The agents: each one the file defines, the others built in on the
-/// scripted demo model; and the providers they use, each once.
-fn agents(config: &Config, file: &FileConfig) -> anyhow::Result<(Agents, Vec<NamedProvider>)> {
-    let tools = Registry::builtin(&config.onboarding_fields);
+/// The model providers the configuration defines, `scripted` among them.
+fn providers(
+    config: &Config,
+    file: &FileConfig,
+) -> anyhow::Result<BTreeMap<String, NamedProvider>> {
     let defaults = llm::registry::Defaults {
         scripted_delay: Duration::from_millis(config.scripted_delay_ms),
         onboarding_fields: config.onboarding_fields.clone(),
     };
-    let providers = llm::registry::build(&file.providers, &defaults).map_err(anyhow::Error::msg)?;
-    crate::agent::registry::build(&file.agents, &providers, &tools, config.max_steps)
-        .map_err(anyhow::Error::msg)
+    llm::registry::build(&file.providers, &defaults).map_err(anyhow::Error::msg)
+}
+
+/// The agents the configuration defines over its tools (each SQL tool's
+/// statement prepared on its database), after probing the providers they
+/// use; and the databases the tools opened.
+async fn agents(
+    config: &Config,
+    file: &FileConfig,
+    providers: &BTreeMap<String, NamedProvider>,
+) -> anyhow::Result<(Agents, Databases)> {
+    let needed: Vec<&str> = file
+        .tools
+        .values()
+        .map(|tool| match tool {
+            ToolConfig::Sql(sql) => sql.database.as_deref().unwrap_or(sql::OWN),
+        })
+        .collect();
+    let databases = Databases::open(&file.databases, &config.database_url, &needed)
+        .await
+        .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
+    let context = BuildContext {
+        databases: databases.clone(),
+        claims: false,
+    };
+    let tools = Registry::build(&file.tools, &context)
+        .await
+        .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
+    let (agents, used) =
+        crate::agent::registry::build(&file.agents, providers, &tools, config.max_steps)
+            .map_err(anyhow::Error::msg)?;
+    probe_providers(&used).await?;
+    Ok((agents, databases))
 }
 
 /// How long start-up waits for one provider's check; a provider slower

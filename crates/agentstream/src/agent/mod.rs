@@ -8,7 +8,7 @@ pub use control::RunControl;
 pub use sink::{EventSink, SinkError};
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
 };
 
@@ -19,14 +19,16 @@ use crate::{
     llm::{ChatMessage, ChatRequest, LlmError, LlmEvent, Provider, ToolCall, Usage},
     store::{self, AssistantMessage, Message, MessageStatus, Role, RunStatus, Store},
     text,
-    tools::{self, Tool, ToolContext},
+    tools::{self, AgentTool, ToolContext},
 };
 
 /// An agent: a model, its instructions, its tools and its limits.
 #[derive(Debug, Clone)]
 pub struct Agent {
-    /// The agent's name; a conversation's kind picks the agent of that name.
+    /// The agent's name, which a conversation records.
     pub name: String,
+    /// What it is for, in one line.
+    pub description: String,
     /// Where replies come from.
     pub provider: Arc<dyn Provider>,
     /// The model's name at the provider.
@@ -34,7 +36,7 @@ pub struct Agent {
     /// The system prompt.
     pub system_prompt: String,
     /// The tools the model may call.
-    pub tools: Vec<Arc<dyn Tool>>,
+    pub tools: Vec<Arc<AgentTool>>,
     /// Most model calls in one run.
     pub max_steps: u32,
     /// Sampling temperature.
@@ -46,7 +48,7 @@ pub struct Agent {
 }
 
 impl Agent {
-    fn tool(&self, name: &str) -> Option<Arc<dyn Tool>> {
+    fn tool(&self, name: &str) -> Option<Arc<AgentTool>> {
         self.tools
             .iter()
             .find(|tool| tool.spec().name == name)
@@ -57,7 +59,7 @@ impl Agent {
 /// The agents this server runs, by name.
 #[derive(Debug, Clone, Default)]
 pub struct Agents {
-    by_name: HashMap<String, Arc<Agent>>,
+    by_name: BTreeMap<String, Arc<Agent>>,
 }
 
 impl Agents {
@@ -69,6 +71,16 @@ impl Agents {
     /// The agent with this name.
     pub fn get(&self, name: &str) -> Option<Arc<Agent>> {
         self.by_name.get(name).cloned()
+    }
+
+    /// Every agent, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Agent>> {
+        self.by_name.values()
+    }
+
+    /// Every agent's name, in order, joined with `, ` (for messages).
+    pub fn names(&self) -> String {
+        self.by_name.keys().cloned().collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -205,7 +217,7 @@ async fn steps(
         .map(|call| call.id)
         .collect();
     let mut history = to_chat(&agent.system_prompt, &messages);
-    let specs: Vec<_> = agent.tools.iter().map(|tool| tool.spec()).collect();
+    let specs: Vec<_> = agent.tools.iter().map(|tool| tool.spec().clone()).collect();
     let mut called_a_tool = false;
     for _ in 0..agent.max_steps {
         if let Some(status) = control.stopped() {
@@ -327,8 +339,13 @@ async fn steps(
             }
             let tool = agent.tool(&call.name);
             let upstream_id = call.upstream_id().to_owned();
-            let executed = match tools::execute(store, ctx, tool, call.clone()).await {
-                Ok(executed) => executed,
+            let executed = match tools::execute(store, &ctx, tool, &call, control.cancelled()).await
+            {
+                Ok(Some(executed)) => executed,
+                // Stopped while the call was in flight.
+                Ok(None) => {
+                    return Outcome::status(control.stopped().unwrap_or(RunStatus::Cancelled));
+                }
                 Err(e) => {
                     return Outcome {
                         detail: Some(e.to_string()),

@@ -142,6 +142,11 @@ async fn seed_stream(
                 client_message_id: None,
                 on_disconnect: OnDisconnect::Continue,
                 multitask: Multitask::Reject,
+
+                caller: crate::tools::Caller {
+                    subject: user.name.clone(),
+                    claims: None,
+                },
             },
         )
         .await?;

@@ -36,8 +36,13 @@ pub fn router() -> Router<AppState> {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateConversation {
-    /// Which agent answers: `chat` or `onboarding`.
-    kind: ConversationKind,
+    /// The agent that answers, by name (`GET /v1/agents` lists them;
+    /// default: the agent of `kind`, else `chat`).
+    #[schema(example = "chat")]
+    agent: Option<String>,
+    /// The older way to pick the agent: `chat` or `onboarding`. With
+    /// `agent`, only `onboarding` for the onboarding agent is accepted.
+    kind: Option<ConversationKind>,
     /// An optional title, up to 200 characters; blank means none.
     #[schema(max_length = 200)]
     title: Option<String>,
@@ -81,11 +86,43 @@ async fn create_conversation(
         .as_deref()
         .map(crate::text::clean)
         .filter(|t| !t.trim().is_empty());
+    let (kind, agent) = agent_of(&state, body.agent, body.kind)?;
     let conversation = state
         .store
-        .create_conversation(user.id, body.kind, title.as_deref().map(str::trim))
+        .create_conversation(user.id, kind, &agent, title.as_deref().map(str::trim))
         .await?;
     Ok((StatusCode::CREATED, Json(conversation)))
+}
+
+/// The conversation's kind and agent from what the client named: 422 for
+/// an agent that does not exist (the message lists those that do) or a kind
+/// that contradicts the agent.
+fn agent_of(
+    state: &AppState,
+    agent: Option<String>,
+    kind: Option<ConversationKind>,
+) -> Result<(ConversationKind, String), ApiError> {
+    let agents = state.runs.agents();
+    let agent = agent.unwrap_or_else(|| kind.unwrap_or(ConversationKind::Chat).as_str().to_owned());
+    if agents.get(&agent).is_none() {
+        return Err(ApiError::Invalid(format!(
+            "agent: there is no agent named {agent:?}; the agents are {}",
+            agents.names()
+        )));
+    }
+    let onboarding = ConversationKind::Onboarding.as_str();
+    let implied = if agent == onboarding {
+        ConversationKind::Onboarding
+    } else {
+        ConversationKind::Chat
+    };
+    match kind {
+        Some(kind) if kind != implied => Err(ApiError::Invalid(format!(
+            "kind: {:?} does not go with agent {agent:?}; leave `kind` out",
+            kind.as_str()
+        ))),
+        _ => Ok((implied, agent)),
+    }
 }
 
 /// Which page of conversations.

@@ -1,5 +1,6 @@
 //! HTTP: routes, extractors, the error type and the wire formats of streams.
 
+mod agents;
 pub mod auth;
 mod compat;
 mod conversations;
@@ -110,6 +111,7 @@ pub fn router(state: AppState) -> Router {
     crate::telemetry::metrics::handle();
     let body_limit = state.limits.max_body_bytes;
     Router::new()
+        .merge(agents::router())
         .merge(conversations::router())
         .merge(runs::router())
         .merge(profile::router())

@@ -20,7 +20,7 @@ use utoipa::{
 };
 
 use super::{
-    AppState, compat, conversations, error::ErrorBody, health, metrics, page, profile, runs,
+    AppState, agents, compat, conversations, error::ErrorBody, health, metrics, page, profile, runs,
 };
 use crate::runs::Multitask;
 
@@ -44,6 +44,7 @@ pub fn router() -> Router<AppState> {
         license(name = "MIT OR Apache-2.0"),
     ),
     paths(
+        agents::list_agents,
         conversations::create_conversation,
         conversations::list_conversations,
         conversations::get_conversation,
@@ -80,6 +81,7 @@ pub fn router() -> Router<AppState> {
     ),
     modifiers(&BearerAuth),
     tags(
+        (name = "agents", description = "The agents: each a model, a prompt and tools."),
         (name = "conversations", description = "Conversations and their transcripts."),
         (name = "runs", description = "Runs: start one (streamed or not), read it, follow its events, cancel it."),
         (name = "profile", description = "The onboarding profile the tools write."),

@@ -160,6 +160,11 @@ async fn create_run(
                 client_message_id: body.client_message_id,
                 on_disconnect: body.on_disconnect,
                 multitask: body.multitask,
+
+                caller: crate::tools::Caller {
+                    subject: user.name.clone(),
+                    claims: None,
+                },
             },
         )
         .await?;

@@ -214,6 +214,12 @@ pub trait Provider: Send + Sync + Debug {
     /// provider says it is the demo model.
     fn label(&self, model: &str) -> String;
 
+    /// True for the built-in demo model, which is no real LLM (`GET
+    /// /v1/agents` says so). The default is false.
+    fn is_demo(&self) -> bool {
+        false
+    }
+
     /// Checks at start-up that the provider is set up right, without
     /// failing when it is merely down. The default has nothing to check.
     fn probe(&self) -> futures_util::future::BoxFuture<'static, Probe> {

@@ -302,6 +302,10 @@ impl Provider for Scripted {
     fn label(&self, _model: &str) -> String {
         "scripted demo model (offline, not a real LLM)".to_owned()
     }
+
+    fn is_demo(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

@@ -77,6 +77,12 @@ impl RunManager {
             user_id: run.user_id,
             conversation_id: run.conversation_id,
             run_id: run.id,
+            caller: Arc::new(
+                run.caller
+                    .as_deref()
+                    .and_then(|caller| serde_json::from_str(caller).ok())
+                    .unwrap_or_default(),
+            ),
         };
         let started = if started_logged {
             Ok(())

@@ -507,6 +507,12 @@ async fn commit_on(
         .filter_map(|p| p.message.as_deref())
         .collect();
     store::write_assistant_messages(&mut tx, &messages).await?;
+    // A call these runs left started (stopped mid-call) never runs again:
+    // it is finished as an outcome unknown, after the message that made it.
+    if !ended.is_empty() {
+        let ended: Vec<Uuid> = ended.iter().copied().collect();
+        store::settle_started_tool_calls(&mut tx, &ended).await?;
+    }
     for pending in written.clone() {
         if let Some(finish) = &pending.finish
             && finish.close_streaming

@@ -65,6 +65,8 @@ pub struct StartRun {
     pub on_disconnect: OnDisconnect,
     /// What to do when the conversation already has an active run.
     pub multitask: Multitask,
+    /// Who starts it, as its tools will see it.
+    pub caller: crate::tools::Caller,
 }
 
 /// Which conversation a run is for.
@@ -224,6 +226,11 @@ impl RunManager {
             .active
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The agents runs use.
+    pub fn agents(&self) -> &Agents {
+        &self.inner.agents
     }
 
     /// How many runs this node is driving.

@@ -61,7 +61,7 @@ impl RunManager {
                 conversation
             }
             ConversationRef::New(kind) => {
-                store::insert_conversation(&mut tx, user_id, kind, None).await?
+                store::insert_conversation(&mut tx, user_id, kind, kind.as_str(), None).await?
             }
         };
         let agent_name = conversation.agent.as_str();
@@ -91,6 +91,8 @@ impl RunManager {
             (Some(run), Multitask::Reject) => return Err(RunError::Busy(run.id)),
             (Some(_), Multitask::Enqueue | Multitask::Interrupt) => RunStatus::Queued,
         };
+        // A name and claims: serializing them cannot fail.
+        let caller = serde_json::to_string(&request.caller).ok();
         let run = store::insert_run(
             &mut tx,
             NewRun {
@@ -101,6 +103,7 @@ impl RunManager {
                 client_message_id: request.client_message_id.as_deref(),
                 on_disconnect: request.on_disconnect,
                 owner_node: (status == RunStatus::Running).then_some(self.inner.node.id.as_str()),
+                caller: caller.as_deref(),
             },
         )
         .await?;

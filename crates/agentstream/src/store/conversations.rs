@@ -25,7 +25,8 @@ text_enum! {
 pub struct Conversation {
     /// The conversation's ID.
     pub id: Uuid,
-    /// Which agent answers.
+    /// `onboarding` for the onboarding agent's conversations (the seed's
+    /// routes pick by it), `chat` for every other agent's.
     pub kind: ConversationKind,
     /// An optional title given by the client.
     pub title: Option<String>,
@@ -33,8 +34,7 @@ pub struct Conversation {
     pub created_at: String,
     /// When a message was last added (UTC, RFC 3339).
     pub updated_at: String,
-    /// The agent that answers it, by name (not in the API yet).
-    #[serde(skip)]
+    /// The agent that answers it, by name (see `GET /v1/agents`).
     pub agent: String,
     #[serde(skip)]
     /// The owner.
@@ -60,16 +60,18 @@ impl Store {
         &self,
         user_id: Uuid,
         kind: ConversationKind,
+        agent: &str,
         title: Option<&str>,
     ) -> Result<Conversation, StoreError> {
         let store = self.clone();
         let title = title.map(str::to_owned);
+        let agent = agent.to_owned();
         // One statement: no transaction around it, but SQLite's write turn.
         self.on_db(async move {
             let _turn = store.write_turn(false).await;
             let mut conn = store.acquire().await?;
             let conversation =
-                insert_conversation(&mut conn, user_id, kind, title.as_deref()).await?;
+                insert_conversation(&mut conn, user_id, kind, &agent, title.as_deref()).await?;
             conn.commit().await?;
             Ok(conversation)
         })
@@ -137,6 +139,7 @@ pub(crate) async fn insert_conversation(
     conn: &mut AnyConnection,
     user_id: Uuid,
     kind: ConversationKind,
+    agent: &str,
     title: Option<&str>,
 ) -> Result<Conversation, StoreError> {
     let at = now();
@@ -144,8 +147,7 @@ pub(crate) async fn insert_conversation(
         id: Uuid::now_v7(),
         user_id,
         kind,
-        // The agent of the conversation's kind, until conversations name one.
-        agent: kind.as_str().to_owned(),
+        agent: agent.to_owned(),
         title: title.map(str::to_owned),
         created_at: at.clone(),
         updated_at: at,

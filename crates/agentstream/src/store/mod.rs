@@ -48,7 +48,7 @@ pub use runs::{NewRun, OnDisconnect, Run, RunEnd};
 // Defined with the events (`done` carries it), below the store; a run's
 // status is also a column of `runs`.
 pub use crate::events::RunStatus;
-pub use tool_calls::ToolCallRecord;
+pub use tool_calls::{OUTCOME_UNKNOWN, RecordedCall, ToolCallRecord};
 pub use users::User;
 
 pub(crate) use conversations::{conversation_for_update, insert_conversation};
@@ -58,12 +58,14 @@ pub(crate) use messages::{
 };
 pub(crate) use notify::notify_events;
 pub use notify::{CANCEL_CHANNEL, EVENTS_CHANNEL, Notice, listen, parse_notification};
-pub(crate) use profiles::{complete_onboarding, profile, set_profile_field};
 pub(crate) use runs::{
     active_runs, count_user_active_runs, finish_runs, insert_run, lock_conversation,
     run_by_client_message_id, start_queued_run,
 };
-pub(crate) use tool_calls::{insert_tool_call, tool_call};
+pub(crate) use tool_calls::{
+    finish_tool_call, insert_started_tool_call, insert_tool_call, settle_started_tool_calls,
+    tool_call,
+};
 
 /// The database: a pool and the dialect it speaks. Cheap to clone.
 #[derive(Debug, Clone)]

@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
-use super::{Store, StoreError, now, query};
+use super::{Store, StoreError, query};
 
 /// A user's onboarding profile.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -27,10 +27,7 @@ impl Store {
 }
 
 /// Reads the user's profile inside the caller's transaction.
-pub(crate) async fn profile(
-    conn: &mut AnyConnection,
-    user_id: Uuid,
-) -> Result<Profile, StoreError> {
+async fn profile(conn: &mut AnyConnection, user_id: Uuid) -> Result<Profile, StoreError> {
     let rows = query("SELECT field, value FROM profiles WHERE user_id = $1 ORDER BY field")
         .bind(user_id.to_string())
         .fetch_all(&mut *conn)
@@ -50,42 +47,4 @@ pub(crate) async fn profile(
         fields,
         completed_at,
     })
-}
-
-/// Sets one field inside the caller's transaction.
-pub(crate) async fn set_profile_field(
-    conn: &mut AnyConnection,
-    user_id: Uuid,
-    field: &str,
-    value: &str,
-) -> Result<(), StoreError> {
-    query(
-        "INSERT INTO profiles (user_id, field, value, updated_at) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (user_id, field) DO UPDATE SET value = excluded.value, \
-         updated_at = excluded.updated_at",
-    )
-    .bind(user_id.to_string())
-    .bind(field)
-    .bind(value)
-    .bind(now())
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// Marks onboarding complete inside the caller's transaction, once; returns
-/// the time it was first completed, as stored.
-pub(crate) async fn complete_onboarding(
-    conn: &mut AnyConnection,
-    user_id: Uuid,
-) -> Result<String, StoreError> {
-    let row = query(
-        "UPDATE users SET onboarding_completed_at = COALESCE(onboarding_completed_at, $2) \
-         WHERE id = $1 RETURNING onboarding_completed_at",
-    )
-    .bind(user_id.to_string())
-    .bind(now())
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(row.try_get("onboarding_completed_at")?)
 }

@@ -50,6 +50,10 @@ pub struct Run {
     /// The owner.
     #[serde(skip)]
     pub user_id: Uuid,
+    /// Who started it, as its tools see it: `{"subject", "claims"}` JSON
+    /// text (see `tools::Caller`); `None` for runs stored before callers were.
+    #[serde(skip)]
+    pub caller: Option<String>,
 }
 
 /// A run about to be stored.
@@ -69,6 +73,8 @@ pub struct NewRun<'a> {
     pub on_disconnect: OnDisconnect,
     /// The node that drives it, for a running run.
     pub owner_node: Option<&'a str>,
+    /// Who starts it, as JSON text (see [`Run::caller`]).
+    pub caller: Option<&'a str>,
 }
 
 fn json_column(row: &AnyRow, column: &str) -> Result<Option<serde_json::Value>, StoreError> {
@@ -92,6 +98,7 @@ fn from_row(row: &AnyRow) -> Result<Run, StoreError> {
         last_seq: row.try_get("last_seq")?,
         created_at: row.try_get("created_at")?,
         finished_at: row.try_get("finished_at")?,
+        caller: row.try_get("caller")?,
     })
 }
 
@@ -101,7 +108,7 @@ impl Store {
     pub async fn run(&self, user_id: Uuid, id: Uuid) -> Result<Option<Run>, StoreError> {
         let row = query(
             "SELECT id, conversation_id, user_id, agent, status, client_message_id, \
-             on_disconnect, error, usage, last_seq, created_at, finished_at \
+             on_disconnect, error, usage, last_seq, created_at, finished_at, caller \
              FROM runs WHERE id = $1 AND user_id = $2",
         )
         .bind(id.to_string())
@@ -152,7 +159,7 @@ impl Store {
     pub async fn open_runs(&self) -> Result<Vec<Run>, StoreError> {
         let rows = query(
             "SELECT id, conversation_id, user_id, agent, status, client_message_id, \
-             on_disconnect, error, usage, last_seq, created_at, finished_at \
+             on_disconnect, error, usage, last_seq, created_at, finished_at, caller \
              FROM runs WHERE status IN ('queued', 'running') ORDER BY id",
         )
         .fetch_all(&mut *self.acquire().await?)
@@ -179,11 +186,12 @@ pub(crate) async fn insert_run(
         last_seq: 0,
         created_at: now(),
         finished_at: None,
+        caller: new.caller.map(str::to_owned),
     };
     query(
         "INSERT INTO runs (id, conversation_id, user_id, agent, status, client_message_id, \
-         on_disconnect, created_at, owner_node) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+         on_disconnect, created_at, owner_node, caller) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(run.id.to_string())
     .bind(run.conversation_id.to_string())
@@ -194,6 +202,7 @@ pub(crate) async fn insert_run(
     .bind(run.on_disconnect.as_str())
     .bind(&run.created_at)
     .bind(new.owner_node)
+    .bind(new.caller)
     .execute(&mut *conn)
     .await?;
     Ok(run)
@@ -207,7 +216,7 @@ pub(crate) async fn run_by_client_message_id(
 ) -> Result<Option<Run>, StoreError> {
     let row = query(
         "SELECT id, conversation_id, user_id, agent, status, client_message_id, \
-         on_disconnect, error, usage, last_seq, created_at, finished_at \
+         on_disconnect, error, usage, last_seq, created_at, finished_at, caller \
          FROM runs WHERE conversation_id = $1 AND client_message_id = $2",
     )
     .bind(conversation_id.to_string())
@@ -224,7 +233,7 @@ pub(crate) async fn active_runs(
 ) -> Result<Vec<Run>, StoreError> {
     let rows = query(
         "SELECT id, conversation_id, user_id, agent, status, client_message_id, \
-         on_disconnect, error, usage, last_seq, created_at, finished_at \
+         on_disconnect, error, usage, last_seq, created_at, finished_at, caller \
          FROM runs WHERE conversation_id = $1 AND status IN ('queued', 'running') ORDER BY id",
     )
     .bind(conversation_id.to_string())

@@ -1,12 +1,14 @@
-//! Settings from flags and environment variables.
+//! Settings from flags and environment variables, and the TOML file
+//! ([`FileConfig`]) composed over the built-in defaults.
 
-use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
+mod file;
 
-use clap::{Args, FromArgMatches, ValueEnum};
-use serde::Deserialize;
+pub use file::FileConfig;
 
-use crate::llm::registry::ProviderConfig;
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
 use crate::store::PoolSettings;
+use clap::{Args, FromArgMatches, ValueEnum};
 
 /// The connection pooler between agentstream and PostgreSQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -161,29 +163,6 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-/// The optional TOML file: model providers and the agents that use them.
-/// Agents it does not define keep their built-in definition on the scripted
-/// demo model.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    /// Providers by name; `scripted` is always defined.
-    #[serde(default)]
-    pub providers: BTreeMap<String, ProviderConfig>,
-    /// Agents by name: `onboarding` and `chat`.
-    #[serde(default)]
-    pub agents: BTreeMap<String, crate::agent::registry::AgentConfig>,
-}
-
-impl FileConfig {
-    /// Reads and parses the file.
-    pub fn load(path: &std::path::Path) -> Result<FileConfig, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
-    }
-}
-
 /// Limits the HTTP layer enforces.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -281,7 +260,6 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::llm::openai::OpenAiConfig;
 
     #[test]
     fn defaults_are_the_seeds() {
@@ -294,37 +272,6 @@ mod tests {
         assert!(pool.pre_ping);
         assert_eq!(config.onboarding_fields, ["name", "role", "goals"]);
         assert!(config.validate().is_ok());
-    }
-
-    #[test]
-    fn config_files_parse() {
-        let file: FileConfig = toml::from_str(
-            r#"
-            [providers.local]
-            kind = "openai"
-            base_url = "http://127.0.0.1:11434/v1"
-            chunk_timeout_ms = 500
-
-            [agents.chat]
-            provider = "local"
-            model = "llama3.1"
-            temperature = 0.2
-            "#,
-        )
-        .unwrap();
-        assert!(matches!(
-            &file.providers["local"],
-            ProviderConfig::Openai(OpenAiConfig {
-                chunk_timeout_ms: Some(500),
-                api_key_env: None,
-                ..
-            })
-        ));
-        assert_eq!(file.agents["chat"].model, "llama3.1");
-        let unknown = toml::from_str::<FileConfig>(
-            "[agents.chat]\nprovider = \"x\"\nmodel = \"m\"\nmodle = 1",
-        );
-        assert!(unknown.is_err());
     }
 
     #[test]

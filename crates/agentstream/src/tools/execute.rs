@@ -1,0 +1,312 @@
+//! Running one tool call exactly once, or at most once where exactly once
+//! cannot be had (see [`Effects`]), and recording it with its tool message.
+
+use std::sync::Arc;
+
+use super::{AgentTool, Effects, ToolContext, ToolError, ToolInput};
+use crate::{
+    llm::ToolCall,
+    store::{
+        self, MessageStatus, NewMessage, OUTCOME_UNKNOWN, RecordedCall, Role, Store, StoreError,
+        ToolCallRecord,
+    },
+};
+
+/// The outcome of one call, as the model and the client see it.
+#[derive(Debug, Clone)]
+pub struct Executed {
+    /// The stored record.
+    pub record: ToolCallRecord,
+    /// The output as JSON.
+    pub output: serde_json::Value,
+}
+
+/// Runs one call and records it with its tool message.
+///
+/// Before anything runs, the call is checked: a tool that does not exist,
+/// arguments that are not JSON or do not match the tool's schema, or an
+/// argument naming a caller-bound value, become a tool error the model
+/// reads (`is_error`), and the run goes on. Then, by the tool's [`Effects`]:
+/// - `OwnDatabase`: the effects, the record and the message commit in one
+///   short transaction on the database thread; a call this run recorded
+///   already returns its stored result and applies nothing again;
+/// - `Read`: runs on no connection of agentstream's, then is recorded;
+/// - `Outside`: is recorded `started` first (committed), runs holding no
+///   connection, then is recorded `finished`. A call found `started` is not
+///   run again: its outcome is unknown, and the model is told so.
+///
+/// Returns `None` when `stop` fired while a `Read` or `Outside` call was in
+/// flight: the call is abandoned, and one left `started` is settled as
+/// "outcome unknown" when the run ends. Fails only when agentstream's own
+/// database does.
+#[tracing::instrument(skip_all, fields(run_id = %ctx.run_id, call_id = %call.id, tool = %call.name))]
+pub async fn execute(
+    store: &Store,
+    ctx: &ToolContext,
+    tool: Option<Arc<AgentTool>>,
+    call: &ToolCall,
+    stop: impl Future<Output = ()>,
+) -> Result<Option<Executed>, StoreError> {
+    let (tool, arguments) = match check(tool, call) {
+        Ok(checked) => checked,
+        Err(refusal) => return refuse(store, ctx, call, refusal).await.map(Some),
+    };
+    match tool.tool.effects() {
+        Effects::OwnDatabase => {
+            let (on_db, ctx, call) = (store.clone(), ctx.clone(), call.clone());
+            store
+                .on_db(async move { in_transaction(&on_db, &ctx, &tool, &call, arguments).await })
+                .await
+                .map(Some)
+        }
+        Effects::Read => {
+            if let Some(RecordedCall::Finished(record)) = recorded(store, ctx, call).await? {
+                return Ok(Some(stored(record)));
+            }
+            let Some(result) = run_outside(&tool, ctx, call, arguments, stop).await else {
+                return Ok(None);
+            };
+            let (output, is_error) = tool.outcome(result)?;
+            let (on_db, ctx, call) = (store.clone(), ctx.clone(), call.clone());
+            store
+                .on_db(async move {
+                    let tx = on_db.begin().await?;
+                    record(tx, &ctx, &call, output, is_error).await
+                })
+                .await
+                .map(Some)
+        }
+        Effects::Outside => {
+            let (on_db, run_id, started) = (store.clone(), ctx.run_id, call.clone());
+            let fresh = store
+                .on_db(async move {
+                    let mut tx = on_db.begin().await?;
+                    let fresh = store::insert_started_tool_call(
+                        &mut tx,
+                        run_id,
+                        &started.id,
+                        &started.name,
+                        &started.arguments,
+                    )
+                    .await?;
+                    tx.commit().await?;
+                    Ok::<_, StoreError>(fresh)
+                })
+                .await?;
+            if !fresh {
+                return match recorded(store, ctx, call).await? {
+                    Some(RecordedCall::Finished(record)) => Ok(Some(stored(record))),
+                    _ => finish(store, ctx, call, unknown(), true).await.map(Some),
+                };
+            }
+            let Some(result) = run_outside(&tool, ctx, call, arguments, stop).await else {
+                return Ok(None);
+            };
+            let (output, is_error) = tool.outcome(result)?;
+            finish(store, ctx, call, output, is_error).await.map(Some)
+        }
+    }
+}
+
+/// The tool and its arguments, or why the call is refused.
+fn check(
+    tool: Option<Arc<AgentTool>>,
+    call: &ToolCall,
+) -> Result<(Arc<AgentTool>, serde_json::Value), String> {
+    let tool = tool.ok_or_else(|| format!("there is no tool named {:?}", call.name))?;
+    let arguments = if call.arguments.trim().is_empty() {
+        // Some models send nothing for a call without arguments.
+        serde_json::json!({})
+    } else {
+        serde_json::from_str::<serde_json::Value>(&call.arguments)
+            .map_err(|e| format!("the arguments are not JSON: {e}"))?
+    };
+    let arguments = tool.check(arguments)?;
+    Ok((tool, arguments))
+}
+
+/// Runs a call that holds no connection of agentstream's, until it ends or
+/// `stop` fires (`None`).
+async fn run_outside(
+    tool: &AgentTool,
+    ctx: &ToolContext,
+    call: &ToolCall,
+    arguments: serde_json::Value,
+    stop: impl Future<Output = ()>,
+) -> Option<Result<serde_json::Value, ToolError>> {
+    let input = ToolInput {
+        ctx,
+        call_id: &call.id,
+        arguments,
+    };
+    tokio::select! {
+        result = tool.tool.call(input, None) => Some(result),
+        () = stop => None,
+    }
+}
+
+/// A call of an `OwnDatabase` tool: its effects and its record in one
+/// transaction.
+async fn in_transaction(
+    store: &Store,
+    ctx: &ToolContext,
+    tool: &AgentTool,
+    call: &ToolCall,
+    arguments: serde_json::Value,
+) -> Result<Executed, StoreError> {
+    let mut tx = store.begin().await?;
+    let input = ToolInput {
+        ctx,
+        call_id: &call.id,
+        arguments,
+    };
+    let result = tool.tool.call(input, Some(&mut tx)).await;
+    match tool.outcome(result) {
+        Ok((output, false)) => record(tx, ctx, call, output, false).await,
+        // A refused call leaves no partial effect behind: its transaction is
+        // rolled back, and the refusal is recorded in one of its own.
+        Ok((output, true)) => {
+            tx.rollback().await?;
+            let tx = store.begin().await?;
+            record(tx, ctx, call, output, true).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Records a refused call in a transaction of its own.
+async fn refuse(
+    store: &Store,
+    ctx: &ToolContext,
+    call: &ToolCall,
+    refusal: String,
+) -> Result<Executed, StoreError> {
+    let (on_db, ctx, call) = (store.clone(), ctx.clone(), call.clone());
+    store
+        .on_db(async move {
+            let tx = on_db.begin().await?;
+            let output = serde_json::json!({ "error": refusal });
+            record(tx, &ctx, &call, output, true).await
+        })
+        .await
+}
+
+/// The run's record of this call, if it has one.
+async fn recorded(
+    store: &Store,
+    ctx: &ToolContext,
+    call: &ToolCall,
+) -> Result<Option<RecordedCall>, StoreError> {
+    let mut conn = store.acquire().await?;
+    store::tool_call(&mut conn, ctx.run_id, &call.id).await
+}
+
+/// Output that says the call's outcome is unknown.
+fn unknown() -> serde_json::Value {
+    serde_json::json!({ "error": OUTCOME_UNKNOWN })
+}
+
+fn stored(record: ToolCallRecord) -> Executed {
+    let output = serde_json::from_str(&record.output).unwrap_or(serde_json::Value::Null);
+    Executed { record, output }
+}
+
+/// Finishes a started call with its result and tool message. A call
+/// settled meanwhile keeps the result it was settled with.
+async fn finish(
+    store: &Store,
+    ctx: &ToolContext,
+    call: &ToolCall,
+    mut output: serde_json::Value,
+    is_error: bool,
+) -> Result<Executed, StoreError> {
+    crate::text::clean_json(&mut output);
+    let (on_db, ctx, call) = (store.clone(), ctx.clone(), call.clone());
+    store
+        .on_db(async move {
+            let mut tx = on_db.begin().await?;
+            let text = output.to_string();
+            if !store::finish_tool_call(&mut tx, ctx.run_id, &call.id, &text, is_error).await? {
+                let found = store::tool_call(&mut tx, ctx.run_id, &call.id).await?;
+                tx.rollback().await?;
+                return match found {
+                    Some(RecordedCall::Finished(record)) => Ok(stored(record)),
+                    _ => Err(StoreError::Corrupt(format!(
+                        "tool call {:?} neither started nor finished",
+                        call.id
+                    ))),
+                };
+            }
+            insert_tool_message(&mut tx, &ctx, &call.id, &text).await?;
+            tx.commit().await?;
+            Ok(Executed {
+                record: record_of(&call, text, is_error),
+                output,
+            })
+        })
+        .await
+}
+
+fn record_of(call: &ToolCall, output: String, is_error: bool) -> ToolCallRecord {
+    ToolCallRecord {
+        call_id: call.id.clone(),
+        name: call.name.clone(),
+        arguments: call.arguments.clone(),
+        output,
+        is_error,
+    }
+}
+
+async fn insert_tool_message(
+    tx: &mut store::WriteTx<'_>,
+    ctx: &ToolContext,
+    call_id: &str,
+    content: &str,
+) -> Result<(), StoreError> {
+    store::insert_message(
+        tx,
+        NewMessage {
+            conversation_id: ctx.conversation_id,
+            run_id: Some(ctx.run_id),
+            role: Role::Tool,
+            content,
+            tool_calls: None,
+            tool_call_id: Some(call_id),
+            status: MessageStatus::Complete,
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Records the call with its tool message and commits. A call this run
+/// recorded already keeps its first result: this transaction, the tool's
+/// effects with it, is rolled back, so nothing is applied twice.
+async fn record(
+    mut tx: store::WriteTx<'_>,
+    ctx: &ToolContext,
+    call: &ToolCall,
+    mut output: serde_json::Value,
+    is_error: bool,
+) -> Result<Executed, StoreError> {
+    crate::text::clean_json(&mut output);
+    let record = record_of(call, output.to_string(), is_error);
+    if !store::insert_tool_call(&mut tx, ctx.run_id, &record).await? {
+        let found = store::tool_call(&mut tx, ctx.run_id, &call.id).await?;
+        tx.rollback().await?;
+        return match found {
+            Some(RecordedCall::Finished(record)) => Ok(stored(record)),
+            Some(RecordedCall::Started) => Ok(Executed {
+                record: record_of(call, unknown().to_string(), true),
+                output: unknown(),
+            }),
+            None => Err(StoreError::Corrupt(format!(
+                "tool call {:?} recorded but not found",
+                call.id
+            ))),
+        };
+    }
+    insert_tool_message(&mut tx, ctx, &record.call_id, &record.output).await?;
+    tx.commit().await?;
+    Ok(Executed { record, output })
+}

@@ -1,0 +1,192 @@
+//! The databases SQL tools act on: agentstream's own, and each
+//! `[databases.NAME]` the configuration declares, with small pools of their own.
+
+use std::{collections::BTreeMap, str::FromStr, sync::Arc, time::Duration};
+
+use serde::Deserialize;
+use sqlx::{
+    AnyPool, ConnectOptions, Connection,
+    any::{AnyConnectOptions, AnyPoolOptions},
+};
+
+use crate::store::Backend;
+
+/// The name SQL tools use for agentstream's own database (the default).
+pub const OWN: &str = "agentstream";
+
+/// One `[databases.NAME]` table: an application database tools act on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` (the file must exist) or `postgres://…`.
+    pub url: Option<String>,
+    /// The name of an environment variable holding the URL instead.
+    pub url_env: Option<String>,
+    /// Connections its pool opens at most (default 4).
+    pub pool_size: Option<u32>,
+}
+
+/// A database SQL tools act on, with its pools.
+#[derive(Debug)]
+pub struct Database {
+    /// Its name in the configuration.
+    pub name: String,
+    /// Its dialect.
+    pub backend: Backend,
+    /// Connections for statements that may write.
+    pub pool: AnyPool,
+    /// Connections for `read_only` statements: on SQLite opened read-only
+    /// (`mode=ro`), so they cannot write whatever the statement says; on
+    /// PostgreSQL the same pool, each transaction `READ ONLY`.
+    pub read_pool: AnyPool,
+}
+
+/// Every database SQL tools may name, opened.
+#[derive(Debug, Clone, Default)]
+pub struct Databases {
+    by_name: BTreeMap<String, Arc<Database>>,
+}
+
+/// How long opening a database may take at start-up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Databases {
+    /// Opens every declared database and agentstream's own (at `own_url`,
+    /// for read-only statements: its writes go through the store). Opens
+    /// nothing when no SQL tool needs a database, `needed` says which.
+    /// Fails naming the database that cannot be opened.
+    pub async fn open(
+        configs: &BTreeMap<String, DatabaseConfig>,
+        own_url: &str,
+        needed: &[&str],
+    ) -> Result<Databases, String> {
+        let mut databases = Databases::default();
+        if configs.contains_key(OWN) {
+            return Err(format!(
+                "[databases.{OWN}]: the name is agentstream's own database; choose another"
+            ));
+        }
+        for name in needed {
+            if databases.by_name.contains_key(*name) {
+                continue;
+            }
+            let (url, pool_size) = if *name == OWN {
+                (own_url.to_owned(), 2)
+            } else {
+                let config = configs.get(*name).ok_or_else(|| {
+                    format!(
+                        "no database is named {name:?}: declare it as [databases.{name}], or \
+                         leave `database` out for agentstream's own"
+                    )
+                })?;
+                (url_of(name, config)?, config.pool_size.unwrap_or(4).max(1))
+            };
+            let database = connect(name, &url, pool_size)
+                .await
+                .map_err(|e| format!("database {name:?}: {e}"))?;
+            databases
+                .by_name
+                .insert((*name).to_owned(), Arc::new(database));
+        }
+        Ok(databases)
+    }
+
+    /// The database with this name.
+    pub fn get(&self, name: &str) -> Option<Arc<Database>> {
+        self.by_name.get(name).cloned()
+    }
+
+    /// Closes every pool.
+    pub async fn close(&self) {
+        for database in self.by_name.values() {
+            database.read_pool.close().await;
+            database.pool.close().await;
+        }
+    }
+}
+
+fn url_of(name: &str, config: &DatabaseConfig) -> Result<String, String> {
+    match (&config.url, &config.url_env) {
+        (Some(url), None) => Ok(url.clone()),
+        (None, Some(var)) => std::env::var(var).map_err(|_| {
+            format!("[databases.{name}]: the environment variable {var} (url_env) is not set")
+        }),
+        _ => Err(format!(
+            "[databases.{name}]: give exactly one of `url` and `url_env`"
+        )),
+    }
+}
+
+async fn connect(name: &str, url: &str, pool_size: u32) -> Result<Database, String> {
+    let backend = Backend::from_url(url)
+        .ok_or_else(|| "the URL must start with sqlite:// or postgres://".to_owned())?;
+    let options = |url: &str| {
+        AnyConnectOptions::from_str(url).map(|o| {
+            o.log_statements(tracing::log::LevelFilter::Trace)
+                .log_slow_statements(tracing::log::LevelFilter::Debug, Duration::from_secs(5))
+        })
+    };
+    let pool_options = || {
+        AnyPoolOptions::new()
+            .max_connections(pool_size)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            // A connection handed back inside a transaction (a statement cut
+            // off by its timeout) is closed, never reused dirty.
+            .after_release(|conn, _| {
+                let reuse = !conn.is_in_transaction();
+                Box::pin(async move { Ok(reuse) })
+            })
+    };
+    let rw_url = match backend {
+        Backend::Sqlite => with_mode(url, "rw"),
+        Backend::Postgres => url.to_owned(),
+    };
+    let pool = pool_options()
+        .connect_with(options(&rw_url).map_err(|e| e.to_string())?)
+        .await
+        .map_err(|e| format!("cannot connect ({}): {e}", crate::app::redact(url)))?;
+    let read_pool = match backend {
+        Backend::Sqlite => pool_options()
+            .connect_with(options(&with_mode(url, "ro")).map_err(|e| e.to_string())?)
+            .await
+            .map_err(|e| format!("cannot connect read-only: {e}"))?,
+        Backend::Postgres => pool.clone(),
+    };
+    tracing::info!(database = name, backend = ?backend, "tool database opened");
+    Ok(Database {
+        name: name.to_owned(),
+        backend,
+        pool,
+        read_pool,
+    })
+}
+
+/// A `sqlite:` URL opened with `mode` (`rw`: the file must exist; `ro`).
+fn with_mode(url: &str, mode: &str) -> String {
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("mode="))
+        .chain(std::iter::once(if mode == "ro" {
+            "mode=ro"
+        } else {
+            "mode=rw"
+        }))
+        .collect();
+    format!("sqlite://{path}?{}", kept.join("&"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_modes_replace_the_urls() {
+        assert_eq!(with_mode("sqlite://a.db", "ro"), "sqlite://a.db?mode=ro");
+        assert_eq!(
+            with_mode("sqlite:///x/a.db?mode=rwc&cache=shared", "rw"),
+            "sqlite:///x/a.db?cache=shared&mode=rw"
+        );
+    }
+}
