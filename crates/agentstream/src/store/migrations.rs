@@ -65,6 +65,11 @@ const SQLITE_MIGRATIONS: MigrationList = &[
         "conversation agent",
         include_str!("../../migrations/sqlite/0005_conversation_agent.sql"),
     ),
+    (
+        6,
+        "caller and tool call status",
+        include_str!("../../migrations/sqlite/0006_caller_and_tool_call_status.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: MigrationList = &[
     (
@@ -91,6 +96,11 @@ const POSTGRES_MIGRATIONS: MigrationList = &[
         5,
         "conversation agent",
         include_str!("../../migrations/postgres/0005_conversation_agent.sql"),
+    ),
+    (
+        6,
+        "caller and tool call status",
+        include_str!("../../migrations/postgres/0006_caller_and_tool_call_status.sql"),
     ),
 ];
 

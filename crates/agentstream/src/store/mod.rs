@@ -35,7 +35,7 @@ pub use codec::{format_timestamp, now};
 use codec::{parse_enum, parse_id};
 use connect::DbThread;
 pub(crate) use connect::query;
-pub use connect::{Conn, PoolSettings, WriteTx, sqlite_path};
+pub use connect::{Conn, PoolSettings, WriteTx, redact_url, sqlite_path};
 pub use dialect::Backend;
 use dialect::{MultiRow, WriteTurn};
 pub use error::StoreError;

@@ -360,7 +360,7 @@ impl Store {
     pub async fn expired_runs(&self, now: &str) -> Result<Vec<Run>, StoreError> {
         let rows = query(
             "SELECT r.id, r.conversation_id, r.user_id, r.agent, r.status, r.client_message_id, \
-             r.on_disconnect, r.error, r.usage, r.last_seq, r.created_at, r.finished_at \
+             r.on_disconnect, r.error, r.usage, r.last_seq, r.created_at, r.finished_at, r.caller \
              FROM runs r LEFT JOIN nodes n ON n.id = r.owner_node \
              WHERE r.status = 'running' AND (n.id IS NULL OR n.lease_expires_at < $1) \
              ORDER BY r.id",

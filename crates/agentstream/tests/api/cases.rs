@@ -120,7 +120,8 @@ async fn nul_text_is_stored_alike(backend: Backend) {
 both!(nul_text_is_stored_alike);
 
 /// A tool call's argument with U+0000: the tool gets the cleaned value and
-/// the run goes on; a NUL in a delta, a name and a nested argument too.
+/// the run goes on; a NUL in a delta, a name and a nested argument too (an
+/// argument the tool does not declare: refused, cleaned all the same).
 async fn nul_in_tool_calls_is_cleaned(backend: Backend) {
     let nested = body(&[chunk(
         json!({"tool_calls": [{"index": 0, "id": "c\u{0}1", "type": "function",
@@ -149,11 +150,25 @@ async fn nul_in_tool_calls_is_cleaned(backend: Backend) {
     );
     let events = turn(&app, &conversation, "my role").await;
     assert_eq!(done_status(&events), "completed", "{events:#?}");
-    let profile = app.get_json("/v1/profile").await;
+    // The nested argument is cleaned where it is kept and shown; the tool
+    // refuses it (update_profile declares no `extra`), and the run goes on.
+    let call = of_kind(&events, "tool.call")[0];
+    assert_eq!(call["arguments"]["value"], "eng\u{FFFD}ineer");
     assert_eq!(
-        profile["fields"],
-        json!({"name": "Ada\u{FFFD}Lovelace", "role": "eng\u{FFFD}ineer"})
+        call["arguments"]["extra"],
+        json!({"k\u{FFFD}": ["\u{FFFD}"]})
     );
+    let result = of_kind(&events, "tool.result")[0];
+    assert_eq!(result["is_error"], true, "{result}");
+    assert!(
+        result["output"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("extra"),
+        "{result}"
+    );
+    let profile = app.get_json("/v1/profile").await;
+    assert_eq!(profile["fields"], json!({"name": "Ada\u{FFFD}Lovelace"}));
     // What goes back upstream holds no NUL either.
     let last = replay.requests().pop().unwrap().to_string();
     assert!(!last.contains("\\u0000"), "{last}");

@@ -1,10 +1,11 @@
 //! Tool calls applied exactly once, refusals that leave no effect, and the
 //! seed routes' checks before a run starts.
 
+use std::sync::Arc;
+
 use agentstream::{
-    Config,
     llm::{ToolCall, ToolSpec},
-    tools::{self, Registry, Tool, ToolContext, ToolError},
+    tools::{self, AgentTool, Caller, Effects, Tool, ToolContext, ToolError, ToolInput},
 };
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
@@ -39,6 +40,10 @@ async fn onboarded(app: &TestApp, answer: &str) -> (ToolContext, Value) {
         user_id: app.state.local_user().id,
         conversation_id: conversation.parse().unwrap(),
         run_id: tool_message["run_id"].as_str().unwrap().parse().unwrap(),
+        caller: Arc::new(Caller {
+            subject: "local".to_owned(),
+            claims: None,
+        }),
     };
     (ctx, tool_message)
 }
@@ -46,23 +51,35 @@ async fn onboarded(app: &TestApp, answer: &str) -> (ToolContext, Value) {
 /// A tool that writes a profile row on the connection it is given, then
 /// refuses the call, saying how many rows it wrote.
 #[derive(Debug)]
-struct WritesThenRefuses;
+struct WritesThenRefuses(ToolSpec);
 
-impl Tool for WritesThenRefuses {
-    fn spec(&self) -> ToolSpec {
-        ToolSpec {
+impl WritesThenRefuses {
+    fn tool() -> Arc<AgentTool> {
+        let spec = ToolSpec {
             name: "writes_then_refuses".to_owned(),
             description: "Writes a probe row, then refuses.".to_owned(),
             parameters: json!({ "type": "object", "properties": {} }),
-        }
+        };
+        Arc::new(AgentTool::new(Arc::new(WritesThenRefuses(spec)), 16 * 1024).unwrap())
+    }
+}
+
+impl Tool for WritesThenRefuses {
+    fn spec(&self) -> &ToolSpec {
+        &self.0
+    }
+
+    fn effects(&self) -> Effects {
+        Effects::OwnDatabase
     }
 
     fn call<'a>(
         &'a self,
-        ctx: ToolContext,
-        conn: &'a mut AnyConnection,
-        _arguments: Value,
+        input: ToolInput<'a>,
+        conn: Option<&'a mut AnyConnection>,
     ) -> BoxFuture<'a, Result<Value, ToolError>> {
+        let ctx = input.ctx;
+        let conn = conn.unwrap();
         Box::pin(async move {
             let written = sqlx::query(
                 "INSERT INTO profiles (user_id, field, value, updated_at) \
@@ -89,21 +106,31 @@ async fn a_recorded_call_is_applied_once(backend: Backend) {
     let conversation = ctx.conversation_id.to_string();
     let before = messages_of(&app, &conversation).await;
 
-    let update_profile = Registry::builtin(&Config::defaults().onboarding_fields)
-        .get("update_profile")
-        .unwrap();
+    let update_profile = app
+        .state
+        .runs()
+        .agents()
+        .get("onboarding")
+        .unwrap()
+        .tools
+        .iter()
+        .find(|tool| tool.spec().name == "update_profile")
+        .unwrap()
+        .clone();
     let executed = tools::execute(
         app.state.store(),
-        ctx,
+        &ctx,
         Some(update_profile),
-        ToolCall {
+        &ToolCall {
             id: call_id.clone(),
             name: "update_profile".to_owned(),
             arguments: json!({ "field": "name", "value": "Grace" }).to_string(),
             upstream_id: None,
         },
+        std::future::pending(),
     )
     .await
+    .unwrap()
     .unwrap();
 
     assert_eq!(executed.record.call_id, call_id);
@@ -133,11 +160,18 @@ async fn a_refused_call_keeps_no_effect(backend: Backend) {
         arguments: "{}".to_owned(),
         upstream_id: None,
     };
-    let tool: std::sync::Arc<dyn Tool> = std::sync::Arc::new(WritesThenRefuses);
+    let tool = WritesThenRefuses::tool();
 
-    let first = tools::execute(app.state.store(), ctx, Some(tool.clone()), call.clone())
-        .await
-        .unwrap();
+    let first = tools::execute(
+        app.state.store(),
+        &ctx,
+        Some(tool.clone()),
+        &call,
+        std::future::pending(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert!(first.record.is_error);
     assert_eq!(first.record.call_id, call_id);
     assert_eq!(
@@ -161,9 +195,16 @@ async fn a_refused_call_keeps_no_effect(backend: Backend) {
     assert_eq!(answers[0]["content"], first.record.output.as_str());
     assert_eq!(answers[0]["run_id"], ctx.run_id.to_string());
 
-    let again = tools::execute(app.state.store(), ctx, Some(tool), call)
-        .await
-        .unwrap();
+    let again = tools::execute(
+        app.state.store(),
+        &ctx,
+        Some(tool),
+        &call,
+        std::future::pending(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(again.record, first.record);
     assert_eq!(again.output, first.output);
     assert_eq!(messages_of(&app, &conversation).await, after_first);

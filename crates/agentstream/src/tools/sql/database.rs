@@ -144,7 +144,7 @@ async fn connect(name: &str, url: &str, pool_size: u32) -> Result<Database, Stri
     let pool = pool_options()
         .connect_with(options(&rw_url).map_err(|e| e.to_string())?)
         .await
-        .map_err(|e| format!("cannot connect ({}): {e}", crate::app::redact(url)))?;
+        .map_err(|e| format!("cannot connect ({}): {e}", crate::store::redact_url(url)))?;
     let read_pool = match backend {
         Backend::Sqlite => pool_options()
             .connect_with(options(&with_mode(url, "ro")).map_err(|e| e.to_string())?)
