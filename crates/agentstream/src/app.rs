@@ -51,7 +51,25 @@ impl App {
             None => FileConfig::default(),
         };
         let (agents, providers) = agents(&config, &file)?;
+        let jwt = match &file.auth.jwt {
+            Some(settings) => {
+                Some(http::auth::Verifier::build(settings).map_err(anyhow::Error::msg)?)
+            }
+            None => None,
+        };
         probe_providers(&providers).await?;
+        if let Some(verifier) = &jwt {
+            // Like a model provider that is down: the server starts, and
+            // each token naming a key it lacks tries the fetch again.
+            if let Err(reason) = verifier.fetch_keys().await {
+                tracing::warn!(
+                    %reason,
+                    keys = %verifier.describe(),
+                    "the JWKS cannot be fetched now; starting anyway: tokens are refused \
+                     until it can be"
+                );
+            }
+        }
         let single_node = match store::sqlite_path(&config.database_url) {
             Some(path) => Some(lock_single_node(&path)?),
             None => None,
@@ -111,7 +129,13 @@ impl App {
             .with_context(|| format!("cannot listen on {}", config.bind))?;
         let addr = listener.local_addr()?;
         let local_allowed = addr.ip().is_loopback();
-        if store.any_active_key().await? {
+        if let Some(verifier) = &jwt {
+            tracing::info!(
+                keys = %verifier.describe(),
+                "JWTs are on, besides API keys: every request needs \
+                 `Authorization: Bearer <token or key>`; a token's subject is its user"
+            );
+        } else if store.any_active_key().await? {
             tracing::info!("API keys are on: every request needs `Authorization: Bearer <key>`");
         } else if local_allowed {
             tracing::info!(
@@ -129,8 +153,8 @@ impl App {
         let state = AppState::new(
             store,
             runs,
-            local_user,
-            local_allowed,
+            local_user.clone(),
+            http::auth::Auth::new(local_user, local_allowed, jwt),
             config.limits(),
             Duration::from_secs(config.keepalive_secs),
             CancellationToken::new(),

@@ -5,6 +5,7 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration}
 use clap::{Args, FromArgMatches, ValueEnum};
 use serde::Deserialize;
 
+use crate::http::{Limits, auth::AuthConfig};
 use crate::llm::registry::ProviderConfig;
 use crate::store::PoolSettings;
 
@@ -161,7 +162,8 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-/// The optional TOML file: model providers and the agents that use them.
+/// The optional TOML file: model providers, the agents that use them, and
+/// the sign-in by JWT (`[auth.jwt]`).
 /// Agents it does not define keep their built-in definition on the scripted
 /// demo model.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -173,6 +175,9 @@ pub struct FileConfig {
     /// Agents by name: `onboarding` and `chat`.
     #[serde(default)]
     pub agents: BTreeMap<String, crate::agent::registry::AgentConfig>,
+    /// How callers sign in besides API keys: `[auth.jwt]`.
+    #[serde(default)]
+    pub auth: AuthConfig,
 }
 
 impl FileConfig {
@@ -182,15 +187,6 @@ impl FileConfig {
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
-}
-
-/// Limits the HTTP layer enforces.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Largest user message, in bytes.
-    pub max_message_bytes: usize,
-    /// Largest request body, in bytes.
-    pub max_body_bytes: usize,
 }
 
 impl Config {
@@ -325,6 +321,27 @@ mod tests {
             "[agents.chat]\nprovider = \"x\"\nmodel = \"m\"\nmodle = 1",
         );
         assert!(unknown.is_err());
+    }
+
+    #[test]
+    fn the_jwt_sign_in_parses() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            [auth.jwt]
+            jwks_url = "https://id.example/.well-known/jwks.json"
+            issuer = "https://id.example/"
+            audience = ["agentstream", "api"]
+            "#,
+        )
+        .unwrap();
+        let jwt = file.auth.jwt.unwrap();
+        assert_eq!(jwt.leeway_secs, 60);
+        assert_eq!(jwt.subject_claim, "sub");
+        assert!(
+            matches!(jwt.audience, Some(crate::http::auth::OneOrMany::Many(ref a)) if a.len() == 2)
+        );
+        assert!(FileConfig::default().auth.jwt.is_none());
+        assert!(toml::from_str::<FileConfig>("[auth.jwt]\nsecret = \"x\"").is_err());
     }
 
     #[test]
