@@ -28,6 +28,8 @@ const MAX_SET_BYTES: usize = 1024 * 1024;
 pub(super) struct Jwks {
     /// Where the set is served.
     url: Url,
+    /// The URL without its password, for logs.
+    shown: String,
     /// Fetches the set; its timeout is `FETCH_TIMEOUT`.
     client: reqwest::Client,
     /// Least time between two fetches.
@@ -70,7 +72,7 @@ struct SetDocument {
 impl fmt::Debug for Jwks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Jwks")
-            .field("url", &self.url.as_str())
+            .field("url", &self.shown)
             .field("keys", &self.current().keys)
             .finish_non_exhaustive()
     }
@@ -95,12 +97,17 @@ impl Jwks {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!("{url} is not an http or https URL"));
         }
+        let mut shown = url.clone();
+        // Only fails for URLs that cannot have a password, which have none.
+        let _ = shown.set_password(None);
+        let shown = shown.to_string();
         let client = reqwest::Client::builder()
             .timeout(FETCH_TIMEOUT)
             .build()
             .map_err(|e| format!("no HTTP client: {e}"))?;
         Ok(Jwks {
             url,
+            shown,
             client,
             refetch,
             refresh,
@@ -109,9 +116,9 @@ impl Jwks {
         })
     }
 
-    /// The set's URL.
+    /// The set's URL, without its password if it has one.
     pub(super) fn url(&self) -> &str {
-        self.url.as_str()
+        &self.shown
     }
 
     /// Fetches the set now, whatever the refetch interval.
@@ -173,7 +180,7 @@ impl Jwks {
                 // The key server's fault, not the client's: worth a warning,
                 // at most one per refetch interval.
                 tracing::warn!(
-                    url = %self.url,
+                    url = %self.shown,
                     %reason,
                     "cannot fetch the JWKS; keeping the keys cached, and tokens signed \
                      with other keys are refused"
@@ -199,10 +206,10 @@ impl Jwks {
             set.keys.iter().map(|k| k.kid.clone()).collect()
         };
         if kids(&before) == kids(&set) {
-            tracing::debug!(url = %self.url, keys = set.keys.len(), "fetched the JWKS");
+            tracing::debug!(url = %self.shown, keys = set.keys.len(), "fetched the JWKS");
         } else {
             tracing::info!(
-                url = %self.url,
+                url = %self.shown,
                 kids = ?kids(&set),
                 "fetched the JWKS: its keys changed"
             );
@@ -211,7 +218,7 @@ impl Jwks {
     }
 
     /// The usable keys the URL serves now.
-    #[tracing::instrument(skip_all, fields(url = %self.url))]
+    #[tracing::instrument(skip_all, fields(url = %self.shown))]
     async fn fetch(&self) -> Result<Vec<Key>, String> {
         let mut response = self
             .client
@@ -219,7 +226,7 @@ impl Jwks {
             .header(header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| format!("no answer: {e}"))?;
+            .map_err(|e| format!("no answer: {}", e.without_url()))?;
         if !response.status().is_success() {
             return Err(format!("it answered HTTP {}", response.status()));
         }
@@ -227,7 +234,7 @@ impl Jwks {
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|e| format!("the answer broke off: {e}"))?
+            .map_err(|e| format!("the answer broke off: {}", e.without_url()))?
         {
             if body.len() + chunk.len() > MAX_SET_BYTES {
                 return Err(format!("the answer is over {MAX_SET_BYTES} bytes"));
@@ -351,5 +358,8 @@ mod tests {
         let second = Duration::from_secs(1);
         assert!(Jwks::new("https://id.example/jwks.json", second, second).is_ok());
         assert!(Jwks::new("file:///etc/passwd", second, second).is_err());
+        let secret = Jwks::new("https://u:hunter2@id.example/k", second, second).unwrap();
+        assert_eq!(secret.url(), "https://u@id.example/k");
+        assert!(!format!("{secret:?}").contains("hunter2"));
     }
 }

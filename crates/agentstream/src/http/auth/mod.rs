@@ -10,7 +10,7 @@ use std::sync::Arc;
 use axum::http::{header, request::Parts};
 use serde_json::{Map, Value};
 
-pub use jwt::{AuthConfig, JwtConfig, OneOrMany, Verifier};
+pub use jwt::{AuthConfig, JwtConfig, OneOrMany, Refused, Verified, Verifier};
 
 use super::ApiError;
 use crate::store::{Store, User};
