@@ -55,6 +55,12 @@ impl App {
         let file = FileConfig::load(config.config_file.as_deref(), &config.onboarding_fields)
             .map_err(anyhow::Error::msg)?;
         let providers = providers(&config, &file)?;
+        let jwt = match &file.auth.jwt {
+            Some(settings) => {
+                Some(http::auth::Verifier::build(settings).map_err(anyhow::Error::msg)?)
+            }
+            None => None,
+        };
         let single_node = match store::sqlite_path(&config.database_url) {
             Some(path) => Some(lock_single_node(&path)?),
             None => None,
@@ -72,7 +78,19 @@ impl App {
             .await
             .context("cannot migrate the database")?;
         let local_user = store.ensure_user("local").await?;
-        let (agents, tool_databases) = agents(&config, &file, &providers).await?;
+        let (agents, tool_databases) = agents(&config, &file, &providers, jwt.is_some()).await?;
+        if let Some(verifier) = &jwt {
+            // Like a model provider that is down: the server starts, and
+            // each token naming a key it lacks tries the fetch again.
+            if let Err(reason) = verifier.fetch_keys().await {
+                tracing::warn!(
+                    %reason,
+                    keys = %verifier.describe(),
+                    "the JWKS cannot be fetched now; starting anyway: tokens are refused \
+                     until it can be"
+                );
+            }
+        }
         let hub = Arc::new(Hub::default());
         let tracker = TaskTracker::new();
         let writer_stop = CancellationToken::new();
@@ -115,7 +133,13 @@ impl App {
             .with_context(|| format!("cannot listen on {}", config.bind))?;
         let addr = listener.local_addr()?;
         let local_allowed = addr.ip().is_loopback();
-        if store.any_active_key().await? {
+        if let Some(verifier) = &jwt {
+            tracing::info!(
+                keys = %verifier.describe(),
+                "JWTs are on, besides API keys: every request needs \
+                 `Authorization: Bearer <token or key>`; a token's subject is its user"
+            );
+        } else if store.any_active_key().await? {
             tracing::info!("API keys are on: every request needs `Authorization: Bearer <key>`");
         } else if local_allowed {
             tracing::info!(
@@ -133,8 +157,8 @@ impl App {
         let state = AppState::new(
             store,
             runs,
-            local_user,
-            local_allowed,
+            local_user.clone(),
+            http::auth::Auth::new(local_user, local_allowed, jwt),
             config.limits(),
             Duration::from_secs(config.keepalive_secs),
             CancellationToken::new(),
@@ -261,6 +285,7 @@ async fn agents(
     config: &Config,
     file: &FileConfig,
     providers: &BTreeMap<String, NamedProvider>,
+    claims: bool,
 ) -> anyhow::Result<(Agents, Databases)> {
     let needed: Vec<&str> = file
         .tools
@@ -274,7 +299,7 @@ async fn agents(
         .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
     let context = BuildContext {
         databases: databases.clone(),
-        claims: false,
+        claims,
     };
     let tools = Registry::build(&file.tools, &context)
         .await

@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::{
     agent::registry::AgentConfig,
+    http::auth::AuthConfig,
     llm::registry::ProviderConfig,
     tools::{ToolConfig, sql::DatabaseConfig},
 };
@@ -32,6 +33,9 @@ pub struct FileConfig {
     /// Application databases SQL tools act on, by name.
     #[serde(default)]
     pub databases: BTreeMap<String, DatabaseConfig>,
+    /// How callers sign in besides API keys: `[auth.jwt]`.
+    #[serde(default)]
+    pub auth: AuthConfig,
 }
 
 impl FileConfig {
@@ -183,6 +187,27 @@ mod tests {
         );
         assert!(config.agents.contains_key("orders"));
         assert!(config.agents.contains_key("onboarding"));
+    }
+
+    #[test]
+    fn the_jwt_sign_in_parses() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            [auth.jwt]
+            jwks_url = "https://id.example/.well-known/jwks.json"
+            issuer = "https://id.example/"
+            audience = ["agentstream", "api"]
+            "#,
+        )
+        .unwrap();
+        let jwt = file.auth.jwt.unwrap();
+        assert_eq!(jwt.leeway_secs, 60);
+        assert_eq!(jwt.subject_claim, "sub");
+        assert!(
+            matches!(jwt.audience, Some(crate::http::auth::OneOrMany::Many(ref a)) if a.len() == 2)
+        );
+        assert!(FileConfig::default().auth.jwt.is_none());
+        assert!(toml::from_str::<FileConfig>("[auth.jwt]\nsecret = \"x\"").is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub use file::FileConfig;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use crate::http::Limits;
 use crate::store::PoolSettings;
 use clap::{Args, FromArgMatches, ValueEnum};
 
@@ -161,15 +162,6 @@ pub struct Config {
         default_value = "text"
     )]
     pub log_format: LogFormat,
-}
-
-/// Limits the HTTP layer enforces.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Largest user message, in bytes.
-    pub max_message_bytes: usize,
-    /// Largest request body, in bytes.
-    pub max_body_bytes: usize,
 }
 
 impl Config {

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::{
     ApiError, AppState,
-    extract::{AppJson, CurrentUser},
+    extract::{AppJson, CurrentCaller},
     openapi::{
         BadRequest, Conflict, NotFound, PayloadTooLarge, TooManyRuns, Unauthorized, Unavailable,
         Unprocessable, UnsupportedMediaType,
@@ -70,7 +70,7 @@ struct SeedMessage {
 )]
 async fn chat_stream(
     state: State<AppState>,
-    user: CurrentUser,
+    user: CurrentCaller,
     body: AppJson<SeedMessage>,
 ) -> Result<Response, ApiError> {
     seed_stream(state, user, body, ConversationKind::Chat).await
@@ -106,7 +106,7 @@ async fn chat_stream(
 )]
 async fn onboarding_stream(
     state: State<AppState>,
-    user: CurrentUser,
+    user: CurrentCaller,
     body: AppJson<SeedMessage>,
 ) -> Result<Response, ApiError> {
     seed_stream(state, user, body, ConversationKind::Onboarding).await
@@ -117,7 +117,7 @@ async fn onboarding_stream(
 /// and in the `run.started` event.
 async fn seed_stream(
     State(state): State<AppState>,
-    CurrentUser(user): CurrentUser,
+    CurrentCaller(caller): CurrentCaller,
     AppJson(body): AppJson<SeedMessage>,
     kind: ConversationKind,
 ) -> Result<Response, ApiError> {
@@ -135,7 +135,7 @@ async fn seed_stream(
     let started = state
         .runs
         .start(
-            user.id,
+            caller.user.id,
             conversation,
             StartRun {
                 input: body.message,
@@ -143,10 +143,7 @@ async fn seed_stream(
                 on_disconnect: OnDisconnect::Continue,
                 multitask: Multitask::Reject,
 
-                caller: crate::tools::Caller {
-                    subject: user.name.clone(),
-                    claims: None,
-                },
+                caller: caller.for_tools(),
             },
         )
         .await?;

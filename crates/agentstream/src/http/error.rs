@@ -27,6 +27,10 @@ pub enum ApiError {
     /// No API key, or a key that is not valid.
     #[error("a valid API key is required: send `Authorization: Bearer <key>`")]
     Unauthorized,
+    /// With JWTs on, a bearer credential that was refused: a bad, expired
+    /// or wrongly signed token, or an unknown key. Says nothing of why.
+    #[error("invalid token")]
+    InvalidToken,
     /// Absent, or not the caller's (never 403: what exists is not revealed).
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -61,7 +65,7 @@ impl ApiError {
     pub fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::InvalidToken => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -78,7 +82,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_) => "bad_request",
-            ApiError::Unauthorized => "unauthorized",
+            ApiError::Unauthorized | ApiError::InvalidToken => "unauthorized",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
@@ -137,10 +141,20 @@ impl IntoResponse for ApiError {
                 HeaderValue::from_static(RETRY_AFTER_SECS),
             );
         }
-        if matches!(self, ApiError::Unauthorized) {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        match &self {
+            ApiError::Unauthorized => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            // RFC 6750 §3.1: the credential was there, and refused.
+            ApiError::InvalidToken => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+            }
+            _ => {}
         }
         if status.is_server_error() {
             response

@@ -7,7 +7,7 @@ use axum::{
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use super::{AppState, error::ApiError};
+use super::{AppState, auth::Caller, error::ApiError};
 use crate::store::User;
 
 /// A JSON body: 400 when it is not JSON, 422 when a field is wrong, 413 when
@@ -77,7 +77,8 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPath {
     }
 }
 
-/// The caller: the user of the request's API key (see `auth`).
+/// The caller's user (see `auth`): the API key's user, the token's
+/// subject, or the local user. 401 when there is none.
 #[derive(Debug, Clone)]
 pub struct CurrentUser(pub User);
 
@@ -85,10 +86,25 @@ impl FromRequestParts<AppState> for CurrentUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        CurrentCaller::from_request_parts(parts, state)
+            .await
+            .map(|CurrentCaller(caller)| CurrentUser(caller.user))
+    }
+}
+
+/// The caller with the verified token's claims, if a token named it (see
+/// `auth`). 401 when there is none.
+#[derive(Debug, Clone)]
+pub struct CurrentCaller(pub Caller);
+
+impl FromRequestParts<AppState> for CurrentCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         state
             .auth
             .authenticate(parts, &state.store)
             .await
-            .map(CurrentUser)
+            .map(CurrentCaller)
     }
 }

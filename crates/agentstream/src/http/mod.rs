@@ -23,10 +23,18 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 pub use error::ApiError;
 
 use crate::{
-    config::Limits,
     runs::RunManager,
     store::{Store, User},
 };
+
+/// Limits the HTTP layer enforces.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest user message, in bytes.
+    pub max_message_bytes: usize,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+}
 
 /// What every handler shares. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -61,12 +69,17 @@ impl AppState {
         &self.local_user
     }
 
-    /// Builds the state.
+    /// How callers are authenticated.
+    pub fn auth(&self) -> &auth::Auth {
+        &self.auth
+    }
+
+    /// Builds the state; `auth` acts as `local_user` where it allows that.
     pub fn new(
         store: Store,
         runs: RunManager,
         local_user: User,
-        local_allowed: bool,
+        auth: auth::Auth,
         limits: Limits,
         keep_alive: Duration,
         streams_end: CancellationToken,
@@ -74,7 +87,7 @@ impl AppState {
         AppState {
             store,
             runs,
-            auth: auth::Auth::new(local_user.clone(), local_allowed),
+            auth,
             local_user,
             limits: Arc::new(limits),
             streams: wire::Streams {

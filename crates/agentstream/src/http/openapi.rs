@@ -38,9 +38,10 @@ pub fn router() -> Router<AppState> {
             write a database. A run is not a request: starting one starts a run owned by the \
             server, and responses only subscribe to its events, which are stored before they \
             are sent and can be replayed after any `seq`.\n\nEvery error is \
-            `{\"error\": {\"code\", \"message\"}}`. With API keys on, every route under `/v1` \
-            and `/api/v1` needs `Authorization: Bearer <key>`; while no key exists and the \
-            server listens on loopback only, requests without a key act as the local user.",
+            `{\"error\": {\"code\", \"message\"}}`. With API keys or JWT sign-in on, every \
+            route under `/v1` and `/api/v1` needs `Authorization: Bearer <key or JWT>`; while \
+            neither is on and the server listens on loopback only, requests without a key act \
+            as the local user.",
         license(name = "MIT OR Apache-2.0"),
     ),
     paths(
@@ -95,7 +96,7 @@ pub struct ApiDoc;
 /// The name of the bearer security scheme the paths refer to.
 pub const BEARER: &str = "bearer";
 
-/// Adds the bearer API-key scheme.
+/// Adds the bearer scheme: an API key or a JWT.
 struct BearerAuth;
 
 impl Modify for BearerAuth {
@@ -106,9 +107,13 @@ impl Modify for BearerAuth {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("ask_ and 64 hex digits")
+                    .bearer_format("API key (ask_ and 64 hex digits) or JWT")
                     .description(Some(
-                        "An API key from `agentstream keys create --user NAME`.",
+                        "An API key from `agentstream keys create --user NAME`, or, when the \
+                         server's `[auth.jwt]` is configured, a JWT signed with its HS256 \
+                         secret or a key of its JWKS (RS256, ES256 by default), carrying \
+                         `exp` and the configured `iss` and `aud`. The token's subject (`sub` \
+                         by default) is the user; a refused token gets 401 `invalid token`.",
                     ))
                     .build(),
             ),
@@ -178,11 +183,12 @@ impl ToSchema for Multitask {
 )]
 pub struct BadRequest(pub ErrorBody);
 
-/// 401: no API key, or one that is not valid.
+/// 401: no API key or token, or one that is not valid.
 #[derive(ToResponse)]
 #[response(
-    description = "No API key, or a malformed, unknown or revoked one.",
-    headers(("WWW-Authenticate" = String, description = "`Bearer`")),
+    description = "No API key or token, or a malformed, unknown or revoked key, or a bad, \
+        expired or wrongly signed token (then the message is `invalid token`, nothing more).",
+    headers(("WWW-Authenticate" = String, description = "`Bearer`, or `Bearer error=\"invalid_token\"` for a refused token")),
     example = json!({"error": {"code": "unauthorized", "message": "a valid API key is required: send `Authorization: Bearer <key>`"}}),
 )]
 pub struct Unauthorized(pub ErrorBody);

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::{
     ApiError, AppState,
-    extract::{AppJson, AppQuery, CurrentUser, IdPath},
+    extract::{AppJson, AppQuery, CurrentCaller, CurrentUser, IdPath},
     openapi::{
         BadRequest, Conflict, NotFound, PayloadTooLarge, TooManyRuns, Unauthorized, Unavailable,
         Unprocessable, UnsupportedMediaType,
@@ -133,7 +133,7 @@ pub fn wants_stream(headers: &HeaderMap) -> bool {
 )]
 async fn create_run(
     State(state): State<AppState>,
-    CurrentUser(user): CurrentUser,
+    CurrentCaller(caller): CurrentCaller,
     IdPath(conversation_id): IdPath,
     headers: HeaderMap,
     AppJson(body): AppJson<CreateRun>,
@@ -150,7 +150,7 @@ async fn create_run(
     let started = state
         .runs
         .start(
-            user.id,
+            caller.user.id,
             ConversationRef::Existing {
                 id: conversation_id,
                 kind: None,
@@ -161,10 +161,7 @@ async fn create_run(
                 on_disconnect: body.on_disconnect,
                 multitask: body.multitask,
 
-                caller: crate::tools::Caller {
-                    subject: user.name.clone(),
-                    claims: None,
-                },
+                caller: caller.for_tools(),
             },
         )
         .await?;

@@ -32,13 +32,24 @@ impl Store {
         .await?;
         conn.commit().await?;
         drop(turn);
+        self.user_named(name).await?.ok_or_else(|| {
+            StoreError::Corrupt(format!("the user {name:?} is gone right after its insert"))
+        })
+    }
+
+    /// The user with this name, if it exists (a read only, no write turn).
+    #[tracing::instrument(skip_all)]
+    pub async fn user_named(&self, name: &str) -> Result<Option<User>, StoreError> {
         let row = query("SELECT id, name FROM users WHERE name = $1")
             .bind(name)
-            .fetch_one(&mut *self.acquire().await?)
+            .fetch_optional(&mut *self.acquire().await?)
             .await?;
-        Ok(User {
-            id: parse_id(row.try_get("id")?)?,
-            name: row.try_get("name")?,
+        row.map(|row| {
+            Ok(User {
+                id: parse_id(row.try_get("id")?)?,
+                name: row.try_get("name")?,
+            })
         })
+        .transpose()
     }
 }

@@ -18,6 +18,7 @@ mod durability;
 mod failures;
 mod hostile;
 mod input;
+mod jwt;
 mod layout;
 mod metrics;
 mod onboarding;
