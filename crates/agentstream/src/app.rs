@@ -259,8 +259,10 @@ impl App {
             tracing::warn!(%error, "could not give up this node's lease; it runs out by itself");
         }
         tracing::info!("shutdown 5/5: closing the database pool");
-        tool_databases.close().await;
+        // The store first: once phase 4 stops it reusing connections, its
+        // pool refills to its minimum until it is closed.
         state.store.close().await;
+        tool_databases.close().await;
         tracing::info!("stopped");
         Ok(())
     }
