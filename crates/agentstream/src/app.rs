@@ -292,8 +292,9 @@ async fn agents(
     let needed: Vec<&str> = file
         .tools
         .values()
-        .map(|tool| match tool {
-            ToolConfig::Sql(sql) => sql.database.as_deref().unwrap_or(sql::OWN),
+        .filter_map(|tool| match tool {
+            ToolConfig::Sql(sql) => Some(sql.database.as_deref().unwrap_or(sql::OWN)),
+            ToolConfig::Http(_) => None,
         })
         .collect();
     let databases = Databases::open(&file.databases, &config.database_url, &needed)

@@ -53,6 +53,11 @@ pub const HTTP_REQUESTS: &str = "agentstream_http_requests_total";
 /// Time to the response's head, by method and route template.
 pub const HTTP_DURATION: &str = "agentstream_http_request_duration_seconds";
 
+/// HTTP tool calls, by tool and outcome.
+pub const HTTP_TOOL_CALLS: &str = "agentstream_http_tool_calls_total";
+/// An HTTP tool call's time, retries included, by tool.
+pub const HTTP_TOOL_DURATION: &str = "agentstream_http_tool_duration_seconds";
+
 /// The route label of a request that matched no route: raw paths are never
 /// labels, so the number of series stays bounded.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
@@ -88,6 +93,7 @@ fn builder() -> Result<PrometheusBuilder, BuildError> {
         UPSTREAM_FIRST_TOKEN,
         POOL_ACQUIRE,
         HTTP_DURATION,
+        HTTP_TOOL_DURATION,
     ];
     let mut builder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(COMMIT_BATCH.to_owned()), BATCH_BUCKETS)?;
@@ -184,6 +190,15 @@ fn describe() {
         HTTP_DURATION,
         Unit::Seconds,
         "Time to the response's head, by method and route template (a stream's head comes first)."
+    );
+    describe_counter!(
+        HTTP_TOOL_CALLS,
+        "HTTP tool calls, by tool and outcome (ok, client_error, server_error, redirect, not_json, too_large, timeout, unreachable)."
+    );
+    describe_histogram!(
+        HTTP_TOOL_DURATION,
+        Unit::Seconds,
+        "An HTTP tool call's time, retries included, by tool."
     );
 }
 
@@ -316,6 +331,14 @@ pub fn http_request(method: &Method, route: &str, status: StatusCode, elapsed: D
     )
     .increment(1);
     histogram!(HTTP_DURATION, "method" => method, "route" => route.to_owned()).record(elapsed);
+}
+
+/// A call of the HTTP tool `tool` ended with `outcome` (`ok`, `timeout`, …)
+/// after `elapsed`, retries included. Tool names come from the
+/// configuration, so the number of series stays bounded.
+pub fn http_tool_call(tool: &str, outcome: &'static str, elapsed: Duration) {
+    counter!(HTTP_TOOL_CALLS, "tool" => tool.to_owned(), "outcome" => outcome).increment(1);
+    histogram!(HTTP_TOOL_DURATION, "tool" => tool.to_owned()).record(elapsed);
 }
 
 /// Standard methods by name; any other is `other`, so a client cannot add

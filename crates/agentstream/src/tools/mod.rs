@@ -2,10 +2,12 @@
 //! configured tools, and running one call exactly once (see [`execute`]).
 //!
 //! Tools are defined in the configuration (`[tools.NAME]`), one kind per
-//! module: [`sql`] runs one parameterised statement. A kind is one module
-//! plus one variant of [`ToolConfig`] in [`registry`].
+//! module: [`sql`] runs one parameterised statement, [`http`] POSTs a signed
+//! call to a backend. A kind is one module plus one variant of
+//! [`ToolConfig`] in [`registry`].
 
 mod execute;
+pub mod http;
 pub mod params;
 pub mod registry;
 pub mod sql;

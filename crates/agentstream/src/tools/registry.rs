@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use serde::Deserialize;
 
-use super::{Tool, ToolError, sql};
+use super::{Tool, ToolError, http, sql};
 use crate::{llm::ToolSpec, store::StoreError};
 
 /// Largest tool output the model is sent by default, in bytes of JSON text.
@@ -17,6 +17,8 @@ pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 16 * 1024;
 pub enum ToolConfig {
     /// One parameterised SQL statement (see [`sql::SqlToolConfig`]).
     Sql(sql::SqlToolConfig),
+    /// A signed JSON POST to a backend (see [`http::HttpToolConfig`]).
+    Http(http::HttpToolConfig),
 }
 
 /// What building the tools needs besides their tables.
@@ -153,7 +155,8 @@ pub struct Registry {
 
 impl Registry {
     /// Builds every configured tool and checks it against what it acts on
-    /// (a SQL tool's statement is prepared on its database). Fails with a
+    /// (a SQL tool's statement is prepared on its database; an HTTP tool's
+    /// URL, secret and headers are read). Fails with a
     /// message naming the first tool that is wrong.
     pub async fn build(
         configs: &BTreeMap<String, ToolConfig>,
@@ -172,6 +175,13 @@ impl Registry {
                     Arc::new(
                         sql::SqlTool::build(name, config, context)
                             .await
+                            .map_err(|e| format!("tool {name:?}: {e}"))?,
+                    ),
+                    config.max_output_bytes,
+                ),
+                ToolConfig::Http(config) => (
+                    Arc::new(
+                        http::HttpTool::build(name, config)
                             .map_err(|e| format!("tool {name:?}: {e}"))?,
                     ),
                     config.max_output_bytes,

@@ -17,6 +17,7 @@ pub mod dbrestart;
 mod durability;
 mod failures;
 mod hostile;
+mod http_tools;
 mod input;
 mod jwt;
 mod layout;
