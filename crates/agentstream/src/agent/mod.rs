@@ -341,11 +341,7 @@ async fn steps(
             let upstream_id = call.upstream_id().to_owned();
             let executed = match tools::execute(store, &ctx, tool, &call, control.cancelled()).await
             {
-                Ok(Some(executed)) => executed,
-                // Stopped while the call was in flight.
-                Ok(None) => {
-                    return Outcome::status(control.stopped().unwrap_or(RunStatus::Cancelled));
-                }
+                Ok(executed) => executed,
                 Err(e) => {
                     return Outcome {
                         detail: Some(e.to_string()),

@@ -35,10 +35,11 @@ pub struct Executed {
 ///   connection, then is recorded `finished`. A call found `started` is not
 ///   run again: its outcome is unknown, and the model is told so.
 ///
-/// Returns `None` when `stop` fired while a `Read` or `Outside` call was in
-/// flight: the call is abandoned, and one left `started` is settled as
-/// "outcome unknown" when the run ends. Fails only when agentstream's own
-/// database does.
+/// When `stop` fires while an `Outside` call is in flight, the call is
+/// abandoned and finished as an error whose outcome is unknown; the run
+/// stops at its next safe point. Other calls run to their end (each is
+/// bounded by its own timeout). Fails only when agentstream's own database
+/// does.
 #[tracing::instrument(skip_all, fields(run_id = %ctx.run_id, call_id = %call.id, tool = %call.name))]
 pub async fn execute(
     store: &Store,
@@ -46,10 +47,10 @@ pub async fn execute(
     tool: Option<Arc<AgentTool>>,
     call: &ToolCall,
     stop: impl Future<Output = ()>,
-) -> Result<Option<Executed>, StoreError> {
+) -> Result<Executed, StoreError> {
     let (tool, arguments) = match check(tool, call) {
         Ok(checked) => checked,
-        Err(refusal) => return refuse(store, ctx, call, refusal).await.map(Some),
+        Err(refusal) => return refuse(store, ctx, call, refusal).await,
     };
     match tool.tool.effects() {
         Effects::OwnDatabase => {
@@ -57,16 +58,17 @@ pub async fn execute(
             store
                 .on_db(async move { in_transaction(&on_db, &ctx, &tool, &call, arguments).await })
                 .await
-                .map(Some)
         }
         Effects::Read => {
             if let Some(RecordedCall::Finished(record)) = recorded(store, ctx, call).await? {
-                return Ok(Some(stored(record)));
+                return Ok(stored(record));
             }
-            let Some(result) = run_outside(&tool, ctx, call, arguments, stop).await else {
-                return Ok(None);
+            let input = ToolInput {
+                ctx,
+                call_id: &call.id,
+                arguments,
             };
-            let (output, is_error) = tool.outcome(result)?;
+            let (output, is_error) = tool.outcome(tool.tool.call(input, None).await)?;
             let (on_db, ctx, call) = (store.clone(), ctx.clone(), call.clone());
             store
                 .on_db(async move {
@@ -74,7 +76,6 @@ pub async fn execute(
                     record(tx, &ctx, &call, output, is_error).await
                 })
                 .await
-                .map(Some)
         }
         Effects::Outside => {
             let (on_db, run_id, started) = (store.clone(), ctx.run_id, call.clone());
@@ -95,15 +96,15 @@ pub async fn execute(
                 .await?;
             if !fresh {
                 return match recorded(store, ctx, call).await? {
-                    Some(RecordedCall::Finished(record)) => Ok(Some(stored(record))),
-                    _ => finish(store, ctx, call, unknown(), true).await.map(Some),
+                    Some(RecordedCall::Finished(record)) => Ok(stored(record)),
+                    _ => finish(store, ctx, call, unknown(OUTCOME_UNKNOWN), true).await,
                 };
             }
-            let Some(result) = run_outside(&tool, ctx, call, arguments, stop).await else {
-                return Ok(None);
+            let (output, is_error) = match run_outside(&tool, ctx, call, arguments, stop).await {
+                Some(result) => tool.outcome(result)?,
+                None => (unknown(STOPPED_MID_CALL), true),
             };
-            let (output, is_error) = tool.outcome(result)?;
-            finish(store, ctx, call, output, is_error).await.map(Some)
+            finish(store, ctx, call, output, is_error).await
         }
     }
 }
@@ -201,9 +202,13 @@ async fn recorded(
     store::tool_call(&mut conn, ctx.run_id, &call.id).await
 }
 
-/// Output that says the call's outcome is unknown.
-fn unknown() -> serde_json::Value {
-    serde_json::json!({ "error": OUTCOME_UNKNOWN })
+/// What the model reads for a call abandoned when its run was stopped.
+const STOPPED_MID_CALL: &str =
+    "the run was stopped while the call was in flight; its outcome is unknown";
+
+/// Output that says the call's outcome is unknown, and why.
+fn unknown(why: &str) -> serde_json::Value {
+    serde_json::json!({ "error": why })
 }
 
 fn stored(record: ToolCallRecord) -> Executed {
@@ -297,8 +302,8 @@ async fn record(
         return match found {
             Some(RecordedCall::Finished(record)) => Ok(stored(record)),
             Some(RecordedCall::Started) => Ok(Executed {
-                record: record_of(call, unknown().to_string(), true),
-                output: unknown(),
+                record: record_of(call, unknown(OUTCOME_UNKNOWN).to_string(), true),
+                output: unknown(OUTCOME_UNKNOWN),
             }),
             None => Err(StoreError::Corrupt(format!(
                 "tool call {:?} recorded but not found",
