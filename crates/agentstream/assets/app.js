@@ -23,6 +23,9 @@ const els = {
   stop: document.getElementById("stop"),
 };
 
+// One line per agent the server lists (GET /v1/agents), by name.
+const descriptions = new Map();
+
 const HINTS = {
   onboarding:
     "Onboarding: the assistant asks a few questions and saves your answers to your profile. Start with your name.",
@@ -90,7 +93,7 @@ function askForKey(rejected) {
     keyPrompt = new Promise((resolve) => {
       els.keyLabel.textContent = rejected
         ? "That API key was not accepted; enter another"
-        : "This server needs an API key";
+        : "This server needs an API key or a sign-in token";
       els.keyForm.hidden = false;
       els.keyInput.focus();
       els.keyForm.onsubmit = (event) => {
@@ -337,7 +340,9 @@ function renderTranscript(messages, skipRun) {
 }
 
 function showHint() {
-  els.hint.textContent = els.transcript.children.length ? "" : HINTS[state.mode];
+  els.hint.textContent = els.transcript.children.length
+    ? ""
+    : HINTS[state.mode] || descriptions.get(state.mode) || "Ask anything.";
 }
 
 // ---- the profile panel ----
@@ -588,7 +593,7 @@ async function trouble(attempt, reason = "Connection lost") {
 
 async function ensureConversation() {
   if (state.conversationId) return state.conversationId;
-  const conversation = await postJson("/v1/conversations", { kind: state.mode });
+  const conversation = await postJson("/v1/conversations", { agent: state.mode });
   state.conversationId = conversation.id;
   saved.set("conversation." + state.mode, conversation.id);
   return conversation.id;
@@ -621,7 +626,7 @@ async function sendMessage(text) {
 function setMode(mode) {
   state.mode = mode;
   saved.set("mode", mode);
-  els.body.classList.toggle("chat-mode", mode === "chat");
+  els.body.classList.toggle("chat-mode", mode !== "onboarding");
   for (const radio of els.modes.querySelectorAll("input")) radio.checked = radio.value === mode;
   state.conversationId = saved.get("conversation." + mode);
 }
@@ -674,8 +679,38 @@ async function loadConversation(inflight, attempt = 0) {
   }
 }
 
+// Adds a choice for each agent the server lists besides the two built in
+// the page, labelled with its description.
+async function loadAgents() {
+  let agents;
+  try {
+    ({ data: agents } = await apiJson("/v1/agents"));
+  } catch {
+    return; // The two built-in choices still work.
+  }
+  for (const agent of agents) {
+    descriptions.set(agent.name, agent.description);
+    let radio = els.modes.querySelector(`input[value="${CSS.escape(agent.name)}"]`);
+    if (!radio) {
+      const label = document.createElement("label");
+      radio = document.createElement("input");
+      radio.type = "radio";
+      radio.name = "mode";
+      radio.value = agent.name;
+      radio.disabled = Boolean(state.run);
+      const name = agent.name.replaceAll("_", " ");
+      label.append(radio, " " + name.charAt(0).toUpperCase() + name.slice(1));
+      els.modes.append(label);
+    }
+    radio.parentElement.title = agent.description + (agent.demo ? " (demo model)" : "");
+    radio.checked = agent.name === state.mode;
+  }
+  showHint();
+}
+
 function init() {
   const inflight = saved.json("inflight");
+  loadAgents();
   setMode(inflight?.mode || saved.get("mode") || "onboarding");
   loadConversation(inflight);
 

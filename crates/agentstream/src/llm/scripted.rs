@@ -5,7 +5,10 @@
 //! it with `update_profile`, then asks the next question; once every field is
 //! filled it calls `complete_onboarding` and streams a summary. For the chat
 //! agent it calls `get_profile` when the message mentions the profile and
-//! otherwise answers with a fixed reply. The model string may carry options
+//! otherwise answers with a fixed reply. For any agent, a message naming one
+//! of its other tools (every word of `list_orders`: "list my orders") calls it, with the
+//! arguments the message gives as `key=value` (`quantity=2 item="blue mug"`),
+//! and the reply shows the result. The model string may carry options
 //! after a `;`: `fail_after=N` fails the stream after N deltas, for tests.
 
 use std::time::Duration;
@@ -61,6 +64,8 @@ impl Scripted {
         let history = History::of(&request.messages);
         if offers("update_profile") {
             self.onboarding_step(&history)
+        } else if let Some(step) = tool_step(request, &history) {
+            step
         } else {
             chat_step(&history, offers("get_profile"))
         }
@@ -113,6 +118,89 @@ impl Scripted {
             }),
         }
     }
+}
+
+/// The tools the demo calls by name: every tool but the profile's.
+const PROFILE_TOOLS: [&str; 3] = ["get_profile", "update_profile", "complete_onboarding"];
+
+/// A call of the tool the user's message names, or the reply to its result.
+fn tool_step(request: &ChatRequest, history: &History<'_>) -> Option<Step> {
+    match history.last? {
+        ChatMessage::User(text) => {
+            let lower = text.to_lowercase();
+            // Named when every word of its name is in the message:
+            // `list_orders` by "list my orders".
+            let tool = request.tools.iter().find(|tool| {
+                !PROFILE_TOOLS.contains(&tool.name.as_str())
+                    && tool
+                        .name
+                        .to_lowercase()
+                        .split('_')
+                        .all(|word| !word.is_empty() && lower.contains(word))
+            })?;
+            Some(history.call(&tool.name, arguments(text, &tool.parameters)))
+        }
+        ChatMessage::Tool { call_id, content } => {
+            let name = history.call_name(call_id)?;
+            if PROFILE_TOOLS.contains(&name) {
+                return None;
+            }
+            let result: serde_json::Value =
+                serde_json::from_str(content).unwrap_or(serde_json::Value::Null);
+            Some(Step::Say(match result.get("error") {
+                Some(error) => format!(
+                    "{name} failed: {}",
+                    error
+                        .as_str()
+                        .map_or_else(|| error.to_string(), str::to_owned)
+                ),
+                None => format!("{name} answered: {result}"),
+            }))
+        }
+        _ => None,
+    }
+}
+
+/// The `key=value` pairs of `text` whose keys the schema declares, typed as
+/// it says; a value may be quoted (`item="blue mug"`).
+fn arguments(text: &str, schema: &serde_json::Value) -> serde_json::Value {
+    let mut arguments = serde_json::Map::new();
+    let properties = schema
+        .get("properties")
+        .and_then(serde_json::Value::as_object);
+    let mut rest = text;
+    while let Some(eq) = rest.find('=') {
+        let key = rest[..eq]
+            .rsplit(|c: char| c.is_whitespace())
+            .next()
+            .unwrap_or_default();
+        let after = &rest[eq + 1..];
+        let (value, next) = match after.strip_prefix('"') {
+            Some(quoted) => match quoted.find('"') {
+                Some(end) => (&quoted[..end], &quoted[end + 1..]),
+                None => (quoted, ""),
+            },
+            None => {
+                let end = after.find(char::is_whitespace).unwrap_or(after.len());
+                (&after[..end], &after[end..])
+            }
+        };
+        if let Some(kind) = properties
+            .and_then(|p| p.get(key))
+            .and_then(|p| p.get("type"))
+            .and_then(serde_json::Value::as_str)
+        {
+            let typed = match kind {
+                "integer" => value.parse::<i64>().map(Into::into).ok(),
+                "number" => value.parse::<f64>().ok().map(Into::into),
+                "boolean" => value.parse::<bool>().map(Into::into).ok(),
+                _ => None,
+            };
+            arguments.insert(key.to_owned(), typed.unwrap_or_else(|| value.into()));
+        }
+        rest = next;
+    }
+    serde_json::Value::Object(arguments)
 }
 
 fn chat_step(history: &History<'_>, offers_profile: bool) -> Step {
@@ -430,6 +518,32 @@ mod tests {
         assert_eq!(
             scripted().next_step(&request(messages, &tools)),
             Step::Say("Sorry, I could not save that: value is empty. What is your name?".into())
+        );
+    }
+
+    #[test]
+    fn a_named_tool_is_called_with_the_arguments_given() {
+        let mut request = request(
+            vec![ChatMessage::User(
+                "please place order item=\"blue mug\" quantity=2 gift=true x=1".into(),
+            )],
+            &[],
+        );
+        request.tools.push(crate::llm::ToolSpec {
+            name: "place_order".into(),
+            description: String::new(),
+            parameters: serde_json::json!({"type": "object", "properties": {
+                "item": {"type": "string"}, "quantity": {"type": "integer"},
+                "gift": {"type": "boolean"}}}),
+        });
+        let Step::Call(call) = scripted().next_step(&request) else {
+            panic!("a call");
+        };
+        assert_eq!(call.name, "place_order");
+        let arguments: serde_json::Value = serde_json::from_str(&call.arguments).unwrap();
+        assert_eq!(
+            arguments,
+            serde_json::json!({"item": "blue mug", "quantity": 2, "gift": true})
         );
     }
 

@@ -15,6 +15,7 @@ mod cluster;
 mod crash;
 pub mod dbrestart;
 mod durability;
+mod example;
 mod failures;
 mod hostile;
 mod http_tools;
