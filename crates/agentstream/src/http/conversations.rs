@@ -40,8 +40,8 @@ struct CreateConversation {
     /// default: the agent of `kind`, else `chat`).
     #[schema(example = "chat")]
     agent: Option<String>,
-    /// The older way to pick the agent: `chat` or `onboarding`. With
-    /// `agent`, only `onboarding` for the onboarding agent is accepted.
+    /// The older way to pick the agent: `chat` or `onboarding`; ignored
+    /// when `agent` is given (the conversation's `kind` follows its agent).
     kind: Option<ConversationKind>,
     /// An optional title, up to 200 characters; blank means none.
     #[schema(max_length = 200)]
@@ -94,9 +94,9 @@ async fn create_conversation(
     Ok((StatusCode::CREATED, Json(conversation)))
 }
 
-/// The conversation's kind and agent from what the client named: 422 for
-/// an agent that does not exist (the message lists those that do) or a kind
-/// that contradicts the agent.
+/// The conversation's kind and agent from what the client named: the
+/// agent, else the agent of the kind, else `chat`; 422 for an agent that
+/// does not exist (the message lists those that do).
 fn agent_of(
     state: &AppState,
     agent: Option<String>,
@@ -110,19 +110,12 @@ fn agent_of(
             agents.names()
         )));
     }
-    let onboarding = ConversationKind::Onboarding.as_str();
-    let implied = if agent == onboarding {
+    let kind = if agent == ConversationKind::Onboarding.as_str() {
         ConversationKind::Onboarding
     } else {
         ConversationKind::Chat
     };
-    match kind {
-        Some(kind) if kind != implied => Err(ApiError::Invalid(format!(
-            "kind: {:?} does not go with agent {agent:?}; leave `kind` out",
-            kind.as_str()
-        ))),
-        _ => Ok((implied, agent)),
-    }
+    Ok((kind, agent))
 }
 
 /// Which page of conversations.

@@ -2,10 +2,11 @@
 //! handlers' `#[utoipa::path]` annotations and the types' `ToSchema` derives,
 //! and the reusable error responses those annotations name.
 
-use std::{borrow::Cow, sync::OnceLock};
+use std::borrow::Cow;
 
 use axum::{
     Router,
+    extract::State,
     http::{HeaderValue, header},
     response::IntoResponse,
     routing::get,
@@ -22,7 +23,7 @@ use utoipa::{
 use super::{
     AppState, agents, compat, conversations, error::ErrorBody, health, metrics, page, profile, runs,
 };
-use crate::runs::Multitask;
+use crate::{agent::Agents, runs::Multitask};
 
 /// The document's route.
 pub fn router() -> Router<AppState> {
@@ -121,14 +122,25 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The document as JSON, built once.
-pub fn document() -> &'static str {
-    static DOCUMENT: OnceLock<String> = OnceLock::new();
-    DOCUMENT.get_or_init(|| {
-        ApiDoc::openapi()
-            .to_json()
-            .unwrap_or_else(|e| format!(r#"{{"openapi":"3.1.0","error":"{e}"}}"#))
-    })
+/// The OpenAPI document of this server: the generated one, with the names
+/// of the agents this server runs as the `agent` enum of `POST
+/// /v1/conversations`, so a client (or a fuzzer) knows which are valid.
+pub fn document(agents: &Agents) -> String {
+    let mut document = ApiDoc::openapi();
+    let names: Vec<String> = agents.iter().map(|agent| agent.name.clone()).collect();
+    if let Some(components) = document.components.as_mut()
+        && let Some(RefOr::T(Schema::Object(create))) =
+            components.schemas.get_mut("CreateConversation")
+        && let Some(RefOr::T(Schema::Object(agent))) = create.properties.get_mut("agent")
+    {
+        // Null too: the field may be left out or sent as null.
+        let mut values: Vec<serde_json::Value> = names.into_iter().map(Into::into).collect();
+        values.push(serde_json::Value::Null);
+        agent.enum_values = Some(values);
+    }
+    document
+        .to_json()
+        .unwrap_or_else(|e| format!(r#"{{"openapi":"3.1.0","error":"{e}"}}"#))
 }
 
 /// `GET /openapi.json`: this document.
@@ -138,13 +150,13 @@ pub fn document() -> &'static str {
     tag = "operations",
     responses((status = 200, description = "The OpenAPI 3.1 document of this API.", content_type = "application/json", body = Object)),
 )]
-async fn get_openapi() -> impl IntoResponse {
+async fn get_openapi(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        document(),
+        document(state.runs.agents()),
     )
 }
 
