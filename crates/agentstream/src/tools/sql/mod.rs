@@ -9,8 +9,11 @@
 //! schema. Rows come back as JSON objects with typed values.
 
 mod database;
+mod output;
 mod run;
+mod sqlite;
 mod statement;
+mod values;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
