@@ -7,10 +7,14 @@
 use std::time::Duration;
 
 use futures_util::TryStreamExt;
-use sqlx::{AnyConnection, Executor, Row, Statement, Transaction};
+use sqlx::{
+    AnyConnection, ConnectOptions, Connection, Executor, PgConnection, Postgres, Row, Statement,
+    Transaction, Type,
+    postgres::{PgConnectOptions, PgTypeInfo, types::Oid},
+};
 
 use super::{
-    SqlTool, Target,
+    Binding, ParamType, SqlTool, Target,
     database::Pools,
     output, sqlite,
     values::{self, Bound},
@@ -42,14 +46,15 @@ pub(super) async fn prepare(tool: &SqlTool) -> Result<bool, String> {
     let refused = |e: sqlx::Error| {
         let hint = match database.backend {
             Backend::Postgres => {
-                " (where PostgreSQL cannot infer a parameter's type, cast it: `:due::date`)"
+                " (arguments are bound as text, bigint, double precision or boolean: \
+                 cast one where the statement needs another type, as in `:due::date`)"
             }
             Backend::Sqlite => "",
         };
         format!(
             "the statement does not prepare on database {:?}: {}{hint}",
             database.name,
-            message(&e)
+            named(&message(&e), &tool.placeholders)
         )
     };
     match &database.pools {
@@ -58,22 +63,94 @@ pub(super) async fn prepare(tool: &SqlTool) -> Result<bool, String> {
             sqlite::prepare(&mut conn, &tool.sql).await.map_err(refused)
         }
         Pools::Postgres(pool) => {
-            let mut conn = pool.acquire().await.map_err(unreachable)?;
-            if conn.prepare(&wrapped(&tool.sql, 1)).await.is_ok() {
-                return Ok(true);
+            // sqlx's Any driver prepares without parameter types, then
+            // refuses a parameter PostgreSQL typed as one Any lacks (a
+            // `numeric` column's); PostgreSQL's own driver prepares with the
+            // types each call binds, so a mismatch (a text argument for a
+            // `date` column) is found here, not at the first call.
+            let options = PgConnectOptions::from_url(&pool.connect_options().database_url)
+                .map_err(unreachable)?
+                .log_statements(tracing::log::LevelFilter::Trace);
+            let mut conn = PgConnection::connect_with(&options)
+                .await
+                .map_err(unreachable)?;
+            let types: Vec<PgTypeInfo> = tool.bindings.iter().map(pg_type).collect();
+            let prepared = async {
+                if conn
+                    .prepare_with(&wrapped(&tool.sql, 1), &types)
+                    .await
+                    .is_ok()
+                {
+                    return Ok(true);
+                }
+                let statement = conn
+                    .prepare_with(&tool.sql, &types)
+                    .await
+                    .map_err(refused)?;
+                if statement.columns().is_empty() {
+                    Ok(false)
+                } else {
+                    Err(format!(
+                        "the statement returns rows but cannot be read as a subquery \
+                         (WITH … AS (statement) SELECT …): {}",
+                        tool.sql
+                    ))
+                }
             }
-            let statement = conn.prepare(&tool.sql).await.map_err(refused)?;
-            if statement.columns().is_empty() {
-                Ok(false)
-            } else {
-                Err(format!(
-                    "the statement returns rows but cannot be read as a subquery \
-                     (WITH … AS (statement) SELECT …): {}",
-                    tool.sql
-                ))
-            }
+            .await;
+            // Opened for this check alone; the server ends the session
+            // whether or not the goodbye arrives.
+            let _ = conn.close().await;
+            prepared
         }
     }
+}
+
+/// The PostgreSQL type a call binds for `binding` (see `values.rs`).
+fn pg_type(binding: &Binding) -> PgTypeInfo {
+    match binding {
+        Binding::Argument(_, ParamType::Integer) => <i64 as Type<Postgres>>::type_info(),
+        Binding::Argument(_, ParamType::Number) => <f64 as Type<Postgres>>::type_info(),
+        Binding::Argument(_, ParamType::Boolean) => <bool as Type<Postgres>>::type_info(),
+        // A claim is bound as its JSON type, which only the token tells:
+        // PostgreSQL infers one here.
+        Binding::Claim(_) => PgTypeInfo::with_oid(Oid(0)),
+        Binding::Argument(_, ParamType::String)
+        | Binding::Subject
+        | Binding::UserId
+        | Binding::ConversationId
+        | Binding::RunId
+        | Binding::Now => <String as Type<Postgres>>::type_info(),
+    }
+}
+
+/// `message` with the statement's positional parameters (`$2`, which the
+/// database names) shown as the placeholders the configuration wrote
+/// (`:status`).
+fn named(message: &str, placeholders: &[String]) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let digits = rest[at + 1..]
+            .bytes()
+            .take_while(u8::is_ascii_digit)
+            .count();
+        let name = rest[at + 1..at + 1 + digits]
+            .parse::<usize>()
+            .ok()
+            .and_then(|n| placeholders.get(n.checked_sub(1)?));
+        match name {
+            Some(name) => {
+                out.push(':');
+                out.push_str(name);
+            }
+            None => out.push_str(&rest[at..at + 1 + digits]),
+        }
+        rest = &rest[at + 1 + digits..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Runs one call.
@@ -275,5 +352,23 @@ fn own_error(tool: &SqlTool, error: sqlx::Error) -> ToolError {
     match error {
         sqlx::Error::Database(_) | sqlx::Error::Protocol(_) => statement_error(tool, &error),
         other => ToolError::Store(StoreError::from(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_in_messages_become_names() {
+        let names = ["caller.subject".to_owned(), "status".to_owned()];
+        assert_eq!(
+            named("could not determine data type of parameter $2", &names),
+            "could not determine data type of parameter :status"
+        );
+        assert_eq!(
+            named("$1 and $9 and $ and $$", &names),
+            ":caller.subject and $9 and $ and $$"
+        );
     }
 }
