@@ -1,14 +1,14 @@
 //! What a SQL tool's statement gives the model: its rows within the row
-//! and byte limits, or the count of rows it changed.
+//! and byte limits, or the count of rows it changed; or the tool error its
+//! result makes (no row where the tool needs one).
 
 use super::{ResultShape, SqlTool};
 
+/// A statement's output, or the message of the tool error it makes.
+pub(super) type Output = Result<serde_json::Value, String>;
+
 /// The output of a statement that returns rows, within the row and byte caps.
-pub(super) fn shaped(
-    tool: &SqlTool,
-    rows: Vec<serde_json::Value>,
-    more_rows: bool,
-) -> serde_json::Value {
+pub(super) fn shaped(tool: &SqlTool, rows: Vec<serde_json::Value>, more_rows: bool) -> Output {
     let mut kept = Vec::with_capacity(rows.len());
     let mut bytes = 0;
     let mut cut_by_bytes = false;
@@ -24,16 +24,17 @@ pub(super) fn shaped(
     }
     if kept.is_empty() && !cut_by_bytes {
         if let Some(message) = &tool.empty_error {
-            return serde_json::json!({ "error": message });
+            return Err(message.clone());
         }
         if tool.shape == ResultShape::One {
-            return serde_json::json!({ "error": "no row matched" });
+            return Err("no row matched".to_owned());
         }
     }
     match tool.shape {
-        ResultShape::One => kept.into_iter().next().unwrap_or_else(
-            || serde_json::json!({ "error": "the row is larger than the tool's byte limit" }),
-        ),
+        ResultShape::One => kept
+            .into_iter()
+            .next()
+            .ok_or_else(|| "the row is larger than the tool's byte limit".to_owned()),
         ResultShape::Rows => {
             let truncated = more_rows || cut_by_bytes;
             let mut output = serde_json::json!({
@@ -52,7 +53,7 @@ pub(super) fn shaped(
                 }
                 .into();
             }
-            output
+            Ok(output)
         }
     }
 }
@@ -69,10 +70,10 @@ fn parse_json_columns(row: &mut serde_json::Value, columns: &[String]) {
 }
 
 /// The output of a statement that returns no rows.
-pub(super) fn affected(tool: &SqlTool, rows_affected: u64) -> serde_json::Value {
+pub(super) fn affected(tool: &SqlTool, rows_affected: u64) -> Output {
     match &tool.empty_error {
-        Some(message) if rows_affected == 0 => serde_json::json!({ "error": message }),
-        _ => serde_json::json!({ "rows_affected": rows_affected }),
+        Some(message) if rows_affected == 0 => Err(message.clone()),
+        _ => Ok(serde_json::json!({ "rows_affected": rows_affected })),
     }
 }
 

@@ -16,7 +16,8 @@ use sqlx::{
 use super::{
     Binding, ParamType, SqlTool, Target,
     database::Pools,
-    output, sqlite,
+    output::{self, Output},
+    sqlite,
     values::{self, Bound},
 };
 use crate::{
@@ -177,7 +178,7 @@ pub(super) async fn call(
             let output = run(tool, &mut tx, values)
                 .await
                 .map_err(|e| app_error(tool, e))?;
-            end(tool, tx).await?;
+            end(tool, tx, &output).await?;
             output
         }
         (_, _, Pools::Sqlite { write, read }) => {
@@ -186,17 +187,22 @@ pub(super) async fn call(
             let output = sqlite::run(tool, &mut tx, values)
                 .await
                 .map_err(|e| app_error(tool, e))?;
-            end(tool, tx).await?;
+            end(tool, tx, &output).await?;
             output
         }
     };
-    Ok(output)
+    output.map_err(ToolError::Invalid)
 }
 
-/// Ends a call's transaction on a tool database: a write commits; a read
-/// rolls back, having nothing to keep.
-async fn end<DB: sqlx::Database>(tool: &SqlTool, tx: Transaction<'_, DB>) -> Result<(), ToolError> {
-    if !tool.read_only {
+/// Ends a call's transaction on a tool database: a write that gave its
+/// output commits; a read, and a call whose result is a tool error, roll
+/// back (the model is told the call failed, so nothing of it is kept).
+async fn end<DB: sqlx::Database>(
+    tool: &SqlTool,
+    tx: Transaction<'_, DB>,
+    output: &Output,
+) -> Result<(), ToolError> {
+    if output.is_ok() && !tool.read_only {
         tx.commit().await.map_err(|e| statement_error(tool, &e))
     } else {
         tx.rollback().await.map_err(|e| unreachable(tool, &e))
@@ -210,7 +216,7 @@ async fn run(
     tool: &SqlTool,
     conn: &mut AnyConnection,
     values: Vec<Bound>,
-) -> Result<serde_json::Value, sqlx::Error> {
+) -> Result<Output, sqlx::Error> {
     let backend = tool.database().backend;
     let wait = match backend {
         Backend::Postgres => {

@@ -12,7 +12,8 @@ use sqlx::{
 };
 
 use super::{
-    SqlTool, output,
+    SqlTool,
+    output::{self, Output},
     values::{self, Bound},
 };
 
@@ -40,7 +41,7 @@ pub(super) async fn run(
     tool: &SqlTool,
     conn: &mut SqliteConnection,
     values: Vec<Bound>,
-) -> Result<serde_json::Value, sqlx::Error> {
+) -> Result<Output, sqlx::Error> {
     let deadline = Instant::now() + tool.timeout;
     conn.lock_handle()
         .await?
@@ -64,7 +65,7 @@ async fn statement(
     tool: &SqlTool,
     conn: &mut SqliteConnection,
     values: &[Bound],
-) -> Result<serde_json::Value, sqlx::Error> {
+) -> Result<Output, sqlx::Error> {
     let query = values::bind(sqlx::query::<sqlx::Sqlite>(&tool.sql), values);
     if !tool.returns_rows {
         let done = query.execute(&mut *conn).await?;
