@@ -296,6 +296,9 @@ async fn agents(
             ToolConfig::Sql(sql) => Some(sql.database.as_deref().unwrap_or(sql::OWN)),
             ToolConfig::Http(_) => None,
         })
+        // A tool naming a database no table declares is refused when it is
+        // built, in a message that names the tool.
+        .filter(|name| *name == sql::OWN || file.databases.contains_key(*name))
         .collect();
     let databases = Databases::open(&file.databases, &config.database_url, &needed)
         .await

@@ -25,7 +25,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     both,
     helpers::*,
-    replay::{Answer, Replay, rule},
+    replay::{Replay, rule, tool_call},
 };
 
 /// The variable holding the HMAC secret and the API key header's value:
@@ -239,15 +239,6 @@ timeout_ms = 300
 type = "string"
 "#
     )
-}
-
-/// The model's answer: one call of `name` with `arguments`.
-fn tool_call(id: &str, name: &str, arguments: Value) -> Answer {
-    let chunk = json!({"object": "chat.completion.chunk", "choices": [{"index": 0,
-        "delta": {"role": "assistant", "tool_calls": [{"index": 0, "id": id, "type": "function",
-            "function": {"name": name, "arguments": arguments.to_string()}}]},
-        "finish_reason": "tool_calls"}]});
-    Answer::Sse(format!("data: {chunk}\n\ndata: [DONE]\n\n"))
 }
 
 struct Setup {

@@ -29,6 +29,7 @@ mod pooler;
 mod process;
 mod replay;
 mod security;
+mod sql_tools;
 mod streaming;
 mod tools;
 mod upstream;

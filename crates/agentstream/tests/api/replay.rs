@@ -61,6 +61,21 @@ pub fn sse(name: &str) -> Answer {
     Answer::Sse(fixture(name))
 }
 
+/// The model's answer: one call of `name` with `arguments`.
+pub fn tool_call(id: &str, name: &str, arguments: Value) -> Answer {
+    raw_tool_call(id, name, &arguments.to_string())
+}
+
+/// The model's answer: one call of `name` whose arguments are this text,
+/// JSON or not.
+pub fn raw_tool_call(id: &str, name: &str, arguments: &str) -> Answer {
+    let chunk = json!({"object": "chat.completion.chunk", "choices": [{"index": 0,
+        "delta": {"role": "assistant", "tool_calls": [{"index": 0, "id": id, "type": "function",
+            "function": {"name": name, "arguments": arguments}}]},
+        "finish_reason": "tool_calls"}]});
+    Answer::Sse(format!("data: {chunk}\n\ndata: [DONE]\n\n"))
+}
+
 #[derive(Clone)]
 struct Shared {
     rules: Arc<Vec<Rule>>,

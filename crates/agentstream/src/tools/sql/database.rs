@@ -5,8 +5,8 @@ use std::{collections::BTreeMap, str::FromStr, sync::Arc, time::Duration};
 
 use serde::Deserialize;
 use sqlx::{
-    AnyPool, ConnectOptions, Connection,
-    any::{AnyConnectOptions, AnyPoolOptions},
+    AnyPool, ConnectOptions, Connection, SqlitePool, any::AnyConnectOptions, pool::PoolOptions,
+    sqlite::SqliteConnectOptions,
 };
 
 use crate::store::Backend;
@@ -33,12 +33,25 @@ pub struct Database {
     pub name: String,
     /// Its dialect.
     pub backend: Backend,
-    /// Connections for statements that may write.
-    pub pool: AnyPool,
-    /// Connections for `read_only` statements: on SQLite opened read-only
-    /// (`mode=ro`), so they cannot write whatever the statement says; on
-    /// PostgreSQL the same pool, each transaction `READ ONLY`.
-    pub read_pool: AnyPool,
+    /// Its connections.
+    pub pools: Pools,
+}
+
+/// A tool database's connections, by dialect.
+#[derive(Debug)]
+pub enum Pools {
+    /// One pool; a `read_only` statement runs in a `READ ONLY` transaction.
+    Postgres(AnyPool),
+    /// SQLite's own driver, not sqlx's Any one: Any refuses every column
+    /// declared `BOOLEAN`, `DATE`, `TIME` or `DATETIME`, and cannot stop a
+    /// running statement (see `sqlite.rs`).
+    Sqlite {
+        /// Connections for statements that may write.
+        write: SqlitePool,
+        /// Connections for `read_only` statements, opened read-only
+        /// (`mode=ro`), so they cannot write whatever the statement says.
+        read: SqlitePool,
+    },
 }
 
 /// Every database SQL tools may name, opened.
@@ -99,8 +112,13 @@ impl Databases {
     /// Closes every pool.
     pub async fn close(&self) {
         for database in self.by_name.values() {
-            database.read_pool.close().await;
-            database.pool.close().await;
+            match &database.pools {
+                Pools::Postgres(pool) => pool.close().await,
+                Pools::Sqlite { write, read } => {
+                    read.close().await;
+                    write.close().await;
+                }
+            }
         }
     }
 }
@@ -120,45 +138,58 @@ fn url_of(name: &str, config: &DatabaseConfig) -> Result<String, String> {
 async fn connect(name: &str, url: &str, pool_size: u32) -> Result<Database, String> {
     let backend = Backend::from_url(url)
         .ok_or_else(|| "the URL must start with sqlite:// or postgres://".to_owned())?;
-    let options = |url: &str| {
-        AnyConnectOptions::from_str(url).map(|o| {
-            o.log_statements(tracing::log::LevelFilter::Trace)
-                .log_slow_statements(tracing::log::LevelFilter::Debug, Duration::from_secs(5))
-        })
-    };
-    let pool_options = || {
-        AnyPoolOptions::new()
-            .max_connections(pool_size)
-            .acquire_timeout(CONNECT_TIMEOUT)
-            // A connection handed back inside a transaction (a statement cut
-            // off by its timeout) is closed, never reused dirty.
-            .after_release(|conn, _| {
-                let reuse = !conn.is_in_transaction();
-                Box::pin(async move { Ok(reuse) })
-            })
-    };
-    let rw_url = match backend {
-        Backend::Sqlite => with_mode(url, "rw"),
-        Backend::Postgres => url.to_owned(),
-    };
-    let pool = pool_options()
-        .connect_with(options(&rw_url).map_err(|e| e.to_string())?)
-        .await
-        .map_err(|e| format!("cannot connect ({}): {e}", crate::store::redact_url(url)))?;
-    let read_pool = match backend {
-        Backend::Sqlite => pool_options()
-            .connect_with(options(&with_mode(url, "ro")).map_err(|e| e.to_string())?)
-            .await
-            .map_err(|e| format!("cannot connect read-only: {e}"))?,
-        Backend::Postgres => pool.clone(),
+    let refused =
+        |e: sqlx::Error| format!("cannot connect ({}): {e}", crate::store::redact_url(url));
+    let pools = match backend {
+        Backend::Postgres => {
+            let options = AnyConnectOptions::from_str(url).map_err(|e| e.to_string())?;
+            Pools::Postgres(
+                pool_options(pool_size)
+                    .connect_with(logged(options))
+                    .await
+                    .map_err(refused)?,
+            )
+        }
+        Backend::Sqlite => {
+            let options = |mode| {
+                SqliteConnectOptions::from_str(&with_mode(url, mode)).map_err(|e| e.to_string())
+            };
+            let write = pool_options(pool_size)
+                .connect_with(logged(options("rw")?))
+                .await
+                .map_err(refused)?;
+            let read = pool_options(pool_size)
+                .connect_with(logged(options("ro")?))
+                .await
+                .map_err(|e| format!("cannot connect read-only: {e}"))?;
+            Pools::Sqlite { write, read }
+        }
     };
     tracing::info!(database = name, backend = ?backend, "tool database opened");
     Ok(Database {
         name: name.to_owned(),
         backend,
-        pool,
-        read_pool,
+        pools,
     })
+}
+
+/// Statements logged at TRACE, slow ones at DEBUG.
+fn logged<O: ConnectOptions>(options: O) -> O {
+    options
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .log_slow_statements(tracing::log::LevelFilter::Debug, Duration::from_secs(5))
+}
+
+fn pool_options<DB: sqlx::Database>(pool_size: u32) -> PoolOptions<DB> {
+    PoolOptions::<DB>::new()
+        .max_connections(pool_size)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        // A connection handed back inside a transaction (a statement cut
+        // off by its timeout) is closed, never reused dirty.
+        .after_release(|conn, _| {
+            let reuse = !conn.is_in_transaction();
+            Box::pin(async move { Ok(reuse) })
+        })
 }
 
 /// A `sqlite:` URL opened with `mode` (`rw`: the file must exist; `ro`).

@@ -9,8 +9,11 @@
 //! schema. Rows come back as JSON objects with typed values.
 
 mod database;
+mod output;
 mod run;
+mod sqlite;
 mod statement;
+mod values;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -132,6 +135,8 @@ pub struct SqlTool {
     target: Target,
     /// The statement with `$N` placeholders.
     sql: String,
+    /// The placeholder each `$N` stands for, at `N - 1`.
+    placeholders: Vec<String>,
     bindings: Vec<Binding>,
     caller_bound: Vec<String>,
     read_only: bool,
@@ -205,6 +210,7 @@ impl SqlTool {
             },
             target,
             sql: statement.sql,
+            placeholders: statement.names,
             bindings,
             caller_bound,
             read_only: config.read_only,

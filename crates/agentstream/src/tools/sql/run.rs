@@ -1,17 +1,25 @@
-//! Preparing a SQL tool's statement at start-up, and running one call:
-//! binding the values, the timeout, the read-only transaction, and rows
-//! turned into JSON.
+//! Preparing a SQL tool's statement at start-up, and running one call: the
+//! transaction (read-only for a `read_only` tool), the timeout, and rows
+//! turned into JSON. Calls on PostgreSQL, and on agentstream's own database
+//! inside the call's recording transaction, go through sqlx's Any driver;
+//! calls on a SQLite tool database through SQLite's own (`sqlite.rs`).
 
 use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use sqlx::{
-    Any, AnyConnection, Column, Executor, Row, Statement, ValueRef,
-    any::{AnyArguments, AnyRow, AnyTypeInfoKind},
-    query::Query,
+    AnyConnection, ConnectOptions, Connection, Executor, PgConnection, Postgres, Row, Statement,
+    Transaction, Type,
+    postgres::{PgConnectOptions, PgTypeInfo, types::Oid},
 };
 
-use super::{Binding, ResultShape, SqlTool, Target};
+use super::{
+    Binding, ParamType, SqlTool, Target,
+    database::Pools,
+    output::{self, Output},
+    sqlite,
+    values::{self, Bound},
+};
 use crate::{
     store::{self, Backend, StoreError},
     tools::{ToolError, ToolInput},
@@ -35,45 +43,115 @@ fn wrapped(sql: &str, limit: usize) -> String {
 /// Prepares the statement on its database; true when it returns rows.
 pub(super) async fn prepare(tool: &SqlTool) -> Result<bool, String> {
     let database = tool.database();
-    let mut conn = database
-        .pool
-        .acquire()
-        .await
-        .map_err(|e| format!("cannot reach database {:?}: {e}", database.name))?;
+    let unreachable = |e: sqlx::Error| format!("cannot reach database {:?}: {e}", database.name);
     let refused = |e: sqlx::Error| {
         let hint = match database.backend {
             Backend::Postgres => {
-                " (where PostgreSQL cannot infer a parameter's type, cast it: `:due::date`)"
+                " (arguments are bound as text, bigint, double precision or boolean: \
+                 cast one where the statement needs another type, as in `:due::date`)"
             }
             Backend::Sqlite => "",
         };
         format!(
             "the statement does not prepare on database {:?}: {}{hint}",
             database.name,
-            message(&e)
+            named(&message(&e), &tool.placeholders)
         )
     };
-    match database.backend {
-        Backend::Sqlite => {
-            let statement = conn.prepare(&tool.sql).await.map_err(refused)?;
-            Ok(!statement.columns().is_empty())
+    match &database.pools {
+        Pools::Sqlite { write, .. } => {
+            let mut conn = write.acquire().await.map_err(unreachable)?;
+            sqlite::prepare(&mut conn, &tool.sql).await.map_err(refused)
         }
-        Backend::Postgres => {
-            if conn.prepare(&wrapped(&tool.sql, 1)).await.is_ok() {
-                return Ok(true);
+        Pools::Postgres(pool) => {
+            // sqlx's Any driver prepares without parameter types, then
+            // refuses a parameter PostgreSQL typed as one Any lacks (a
+            // `numeric` column's); PostgreSQL's own driver prepares with the
+            // types each call binds, so a mismatch (a text argument for a
+            // `date` column) is found here, not at the first call.
+            let options = PgConnectOptions::from_url(&pool.connect_options().database_url)
+                .map_err(unreachable)?
+                .log_statements(tracing::log::LevelFilter::Trace);
+            let mut conn = PgConnection::connect_with(&options)
+                .await
+                .map_err(unreachable)?;
+            let types: Vec<PgTypeInfo> = tool.bindings.iter().map(pg_type).collect();
+            let prepared = async {
+                if conn
+                    .prepare_with(&wrapped(&tool.sql, 1), &types)
+                    .await
+                    .is_ok()
+                {
+                    return Ok(true);
+                }
+                let statement = conn
+                    .prepare_with(&tool.sql, &types)
+                    .await
+                    .map_err(refused)?;
+                if statement.columns().is_empty() {
+                    Ok(false)
+                } else {
+                    Err(format!(
+                        "the statement returns rows but cannot be read as a subquery \
+                         (WITH … AS (statement) SELECT …): {}",
+                        tool.sql
+                    ))
+                }
             }
-            let statement = conn.prepare(&tool.sql).await.map_err(refused)?;
-            if statement.columns().is_empty() {
-                Ok(false)
-            } else {
-                Err(format!(
-                    "the statement returns rows but cannot be read as a subquery \
-                     (WITH … AS (statement) SELECT …): {}",
-                    tool.sql
-                ))
-            }
+            .await;
+            // Opened for this check alone; the server ends the session
+            // whether or not the goodbye arrives.
+            let _ = conn.close().await;
+            prepared
         }
     }
+}
+
+/// The PostgreSQL type a call binds for `binding` (see `values.rs`).
+fn pg_type(binding: &Binding) -> PgTypeInfo {
+    match binding {
+        Binding::Argument(_, ParamType::Integer) => <i64 as Type<Postgres>>::type_info(),
+        Binding::Argument(_, ParamType::Number) => <f64 as Type<Postgres>>::type_info(),
+        Binding::Argument(_, ParamType::Boolean) => <bool as Type<Postgres>>::type_info(),
+        // A claim is bound as its JSON type, which only the token tells:
+        // PostgreSQL infers one here.
+        Binding::Claim(_) => PgTypeInfo::with_oid(Oid(0)),
+        Binding::Argument(_, ParamType::String)
+        | Binding::Subject
+        | Binding::UserId
+        | Binding::ConversationId
+        | Binding::RunId
+        | Binding::Now => <String as Type<Postgres>>::type_info(),
+    }
+}
+
+/// `message` with the statement's positional parameters (`$2`, which the
+/// database names) shown as the placeholders the configuration wrote
+/// (`:status`).
+fn named(message: &str, placeholders: &[String]) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let digits = rest[at + 1..]
+            .bytes()
+            .take_while(u8::is_ascii_digit)
+            .count();
+        let name = rest[at + 1..at + 1 + digits]
+            .parse::<usize>()
+            .ok()
+            .and_then(|n| placeholders.get(n.checked_sub(1)?));
+        match name {
+            Some(name) => {
+                out.push(':');
+                out.push_str(name);
+            }
+            None => out.push_str(&rest[at..at + 1 + digits]),
+        }
+        rest = &rest[at + 1 + digits..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Runs one call.
@@ -82,20 +160,16 @@ pub(super) async fn call(
     input: ToolInput<'_>,
     conn: Option<&mut AnyConnection>,
 ) -> Result<serde_json::Value, ToolError> {
-    let values = values(tool, &input)?;
+    let values = values::values(tool, &input)?;
     let database = tool.database();
-    match (conn, &tool.target) {
+    let output = match (conn, &tool.target, &database.pools) {
         // agentstream's own database, in the transaction that records the call.
-        (Some(conn), Target::Own(_)) => run(tool, conn, values)
+        (Some(conn), Target::Own(_), _) => run(tool, conn, values)
             .await
-            .map_err(|e| own_error(tool, e)),
-        (_, _) if tool.read_only => {
-            let mut tx = database
-                .read_pool
-                .begin()
-                .await
-                .map_err(|e| unreachable(tool, &e))?;
-            if database.backend == Backend::Postgres {
+            .map_err(|e| own_error(tool, e))?,
+        (_, _, Pools::Postgres(pool)) => {
+            let mut tx = pool.begin().await.map_err(|e| unreachable(tool, &e))?;
+            if tool.read_only {
                 sqlx::query("SET TRANSACTION READ ONLY")
                     .execute(&mut *tx)
                     .await
@@ -104,120 +178,45 @@ pub(super) async fn call(
             let output = run(tool, &mut tx, values)
                 .await
                 .map_err(|e| app_error(tool, e))?;
-            // Nothing to keep: a read ends with a rollback.
-            tx.rollback().await.map_err(|e| unreachable(tool, &e))?;
-            Ok(output)
+            end(tool, tx, &output).await?;
+            output
         }
-        (_, _) => {
-            let mut tx = database
-                .pool
-                .begin()
-                .await
-                .map_err(|e| unreachable(tool, &e))?;
-            let output = run(tool, &mut tx, values)
+        (_, _, Pools::Sqlite { write, read }) => {
+            let pool = if tool.read_only { read } else { write };
+            let mut tx = pool.begin().await.map_err(|e| unreachable(tool, &e))?;
+            let output = sqlite::run(tool, &mut tx, values)
                 .await
                 .map_err(|e| app_error(tool, e))?;
-            tx.commit().await.map_err(|e| statement_error(tool, &e))?;
-            Ok(output)
+            end(tool, tx, &output).await?;
+            output
         }
+    };
+    output.map_err(ToolError::Invalid)
+}
+
+/// Ends a call's transaction on a tool database: a write that gave its
+/// output commits; a read, and a call whose result is a tool error, roll
+/// back (the model is told the call failed, so nothing of it is kept).
+async fn end<DB: sqlx::Database>(
+    tool: &SqlTool,
+    tx: Transaction<'_, DB>,
+    output: &Output,
+) -> Result<(), ToolError> {
+    if output.is_ok() && !tool.read_only {
+        tx.commit().await.map_err(|e| statement_error(tool, &e))
+    } else {
+        tx.rollback().await.map_err(|e| unreachable(tool, &e))
     }
 }
 
-/// A value bound to one positional parameter.
-#[derive(Debug, Clone)]
-enum Bound {
-    Text(Option<String>),
-    Integer(Option<i64>),
-    Number(Option<f64>),
-    Boolean(Option<bool>),
-}
-
-/// The values of the statement's placeholders, in order.
-fn values(tool: &SqlTool, input: &ToolInput<'_>) -> Result<Vec<Bound>, ToolError> {
-    let ctx = input.ctx;
-    tool.bindings
-        .iter()
-        .map(|binding| {
-            Ok(match binding {
-                Binding::Subject => Bound::Text(Some(ctx.caller.subject.clone())),
-                Binding::UserId => Bound::Text(Some(ctx.user_id.to_string())),
-                Binding::ConversationId => Bound::Text(Some(ctx.conversation_id.to_string())),
-                Binding::RunId => Bound::Text(Some(ctx.run_id.to_string())),
-                Binding::Now => Bound::Text(Some(store::now())),
-                Binding::Claim(name) => {
-                    let claim = ctx
-                        .caller
-                        .claims
-                        .as_ref()
-                        .and_then(|claims| claims.get(name))
-                        .filter(|value| !value.is_null())
-                        .ok_or_else(|| {
-                            ToolError::Invalid(format!(
-                                "the signed-in caller has no `{name}` claim, which this tool needs"
-                            ))
-                        })?;
-                    json_bound(claim)
-                }
-                Binding::Argument(name, kind) => {
-                    let value = input
-                        .arguments
-                        .get(name)
-                        .unwrap_or(&serde_json::Value::Null);
-                    typed(value, *kind)
-                }
-            })
-        })
-        .collect()
-}
-
-/// A claim's value: its own JSON type, objects and arrays as JSON text.
-fn json_bound(value: &serde_json::Value) -> Bound {
-    match value {
-        serde_json::Value::Bool(b) => Bound::Boolean(Some(*b)),
-        serde_json::Value::Number(n) => match n.as_i64() {
-            Some(i) => Bound::Integer(Some(i)),
-            None => Bound::Number(n.as_f64()),
-        },
-        serde_json::Value::String(s) => Bound::Text(Some(s.clone())),
-        serde_json::Value::Null => Bound::Text(None),
-        other => Bound::Text(Some(other.to_string())),
-    }
-}
-
-/// An argument as its declared type (already checked against it); absent
-/// is NULL of that type.
-fn typed(value: &serde_json::Value, kind: super::ParamType) -> Bound {
-    use super::ParamType;
-    match kind {
-        ParamType::String => Bound::Text(value.as_str().map(str::to_owned)),
-        ParamType::Integer => Bound::Integer(value.as_i64()),
-        ParamType::Number => Bound::Number(value.as_f64()),
-        ParamType::Boolean => Bound::Boolean(value.as_bool()),
-    }
-}
-
-fn bind<'q>(
-    mut query: Query<'q, Any, AnyArguments<'q>>,
-    values: &[Bound],
-) -> Query<'q, Any, AnyArguments<'q>> {
-    for value in values {
-        query = match value.clone() {
-            Bound::Text(v) => query.bind(v),
-            Bound::Integer(v) => query.bind(v),
-            Bound::Number(v) => query.bind(v),
-            Bound::Boolean(v) => query.bind(v),
-        };
-    }
-    query
-}
-
-/// Runs the statement on `conn`, inside the caller's transaction, within
-/// the tool's timeout.
+/// Runs the statement on an Any connection (PostgreSQL, or agentstream's
+/// own SQLite database), inside the caller's transaction, within the
+/// tool's timeout.
 async fn run(
     tool: &SqlTool,
     conn: &mut AnyConnection,
     values: Vec<Bound>,
-) -> Result<serde_json::Value, sqlx::Error> {
+) -> Result<Output, sqlx::Error> {
     let backend = tool.database().backend;
     let wait = match backend {
         Backend::Postgres => {
@@ -228,22 +227,22 @@ async fn run(
                 .await?;
             tool.timeout + NETWORK_GRACE
         }
-        // SQLite cannot stop a statement from outside its thread: the call
-        // stops waiting, and the connection, still inside its transaction,
-        // is closed rather than reused once the statement ends.
+        // The Any driver cannot stop a SQLite statement: the call stops
+        // waiting, and the recording transaction is rolled back once the
+        // statement ends.
         Backend::Sqlite => tool.timeout,
     };
     let work = async {
         if !tool.returns_rows {
-            let done = bind(store::query(&tool.sql), &values)
+            let done = values::bind(store::query(&tool.sql), &values)
                 .execute(&mut *conn)
                 .await?;
-            return Ok(affected(tool, done.rows_affected()));
+            return Ok(output::affected(tool, done.rows_affected()));
         }
         let (rows, more) = match backend {
             Backend::Postgres => {
                 let sql = wrapped(&tool.sql, tool.max_rows + 1);
-                let texts = bind(store::query(&sql), &values)
+                let texts = values::bind(store::query(&sql), &values)
                     .fetch_all(&mut *conn)
                     .await?;
                 let more = texts.len() > tool.max_rows;
@@ -257,39 +256,34 @@ async fn run(
                     .collect::<Result<Vec<_>, sqlx::Error>>()?;
                 (rows, more)
             }
+            // agentstream's own tables declare only TEXT and INTEGER
+            // columns, which the Any driver reads.
             Backend::Sqlite => {
                 let mut rows = Vec::new();
                 let mut more = false;
-                let mut stream = bind(store::query(&tool.sql), &values).fetch(&mut *conn);
+                let mut stream = values::bind(store::query(&tool.sql), &values).fetch(&mut *conn);
                 while let Some(row) = stream.try_next().await? {
                     if rows.len() == tool.max_rows {
                         more = true;
                         break;
                     }
-                    rows.push(sqlite_row(&row)?);
+                    rows.push(any_sqlite_row(&row)?);
                 }
                 (rows, more)
             }
         };
-        Ok(shaped(tool, rows, more))
+        Ok(output::shaped(tool, rows, more))
     };
     match tokio::time::timeout(wait, work).await {
         Ok(result) => result,
-        Err(_) => Err(sqlx::Error::Protocol(timed_out(tool))),
+        Err(_) => Err(sqlx::Error::Protocol(output::timed_out(tool))),
     }
 }
 
-fn timed_out(tool: &SqlTool) -> String {
-    format!(
-        "the statement ran past its timeout of {} ms",
-        tool.timeout.as_millis()
-    )
-}
-
-/// A SQLite row as a JSON object: integers and reals as numbers, a column
-/// declared `BOOLEAN` as `true`/`false`, text as strings, NULL as null, a
-/// blob as `{"blob_bytes": N}`.
-fn sqlite_row(row: &AnyRow) -> Result<serde_json::Value, sqlx::Error> {
+/// A row of agentstream's own SQLite database as a JSON object: integers
+/// and reals as numbers, text as strings, NULL as null.
+fn any_sqlite_row(row: &sqlx::any::AnyRow) -> Result<serde_json::Value, sqlx::Error> {
+    use sqlx::{Column, ValueRef, any::AnyTypeInfoKind};
     let mut object = serde_json::Map::new();
     for column in row.columns() {
         let i = column.ordinal();
@@ -297,19 +291,13 @@ fn sqlite_row(row: &AnyRow) -> Result<serde_json::Value, sqlx::Error> {
         let value = if raw.is_null() {
             serde_json::Value::Null
         } else {
-            let declared_bool = column.type_info().kind() == AnyTypeInfoKind::Bool;
             match raw.type_info().kind() {
                 AnyTypeInfoKind::SmallInt | AnyTypeInfoKind::Integer | AnyTypeInfoKind::BigInt => {
-                    let n: i64 = row.try_get(i)?;
-                    if declared_bool && (n == 0 || n == 1) {
-                        serde_json::Value::Bool(n == 1)
-                    } else {
-                        n.into()
-                    }
+                    row.try_get::<i64, _>(i)?.into()
                 }
                 AnyTypeInfoKind::Real | AnyTypeInfoKind::Double => {
-                    let x: f64 = row.try_get(i)?;
-                    serde_json::Number::from_f64(x).map_or(serde_json::Value::Null, Into::into)
+                    serde_json::Number::from_f64(row.try_get(i)?)
+                        .map_or(serde_json::Value::Null, Into::into)
                 }
                 AnyTypeInfoKind::Bool => serde_json::Value::Bool(row.try_get(i)?),
                 AnyTypeInfoKind::Blob => {
@@ -326,75 +314,6 @@ fn sqlite_row(row: &AnyRow) -> Result<serde_json::Value, sqlx::Error> {
     Ok(serde_json::Value::Object(object))
 }
 
-/// The output of a statement that returns rows, within the row and byte caps.
-fn shaped(tool: &SqlTool, rows: Vec<serde_json::Value>, more_rows: bool) -> serde_json::Value {
-    let mut kept = Vec::with_capacity(rows.len());
-    let mut bytes = 0;
-    let mut cut_by_bytes = false;
-    for mut row in rows {
-        parse_json_columns(&mut row, &tool.json_columns);
-        let size = row.to_string().len() + 1;
-        if bytes + size > tool.max_bytes {
-            cut_by_bytes = true;
-            break;
-        }
-        bytes += size;
-        kept.push(row);
-    }
-    if kept.is_empty() && !cut_by_bytes {
-        if let Some(message) = &tool.empty_error {
-            return serde_json::json!({ "error": message });
-        }
-        if tool.shape == ResultShape::One {
-            return serde_json::json!({ "error": "no row matched" });
-        }
-    }
-    match tool.shape {
-        ResultShape::One => kept.into_iter().next().unwrap_or_else(
-            || serde_json::json!({ "error": "the row is larger than the tool's byte limit" }),
-        ),
-        ResultShape::Rows => {
-            let truncated = more_rows || cut_by_bytes;
-            let mut output = serde_json::json!({
-                "rows": kept,
-                "row_count": kept.len(),
-                "truncated": truncated,
-            });
-            if truncated {
-                output["note"] = if cut_by_bytes {
-                    format!("rows were cut at {} bytes; ask for fewer", tool.max_bytes)
-                } else {
-                    format!(
-                        "only the first {} rows are shown; ask for fewer",
-                        tool.max_rows
-                    )
-                }
-                .into();
-            }
-            output
-        }
-    }
-}
-
-fn parse_json_columns(row: &mut serde_json::Value, columns: &[String]) {
-    for column in columns {
-        if let Some(value) = row.get_mut(column)
-            && let Some(text) = value.as_str()
-            && let Ok(parsed) = serde_json::from_str(text)
-        {
-            *value = parsed;
-        }
-    }
-}
-
-/// The output of a statement that returns no rows.
-fn affected(tool: &SqlTool, rows_affected: u64) -> serde_json::Value {
-    match &tool.empty_error {
-        Some(message) if rows_affected == 0 => serde_json::json!({ "error": message }),
-        _ => serde_json::json!({ "rows_affected": rows_affected }),
-    }
-}
-
 /// The database's own message, without sqlx's prefix.
 fn message(error: &sqlx::Error) -> String {
     match error {
@@ -404,9 +323,14 @@ fn message(error: &sqlx::Error) -> String {
 }
 
 fn statement_error(tool: &SqlTool, error: &sqlx::Error) -> ToolError {
-    let timeout = matches!(error, sqlx::Error::Database(e) if e.code().as_deref() == Some("57014"));
+    // PostgreSQL's query_canceled, or the wait stopped here.
+    let timeout = match error {
+        sqlx::Error::Database(e) => e.code().as_deref() == Some("57014"),
+        sqlx::Error::Protocol(message) => *message == output::timed_out(tool),
+        _ => false,
+    };
     ToolError::Invalid(if timeout {
-        timed_out(tool)
+        output::timed_out(tool)
     } else {
         format!("the statement failed: {}", message(error))
     })
@@ -434,5 +358,23 @@ fn own_error(tool: &SqlTool, error: sqlx::Error) -> ToolError {
     match error {
         sqlx::Error::Database(_) | sqlx::Error::Protocol(_) => statement_error(tool, &error),
         other => ToolError::Store(StoreError::from(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_in_messages_become_names() {
+        let names = ["caller.subject".to_owned(), "status".to_owned()];
+        assert_eq!(
+            named("could not determine data type of parameter $2", &names),
+            "could not determine data type of parameter :status"
+        );
+        assert_eq!(
+            named("$1 and $9 and $ and $$", &names),
+            ":caller.subject and $9 and $ and $$"
+        );
     }
 }
