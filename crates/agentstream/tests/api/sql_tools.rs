@@ -579,31 +579,19 @@ async fn limits_are_tool_results(backend: Backend) {
                "truncated": true, "note": "rows were cut at 64 bytes; ask for fewer"})
     );
 
-    let started = std::time::Instant::now();
     let slow = setup.turn(&conversation, "slow report", None).await;
+    // Stopped by the database at its timeout: were it not, the call would
+    // stop waiting later and say so (`the call stopped waiting for it`).
     assert_eq!(
         slow.error(),
         "the statement ran past its timeout of 200 ms",
         "{}",
         slow.told
     );
-    // Under the 1.2 s at which the call would stop waiting for a statement
-    // the database did not stop.
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(1),
-        "the database stopped the statement: {:?}",
-        started.elapsed()
-    );
-    // The shop answers the next call at once: the timed-out statement holds
-    // no connection.
-    let started = std::time::Instant::now();
+    // The shop answers the next call: the timed-out statement holds no
+    // connection.
     let again = setup.turn(&conversation, "first two", None).await;
     assert_eq!(again.told["row_count"], 2);
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
 
     let sneaky = setup.turn(&conversation, "sneaky read", None).await;
     let error = sneaky.error();

@@ -77,6 +77,16 @@ pub(super) fn affected(tool: &SqlTool, rows_affected: u64) -> Output {
     }
 }
 
+/// The tool error of a statement its database did not stop at its timeout
+/// (it waited on a lock, or the network did not answer): the call stopped
+/// waiting, and the connection is closed rather than reused.
+pub(super) fn abandoned(tool: &SqlTool) -> String {
+    format!(
+        "the statement ran past its timeout of {} ms and the call stopped waiting for it",
+        tool.timeout.as_millis()
+    )
+}
+
 /// The tool error of a statement stopped by its timeout.
 pub(super) fn timed_out(tool: &SqlTool) -> String {
     format!(

@@ -276,7 +276,7 @@ async fn run(
     };
     match tokio::time::timeout(wait, work).await {
         Ok(result) => result,
-        Err(_) => Err(sqlx::Error::Protocol(output::timed_out(tool))),
+        Err(_) => Err(sqlx::Error::Protocol(output::abandoned(tool))),
     }
 }
 
@@ -323,16 +323,12 @@ fn message(error: &sqlx::Error) -> String {
 }
 
 fn statement_error(tool: &SqlTool, error: &sqlx::Error) -> ToolError {
-    // PostgreSQL's query_canceled, or the wait stopped here.
-    let timeout = match error {
-        sqlx::Error::Database(e) => e.code().as_deref() == Some("57014"),
-        sqlx::Error::Protocol(message) => *message == output::timed_out(tool),
-        _ => false,
-    };
-    ToolError::Invalid(if timeout {
-        output::timed_out(tool)
-    } else {
-        format!("the statement failed: {}", message(error))
+    ToolError::Invalid(match error {
+        // PostgreSQL's query_canceled.
+        sqlx::Error::Database(e) if e.code().as_deref() == Some("57014") => output::timed_out(tool),
+        // A timeout seen here: the message says which.
+        sqlx::Error::Protocol(message) => message.clone(),
+        _ => format!("the statement failed: {}", message(error)),
     })
 }
 

@@ -50,7 +50,7 @@ pub(super) async fn run(
         .await
         // The connection, left inside its transaction with this handler, is
         // closed by the pool rather than reused.
-        .map_err(|_| sqlx::Error::Protocol(output::timed_out(tool)))?;
+        .map_err(|_| sqlx::Error::Protocol(output::abandoned(tool)))?;
     // Before the commit, which must not be stopped.
     conn.lock_handle().await?.remove_progress_handler();
     match result {
