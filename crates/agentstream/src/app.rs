@@ -312,7 +312,7 @@ async fn agents(
         .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
     let (agents, used) =
         crate::agent::registry::build(&file.agents, providers, &tools, config.max_steps)
-            .map_err(anyhow::Error::msg)?;
+            .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
     probe_providers(&used).await?;
     Ok((agents, databases))
 }

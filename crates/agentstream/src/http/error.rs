@@ -31,6 +31,9 @@ pub enum ApiError {
     /// or wrongly signed token, or an unknown key. Says nothing of why.
     #[error("invalid token")]
     InvalidToken,
+    /// With JWTs on, no credential at all.
+    #[error("a token or an API key is required: send `Authorization: Bearer <token or key>`")]
+    CredentialRequired,
     /// Absent, or not the caller's (never 403: what exists is not revealed).
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -65,7 +68,9 @@ impl ApiError {
     pub fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized | ApiError::InvalidToken => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::InvalidToken | ApiError::CredentialRequired => {
+                StatusCode::UNAUTHORIZED
+            }
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -82,7 +87,9 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_) => "bad_request",
-            ApiError::Unauthorized | ApiError::InvalidToken => "unauthorized",
+            ApiError::Unauthorized | ApiError::InvalidToken | ApiError::CredentialRequired => {
+                "unauthorized"
+            }
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
@@ -142,7 +149,7 @@ impl IntoResponse for ApiError {
             );
         }
         match &self {
-            ApiError::Unauthorized => {
+            ApiError::Unauthorized | ApiError::CredentialRequired => {
                 response
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

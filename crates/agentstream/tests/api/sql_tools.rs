@@ -781,7 +781,7 @@ async fn start_up_names_the_wrong_tool(backend: Backend) {
         (tool("SELECT id FROM nowhere", ""), "nowhere"),
         (
             tool("SELECT id FROM orders WHERE item = :item", ""),
-            ":item, which is not a declared parameter",
+            ":item, which is neither a declared parameter",
         ),
         (
             tool(

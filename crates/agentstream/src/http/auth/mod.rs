@@ -87,7 +87,11 @@ impl Auth {
             if self.local_allowed && self.jwt.is_none() && !store.any_active_key().await? {
                 return Ok(Caller::without_token(self.local_user.clone()));
             }
-            return Err(ApiError::Unauthorized);
+            return Err(if self.jwt.is_some() {
+                ApiError::CredentialRequired
+            } else {
+                ApiError::Unauthorized
+            });
         };
         let credential = value
             .to_str()

@@ -138,6 +138,17 @@ fn url_of(name: &str, config: &DatabaseConfig) -> Result<String, String> {
 async fn connect(name: &str, url: &str, pool_size: u32) -> Result<Database, String> {
     let backend = Backend::from_url(url)
         .ok_or_else(|| "the URL must start with sqlite:// or postgres://".to_owned())?;
+    if backend == Backend::Sqlite
+        && let Some(path) = crate::store::sqlite_path(url)
+        && !path.exists()
+    {
+        return Err(format!(
+            "the SQLite file {} does not exist (agentstream opens an application \
+             database, it does not create one; a relative path is from the current \
+             directory, sqlite:///abs/path is absolute)",
+            path.display()
+        ));
+    }
     let refused =
         |e: sqlx::Error| format!("cannot connect ({}): {e}", crate::store::redact_url(url));
     let pools = match backend {

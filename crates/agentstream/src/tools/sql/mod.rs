@@ -272,10 +272,18 @@ fn binding(
     }
     match parameters.get(name) {
         Some(param) => Ok(Binding::Argument(name.to_owned(), param.kind)),
-        None => Err(format!(
-            "the statement uses :{name}, which is not a declared parameter \
-             ([tools.NAME.parameters.{name}]) nor a caller-bound value (:caller.…)"
-        )),
+        None => {
+            let declared: Vec<&str> = parameters.keys().map(String::as_str).collect();
+            Err(format!(
+                "the statement uses :{name}, which is neither a declared parameter (the \
+                 tool declares: {}) nor a caller-bound value (:caller.…, :server.now)",
+                if declared.is_empty() {
+                    "none".to_owned()
+                } else {
+                    declared.join(", ")
+                }
+            ))
+        }
     }
 }
 
