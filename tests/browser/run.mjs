@@ -72,6 +72,7 @@ async function startServer(binary, { name, before } = {}) {
     "--bind", `127.0.0.1:${port}`,
     "--database-url", database,
     "--scripted-delay-ms", "40",
+    ...(setup.args || []),
   ];
   const child = spawn(binary, args, { env, stdio: ["ignore", "ignore", "pipe"] });
   const log = [];
@@ -380,6 +381,52 @@ test("with API keys on, the page asks for a key once and keeps it for the tab", 
     assert(!urls.some((url) => url.includes(key)), "the key appeared in a URL");
     const profile = await getJson(server.base, "/v1/profile", key);
     assertEqual(profile.fields.name, "Grace", "the profile of the key's user");
+    noPageErrors(page);
+    await context.close();
+  } finally {
+    server.exitCode = await server.stop();
+    checkLog(server);
+  }
+});
+
+test("an agent from the configuration is a choice on the page, and its tool calls show", async ({ browser, binary }) => {
+  const server = await startServer(binary, {
+    name: "agents",
+    before: ({ database }) => {
+      const config = path.join(path.dirname(database.slice("sqlite://".length)), "agentstream.toml");
+      fs.writeFileSync(
+        config,
+        [
+          "[agents.helpdesk]",
+          'description = "Tells you who you are signed in as."',
+          'tools = ["whoami"]',
+          "",
+          "[tools.whoami]",
+          'kind = "sql"',
+          'description = "The signed-in user\'s name."',
+          "read_only = true",
+          'result = "one"',
+          'sql = "SELECT name FROM users WHERE id = :caller.user_id"',
+          "",
+        ].join("\n"),
+      );
+      return { args: ["--config", config] };
+    },
+  });
+  try {
+    const { context, page } = await newPage(browser, server.base);
+    await page.goto("/");
+    await page.getByLabel("Helpdesk", { exact: true }).check();
+    await page.locator("body.chat-mode").waitFor();
+    await page.getByText("Tells you who you are signed in as.").waitFor();
+    await send(page, "whoami please");
+    await page.locator('li.chip[data-tool="whoami"][data-done="true"]').waitFor();
+    const final = await lastAssistant(page, "complete");
+    assertEqual(final.text, 'whoami answered: {"name":"local"}', "the reply");
+    const conversation = await conversationId(page, "helpdesk");
+    const stored = await getJson(server.base, `/v1/conversations/${conversation}`);
+    assertEqual(stored.agent, "helpdesk", "the conversation's agent");
+    await page.screenshot({ path: path.join(screenshots, "custom-agent.png") });
     noPageErrors(page);
     await context.close();
   } finally {

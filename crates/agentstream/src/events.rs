@@ -147,14 +147,23 @@ pub enum Event {
         /// The arguments (JSON; a string when the model wrote invalid JSON).
         arguments: serde_json::Value,
     },
-    /// A tool's result.
+    /// A tool's result. The call's arguments were checked against the
+    /// tool's declared parameters first.
     #[serde(rename = "tool.result")]
     ToolResult {
         /// The call it answers.
         call_id: String,
-        /// The result.
+        /// The result: the tool's JSON (a SQL tool's `{"rows", "row_count",
+        /// "truncated"}`, its row, or `{"rows_affected"}`; an HTTP tool's
+        /// backend answer), or, for a tool error, `{"error": "<what the
+        /// model reads>"}`. An output over the tool's size limit is
+        /// `{"truncated": true, "note", "output_prefix"}`.
         output: serde_json::Value,
-        /// True when the tool refused the call.
+        /// True for a tool error: no such tool, arguments that are not JSON
+        /// or do not match the tool's parameters, an argument naming a
+        /// caller-bound value, a statement the database refused, a timeout,
+        /// a backend's error answer, or a call whose outcome is unknown
+        /// (interrupted). The model reads it and the run goes on.
         is_error: bool,
     },
     /// An assistant message was stored whole.

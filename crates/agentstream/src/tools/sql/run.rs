@@ -76,18 +76,25 @@ pub(super) async fn prepare(tool: &SqlTool) -> Result<bool, String> {
                 .await
                 .map_err(unreachable)?;
             let types: Vec<PgTypeInfo> = tool.bindings.iter().map(pg_type).collect();
+            // In one transaction, so a pooler in transaction mode keeps the
+            // check on one server connection; the statements are dropped at
+            // its end (`DEALLOCATE ALL`: a prepared statement outlives a
+            // rollback, and the next client of that server connection would
+            // find its name taken).
+            let mut tx = conn.begin().await.map_err(unreachable)?;
             let prepared = async {
-                if conn
+                // A savepoint: the wrapped form failing must not abort the
+                // transaction the plain form is prepared in.
+                let mut attempt = tx.begin().await.map_err(unreachable)?;
+                if attempt
                     .prepare_with(&wrapped(&tool.sql, 1), &types)
                     .await
                     .is_ok()
                 {
                     return Ok(true);
                 }
-                let statement = conn
-                    .prepare_with(&tool.sql, &types)
-                    .await
-                    .map_err(refused)?;
+                attempt.rollback().await.map_err(unreachable)?;
+                let statement = tx.prepare_with(&tool.sql, &types).await.map_err(refused)?;
                 if statement.columns().is_empty() {
                     Ok(false)
                 } else {
@@ -99,6 +106,8 @@ pub(super) async fn prepare(tool: &SqlTool) -> Result<bool, String> {
                 }
             }
             .await;
+            let _ = sqlx::raw_sql("DEALLOCATE ALL").execute(&mut *tx).await;
+            let _ = tx.rollback().await;
             // Opened for this check alone; the server ends the session
             // whether or not the goodbye arrives.
             let _ = conn.close().await;
