@@ -66,8 +66,13 @@ impl AgentTool {
     ) -> Result<serde_json::Value, String> {
         if let Some(object) = arguments.as_object() {
             let bound = self.tool.caller_bound();
+            let declared = self.spec().parameters["properties"].as_object();
+            // A name the tool declares is the model's to give, whatever a
+            // caller-bound value is called.
             if let Some(key) = object.keys().find(|key| {
-                key.starts_with("caller") || bound.iter().any(|b| b.rsplit('.').next() == Some(key))
+                !declared.is_some_and(|d| d.contains_key(*key))
+                    && (key.starts_with("caller")
+                        || bound.iter().any(|b| b.rsplit('.').next() == Some(key)))
             }) {
                 return Err(format!(
                     "`{key}` is set by the server for the signed-in user; it cannot be an argument"

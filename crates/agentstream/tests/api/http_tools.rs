@@ -185,6 +185,23 @@ async fn order_action(State(shared): State<Shared>, headers: HeaderMap, body: By
             Json(json!({"order": order, "status": "shipped", "attempt": seen_before + 1}))
                 .into_response()
         }
+        // A 429 asking for no wait, then the answer.
+        Some("throttled") if seen_before == 0 => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(axum::http::header::RETRY_AFTER, "0")],
+            "slow down",
+        )
+            .into_response(),
+        Some("throttled") => {
+            Json(json!({"order": order, "attempt": seen_before + 1})).into_response()
+        }
+        // Down for an hour: not worth holding the run for.
+        Some("closed") => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(axum::http::header::RETRY_AFTER, "3600")],
+            "closed for maintenance",
+        )
+            .into_response(),
         Some("bad") => (
             StatusCode::UNPROCESSABLE_ENTITY,
             Json(json!({"error": "order 42 cannot be cancelled"})),
@@ -222,7 +239,7 @@ headers.X-Team = "ops"
 
 [tools.order_action.parameters.mode]
 type = "string"
-enum = ["ok", "flaky", "bad", "html", "empty"]
+enum = ["ok", "flaky", "throttled", "closed", "bad", "html", "empty"]
 
 [tools.order_action.parameters.order]
 type = "integer"
@@ -267,6 +284,22 @@ async fn setup(backend: Backend) -> Setup {
                     "call_flaky",
                     "order_action",
                     json!({"mode": "flaky"}),
+                )],
+            ),
+            rule(
+                "throttled",
+                vec![tool_call(
+                    "call_throttled",
+                    "order_action",
+                    json!({"mode": "throttled"}),
+                )],
+            ),
+            rule(
+                "closed",
+                vec![tool_call(
+                    "call_closed",
+                    "order_action",
+                    json!({"mode": "closed"}),
                 )],
             ),
             rule(
@@ -433,6 +466,17 @@ async fn a_call_is_signed_and_bound_to_the_caller(backend: Backend) {
     assert!(calls.iter().all(|c| c.signed));
     assert_eq!(calls[0].body, calls[1].body);
 
+    // A 429's `Retry-After` is waited out when it is short; one asking for
+    // an hour is not: the model reads the answer after one attempt.
+    let throttled = turn(&setup, "throttled").await;
+    assert_eq!(throttled.told, json!({"order": 42, "attempt": 2}));
+    let calls = calls_with_key(&setup, &format!("{}:call_throttled", throttled.run_id));
+    assert_eq!(calls.len(), 2);
+    let closed = turn(&setup, "closed").await;
+    assert_eq!(closed.result["is_error"], true, "{}", closed.result);
+    let calls = calls_with_key(&setup, &format!("{}:call_closed", closed.run_id));
+    assert_eq!(calls.len(), 1, "not retried");
+
     // One tool message per call in the transcript, the retry's included.
     let messages = app
         .get_json(&format!(
@@ -446,7 +490,7 @@ async fn a_call_is_signed_and_bound_to_the_caller(backend: Backend) {
         .iter()
         .filter(|m| m["role"] == "tool")
         .collect();
-    assert_eq!(tool_messages.len(), 2, "{messages:#}");
+    assert_eq!(tool_messages.len(), 4, "{messages:#}");
 
     let metrics = app
         .client

@@ -23,6 +23,9 @@ use crate::{
 const BACKOFF: Duration = Duration::from_millis(200);
 /// The longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// The longest `Retry-After` a 429 or 503 is waited out; one asking for
+/// longer ends the call (the model reads the answer) rather than hold the run.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
 /// Most characters of an answer's body quoted in an error.
 const EXCERPT_CHARS: usize = 500;
 
@@ -78,11 +81,15 @@ pub(super) async fn call(
     let mut attempts: u32 = 0;
     let last = loop {
         attempts += 1;
-        let attempt = attempt(tool, &body, &key).await;
-        if attempts > tool.max_retries || !attempt.retryable() {
+        let (attempt, retry_after) = attempt(tool, &body, &key).await;
+        if attempts > tool.max_retries
+            || !attempt.retryable()
+            || retry_after.is_some_and(|wait| wait > MAX_RETRY_AFTER)
+        {
             break attempt;
         }
-        let wait = backoff(attempts);
+        // The backend's own `Retry-After`, when it gives one in seconds.
+        let wait = retry_after.unwrap_or_else(|| backoff(attempts));
         tracing::debug!(attempt = attempts, answer = ?attempt, ?wait, "retrying the call");
         tokio::time::sleep(wait).await;
     };
@@ -137,7 +144,9 @@ fn body(tool: &HttpTool, input: ToolInput<'_>) -> Result<Bytes, ToolError> {
 
 /// One attempt, bounded by the tool's timeout from connecting to the last
 /// byte of the answer.
-async fn attempt(tool: &HttpTool, body: &Bytes, key: &HeaderValue) -> Attempt {
+/// One attempt, and the wait its answer's `Retry-After` asks for (in
+/// seconds; the HTTP-date form is not read).
+async fn attempt(tool: &HttpTool, body: &Bytes, key: &HeaderValue) -> (Attempt, Option<Duration>) {
     let mut request = tool
         .client
         .post(tool.url.clone())
@@ -147,9 +156,16 @@ async fn attempt(tool: &HttpTool, body: &Bytes, key: &HeaderValue) -> Attempt {
     if let Some(signer) = &tool.signer {
         request = request.header(SIGNATURE_HEADER, signer.sign(unix_now(), body));
     }
+    let mut retry_after = None;
     let exchange = async {
         let mut response = request.send().await?;
         let status = response.status();
+        retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         let limit = tool.max_response_bytes;
         if response
             .content_length()
@@ -166,11 +182,12 @@ async fn attempt(tool: &HttpTool, body: &Bytes, key: &HeaderValue) -> Attempt {
         }
         Ok::<_, reqwest::Error>(Attempt::Answered(status, Bytes::from(read)))
     };
-    match tokio::time::timeout(tool.timeout, exchange).await {
+    let attempt = match tokio::time::timeout(tool.timeout, exchange).await {
         Ok(Ok(attempt)) => attempt,
         Ok(Err(error)) => Attempt::Failed(error_chain(&error.without_url())),
         Err(_) => Attempt::TimedOut,
-    }
+    };
+    (attempt, retry_after)
 }
 
 /// Seconds since the Unix epoch (0 on a clock set before it).
