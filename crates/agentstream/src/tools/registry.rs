@@ -66,8 +66,12 @@ impl AgentTool {
     ) -> Result<serde_json::Value, String> {
         if let Some(object) = arguments.as_object() {
             let bound = self.tool.caller_bound();
+            // A tool whose own schema declares a `caller…` parameter (an MCP
+            // server's) takes it as an argument like any other.
+            let declared = &self.spec().parameters["properties"];
             if let Some(key) = object.keys().find(|key| {
-                key.starts_with("caller") || bound.iter().any(|b| b.rsplit('.').next() == Some(key))
+                (key.starts_with("caller") && declared.get(key.as_str()).is_none())
+                    || bound.iter().any(|b| b.rsplit('.').next() == Some(key))
             }) {
                 return Err(format!(
                     "`{key}` is set by the server for the signed-in user; it cannot be an argument"
@@ -201,6 +205,17 @@ impl Registry {
     /// The tool with this name.
     pub fn get(&self, name: &str) -> Option<Arc<AgentTool>> {
         self.tools.get(name).cloned()
+    }
+
+    /// The tools whose names start with `prefix`, by name.
+    pub fn starting_with<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = Arc<AgentTool>> + 'a {
+        self.tools
+            .range(prefix.to_owned()..)
+            .take_while(move |(name, _)| name.starts_with(prefix))
+            .map(|(_, tool)| tool.clone())
     }
 
     /// Every tool's name.

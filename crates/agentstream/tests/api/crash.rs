@@ -171,7 +171,7 @@ async fn sigterm_with_open_streams(backend: Backend) {
     );
     assert!(server.wait().await.success(), "exit 0");
     assert!(server.warnings().is_empty(), "{:#?}", server.warnings());
-    assert!(server.log.iter().any(|l| l.contains("shutdown 5/5")));
+    assert!(server.log.iter().any(|l| l.contains("shutdown 6/6")));
     db.drop_schema().await;
 }
 both!(sigterm_with_open_streams);

@@ -250,7 +250,7 @@ impl HttpTool {
 }
 
 /// The value of the environment variable `var`, named by `key`.
-fn env_value(var: &str, key: &str) -> Result<String, String> {
+pub(crate) fn env_value(var: &str, key: &str) -> Result<String, String> {
     std::env::var(var).map_err(|e| match e {
         std::env::VarError::NotPresent => {
             format!("the environment variable {var} ({key}) is not set")
