@@ -62,6 +62,8 @@ pub const HTTP_TOOL_DURATION: &str = "agentstream_http_tool_duration_seconds";
 pub const MCP_TOOL_CALLS: &str = "agentstream_mcp_tool_calls_total";
 /// An MCP tool call's time, by server and tool.
 pub const MCP_TOOL_DURATION: &str = "agentstream_mcp_tool_duration_seconds";
+/// MCP tool calls sent and not yet answered, by server.
+pub const MCP_CALLS_IN_FLIGHT: &str = "agentstream_mcp_calls_in_flight";
 /// 1 while an MCP server's session is up, by server.
 pub const MCP_SERVER_UP: &str = "agentstream_mcp_server_up";
 
@@ -216,6 +218,10 @@ fn describe() {
         MCP_TOOL_DURATION,
         Unit::Seconds,
         "An MCP tool call's time, by server and tool."
+    );
+    describe_gauge!(
+        MCP_CALLS_IN_FLIGHT,
+        "MCP tool calls sent and not yet answered (or abandoned), by server."
     );
     describe_gauge!(
         MCP_SERVER_UP,
@@ -376,6 +382,16 @@ pub fn mcp_tool_call(server: &str, tool: &str, outcome: &'static str, elapsed: D
     .increment(1);
     histogram!(MCP_TOOL_DURATION, "server" => server.to_owned(), "tool" => tool.to_owned())
         .record(elapsed);
+}
+
+/// An MCP tool call of `server` was sent (`true`) or ended (`false`).
+pub fn mcp_call_in_flight(server: &str, sent: bool) {
+    let gauge = gauge!(MCP_CALLS_IN_FLIGHT, "server" => server.to_owned());
+    if sent {
+        gauge.increment(1.0);
+    } else {
+        gauge.decrement(1.0);
+    }
 }
 
 /// The MCP server `server`'s session went up or down.

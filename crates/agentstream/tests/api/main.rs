@@ -22,6 +22,7 @@ mod http_tools;
 mod input;
 mod jwt;
 mod layout;
+mod mcp;
 mod metrics;
 mod onboarding;
 mod openapi;

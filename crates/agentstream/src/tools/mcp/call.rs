@@ -115,7 +115,7 @@ impl Tool for McpTool {
 }
 
 /// Records a call's outcome once: when it ends, or, dropped before (the
-/// run was stopped mid-call), as `stopped`.
+/// run was stopped mid-call), as `stopped`; counts it in flight meanwhile.
 struct InFlight<'a> {
     tool: &'a McpTool,
     started: Instant,
@@ -123,8 +123,18 @@ struct InFlight<'a> {
 }
 
 impl InFlight<'_> {
+    fn start(tool: &McpTool) -> InFlight<'_> {
+        metrics::mcp_call_in_flight(tool.server_name(), true);
+        InFlight {
+            tool,
+            started: Instant::now(),
+            done: false,
+        }
+    }
+
     fn end(&mut self, outcome: &'static str) {
         self.done = true;
+        metrics::mcp_call_in_flight(self.tool.server_name(), false);
         tracing::Span::current().record("outcome", outcome);
         metrics::mcp_tool_call(
             self.tool.server_name(),
@@ -158,11 +168,7 @@ impl Drop for InFlight<'_> {
     fields(server = %tool.server.name, tool = %tool.spec.name, call_id = %input.call_id, outcome)
 )]
 async fn call(tool: &McpTool, input: ToolInput<'_>) -> Result<Value, ToolError> {
-    let mut flight = InFlight {
-        tool,
-        started: Instant::now(),
-        done: false,
-    };
+    let mut flight = InFlight::start(tool);
     let (outcome, result) = attempt(tool, input).await;
     flight.end(outcome);
     match &result {

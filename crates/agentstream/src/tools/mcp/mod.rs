@@ -239,16 +239,28 @@ impl McpServers {
         self.inner
             .servers
             .iter()
-            .map(|(name, server)| {
-                let tools = self
-                    .inner
-                    .tools
-                    .values()
-                    .filter(|t| t.server_name() == name)
-                    .count();
-                (name.clone(), server.status(tools))
-            })
+            .map(|(name, server)| (name.clone(), server.status(self.imported_from(name))))
             .collect()
+    }
+
+    /// Waits until the server `name`'s state satisfies `until`, and
+    /// returns it; `None` for a server that does not exist.
+    pub async fn wait_for(
+        &self,
+        name: &str,
+        until: impl Fn(&ServerStatus) -> bool,
+    ) -> Option<ServerStatus> {
+        let server = self.inner.servers.get(name)?;
+        server.wait_for(self.imported_from(name), until).await
+    }
+
+    /// How many tools were imported from the server `name`.
+    fn imported_from(&self, name: &str) -> usize {
+        self.inner
+            .tools
+            .values()
+            .filter(|t| t.server_name() == name)
+            .count()
     }
 
     /// Whether any server is configured.

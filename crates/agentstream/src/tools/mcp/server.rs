@@ -195,7 +195,26 @@ impl Server {
 
     /// Its state, as `/readyz` reports it; `tools` is what was imported.
     pub(super) fn status(&self, tools: usize) -> ServerStatus {
-        let (state, error, pid) = match &*self.link.borrow() {
+        self.status_of(&self.link.borrow(), tools)
+    }
+
+    /// Waits until its state satisfies `until`, and returns it (`None` if
+    /// it can change no more).
+    pub(super) async fn wait_for(
+        &self,
+        tools: usize,
+        until: impl Fn(&ServerStatus) -> bool,
+    ) -> Option<ServerStatus> {
+        let mut link = self.link.subscribe();
+        let found = link
+            .wait_for(|link| until(&self.status_of(link, tools)))
+            .await
+            .ok()?;
+        Some(self.status_of(&found, tools))
+    }
+
+    fn status_of(&self, link: &Link, tools: usize) -> ServerStatus {
+        let (state, error, pid) = match link {
             Link::Starting => ("starting", None, None),
             Link::Up(session) => ("up", None, session.pid),
             Link::Down(reason) => ("down", Some(reason.clone()), None),
