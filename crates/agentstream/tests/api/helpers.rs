@@ -157,6 +157,17 @@ impl LogCapture {
     }
 }
 
+/// A client builder with the server's TLS settings: reqwest brings no crypto
+/// provider of its own, so `reqwest::Client::new()` would panic.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    agentstream::tls::client_builder().unwrap()
+}
+
+/// A client with the server's TLS settings.
+pub fn client() -> reqwest::Client {
+    client_builder().build().unwrap()
+}
+
 /// A server on a loopback port over a fresh database.
 pub struct TestApp {
     pub base: String,
@@ -208,10 +219,7 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -
     TestApp {
         base: format!("http://{addr}"),
         state,
-        client: reqwest::Client::builder()
-            .pool_max_idle_per_host(0)
-            .build()
-            .unwrap(),
+        client: client_builder().pool_max_idle_per_host(0).build().unwrap(),
         db,
         logs,
         expected: Vec::new(),
