@@ -190,8 +190,9 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 /// A server whose settings `tweak` adjusts.
 pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestApp {
     let logs = LogCapture::default();
+    // The MCP SDK's own lines are off, as in the server's default filter.
     let filter = tracing_subscriber::EnvFilter::try_from_env("TEST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rmcp=off"));
     let printed = std::env::var_os("TEST_LOG")
         .is_some()
         .then(|| tracing_subscriber::fmt::layer().with_test_writer());

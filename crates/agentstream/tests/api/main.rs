@@ -23,6 +23,7 @@ mod input;
 mod jwt;
 mod layout;
 mod mcp;
+mod mcp_http;
 mod metrics;
 mod onboarding;
 mod openapi;

@@ -30,7 +30,7 @@ fn installed(var: &str) -> String {
 }
 
 /// The "everything" server's entry script.
-fn everything() -> String {
+pub(crate) fn everything() -> String {
     installed("AGENTSTREAM_TEST_MCP_EVERYTHING")
 }
 

@@ -13,7 +13,7 @@ use rmcp::{
 use serde_json::{Value, json};
 use sqlx::AnyConnection;
 
-use super::server::Server;
+use super::server::{Launch, Server};
 use crate::{
     llm::ToolSpec,
     telemetry::metrics,
@@ -215,11 +215,19 @@ async fn attempt(tool: &McpTool, input: ToolInput<'_>) -> (&'static str, Result<
             }
         },
     };
+    let caller = match &server.launch {
+        Launch::Http(endpoint) => match endpoint.caller_meta(&input) {
+            Ok(meta) => meta,
+            Err(message) => return ("refused", invalid(message)),
+        },
+        Launch::Stdio { .. } => None,
+    };
     let arguments = match input.arguments {
         Value::Object(arguments) => arguments,
         _ => serde_json::Map::new(),
     };
-    let request = CallToolRequestParams::new(remote).with_arguments(arguments);
+    let mut request = CallToolRequestParams::new(remote).with_arguments(arguments);
+    request.meta = caller;
     // Dropping the request's future, at the timeout or when the run is
     // stopped, makes rmcp send `notifications/cancelled` for it.
     match tokio::time::timeout(server.timeout, session.peer.call_tool(request)).await {
@@ -239,16 +247,19 @@ async fn attempt(tool: &McpTool, input: ToolInput<'_>) -> (&'static str, Result<
             )),
         ),
         Ok(Err(
-            ServiceError::TransportClosed
+            error @ (ServiceError::TransportClosed
             | ServiceError::TransportSend(_)
-            | ServiceError::Cancelled { .. },
-        )) => (
-            "lost",
-            invalid(
-                "the session with the MCP server ended during the call; its outcome is unknown"
-                    .to_owned(),
-            ),
-        ),
+            | ServiceError::Cancelled { .. }),
+        )) => {
+            server.check_session();
+            (
+                "lost",
+                invalid(format!(
+                    "the call to the MCP server failed on the way ({}); its outcome is unknown",
+                    super::server::describe(&error)
+                )),
+            )
+        }
         Ok(Err(error)) => ("failed", invalid(format!("the MCP call failed: {error}"))),
         Ok(Ok(result)) if result.is_error == Some(true) => {
             let text = texts(&result).join("\n");

@@ -11,6 +11,7 @@
 
 mod call;
 mod server;
+mod streamable;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -23,6 +24,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use call::McpTool;
 use server::{Connected, Launch, Server};
+pub use streamable::{CallerField, CallerValue, McpHeader};
 
 use super::{AgentTool, Registry, http::HeaderSource, registry::DEFAULT_MAX_OUTPUT_BYTES};
 
@@ -50,9 +52,11 @@ pub struct McpServerConfig {
     pub env: BTreeMap<String, HeaderSource>,
     /// The endpoint of a streamable HTTP server (instead of `command`).
     pub url: Option<String>,
-    /// Headers sent to an HTTP server with every request.
+    /// Headers sent to an HTTP server: text or `{ env = "VAR" }` with
+    /// every request, `{ caller = "subject" }` (or `user_id`,
+    /// `conversation_id`, `run_id`, `call_id`) with each tool call.
     #[serde(default)]
-    pub headers: BTreeMap<String, HeaderSource>,
+    pub headers: BTreeMap<String, McpHeader>,
     /// The server's tools to import, by the server's names; `["*"]` (the
     /// default) for all.
     #[serde(default = "all_tools")]

@@ -18,8 +18,8 @@ use futures_util::future::BoxFuture;
 use process_wrap::tokio::{ChildWrapper, CommandWrap, KillOnDrop, ProcessGroup};
 use rmcp::{
     RoleClient, ServiceExt,
-    model::{ClientCapabilities, ClientConfig, Implementation},
-    service::{Peer, QuitReason},
+    model::{ClientCapabilities, ClientConfig, ClientRequest, Implementation},
+    service::{ClientInitializeError, Peer, QuitReason, ServiceError},
 };
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
@@ -28,8 +28,8 @@ use tokio::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::{McpServerConfig, ServerStatus, Settings};
-use crate::{telemetry::metrics, tools::http::HeaderSource};
+use super::{McpServerConfig, ServerStatus, Settings, streamable::Endpoint};
+use crate::{llm::transport::error_chain, telemetry::metrics, tools::http::HeaderSource};
 
 /// The variables a stdio server inherits from agentstream's environment
 /// (the list the MCP SDKs use): nothing else, so the database URL and the
@@ -43,6 +43,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const GRACE: Duration = Duration::from_secs(2);
 /// SIGTERM's number, the same on every Unix.
 const SIGTERM: i32 = 15;
+/// How often the session of an HTTP server is pinged: a server that went
+/// away is noticed by a failed request only.
+const PING_EVERY: Duration = Duration::from_secs(15);
+/// How long a ping may take.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// Lines of a server's stderr kept to explain a failed start.
 const STDERR_TAIL: usize = 12;
 
@@ -56,6 +61,8 @@ pub(super) enum Launch {
         /// The configured variables, read.
         env: Vec<(String, String)>,
     },
+    /// A streamable HTTP endpoint.
+    Http(Endpoint),
 }
 
 impl Launch {
@@ -91,11 +98,12 @@ impl Launch {
                     env,
                 })
             }
-            (None, Some(_)) => Err(
-                "streamable HTTP servers (`url`) are not supported by this build yet; \
-                 run the server over stdio (`command`)"
-                    .to_owned(),
-            ),
+            (None, Some(url)) => {
+                if !config.args.is_empty() || !config.env.is_empty() {
+                    return Err("`args` and `env` are for a stdio server (`command`)".to_owned());
+                }
+                Ok(Launch::Http(Endpoint::new(url, &config.headers)?))
+            }
         }
     }
 }
@@ -136,6 +144,24 @@ pub(super) struct Connected {
 }
 
 impl Connected {
+    fn new(
+        service: Service,
+        tools: Vec<rmcp::model::Tool>,
+        cancel: CancellationToken,
+        child: Option<Box<dyn ChildWrapper>>,
+    ) -> Connected {
+        Connected {
+            session: Session {
+                peer: service.peer().clone(),
+                pid: None,
+                tools: Arc::new(tools),
+            },
+            cancel,
+            ended: Box::pin(service.waiting()),
+            child,
+        }
+    }
+
     /// The tools the server listed.
     pub(super) fn tools(&self) -> &[rmcp::model::Tool] {
         &self.session.tools
@@ -156,6 +182,8 @@ pub(super) struct Server {
     /// Fires at shutdown: the supervisor closes the session, the stderr
     /// readers stop.
     stop: CancellationToken,
+    /// Asks the supervisor to check the session now (a call lost it).
+    check: tokio::sync::Notify,
 }
 
 impl std::ops::Deref for Server {
@@ -180,6 +208,7 @@ impl Server {
             link: watch::Sender::new(Link::Starting),
             tracker,
             stop,
+            check: tokio::sync::Notify::new(),
         })
     }
 
@@ -234,6 +263,41 @@ impl Server {
         self.link.send_replace(link);
     }
 
+    /// Asks for the session to be checked now: a call could not be sent or
+    /// answered on it.
+    pub(super) fn check_session(&self) {
+        self.check.notify_one();
+    }
+
+    /// Resolves, with why, when the session of an HTTP server stops
+    /// answering pings (checked now and then, and when a call asks); never
+    /// for a stdio server, whose loss its process's exit or its pipes'
+    /// end shows.
+    async fn unanswered(&self, session: &Session) -> String {
+        if !matches!(self.launch, Launch::Http(_)) {
+            return std::future::pending().await;
+        }
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(PING_EVERY) => {}
+                () = self.check.notified() => {}
+            }
+            let ping = session
+                .peer
+                .send_request(ClientRequest::PingRequest(Default::default()));
+            match tokio::time::timeout(PING_TIMEOUT, ping).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return format!("it did not answer a ping: {}", describe(&e)),
+                Err(_) => {
+                    return format!(
+                        "it did not answer a ping within {} ms",
+                        PING_TIMEOUT.as_millis()
+                    );
+                }
+            }
+        }
+    }
+
     /// Marks it up, with the session just made.
     pub(super) fn set_up(&self, connected: &Connected) {
         self.set(Link::Up(connected.session.clone()));
@@ -247,7 +311,42 @@ impl Server {
     /// Starts it and lists its tools, within the start-up timeout.
     #[tracing::instrument(name = "mcp_connect", skip_all, fields(server = %self.name))]
     pub(super) async fn connect(&self) -> Result<Connected, String> {
-        let Launch::Stdio { command, args, env } = &self.launch;
+        match &self.launch {
+            Launch::Stdio { command, args, env } => self.connect_stdio(command, args, env).await,
+            Launch::Http(endpoint) => self.connect_http(endpoint).await,
+        }
+    }
+
+    /// Opens a session with a streamable HTTP server.
+    async fn connect_http(&self, endpoint: &Endpoint) -> Result<Connected, String> {
+        let cancel = CancellationToken::new();
+        let transport = endpoint.transport()?;
+        let result = tokio::time::timeout(self.startup_timeout, handshake(transport, &cancel))
+            .await
+            .unwrap_or_else(|_| Err(self.no_answer()));
+        match result {
+            Ok((service, tools)) => Ok(Connected::new(service, tools, cancel, None)),
+            Err(reason) => {
+                cancel.cancel();
+                Err(format!("{}: {reason}", endpoint.url()))
+            }
+        }
+    }
+
+    fn no_answer(&self) -> String {
+        format!(
+            "no answer to the MCP handshake within {} ms",
+            self.startup_timeout.as_millis()
+        )
+    }
+
+    /// Starts a stdio server's process and opens a session with it.
+    async fn connect_stdio(
+        &self,
+        command: &str,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Result<Connected, String> {
         let mut wrap =
             CommandWrap::with_new(command, |c| {
                 c.args(args)
@@ -283,24 +382,11 @@ impl Server {
             return Err("the process's stdin or stdout was not piped".to_owned());
         };
         let cancel = CancellationToken::new();
-        let handshake = async {
-            let service = client_config()
-                .serve_with_ct((stdout, stdin), cancel.clone())
-                .await
-                .map_err(|e| format!("the MCP handshake failed: {e}"))?;
-            let tools = service
-                .peer()
-                .list_all_tools()
-                .await
-                .map_err(|e| format!("listing its tools failed: {e}"))?;
-            Ok::<_, String>((service, tools))
-        };
         let result = tokio::select! {
-            result = tokio::time::timeout(self.startup_timeout, handshake) => result
-                .unwrap_or_else(|_| Err(format!(
-                    "no answer to the MCP handshake within {} ms",
-                    self.startup_timeout.as_millis()
-                ))),
+            result = tokio::time::timeout(
+                self.startup_timeout,
+                handshake((stdout, stdin), &cancel),
+            ) => result.unwrap_or_else(|_| Err(self.no_answer())),
             status = child.wait() => Err(match status {
                 Ok(status) => format!("the process exited before the MCP handshake ({status})"),
                 Err(e) => format!("the process could not be waited for: {e}"),
@@ -308,17 +394,9 @@ impl Server {
         };
         match result {
             Ok((service, tools)) => {
-                let session = Session {
-                    peer: service.peer().clone(),
-                    pid,
-                    tools: Arc::new(tools),
-                };
-                Ok(Connected {
-                    session,
-                    cancel,
-                    ended: Box::pin(service.waiting()),
-                    child: Some(child),
-                })
+                let mut connected = Connected::new(service, tools, cancel, Some(child));
+                connected.session.pid = pid;
+                Ok(connected)
             }
             Err(reason) => {
                 cancel.cancel();
@@ -379,9 +457,11 @@ impl Server {
             };
             failures = 0;
             self.set_up(&connected);
+            let session = connected.session.clone();
             let lost = tokio::select! {
                 quit = &mut connected.ended => format!("its session ended ({})", quit_reason(quit)),
                 status = wait_child(&mut connected.child) => format!("its process exited ({status})"),
+                reason = self.unanswered(&session) => reason,
                 () = stop.cancelled() => {
                     close(connected).await;
                     break;
@@ -396,6 +476,46 @@ impl Server {
             close(connected).await;
         }
         self.set(Link::Closed);
+    }
+}
+
+/// A client session.
+type Service = rmcp::service::RunningService<RoleClient, ClientConfig>;
+
+/// Initialises a session on `transport` and lists the server's tools.
+async fn handshake<T, E, A>(
+    transport: T,
+    cancel: &CancellationToken,
+) -> Result<(Service, Vec<rmcp::model::Tool>), String>
+where
+    T: rmcp::transport::IntoTransport<RoleClient, E, A>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let service = client_config()
+        .serve_with_ct(transport, cancel.clone())
+        .await
+        .map_err(|e| {
+            let why = match &e {
+                ClientInitializeError::TransportError { error, context } => {
+                    format!("{}, when it had to {context}", error_chain(&*error.error))
+                }
+                other => other.to_string(),
+            };
+            format!("the MCP handshake failed: {why}")
+        })?;
+    let tools = service
+        .peer()
+        .list_all_tools()
+        .await
+        .map_err(|e| format!("listing its tools failed: {}", describe(&e)))?;
+    Ok((service, tools))
+}
+
+/// What went wrong with a request, without the transport's type name.
+pub(super) fn describe(error: &ServiceError) -> String {
+    match error {
+        ServiceError::TransportSend(error) => error_chain(&*error.error),
+        other => other.to_string(),
     }
 }
 
