@@ -231,8 +231,10 @@ impl McpServers {
                 ));
             }
             let max_output_bytes = tool.max_output_bytes();
-            let tool = AgentTool::new(tool, max_output_bytes)
-                .map_err(|e| format!("MCP server {name:?}: {e}"))?;
+            let server = tool.server_name().to_owned();
+            let tool = AgentTool::new(tool, max_output_bytes).map_err(|e| {
+                format!("MCP server {server:?}: {e}; leave the tool out of the server's `tools`")
+            })?;
             registry.add(tool);
         }
         Ok(())
@@ -265,11 +267,6 @@ impl McpServers {
             .values()
             .filter(|t| t.server_name() == name)
             .count()
-    }
-
-    /// Whether any server is configured.
-    pub fn is_empty(&self) -> bool {
-        self.inner.servers.is_empty()
     }
 
     /// Closes every session and reaps every server's process; waits for
