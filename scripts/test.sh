@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, the API suite on SQLite and on PostgreSQL
 # (a fresh database, made by scripts/postgres.sh; several nodes, behind
-# nginx too; through PgBouncer in transaction mode, from scripts/pgbouncer.sh),
+# nginx too; through PgBouncer in transaction mode, from scripts/pgbouncer.sh;
+# with real MCP servers from scripts/mcp-servers.sh),
 # the terminal client, mock-llm's and loadgen's own tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,11 @@ ensure_postgres
 # shellcheck source=scripts/pgbouncer.sh
 source scripts/pgbouncer.sh
 ensure_pgbouncer
+# The MCP servers the MCP tool tests attach (npm's "everything", PyPI's
+# mcp-server-time), pinned, installed under target/ once.
+# shellcheck source=scripts/mcp-servers.sh
+source scripts/mcp-servers.sh
+ensure_mcp_servers
 cargo test --workspace --locked "$@"
 # The page in headless Chromium, the OpenAPI contract under schemathesis, and
 # a few seconds of every benchmark scenario so that the suite never rots.

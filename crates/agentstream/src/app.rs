@@ -15,6 +15,7 @@ use crate::{
     store::{self, Store},
     tools::{
         Registry, ToolConfig,
+        mcp::McpServers,
         registry::BuildContext,
         sql::{self, Databases},
     },
@@ -35,14 +36,17 @@ pub struct App {
     /// as the server and the background tasks hold a clone.
     state: AppState,
     /// Background tasks other than runs: the event log writer, the database
-    /// probe, event log pruning, leases and the listener. Shutdown phase 4
+    /// probe, event log pruning, leases and the listener. Shutdown phase 5
     /// closes it and waits for them.
     tracker: TaskTracker,
-    /// Stops the background tasks once runs have ended (phase 4); every
+    /// Stops the background tasks once runs have ended (phase 5); every
     /// background task holds a clone.
     writer_stop: CancellationToken,
-    /// The databases SQL tools act on; their pools close in phase 5.
+    /// The databases SQL tools act on; their pools close in phase 6.
     tool_databases: Databases,
+    /// The MCP servers tools are imported from; closed, their processes
+    /// reaped, in phase 4 (the state holds a clone for `/readyz`).
+    mcp: McpServers,
     /// On SQLite, held for the process's life: one server per database file.
     _single_node: Option<std::fs::File>,
 }
@@ -78,7 +82,8 @@ impl App {
             .await
             .context("cannot migrate the database")?;
         let local_user = store.ensure_user("local").await?;
-        let (agents, tool_databases) = agents(&config, &file, &providers, jwt.is_some()).await?;
+        let (agents, tool_databases, mcp) =
+            agents(&config, &file, &providers, jwt.is_some()).await?;
         if let Some(verifier) = &jwt {
             // Like a model provider that is down: the server starts, and
             // each token naming a key it lacks tries the fetch again.
@@ -162,7 +167,8 @@ impl App {
             config.limits(),
             Duration::from_secs(config.keepalive_secs),
             CancellationToken::new(),
-        );
+        )
+        .with_mcp(mcp.clone());
         Ok(App {
             config,
             listener,
@@ -170,6 +176,7 @@ impl App {
             tracker,
             writer_stop,
             tool_databases,
+            mcp,
             _single_node: single_node,
         })
     }
@@ -188,8 +195,9 @@ impl App {
     /// 1. stop accepting connections;
     /// 2. let runs finish for the drain time, then interrupt the rest;
     /// 3. end every open stream (each has had its `done`);
-    /// 4. flush the event log;
-    /// 5. close the pool.
+    /// 4. close the MCP servers' sessions and reap their processes;
+    /// 5. flush the event log;
+    /// 6. close the pool.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -201,6 +209,7 @@ impl App {
             tracker,
             writer_stop,
             tool_databases,
+            mcp,
             _single_node,
         } = self;
         let addr = listener.local_addr()?;
@@ -220,17 +229,17 @@ impl App {
         tracing::info!(%addr, database = %store::redact_url(&config.database_url), "serving");
         shutdown.await;
 
-        tracing::info!("shutdown 1/5: no longer accepting connections");
+        tracing::info!("shutdown 1/6: no longer accepting connections");
         stop_accepting.cancel();
         tracing::info!(
             drain_secs = config.drain_secs,
-            "shutdown 2/5: draining runs"
+            "shutdown 2/6: draining runs"
         );
         state
             .runs
             .drain(Duration::from_secs(config.drain_secs))
             .await;
-        tracing::info!("shutdown 3/5: ending open streams");
+        tracing::info!("shutdown 3/6: ending open streams");
         // Every run here has ended and its `done` is published: streams end
         // by themselves once they have sent it. Those still open after the
         // grace (runs driven by another node) are cut.
@@ -250,7 +259,10 @@ impl App {
                 tracing::warn!("connections still open after {CONNECTION_GRACE:?}; closing them")
             }
         }
-        tracing::info!("shutdown 4/5: flushing the event log");
+        // After the runs: a call in flight during the drain needs its server.
+        tracing::info!("shutdown 4/6: closing the MCP servers");
+        mcp.close().await;
+        tracing::info!("shutdown 5/6: flushing the event log");
         state.store.stop_reusing_connections();
         writer_stop.cancel();
         tracker.close();
@@ -258,8 +270,8 @@ impl App {
         if let Err(error) = state.runs.release_node().await {
             tracing::warn!(%error, "could not give up this node's lease; it runs out by itself");
         }
-        tracing::info!("shutdown 5/5: closing the database pool");
-        // The store first: once phase 4 stops it reusing connections, its
+        tracing::info!("shutdown 6/6: closing the database pool");
+        // The store first: once phase 5 stops it reusing connections, its
         // pool refills to its minimum until it is closed.
         state.store.close().await;
         tool_databases.close().await;
@@ -281,14 +293,15 @@ fn providers(
 }
 
 /// The agents the configuration defines over its tools (each SQL tool's
-/// statement prepared on its database), after probing the providers they
-/// use; and the databases the tools opened.
+/// statement prepared on its database, each MCP server started), after
+/// probing the providers they use; the databases the tools opened, and the
+/// MCP servers (closed again when start-up fails).
 async fn agents(
     config: &Config,
     file: &FileConfig,
     providers: &BTreeMap<String, NamedProvider>,
     claims: bool,
-) -> anyhow::Result<(Agents, Databases)> {
+) -> anyhow::Result<(Agents, Databases, McpServers)> {
     let needed: Vec<&str> = file
         .tools
         .values()
@@ -307,14 +320,27 @@ async fn agents(
         databases: databases.clone(),
         claims,
     };
-    let tools = Registry::build(&file.tools, &context)
+    let mcp = McpServers::start(&file.mcp)
         .await
         .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
-    let (agents, used) =
+    let built = async {
+        let mut tools = Registry::build(&file.tools, &context).await?;
+        let wanted = file.agents.values().flat_map(|a| a.tools.iter().flatten());
+        mcp.register(&mut tools, wanted.map(String::as_str))?;
         crate::agent::registry::build(&file.agents, providers, &tools, config.max_steps)
-            .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
-    probe_providers(&used).await?;
-    Ok((agents, databases))
+    };
+    let (agents, used) = match built.await {
+        Ok(built) => built,
+        Err(e) => {
+            mcp.close().await;
+            anyhow::bail!("refusing to start: {e}");
+        }
+    };
+    if let Err(e) = probe_providers(&used).await {
+        mcp.close().await;
+        return Err(e);
+    }
+    Ok((agents, databases, mcp))
 }
 
 /// How long start-up waits for one provider's check; a provider slower

@@ -406,7 +406,8 @@ struct RunInfo {
 
 impl Api {
     fn new(args: &ChatArgs) -> anyhow::Result<Api> {
-        let http = reqwest::Client::builder()
+        let http = agentstream::tls::client_builder()
+            .context("cannot set up TLS")?
             .connect_timeout(Duration::from_secs(10))
             .build()
             .context("cannot build the HTTP client")?;

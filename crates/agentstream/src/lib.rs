@@ -12,6 +12,7 @@ pub mod runs;
 pub mod store;
 pub mod telemetry;
 pub mod text;
+pub mod tls;
 pub mod tools;
 
 pub use app::App;

@@ -131,7 +131,14 @@ impl Server {
     }
 
     async fn get(&self, path: &str) -> Value {
-        let response = reqwest::get(format!("{}{path}", self.base)).await.unwrap();
+        let response = agentstream::tls::client_builder()
+            .unwrap()
+            .build()
+            .unwrap()
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
         assert!(
             response.status().is_success(),
             "GET {path}: {}",

@@ -12,6 +12,7 @@ pub mod relay;
 pub mod report;
 pub mod run;
 pub mod stats;
+pub mod tls;
 
 pub use check::{Failure, Protocol, StreamCheck};
 pub use relay::Relay;

@@ -46,7 +46,8 @@ impl Relay {
     /// such as `http://127.0.0.1:8089/v1`).
     #[tracing::instrument(skip_all, fields(%bind, upstream))]
     pub async fn start(bind: SocketAddr, upstream: &str) -> io::Result<Self> {
-        let client = Client::builder()
+        let client = crate::tls::client_builder()
+            .map_err(io::Error::other)?
             .http1_only()
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(10))

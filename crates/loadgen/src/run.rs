@@ -301,7 +301,8 @@ fn plan(args: &RunArgs) -> anyhow::Result<Plan> {
     if !headers.contains_key(CONTENT_TYPE) {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
-    let client = Client::builder()
+    let client = crate::tls::client_builder()
+        .context("cannot set up TLS")?
         .http1_only()
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_millis(args.connect_timeout_ms))

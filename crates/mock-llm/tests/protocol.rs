@@ -14,6 +14,14 @@ use tokio::time::timeout;
 // Bounds waits that should end almost at once, so a bug fails the test instead of hanging it.
 const PATIENCE: Duration = Duration::from_secs(10);
 
+/// A client for the plain-HTTP mock: reqwest brings no crypto provider of its
+/// own (no aws-lc), so ring is installed as the process's default first.
+fn client() -> reqwest::Client {
+    // Fails only when already installed, by this or another test.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 async fn spawn_app() -> MockLlm {
     MockLlm::start().await.unwrap()
 }
@@ -45,7 +53,7 @@ fn profile_tool() -> Value {
 }
 
 async fn post(llm: &MockLlm, body: &Value, mock: Option<&str>) -> reqwest::Response {
-    let mut request = reqwest::Client::new()
+    let mut request = client()
         .post(format!("{}/chat/completions", llm.base_url()))
         .bearer_auth("sk-test")
         .json(body);
@@ -376,7 +384,7 @@ async fn fail_first_fails_exactly_the_first_n_per_key() {
     assert_eq!(response.status(), 500);
 
     // x-mock-key groups requests whatever their options.
-    let client = reqwest::Client::new();
+    let client = client();
     let mut keyed = Vec::new();
     for model in ["mock;fail_first=1", "mock;fail_first=1;deltas=2"] {
         let response = client
@@ -464,7 +472,7 @@ async fn records_requests_bodies_and_authorization() {
 async fn models_lists_mock() {
     let llm = spawn_app().await;
     // Clients probe it at start-up, with their key, and read it as OpenAI's list.
-    let response = reqwest::Client::new()
+    let response = client()
         .get(format!("{}/models", llm.base_url()))
         .bearer_auth("sk-test")
         .send()
@@ -491,7 +499,7 @@ async fn models_lists_mock() {
 async fn serves_many_concurrent_paced_streams() {
     const STREAMS: usize = 300;
     let llm = spawn_app().await;
-    let client = reqwest::Client::new();
+    let client = client();
     let url = format!("{}/chat/completions", llm.base_url());
     let mut tasks = JoinSet::new();
     for _ in 0..STREAMS {

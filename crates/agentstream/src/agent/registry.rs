@@ -29,7 +29,9 @@ pub struct AgentConfig {
     pub model: Option<String>,
     /// The system prompt.
     pub system_prompt: Option<String>,
-    /// The tools it may call, by name (default: none).
+    /// The tools it may call, by name (default: none); `PREFIX*` names
+    /// every tool whose name starts with `PREFIX` (`NAME__*`: an MCP
+    /// server's).
     pub tools: Option<Vec<String>>,
     /// Most model calls in one run (default: `--max-steps`).
     pub max_steps: Option<u32>,
@@ -71,8 +73,28 @@ pub fn build(
             used.push(named.clone());
         }
         let provider = named.provider.clone();
-        let mut agent_tools = Vec::new();
+        let mut agent_tools: Vec<std::sync::Arc<crate::tools::AgentTool>> = Vec::new();
         for tool in defined.tools.iter().flatten() {
+            if let Some(prefix) = tool.strip_suffix('*') {
+                // `PREFIX*`: every tool whose name starts so (an MCP
+                // server's, `NAME__*`), as they are at start-up.
+                let before = agent_tools.len();
+                agent_tools.extend(
+                    tools
+                        .starting_with(prefix)
+                        .filter(|t| !agent_tools.iter().any(|a| a.spec().name == t.spec().name))
+                        .collect::<Vec<_>>(),
+                );
+                if agent_tools.len() == before {
+                    tracing::warn!(
+                        agent = name.as_str(),
+                        pattern = tool.as_str(),
+                        "the pattern matches no tool now (an MCP server that is down?); \
+                         the agent starts without it"
+                    );
+                }
+                continue;
+            }
             agent_tools.push(tools.get(tool).ok_or_else(|| {
                 format!(
                     "agent {name:?} names the unknown tool {tool:?}; the tools are {}",

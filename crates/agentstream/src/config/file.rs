@@ -9,7 +9,7 @@ use crate::{
     agent::registry::AgentConfig,
     http::auth::AuthConfig,
     llm::registry::ProviderConfig,
-    tools::{ToolConfig, sql::DatabaseConfig},
+    tools::{ToolConfig, mcp::McpServerConfig, sql::DatabaseConfig},
 };
 
 /// The built-in agents and tools (see the file's own comments).
@@ -33,6 +33,9 @@ pub struct FileConfig {
     /// Application databases SQL tools act on, by name.
     #[serde(default)]
     pub databases: BTreeMap<String, DatabaseConfig>,
+    /// MCP servers whose tools agents may call, by name: `[mcp.NAME]`.
+    #[serde(default)]
+    pub mcp: BTreeMap<String, McpServerConfig>,
     /// How callers sign in besides API keys: `[auth.jwt]`.
     #[serde(default)]
     pub auth: AuthConfig,

@@ -14,6 +14,11 @@ struct Status {
     /// `ok` (the process is up) or `ready` (the database answers).
     #[schema(example = "ok")]
     status: String,
+    /// `/readyz` only: each MCP server's state, by its `[mcp.NAME]`. A
+    /// server that is down does not make the node unready: only the calls
+    /// of its tools fail (a tool error the model reads).
+    #[schema(value_type = Option<Object>, example = json!({"time": {"state": "up", "optional": false, "tools": 2}}))]
+    mcp: Option<serde_json::Value>,
 }
 
 pub fn router() -> Router<AppState> {
@@ -41,11 +46,13 @@ async fn health() -> Json<serde_json::Value> {
     tag = "operations",
     summary = "Readiness",
     responses(
-        (status = 200, description = "The database answers: `{\"status\": \"ready\"}`.", body = Status),
+        (status = 200, description = "The database answers: `{\"status\": \"ready\", \"mcp\": {…}}`, with each MCP server's state (`starting`, `up`, `down` with its `error`, `closed`).", body = Status),
         (status = 503, response = Unavailable),
     ),
 )]
 async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     state.store.ping().await?;
-    Ok(Json(serde_json::json!({ "status": "ready" })))
+    Ok(Json(
+        serde_json::json!({ "status": "ready", "mcp": state.mcp.status() }),
+    ))
 }

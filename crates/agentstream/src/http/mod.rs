@@ -25,6 +25,7 @@ pub use error::ApiError;
 use crate::{
     runs::RunManager,
     store::{Store, User},
+    tools::mcp::McpServers,
 };
 
 /// Limits the HTTP layer enforces.
@@ -51,6 +52,8 @@ pub struct AppState {
     pub(crate) limits: Arc<Limits>,
     /// What the SSE streams share: keep-alive, the end at shutdown, their count.
     pub(crate) streams: wire::Streams,
+    /// The MCP servers, for `/readyz` (none unless `with_mcp`).
+    pub(crate) mcp: McpServers,
 }
 
 impl AppState {
@@ -74,6 +77,16 @@ impl AppState {
         &self.auth
     }
 
+    /// The MCP servers tools are imported from.
+    pub fn mcp(&self) -> &McpServers {
+        &self.mcp
+    }
+
+    /// The state with the MCP servers `/readyz` reports on.
+    pub fn with_mcp(self, mcp: McpServers) -> AppState {
+        AppState { mcp, ..self }
+    }
+
     /// Builds the state; `auth` acts as `local_user` where it allows that.
     pub fn new(
         store: Store,
@@ -95,6 +108,7 @@ impl AppState {
                 end: streams_end,
                 open: TaskTracker::new(),
             },
+            mcp: McpServers::default(),
         }
     }
 }

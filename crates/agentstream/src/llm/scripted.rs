@@ -129,14 +129,14 @@ fn tool_step(request: &ChatRequest, history: &History<'_>) -> Option<Step> {
         ChatMessage::User(text) => {
             let lower = text.to_lowercase();
             // Named when every word of its name is in the message:
-            // `list_orders` by "list my orders".
+            // `list_orders` by "list my orders", an MCP server's
+            // `time__get-current-time` by "time: get the current time".
             let tool = request.tools.iter().find(|tool| {
+                let name = tool.name.to_lowercase();
+                let mut words = name.split(['_', '-']).filter(|word| !word.is_empty());
                 !PROFILE_TOOLS.contains(&tool.name.as_str())
-                    && tool
-                        .name
-                        .to_lowercase()
-                        .split('_')
-                        .all(|word| !word.is_empty() && lower.contains(word))
+                    && words.clone().next().is_some()
+                    && words.all(|word| lower.contains(word))
             })?;
             Some(history.call(&tool.name, arguments(text, &tool.parameters)))
         }

@@ -117,7 +117,8 @@ impl Transport {
             }
             None => None,
         };
-        let client = reqwest::Client::builder()
+        let client = crate::tls::client_builder()
+            .map_err(|e| format!("could not set up TLS: {e}"))?
             .connect_timeout(settings.connect_timeout)
             .build()
             .map_err(|e| format!("could not build the HTTP client: {}", error_chain(&e)))?;

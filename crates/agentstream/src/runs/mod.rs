@@ -171,7 +171,7 @@ struct Inner {
     node: NodeSettings,
     /// Limits on runs, fixed at start-up.
     limits: RunLimits,
-    /// Where runs' events go; its writer task stops at shutdown phase 4,
+    /// Where runs' events go; its writer task stops at shutdown phase 5,
     /// after every run has ended.
     log: EventLog,
     /// Live delivery, shared with the event log's writer and the listener.

@@ -58,6 +58,15 @@ pub const HTTP_TOOL_CALLS: &str = "agentstream_http_tool_calls_total";
 /// An HTTP tool call's time, retries included, by tool.
 pub const HTTP_TOOL_DURATION: &str = "agentstream_http_tool_duration_seconds";
 
+/// MCP tool calls, by server, tool and outcome.
+pub const MCP_TOOL_CALLS: &str = "agentstream_mcp_tool_calls_total";
+/// An MCP tool call's time, by server and tool.
+pub const MCP_TOOL_DURATION: &str = "agentstream_mcp_tool_duration_seconds";
+/// MCP tool calls sent and not yet answered, by server.
+pub const MCP_CALLS_IN_FLIGHT: &str = "agentstream_mcp_calls_in_flight";
+/// 1 while an MCP server's session is up, by server.
+pub const MCP_SERVER_UP: &str = "agentstream_mcp_server_up";
+
 /// The route label of a request that matched no route: raw paths are never
 /// labels, so the number of series stays bounded.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
@@ -94,6 +103,7 @@ fn builder() -> Result<PrometheusBuilder, BuildError> {
         POOL_ACQUIRE,
         HTTP_DURATION,
         HTTP_TOOL_DURATION,
+        MCP_TOOL_DURATION,
     ];
     let mut builder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(COMMIT_BATCH.to_owned()), BATCH_BUCKETS)?;
@@ -199,6 +209,23 @@ fn describe() {
         HTTP_TOOL_DURATION,
         Unit::Seconds,
         "An HTTP tool call's time, retries included, by tool."
+    );
+    describe_counter!(
+        MCP_TOOL_CALLS,
+        "MCP tool calls, by server, tool and outcome (ok, tool_error, refused, timeout, lost, unavailable, failed, stopped)."
+    );
+    describe_histogram!(
+        MCP_TOOL_DURATION,
+        Unit::Seconds,
+        "An MCP tool call's time, by server and tool."
+    );
+    describe_gauge!(
+        MCP_CALLS_IN_FLIGHT,
+        "MCP tool calls sent and not yet answered (or abandoned), by server."
+    );
+    describe_gauge!(
+        MCP_SERVER_UP,
+        "1 while the MCP server's session is up, else 0, by server."
     );
 }
 
@@ -339,6 +366,37 @@ pub fn http_request(method: &Method, route: &str, status: StatusCode, elapsed: D
 pub fn http_tool_call(tool: &str, outcome: &'static str, elapsed: Duration) {
     counter!(HTTP_TOOL_CALLS, "tool" => tool.to_owned(), "outcome" => outcome).increment(1);
     histogram!(HTTP_TOOL_DURATION, "tool" => tool.to_owned()).record(elapsed);
+}
+
+/// A call of the MCP tool `tool` (its imported name) of `server` ended with
+/// `outcome` (`ok`, `tool_error`, `timeout`, `stopped`, …) after `elapsed`.
+/// Both names come from the configuration and the servers' tool lists, so
+/// the number of series stays bounded.
+pub fn mcp_tool_call(server: &str, tool: &str, outcome: &'static str, elapsed: Duration) {
+    counter!(
+        MCP_TOOL_CALLS,
+        "server" => server.to_owned(),
+        "tool" => tool.to_owned(),
+        "outcome" => outcome
+    )
+    .increment(1);
+    histogram!(MCP_TOOL_DURATION, "server" => server.to_owned(), "tool" => tool.to_owned())
+        .record(elapsed);
+}
+
+/// An MCP tool call of `server` was sent (`true`) or ended (`false`).
+pub fn mcp_call_in_flight(server: &str, sent: bool) {
+    let gauge = gauge!(MCP_CALLS_IN_FLIGHT, "server" => server.to_owned());
+    if sent {
+        gauge.increment(1.0);
+    } else {
+        gauge.decrement(1.0);
+    }
+}
+
+/// The MCP server `server`'s session went up or down.
+pub fn mcp_server_up(server: &str, up: bool) {
+    gauge!(MCP_SERVER_UP, "server" => server.to_owned()).set(if up { 1.0 } else { 0.0 });
 }
 
 /// Standard methods by name; any other is `other`, so a client cannot add

@@ -1,4 +1,5 @@
-//! Logs and metrics: levels from `RUST_LOG` (default `info`), text or JSON
+//! Logs and metrics: levels from `RUST_LOG` (default `info`, the MCP SDK's
+//! own lines off: agentstream says what its MCP servers do), text or JSON
 //! lines on stderr, one line a record; the Prometheus figures are in
 //! [`metrics`]. A leaf: it names nothing else of the crate, so every module
 //! may record into it (callers pass labels, not their types).
@@ -19,9 +20,16 @@ pub enum Format {
     Json,
 }
 
+/// The levels logged when `RUST_LOG` is not set. agentstream's own lines say
+/// what an MCP server does (started, lost with why, up again); the SDK's say
+/// how, several an attempt while a server is down, at ERROR: they are for
+/// `RUST_LOG=info,rmcp=debug`.
+const DEFAULT_FILTER: &str = "info,rmcp=off";
+
 /// Installs the global subscriber. Call once, from `main`.
 pub fn init(format: Format) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         Format::Text => registry

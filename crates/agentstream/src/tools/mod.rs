@@ -4,10 +4,12 @@
 //! Tools are defined in the configuration (`[tools.NAME]`), one kind per
 //! module: [`sql`] runs one parameterised statement, [`http`] POSTs a signed
 //! call to a backend. A kind is one module plus one variant of
-//! [`ToolConfig`] in [`registry`].
+//! [`ToolConfig`] in [`registry`]. [`mcp`] imports the tools of MCP servers
+//! (`[mcp.NAME]`) into the same registry.
 
 mod execute;
 pub mod http;
+pub mod mcp;
 pub mod params;
 pub mod registry;
 pub mod sql;

@@ -208,6 +208,17 @@ impl Registry {
         self.tools.get(name).cloned()
     }
 
+    /// The tools whose names start with `prefix`, by name.
+    pub fn starting_with<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = Arc<AgentTool>> + 'a {
+        self.tools
+            .range(prefix.to_owned()..)
+            .take_while(move |(name, _)| name.starts_with(prefix))
+            .map(|(_, tool)| tool.clone())
+    }
+
     /// Every tool's name.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.tools.keys().map(String::as_str)

@@ -87,7 +87,7 @@ async fn resume_and_cancel_across_nodes() {
     let db = TestDb::new(Backend::Postgres).await;
     let a = node(&db, "node-a", "20").await;
     let b = node(&db, "node-b", "20").await;
-    let client = reqwest::Client::new();
+    let client = client();
 
     let conversation = create_conversation(&client, &a, "onboarding").await;
     let response = start_stream(&client, &a, &conversation, "Ada").await;
@@ -130,7 +130,7 @@ async fn resume_past_the_end_on_another_node() {
     let db = TestDb::new(Backend::Postgres).await;
     let a = node(&db, "node-a", "30").await;
     let b = node(&db, "node-b", "30").await;
-    let client = reqwest::Client::new();
+    let client = client();
     let conversation = create_conversation(&client, &a, "chat").await;
     let response = start_stream(&client, &a, &conversation, "tell me a long story").await;
     let run = response.headers()["x-run-id"].to_str().unwrap().to_owned();
@@ -161,7 +161,7 @@ async fn a_dead_nodes_runs_are_interrupted_once() {
     let mut a = node(&db, "node-a", "200").await;
     let b = node(&db, "node-b", "200").await;
     let c = node(&db, "node-c", "200").await;
-    let client = reqwest::Client::new();
+    let client = client();
     let conversation = create_conversation(&client, &a, "chat").await;
     let response = start_stream(&client, &a, &conversation, "tell me a long story").await;
     let run = response.headers()["x-run-id"].to_str().unwrap().to_owned();
@@ -221,7 +221,7 @@ async fn policies_hold_across_nodes() {
     args.extend(LEASES);
     let a = ServerProcess::start(&args, &[]).await;
     let b = ServerProcess::start(&args, &[]).await;
-    let client = reqwest::Client::new();
+    let client = client();
     let conversation = create_conversation(&client, &a, "chat").await;
     let starts = (0..20).map(|i| {
         let node = if i % 2 == 0 { &a } else { &b };
@@ -366,10 +366,7 @@ async fn through_nginx() {
     .expect("nginx listens within 30 s");
     let base = format!("http://127.0.0.1:{port}");
     // A fresh connection per request, as a browser after a network cut.
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
+    let client = client_builder().pool_max_idle_per_host(0).build().unwrap();
     let conversation: Value = client
         .post(format!("{base}/v1/conversations"))
         .json(&json!({ "kind": "chat" }))
@@ -444,7 +441,7 @@ async fn database_restart_with_two_nodes() {
     };
     let mut a = start("node-a").await;
     let mut b = start("node-b").await;
-    let client = reqwest::Client::new();
+    let client = client();
     let mut runs = Vec::new();
     for _ in 0..5 {
         let conversation = create_conversation(&client, &a, "chat").await;

@@ -33,7 +33,7 @@ async fn sigkill_then_restart(backend: Backend) {
     // A word a second: each reply (about ten words) outlasts the four
     // starts below by several seconds, even on a loaded machine.
     let mut server = start(&db, "1000").await;
-    let client = reqwest::Client::new();
+    let client = client();
     let mut seen = Vec::new();
     for i in 0..4 {
         let conversation: Value = client
@@ -130,7 +130,7 @@ both!(sigkill_then_restart);
 async fn sigterm_with_open_streams(backend: Backend) {
     let db = TestDb::new(backend).await;
     let mut server = start(&db, "200").await;
-    let client = reqwest::Client::new();
+    let client = client();
     let streams = (0..200).map(|i| {
         let client = client.clone();
         let url = server.url("/api/v1/chat/stream");
@@ -171,7 +171,7 @@ async fn sigterm_with_open_streams(backend: Backend) {
     );
     assert!(server.wait().await.success(), "exit 0");
     assert!(server.warnings().is_empty(), "{:#?}", server.warnings());
-    assert!(server.log.iter().any(|l| l.contains("shutdown 5/5")));
+    assert!(server.log.iter().any(|l| l.contains("shutdown 6/6")));
     db.drop_schema().await;
 }
 both!(sigterm_with_open_streams);

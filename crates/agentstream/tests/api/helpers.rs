@@ -157,6 +157,17 @@ impl LogCapture {
     }
 }
 
+/// A client builder with the server's TLS settings: reqwest brings no crypto
+/// provider of its own, so `reqwest::Client::new()` would panic.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    agentstream::tls::client_builder().unwrap()
+}
+
+/// A client with the server's TLS settings.
+pub fn client() -> reqwest::Client {
+    client_builder().build().unwrap()
+}
+
 /// A server on a loopback port over a fresh database.
 pub struct TestApp {
     pub base: String,
@@ -179,8 +190,9 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 /// A server whose settings `tweak` adjusts.
 pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestApp {
     let logs = LogCapture::default();
+    // The MCP SDK's own lines are off, as in the server's default filter.
     let filter = tracing_subscriber::EnvFilter::try_from_env("TEST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rmcp=off"));
     let printed = std::env::var_os("TEST_LOG")
         .is_some()
         .then(|| tracing_subscriber::fmt::layer().with_test_writer());
@@ -208,10 +220,7 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -
     TestApp {
         base: format!("http://{addr}"),
         state,
-        client: reqwest::Client::builder()
-            .pool_max_idle_per_host(0)
-            .build()
-            .unwrap(),
+        client: client_builder().pool_max_idle_per_host(0).build().unwrap(),
         db,
         logs,
         expected: Vec::new(),

@@ -22,6 +22,8 @@ mod http_tools;
 mod input;
 mod jwt;
 mod layout;
+mod mcp;
+mod mcp_http;
 mod metrics;
 mod onboarding;
 mod openapi;

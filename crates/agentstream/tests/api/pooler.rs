@@ -303,7 +303,7 @@ async fn conversations_run_through_pgbouncer() {
     let db = PoolerDb::new().await;
     let a = pooled_node(&db, "pooler-a").await;
     let b = pooled_node(&db, "pooler-b").await;
-    let client = reqwest::Client::new();
+    let client = client();
 
     let conversations = (0..6).map(|i| {
         let (node, other) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };

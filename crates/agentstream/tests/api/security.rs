@@ -10,10 +10,7 @@ use crate::{both, helpers::*, process::ServerProcess};
 fn client_with(key: &str) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert("authorization", format!("Bearer {key}").parse().unwrap());
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .unwrap()
+    client_builder().default_headers(headers).build().unwrap()
 }
 
 /// With keys on, a request without a valid key is 401, and one user's
@@ -375,7 +372,11 @@ async fn key_commands_work() {
         .await
         .unwrap();
     assert_eq!(profile.status(), 200);
-    let without = reqwest::get(server.url("/v1/profile")).await.unwrap();
+    let without = client()
+        .get(server.url("/v1/profile"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(without.status(), 401);
     let revoked = run(&["keys", "revoke", &key[..12]]).await;
     assert!(revoked.status.success());

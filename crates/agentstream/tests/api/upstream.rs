@@ -202,7 +202,7 @@ async fn the_api_key_stays_out_of_the_logs() {
         &[("MOCK_KEY", KEY), ("RUST_LOG", "debug")],
     )
     .await;
-    let client = reqwest::Client::new();
+    let client = client();
     for (path, kind) in [
         ("/api/v1/chat/onboarding/stream", "onboarding"),
         ("/api/v1/chat/stream", "chat"),

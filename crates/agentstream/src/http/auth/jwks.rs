@@ -101,7 +101,8 @@ impl Jwks {
         // Only fails for URLs that cannot have a password, which have none.
         let _ = shown.set_password(None);
         let shown = shown.to_string();
-        let client = reqwest::Client::builder()
+        let client = crate::tls::client_builder()
+            .map_err(|e| format!("no TLS settings: {e}"))?
             .timeout(FETCH_TIMEOUT)
             .build()
             .map_err(|e| format!("no HTTP client: {e}"))?;

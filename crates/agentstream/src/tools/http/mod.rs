@@ -219,7 +219,8 @@ impl HttpTool {
                 "`max_retries` is {max_retries}; at most {MAX_RETRIES_LIMIT} are allowed"
             ));
         }
-        let client = reqwest::Client::builder()
+        let client = crate::tls::client_builder()
+            .map_err(|e| format!("cannot set up TLS: {e}"))?
             .connect_timeout(timeout.min(CONNECT_TIMEOUT))
             // A redirected POST becomes a GET without its body: a 3xx is
             // the backend's answer, an error the model reads.
@@ -250,7 +251,7 @@ impl HttpTool {
 }
 
 /// The value of the environment variable `var`, named by `key`.
-fn env_value(var: &str, key: &str) -> Result<String, String> {
+pub(crate) fn env_value(var: &str, key: &str) -> Result<String, String> {
     std::env::var(var).map_err(|e| match e {
         std::env::VarError::NotPresent => {
             format!("the environment variable {var} ({key}) is not set")
