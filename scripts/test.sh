@@ -2,7 +2,8 @@
 # Runs every test: unit tests, the API suite on SQLite and on PostgreSQL
 # (a fresh database, made by scripts/postgres.sh; several nodes, behind
 # nginx too; through PgBouncer in transaction mode, from scripts/pgbouncer.sh),
-# the terminal client, mock-llm's and loadgen's own tests.
+# the terminal client, the OpenAI-compatible API through the official
+# `openai` Python SDK, mock-llm's and loadgen's own tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The multi-node test runs the shipped deploy/nginx.conf in front of two nodes.
@@ -17,6 +18,10 @@ ensure_postgres
 # shellcheck source=scripts/pgbouncer.sh
 source scripts/pgbouncer.sh
 ensure_pgbouncer
+# The official `openai` Python SDK (pinned, in target/openai-venv) for the
+# OpenAI-compatible API's tests; installed once here rather than by the first
+# test that needs it.
+scripts/openai-venv.sh >/dev/null
 cargo test --workspace --locked "$@"
 # The page in headless Chromium, the OpenAPI contract under schemathesis, and
 # a few seconds of every benchmark scenario so that the suite never rots.

@@ -21,7 +21,8 @@ use utoipa::{
 };
 
 use super::{
-    AppState, agents, compat, conversations, error::ErrorBody, health, metrics, page, profile, runs,
+    AppState, agents, compat, conversations, error::ErrorBody, health, metrics, openai, page,
+    profile, runs,
 };
 use crate::{agent::Agents, runs::Multitask};
 
@@ -59,6 +60,9 @@ pub fn router() -> Router<AppState> {
         profile::get_profile,
         compat::chat_stream,
         compat::onboarding_stream,
+        openai::list_models,
+        openai::get_model,
+        openai::create_chat_completion,
         health::health,
         health::ready,
         metrics::get_metrics,
@@ -68,7 +72,7 @@ pub fn router() -> Router<AppState> {
         page::style_css,
     ),
     components(
-        schemas(ErrorBody, crate::events::RunEvent),
+        schemas(ErrorBody, crate::events::RunEvent, super::wire::openai::OpenAiErrorBody),
         responses(
             BadRequest,
             Unauthorized,
@@ -79,6 +83,16 @@ pub fn router() -> Router<AppState> {
             Unprocessable,
             TooManyRuns,
             Unavailable,
+            openai::OpenAiBadRequest,
+            openai::OpenAiUnauthorized,
+            openai::OpenAiNotFound,
+            openai::OpenAiConflict,
+            openai::OpenAiPayloadTooLarge,
+            openai::OpenAiUnsupportedMediaType,
+            openai::OpenAiUnprocessable,
+            openai::OpenAiTooManyRuns,
+            openai::OpenAiRunFailed,
+            openai::OpenAiUnavailable,
         ),
     ),
     modifiers(&BearerAuth),
@@ -87,6 +101,7 @@ pub fn router() -> Router<AppState> {
         (name = "conversations", description = "Conversations and their transcripts."),
         (name = "runs", description = "Runs: start one (streamed or not), read it, follow its events, cancel it."),
         (name = "profile", description = "The onboarding profile the tools write."),
+        (name = "openai", description = "OpenAI-compatible Chat Completions: the agents as models; errors in OpenAI's shape."),
         (name = "seed", description = "The seed's routes, kept so its clients work unchanged."),
         (name = "operations", description = "Health, metrics and this document."),
         (name = "page", description = "The chat page and its assets."),

@@ -24,6 +24,8 @@ mod jwt;
 mod layout;
 mod metrics;
 mod onboarding;
+mod openai_compat;
+mod openai_sdk;
 mod openapi;
 mod pooler;
 mod process;
