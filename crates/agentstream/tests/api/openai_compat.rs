@@ -371,6 +371,19 @@ async fn refusals(backend: Backend) {
     .unwrap();
     assert_eq!(by_metadata.headers()["x-conversation-id"], id);
     openai_error(by_metadata, 404, "not_found").await;
+
+    // Refused before any handler runs, while the database is down: in
+    // OpenAI's shape too, with `Retry-After` (the SDKs retry those).
+    app.state.store().set_down(true);
+    let refused = post(&alice, json!({ "model": "chat", "messages": hello }))
+        .await
+        .unwrap();
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body = openai_error(refused, 503, "unavailable").await;
+    assert_eq!(body["error"]["type"], "server_error");
+    let models = alice.get(app.url("/v1/models")).send().await.unwrap();
+    openai_error(models, 503, "unavailable").await;
+    app.state.store().set_down(false);
     app.stop().await;
 }
 both!(refusals);
@@ -490,3 +503,58 @@ model = "mock;tools=never;fault=reset;after=3"
     mock.shutdown().await;
 }
 both!(upstream_failure);
+
+/// Signed-in callers (JWTs) use the OpenAI routes as the native ones: a
+/// token works, another subject's conversation is absent, a bad token is 401.
+async fn jwt_callers(backend: Backend) {
+    // An environment variable cargo sets for tests, standing in for a secret.
+    const SECRET: &str = env!("CARGO_PKG_DESCRIPTION");
+    let file = "[auth.jwt]\nsecret_env = \"CARGO_PKG_DESCRIPTION\"\n\
+                issuer = \"https://id.test/\"\naudience = \"agentstream-test\"\n";
+    let (app, _dir) = spawn_app_with_file(backend, file, |_| {}).await;
+    let token = |sub: &str, secret: &str| {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let claims = json!({ "sub": sub, "iss": "https://id.test/",
+                             "aud": "agentstream-test", "exp": now + 3600 });
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    let request = |token: String, conversation: Option<&str>| {
+        let mut request = app
+            .client
+            .post(app.url("/v1/chat/completions"))
+            .bearer_auth(token)
+            .json(&json!({ "model": "chat", "messages": [user("Hello")] }));
+        if let Some(id) = conversation {
+            request = request.header("x-conversation-id", id);
+        }
+        request.send()
+    };
+    let ada = request(token("ada", SECRET), None).await.unwrap();
+    assert_eq!(ada.status(), 200);
+    let conversation = ada.headers()["x-conversation-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let again = request(token("ada", SECRET), Some(&conversation))
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    let bob = request(token("bob", SECRET), Some(&conversation))
+        .await
+        .unwrap();
+    openai_error(bob, 404, "not_found").await;
+    let forged = request(token("ada", "not the secret"), None).await.unwrap();
+    assert_eq!(
+        forged.headers()["www-authenticate"],
+        "Bearer error=\"invalid_token\""
+    );
+    let body = openai_error(forged, 401, "invalid_api_key").await;
+    assert_eq!(body["error"]["message"], "invalid token");
+    app.stop().await;
+}
+both!(jwt_callers);

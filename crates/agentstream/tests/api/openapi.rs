@@ -81,6 +81,15 @@ async fn the_document_is_openapi_3_1_and_lists_every_route() {
     ] {
         assert!(schemas.contains_key(name), "schema {name}");
     }
+    // The agents' names are the valid `agent`s and `model`s.
+    assert_eq!(
+        schemas["CreateConversation"]["properties"]["agent"]["enum"],
+        serde_json::json!(["chat", "onboarding", null])
+    );
+    assert_eq!(
+        schemas["ChatCompletionRequest"]["properties"]["model"]["enum"],
+        serde_json::json!(["chat", "onboarding"])
+    );
     // Every event type of the stream is in the event union.
     let kinds: BTreeSet<&str> = schemas["Event"]["oneOf"]
         .as_array()
