@@ -2,8 +2,9 @@
 # Runs every test: unit tests, the API suite on SQLite and on PostgreSQL
 # (a fresh database, made by scripts/postgres.sh; several nodes, behind
 # nginx too; through PgBouncer in transaction mode, from scripts/pgbouncer.sh;
-# with real MCP servers from scripts/mcp-servers.sh),
-# the terminal client, mock-llm's and loadgen's own tests.
+# with real MCP servers from scripts/mcp-servers.sh), the terminal client,
+# the OpenAI-compatible API through the official `openai` Python SDK,
+# mock-llm's and loadgen's own tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The multi-node test runs the shipped deploy/nginx.conf in front of two nodes.
@@ -23,6 +24,10 @@ ensure_pgbouncer
 # shellcheck source=scripts/mcp-servers.sh
 source scripts/mcp-servers.sh
 ensure_mcp_servers
+# The official `openai` Python SDK (pinned, in target/openai-venv) for the
+# OpenAI-compatible API's tests; installed once here rather than by the first
+# test that needs it.
+scripts/openai-venv.sh >/dev/null
 cargo test --workspace --locked "$@"
 # The page in headless Chromium, the OpenAPI contract under schemathesis, and
 # a few seconds of every benchmark scenario so that the suite never rots.

@@ -110,12 +110,17 @@ fn agent_of(
             agents.names()
         )));
     }
-    let kind = if agent == ConversationKind::Onboarding.as_str() {
+    Ok((kind_of(&agent), agent))
+}
+
+/// The kind of a conversation with `agent`: the built-in onboarding agent's
+/// are `onboarding`, every other agent's `chat`.
+pub(super) fn kind_of(agent: &str) -> ConversationKind {
+    if agent == ConversationKind::Onboarding.as_str() {
         ConversationKind::Onboarding
     } else {
         ConversationKind::Chat
-    };
-    Ok((kind, agent))
+    }
 }
 
 /// Which page of conversations.

@@ -9,6 +9,7 @@ mod extract;
 mod health;
 mod metrics;
 mod observe;
+pub mod openai;
 pub mod openapi;
 mod page;
 mod profile;
@@ -124,11 +125,15 @@ async fn refuse_while_db_down(
     request: axum::extract::Request,
     next: middleware::Next,
 ) -> axum::response::Response {
-    if state.store.is_down() && !SERVED_WHILE_DB_DOWN.contains(&request.uri().path()) {
-        return ApiError::Unavailable(
-            "the database is not answering; try again shortly".to_owned(),
-        )
-        .unlogged();
+    let path = request.uri().path();
+    if state.store.is_down() && !SERVED_WHILE_DB_DOWN.contains(&path) {
+        let refusal =
+            ApiError::Unavailable("the database is not answering; try again shortly".to_owned());
+        return if openai::serves(path) {
+            openai::OpenAiApiError::from(refusal).unlogged()
+        } else {
+            refusal.unlogged()
+        };
     }
     next.run(request).await
 }
@@ -143,6 +148,7 @@ pub fn router(state: AppState) -> Router {
         .merge(runs::router())
         .merge(profile::router())
         .merge(compat::router())
+        .merge(openai::router())
         .merge(health::router())
         .merge(page::router())
         .merge(metrics::router())

@@ -21,7 +21,8 @@ use utoipa::{
 };
 
 use super::{
-    AppState, agents, compat, conversations, error::ErrorBody, health, metrics, page, profile, runs,
+    AppState, agents, compat, conversations, error::ErrorBody, health, metrics, openai, page,
+    profile, runs,
 };
 use crate::{agent::Agents, runs::Multitask};
 
@@ -39,7 +40,8 @@ pub fn router() -> Router<AppState> {
             write a database. A run is not a request: starting one starts a run owned by the \
             server, and responses only subscribe to its events, which are stored before they \
             are sent and can be replayed after any `seq`.\n\nEvery error is \
-            `{\"error\": {\"code\", \"message\"}}`. With API keys or JWT sign-in on, every \
+            `{\"error\": {\"code\", \"message\"}}`, except on the OpenAI-compatible \
+            routes (tag `openai`), which answer in OpenAI's shape. With API keys or JWT sign-in on, every \
             route under `/v1` and `/api/v1` needs `Authorization: Bearer <key or JWT>`; while \
             neither is on and the server listens on loopback only, requests without a key act \
             as the local user.",
@@ -59,6 +61,9 @@ pub fn router() -> Router<AppState> {
         profile::get_profile,
         compat::chat_stream,
         compat::onboarding_stream,
+        openai::list_models,
+        openai::get_model,
+        openai::create_chat_completion,
         health::health,
         health::ready,
         metrics::get_metrics,
@@ -68,7 +73,7 @@ pub fn router() -> Router<AppState> {
         page::style_css,
     ),
     components(
-        schemas(ErrorBody, crate::events::RunEvent),
+        schemas(ErrorBody, crate::events::RunEvent, super::wire::openai::OpenAiErrorBody),
         responses(
             BadRequest,
             Unauthorized,
@@ -79,6 +84,16 @@ pub fn router() -> Router<AppState> {
             Unprocessable,
             TooManyRuns,
             Unavailable,
+            openai::OpenAiBadRequest,
+            openai::OpenAiUnauthorized,
+            openai::OpenAiNotFound,
+            openai::OpenAiConflict,
+            openai::OpenAiPayloadTooLarge,
+            openai::OpenAiUnsupportedMediaType,
+            openai::OpenAiUnprocessable,
+            openai::OpenAiTooManyRuns,
+            openai::OpenAiRunFailed,
+            openai::OpenAiUnavailable,
         ),
     ),
     modifiers(&BearerAuth),
@@ -87,6 +102,7 @@ pub fn router() -> Router<AppState> {
         (name = "conversations", description = "Conversations and their transcripts."),
         (name = "runs", description = "Runs: start one (streamed or not), read it, follow its events, cancel it."),
         (name = "profile", description = "The onboarding profile the tools write."),
+        (name = "openai", description = "OpenAI-compatible Chat Completions: the agents as models; errors in OpenAI's shape."),
         (name = "seed", description = "The seed's routes, kept so its clients work unchanged."),
         (name = "operations", description = "Health, metrics and this document."),
         (name = "page", description = "The chat page and its assets."),
@@ -124,19 +140,30 @@ impl Modify for BearerAuth {
 
 /// The OpenAPI document of this server: the generated one, with the names
 /// of the agents this server runs as the `agent` enum of `POST
-/// /v1/conversations`, so a client (or a fuzzer) knows which are valid.
+/// /v1/conversations` and the `model` enum of `POST /v1/chat/completions`,
+/// so a client (or a fuzzer) knows which are valid.
 pub fn document(agents: &Agents) -> String {
     let mut document = ApiDoc::openapi();
-    let names: Vec<String> = agents.iter().map(|agent| agent.name.clone()).collect();
-    if let Some(components) = document.components.as_mut()
-        && let Some(RefOr::T(Schema::Object(create))) =
+    let names: Vec<serde_json::Value> = agents
+        .iter()
+        .map(|agent| agent.name.clone().into())
+        .collect();
+    if let Some(components) = document.components.as_mut() {
+        if let Some(RefOr::T(Schema::Object(create))) =
             components.schemas.get_mut("CreateConversation")
-        && let Some(RefOr::T(Schema::Object(agent))) = create.properties.get_mut("agent")
-    {
-        // Null too: the field may be left out or sent as null.
-        let mut values: Vec<serde_json::Value> = names.into_iter().map(Into::into).collect();
-        values.push(serde_json::Value::Null);
-        agent.enum_values = Some(values);
+            && let Some(RefOr::T(Schema::Object(agent))) = create.properties.get_mut("agent")
+        {
+            // Null too: the field may be left out or sent as null.
+            let mut values = names.clone();
+            values.push(serde_json::Value::Null);
+            agent.enum_values = Some(values);
+        }
+        if let Some(RefOr::T(Schema::Object(request))) =
+            components.schemas.get_mut("ChatCompletionRequest")
+            && let Some(RefOr::T(Schema::Object(model))) = request.properties.get_mut("model")
+        {
+            model.enum_values = Some(names);
+        }
     }
     document
         .to_json()

@@ -29,7 +29,9 @@ pub use subscription::Delivery;
 
 use crate::{
     agent::Agents,
-    store::{Conversation, ConversationKind, OnDisconnect, Run, RunStatus, Store, StoreError},
+    store::{
+        Conversation, ConversationKind, OnDisconnect, Role, Run, RunStatus, Store, StoreError,
+    },
     text::text_enum,
 };
 
@@ -70,7 +72,7 @@ pub struct StartRun {
 }
 
 /// Which conversation a run is for.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum ConversationRef {
     /// The user's conversation with this ID; of this kind, if one is given.
     Existing {
@@ -81,6 +83,30 @@ pub enum ConversationRef {
     },
     /// A new conversation of this kind, created with the run.
     New(ConversationKind),
+    /// A new conversation with this agent, created with the run, whose
+    /// transcript opens with the messages a client kept until now.
+    NewWith {
+        /// The agent that answers.
+        agent: String,
+        /// Its kind.
+        kind: ConversationKind,
+        /// The earlier messages, oldest first, stored before the run's input.
+        history: Vec<PriorMessage>,
+    },
+}
+
+/// A message of a conversation held by a client until now (an OpenAI-style
+/// request carries the whole history): stored as it is, written by no run.
+#[derive(Debug, Clone)]
+pub struct PriorMessage {
+    /// Who wrote it: `user`, `assistant` or `tool`.
+    pub role: Role,
+    /// Its text.
+    pub content: String,
+    /// An assistant message's tool calls, as stored: `[{id, name, arguments}]`.
+    pub tool_calls: Option<serde_json::Value>,
+    /// The call a tool message answers.
+    pub tool_call_id: Option<String>,
 }
 
 /// A run that was started, or found by its client message ID.

@@ -44,7 +44,8 @@ impl RunManager {
             return Err(RunError::Overloaded(active_here));
         }
         let mut tx = self.inner.store.begin().await?;
-        let new_conversation = matches!(conversation, ConversationRef::New(_));
+        let new_conversation = !matches!(conversation, ConversationRef::Existing { .. });
+        let mut prior = Vec::new();
         let conversation = match conversation {
             ConversationRef::Existing { id, kind } => {
                 let conversation = store::conversation_for_update(&mut tx, user_id, id)
@@ -62,6 +63,39 @@ impl RunManager {
             }
             ConversationRef::New(kind) => {
                 store::insert_conversation(&mut tx, user_id, kind, kind.as_str(), None).await?
+            }
+            ConversationRef::NewWith {
+                agent,
+                kind,
+                history,
+            } => {
+                let conversation =
+                    store::insert_conversation(&mut tx, user_id, kind, &agent, None).await?;
+                // Stored before the run, so their IDs (UUID v7) put them
+                // before the run's messages in the transcript.
+                for message in history {
+                    let content = crate::text::clean_string(message.content);
+                    let mut tool_calls = message.tool_calls;
+                    if let Some(calls) = tool_calls.as_mut() {
+                        crate::text::clean_json(calls);
+                    }
+                    let tool_call_id = message.tool_call_id.map(crate::text::clean_string);
+                    let stored = store::insert_message(
+                        &mut tx,
+                        NewMessage {
+                            conversation_id: conversation.id,
+                            run_id: None,
+                            role: message.role,
+                            content: &content,
+                            tool_calls: tool_calls.as_ref(),
+                            tool_call_id: tool_call_id.as_deref(),
+                            status: MessageStatus::Complete,
+                        },
+                    )
+                    .await?;
+                    prior.push(stored);
+                }
+                conversation
             }
         };
         let agent_name = conversation.agent.as_str();
@@ -126,7 +160,8 @@ impl RunManager {
         let first = match status {
             RunStatus::Running => {
                 let history = if new_conversation {
-                    vec![message]
+                    prior.push(message);
+                    prior
                 } else {
                     store::messages(&mut tx, conversation.id, None).await?
                 };

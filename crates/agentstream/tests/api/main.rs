@@ -26,6 +26,8 @@ mod mcp;
 mod mcp_http;
 mod metrics;
 mod onboarding;
+mod openai_compat;
+mod openai_sdk;
 mod openapi;
 mod pooler;
 mod process;

@@ -81,6 +81,15 @@ async fn the_document_is_openapi_3_1_and_lists_every_route() {
     ] {
         assert!(schemas.contains_key(name), "schema {name}");
     }
+    // The agents' names are the valid `agent`s and `model`s.
+    assert_eq!(
+        schemas["CreateConversation"]["properties"]["agent"]["enum"],
+        serde_json::json!(["chat", "onboarding", null])
+    );
+    assert_eq!(
+        schemas["ChatCompletionRequest"]["properties"]["model"]["enum"],
+        serde_json::json!(["chat", "onboarding"])
+    );
     // Every event type of the stream is in the event union.
     let kinds: BTreeSet<&str> = schemas["Event"]["oneOf"]
         .as_array()
@@ -113,15 +122,20 @@ async fn the_document_is_openapi_3_1_and_lists_every_route() {
                 statuses.keys().any(|s| s.starts_with('2')),
                 "{label}: no 2xx"
             );
-            // Each error refers to a reusable response whose body is the error body.
+            // Each error refers to a reusable response whose body is the error
+            // body: OpenAI's on the OpenAI-compatible routes.
+            let error_body = if path == "/v1/chat/completions" || path.starts_with("/v1/models") {
+                "#/components/schemas/OpenAiErrorBody"
+            } else {
+                "#/components/schemas/ErrorBody"
+            };
             for (status, answer) in statuses.iter().filter(|(s, _)| s.as_str() >= "400") {
                 let name = answer["$ref"]
                     .as_str()
                     .and_then(|r| r.strip_prefix("#/components/responses/"))
                     .unwrap_or_else(|| panic!("{label} {status}: {answer}"));
                 assert_eq!(
-                    responses[name]["content"]["application/json"]["schema"]["$ref"],
-                    "#/components/schemas/ErrorBody",
+                    responses[name]["content"]["application/json"]["schema"]["$ref"], error_body,
                     "{label} {status}"
                 );
             }
@@ -149,8 +163,8 @@ async fn the_document_is_openapi_3_1_and_lists_every_route() {
             }
         }
     }
-    // create_run, stream_events and the two seed routes.
-    assert_eq!(sse_operations, 4);
+    // create_run, stream_events, the two seed routes and chat completions.
+    assert_eq!(sse_operations, 5);
 
     // Every documented operation is routed with its method: the answer is
     // never 405 nor the fallback's "route not found".

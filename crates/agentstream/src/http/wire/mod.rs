@@ -1,11 +1,12 @@
 //! The wire formats of a run's stream. An [`Encoder`] per format turns the
 //! run's committed events into SSE messages; [`sse_response`] does what every
-//! format shares: the `retry:` line, keep-alive comments, the cut at
+//! format shares: the opening `retry:` line, keep-alive comments, the cut at
 //! shutdown and the headers. [`subscribe`] is where every stream's events
 //! come from. A new format is one file here with its encoder; neither the
 //! runs nor their subscriptions change.
 
 pub mod native;
+pub mod openai;
 
 use std::{
     convert::Infallible,
@@ -47,6 +48,12 @@ pub trait Encoder: Send + 'static {
     /// read the run's log (`reason`, for people). The stream ends after
     /// them, without `done`; the client may resume from the last event it got.
     fn unavailable(&mut self, reason: &str) -> Vec<SseEvent>;
+
+    /// The message the stream opens with: the `retry:` line, unless the
+    /// format's clients cannot take it.
+    fn opening(&self) -> Option<SseEvent> {
+        Some(SseEvent::default().retry(RETRY))
+    }
 }
 
 /// What the server's streams share, whatever their format.
@@ -119,6 +126,7 @@ pub fn sse_response(
     streams: &Streams,
     headers: &[(&'static str, String)],
 ) -> Response {
+    let opening = encoder.opening();
     let messages = deliveries
         .flat_map(move |delivery| {
             stream::iter(match delivery {
@@ -129,7 +137,7 @@ pub fn sse_response(
         // Shutdown lets streams end by themselves after their `done`; this
         // only cuts those that would not (runs another node drives).
         .take_until(streams.end.clone().cancelled_owned());
-    let body = stream::once(async { SseEvent::default().retry(RETRY) })
+    let body = stream::iter(opening)
         .chain(messages)
         .map(Ok::<_, Infallible>);
     let mut response = Sse::new(body)
