@@ -435,6 +435,46 @@ test("an agent from the configuration is a choice on the page, and its tool call
   }
 });
 
+test("an MCP server's tool is called from the page", async ({ browser, binary }) => {
+  // Installed by scripts/mcp-servers.sh (scripts/test.sh sources it).
+  const entry = process.env.AGENTSTREAM_TEST_MCP_EVERYTHING;
+  assert(entry, "AGENTSTREAM_TEST_MCP_EVERYTHING is not set: run scripts/mcp-servers.sh first");
+  const server = await startServer(binary, {
+    name: "mcp",
+    before: ({ database }) => {
+      const config = path.join(path.dirname(database.slice("sqlite://".length)), "agentstream.toml");
+      fs.writeFileSync(
+        config,
+        [
+          "[mcp.everything]",
+          'command = "node"',
+          `args = [${JSON.stringify(entry)}, "stdio"]`,
+          "",
+          "[agents.mcp_demo]",
+          'description = "Calls the everything server\'s tools."',
+          'tools = ["everything__*"]',
+          "",
+        ].join("\n"),
+      );
+      return { args: ["--config", config] };
+    },
+  });
+  try {
+    const { context, page } = await newPage(browser, server.base);
+    await page.goto("/");
+    await page.getByLabel("Mcp demo", { exact: true }).check();
+    await send(page, "everything echo message=hello");
+    await page.locator('li.chip[data-tool="everything__echo"][data-done="true"]').waitFor();
+    const final = await lastAssistant(page, "complete");
+    assert(final.text.includes("Echo: hello"), `the reply: ${final.text}`);
+    noPageErrors(page);
+    await context.close();
+  } finally {
+    server.exitCode = await server.stop();
+    checkLog(server);
+  }
+});
+
 function checkLog(server) {
   const bad = server.log.filter((line) => / (WARN|ERROR) /.test(line));
   assert(bad.length === 0, `the ${server.name} server logged WARN/ERROR:\n${bad.join("\n")}`);

@@ -11,10 +11,7 @@ use crate::{both, helpers::*};
 fn client_with(key: &str) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert("authorization", format!("Bearer {key}").parse().unwrap());
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .unwrap()
+    client_builder().default_headers(headers).build().unwrap()
 }
 
 fn user(text: &str) -> Value {
