@@ -34,3 +34,11 @@ cargo test --workspace --locked "$@"
 scripts/browser-tests.sh
 scripts/contract.sh
 scripts/bench.sh --smoke
+# No MCP server outlives the suite: every server a test or the page's tests
+# started was reaped by agentstream's shutdown (or the test's own stop).
+left=$(pgrep -af -- "$AGENTSTREAM_TEST_MCP_EVERYTHING|$AGENTSTREAM_TEST_MCP_TIME" || true)
+if [[ -n $left ]]; then
+    printf 'test.sh: MCP server processes left after the suite:\n%s\n' "$left" >&2
+    exit 1
+fi
+echo "test.sh: no MCP server process left after the suite" >&2
