@@ -254,6 +254,37 @@ test("an onboarding answer streams in, with its tool chip and the profile update
   await context.close();
 });
 
+test("a tool call's chip appears as its arguments stream in, then settles", async ({ browser, server }) => {
+  const { context, page } = await newPage(browser, server.base);
+  await page.goto("/");
+  await page.getByText("built-in scripted demo model").waitFor();
+  // Every text a forming chip shows, as the page draws it.
+  await page.evaluate(() => {
+    window.formingTexts = [];
+    new MutationObserver(() => {
+      const args = document.querySelector("li.chip[data-forming] .args")?.textContent;
+      if (args && window.formingTexts.at(-1) !== args) window.formingTexts.push(args);
+    }).observe(document.body, { subtree: true, childList: true, characterData: true, attributes: true });
+  });
+
+  await send(page, "Grace Hopper");
+  await page.locator('li.chip[data-forming][data-tool="update_profile"]').waitFor();
+  const chip = page.locator('li.chip[data-tool="update_profile"][data-done="true"]');
+  await chip.waitFor();
+  const seen = await page.evaluate(() => window.formingTexts);
+  const whole = '{"field":"name","value":"Grace Hopper"}';
+  assert(
+    seen.every((text) => whole.startsWith(text)),
+    `forming texts that are not the arguments so far: ${JSON.stringify(seen)}`,
+  );
+  assert(seen.some((text) => text.length < whole.length), `no partial arguments shown: ${JSON.stringify(seen)}`);
+  assertEqual(await page.locator("li.chip[data-forming]").count(), 0, "forming chips left");
+  assertEqual(await page.locator('li.chip[data-tool="update_profile"]').count(), 1, "chips for the call");
+  assertEqual(await chip.locator(".args").textContent(), "field: name, value: Grace Hopper", "the settled chip");
+  noPageErrors(page);
+  await context.close();
+});
+
 test("a reload in the middle of a reply resumes it without duplicated text (phone width)", async ({ browser, server }) => {
   const { context, page } = await newPage(browser, server.base, { width: 375, height: 740 });
   await page.goto("/");

@@ -293,6 +293,30 @@ function addChip(callId, name, args) {
   return li;
 }
 
+// The tail of a forming call's arguments text, so the chip shows it growing.
+function tail(text, max = 60) {
+  return text.length > max ? "…" + text.slice(text.length - max + 1) : text;
+}
+
+// A tool call whose arguments are still arriving: its chip shows their text so far.
+function growChip(chip, name, piece) {
+  chip.dataset.arguments = (chip.dataset.arguments ?? "") + piece;
+  chip.dataset.tool = name;
+  chip.querySelector(".name").textContent = name;
+  chip.querySelector(".args").textContent = tail(chip.dataset.arguments);
+  chip.title = `${name}(${chip.dataset.arguments}`;
+}
+
+// The call is whole: its forming chip becomes the normal one.
+function settleChip(chip, name, args) {
+  delete chip.dataset.forming;
+  delete chip.dataset.arguments;
+  chip.dataset.tool = name;
+  chip.querySelector(".name").textContent = name;
+  chip.querySelector(".args").textContent = describeArgs(args);
+  chip.title = `${name}(${JSON.stringify(args)})`;
+}
+
 function setChipResult(chip, output, isError) {
   if (!chip) return;
   const result = chip.querySelector(".result");
@@ -439,16 +463,28 @@ function applyEvent(run, data) {
       }
       run.current = null;
       break;
-    case "tool.call":
-      // Text after a tool call goes to a new bubble, below the chip.
-      if (run.current && run.current.querySelector(".text").textContent === "") {
-        run.current.remove();
-      } else if (run.current) {
-        setBubbleStatus(run.current, "complete");
+    case "tool.call.delta": {
+      let chip = run.chips.get(data.call_id);
+      if (!chip) {
+        endBubble(run);
+        chip = addChip(data.call_id, data.name, "");
+        chip.dataset.forming = "true";
+        run.chips.set(data.call_id, chip);
       }
-      run.current = null;
-      run.chips.set(data.call_id, addChip(data.call_id, data.name, data.arguments));
+      growChip(chip, data.name, data.arguments_delta);
+      scrollToEnd();
       break;
+    }
+    case "tool.call": {
+      const chip = run.chips.get(data.call_id);
+      if (chip) {
+        settleChip(chip, data.name, data.arguments);
+      } else {
+        endBubble(run);
+        run.chips.set(data.call_id, addChip(data.call_id, data.name, data.arguments));
+      }
+      break;
+    }
     case "tool.result": {
       const chip = run.chips.get(data.call_id);
       setChipResult(chip, data.output, data.is_error);
@@ -472,6 +508,16 @@ function applyEvent(run, data) {
     default:
       break;
   }
+}
+
+// Text after a tool call goes to a new bubble, below the chip.
+function endBubble(run) {
+  if (run.current && run.current.querySelector(".text").textContent === "") {
+    run.current.remove();
+  } else if (run.current) {
+    setBubbleStatus(run.current, "complete");
+  }
+  run.current = null;
 }
 
 function finishRun(run, status) {

@@ -288,6 +288,9 @@ impl Reply {
                 term.text(text("text"))?;
             }
             "message.completed" => term.end_line()?,
+            // The call is printed whole at its `tool.call`; a line per piece
+            // would only repeat it.
+            "tool.call.delta" => {}
             "tool.call" => {
                 let arguments = data
                     .get("arguments")

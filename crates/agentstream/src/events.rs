@@ -18,6 +18,9 @@ text_enum! {
         RunStarted = "run.started",
         /// `delta`: a piece of the reply's text.
         Delta = "delta",
+        /// `tool.call.delta`: a piece of a tool call's arguments, as the
+        /// model writes them.
+        ToolCallDelta = "tool.call.delta",
         /// `tool.call`: the model called a tool.
         ToolCall = "tool.call",
         /// `tool.result`: a tool's result.
@@ -137,6 +140,21 @@ pub enum Event {
         /// The text.
         text: String,
     },
+    /// A piece of a tool call's arguments, as the model writes them; the
+    /// call's `tool.call` follows once they are whole (unless the run stops
+    /// first). Pieces are coalesced: at most one per call per 50 ms, the
+    /// first at once. Joined in order, a call's `arguments_delta`s are the
+    /// arguments text its `tool.call` parses, except that a call without
+    /// arguments has no piece and its `tool.call` has `{}`.
+    #[serde(rename = "tool.call.delta")]
+    ToolCallDelta {
+        /// The call's ID: the one its `tool.call` and `tool.result` carry.
+        call_id: String,
+        /// The tool's name.
+        name: String,
+        /// The next piece of the arguments' JSON text.
+        arguments_delta: String,
+    },
     /// The model called a tool.
     #[serde(rename = "tool.call")]
     ToolCall {
@@ -205,6 +223,7 @@ impl Event {
         match self {
             Event::RunStarted { .. } => EventKind::RunStarted,
             Event::Delta { .. } => EventKind::Delta,
+            Event::ToolCallDelta { .. } => EventKind::ToolCallDelta,
             Event::ToolCall { .. } => EventKind::ToolCall,
             Event::ToolResult { .. } => EventKind::ToolResult,
             Event::MessageCompleted { .. } => EventKind::MessageCompleted,
@@ -312,6 +331,11 @@ mod tests {
             Event::Delta {
                 text: "Hel\"lo\n".into(),
             },
+            Event::ToolCallDelta {
+                call_id: "call_1".into(),
+                name: "save_profile".into(),
+                arguments_delta: "{\"name\": \"A".into(),
+            },
             Event::ToolCall {
                 call_id: "call_1".into(),
                 name: "save_profile".into(),
@@ -403,6 +427,7 @@ mod tests {
             [
                 "run.started",
                 "delta",
+                "tool.call.delta",
                 "tool.call",
                 "tool.result",
                 "message.completed",

@@ -1,6 +1,7 @@
 //! The agent loop: turns a conversation into model calls and tool calls.
 
 mod control;
+mod pieces;
 pub mod registry;
 mod sink;
 
@@ -253,16 +254,24 @@ async fn steps(
         let mut text = String::new();
         let mut reasoning = String::new();
         let mut calls: Vec<ToolCall> = Vec::new();
+        let mut pieces = pieces::Pieces::default();
         *finish_reason = None;
         // Between chunks is a safe point: a stop lands here, never inside a write.
-        let end = loop {
+        let end = 'reply: loop {
             let item = tokio::select! {
                 biased;
                 () = control.cancelled() => break control.stopped().map_or(StepEnd::Finished, StepEnd::Stopped),
                 item = stream.next() => item,
             };
             match item {
-                None => break StepEnd::Finished,
+                None => {
+                    for event in pieces.flush(tokio::time::Instant::now()) {
+                        if let Err(e) = emitter.emit(event).await {
+                            break 'reply StepEnd::Failed(Outcome::failed(e.code, e.message));
+                        }
+                    }
+                    break StepEnd::Finished;
+                }
                 Some(Ok(LlmEvent::Delta(delta))) => {
                     let emitted = emitter
                         .emit(Event::Delta {
@@ -275,7 +284,24 @@ async fn steps(
                     }
                     text.push_str(&delta);
                 }
-                Some(Ok(LlmEvent::ToolCall(call))) => calls.push(own_call(call, &mut call_ids)),
+                Some(Ok(LlmEvent::ToolCallDelta(piece))) => {
+                    let now = tokio::time::Instant::now();
+                    if let Some(event) = pieces.add(piece, &mut call_ids, now)
+                        && let Err(e) = emitter.emit(event).await
+                    {
+                        break StepEnd::Failed(Outcome::failed(e.code, e.message));
+                    }
+                }
+                Some(Ok(LlmEvent::ToolCall(call))) => {
+                    // The reply's n-th call is the one whose pieces were numbered n.
+                    let (id, held) = pieces.complete(calls.len(), tokio::time::Instant::now());
+                    if let Some(event) = held
+                        && let Err(e) = emitter.emit(event).await
+                    {
+                        break StepEnd::Failed(Outcome::failed(e.code, e.message));
+                    }
+                    calls.push(own_call(call, &mut call_ids, id));
+                }
                 Some(Ok(LlmEvent::Usage(more))) => *usage.get_or_insert_default() += more,
                 Some(Ok(LlmEvent::Reasoning(more))) => reasoning.push_str(&more),
                 Some(Ok(LlmEvent::Finished(reason))) => *finish_reason = Some(reason),
@@ -378,9 +404,10 @@ async fn steps(
 }
 
 /// The call as agentstream keeps it: NUL-free, with an ID unique in the
-/// conversation. An upstream ID that is missing or already taken is replaced,
-/// and kept as the ID the call is sent back to the upstream under.
-fn own_call(mut call: ToolCall, taken: &mut HashSet<String>) -> ToolCall {
+/// conversation: `decided` when its argument pieces decided it already (see
+/// [`pieces::own_id`]). An upstream ID that is missing or already taken is
+/// replaced, and kept as the ID the call is sent back to the upstream under.
+fn own_call(mut call: ToolCall, taken: &mut HashSet<String>, decided: Option<String>) -> ToolCall {
     call.name = text::clean_string(call.name);
     if call.arguments.contains('\0') || call.arguments.contains("\\u0000") {
         call.arguments = match serde_json::from_str::<serde_json::Value>(&call.arguments) {
@@ -392,13 +419,8 @@ fn own_call(mut call: ToolCall, taken: &mut HashSet<String>) -> ToolCall {
         };
     }
     let upstream = text::clean_string(std::mem::take(&mut call.id));
-    if !upstream.is_empty() && taken.insert(upstream.clone()) {
-        call.id = upstream;
-    } else {
-        call.id = format!("call_{}", uuid::Uuid::now_v7().simple());
-        taken.insert(call.id.clone());
-        call.upstream_id = (!upstream.is_empty()).then_some(upstream);
-    }
+    call.id = decided.unwrap_or_else(|| pieces::own_id(&upstream, taken));
+    call.upstream_id = (!upstream.is_empty() && upstream != call.id).then_some(upstream);
     call
 }
 

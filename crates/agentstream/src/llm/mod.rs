@@ -49,6 +49,26 @@ impl ToolCall {
     }
 }
 
+/// A piece of a tool call's arguments, before the call is whole.
+///
+/// A provider sends a reply's [`LlmEvent::ToolCall`]s in the order the calls
+/// began, and numbers their pieces the same way: the pieces with `index` n
+/// belong to the reply's n-th `ToolCall` (counting from 0). Joined in order,
+/// a call's pieces are its `arguments`, except that a call without arguments
+/// has none and its `arguments` are `{}`, and that an escaped NUL in a JSON
+/// string is replaced in the whole call only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCallDelta {
+    /// The call's place among the reply's calls: 0, 1, 2… in the order they began.
+    pub index: usize,
+    /// The upstream's ID for the call, when it has sent one yet (else empty).
+    pub id: String,
+    /// The function's name as far as it has arrived.
+    pub name: String,
+    /// The next piece of the arguments' JSON text, NUL-free ([`crate::text`]).
+    pub arguments: String,
+}
+
 /// One message of the conversation as the model sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ChatMessage {
@@ -128,6 +148,8 @@ pub enum LlmEvent {
     /// provider cleans it where it reads it, so nothing downstream scans
     /// each delta again.
     Delta(String),
+    /// A piece of a tool call's arguments, as it arrives.
+    ToolCallDelta(ToolCallDelta),
     /// A tool call, once its arguments are whole.
     ToolCall(ToolCall),
     /// Token usage, when the provider reports it.
@@ -197,7 +219,10 @@ pub type LlmStream = BoxStream<'static, Result<LlmEvent, LlmError>>;
 
 impl crate::telemetry::metrics::UpstreamItem for Result<LlmEvent, LlmError> {
     fn is_token(&self) -> bool {
-        matches!(self, Ok(LlmEvent::Delta(_) | LlmEvent::ToolCall(_)))
+        matches!(
+            self,
+            Ok(LlmEvent::Delta(_) | LlmEvent::ToolCallDelta(_) | LlmEvent::ToolCall(_))
+        )
     }
 
     fn error_code(&self) -> Option<&'static str> {

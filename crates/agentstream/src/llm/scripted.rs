@@ -16,7 +16,10 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde::Deserialize;
 
-use super::{ChatMessage, ChatRequest, LlmError, LlmEvent, LlmStream, Provider, ToolCall, Usage};
+use super::{
+    ChatMessage, ChatRequest, LlmError, LlmEvent, LlmStream, Provider, ToolCall, ToolCallDelta,
+    Usage,
+};
 
 /// The scripted provider.
 #[derive(Debug, Clone)]
@@ -328,6 +331,16 @@ fn words(text: &str) -> Vec<String> {
     text.split_inclusive(' ').map(str::to_owned).collect()
 }
 
+/// Splits a call's arguments into the pieces the demo streams: at most four, cut at
+/// character boundaries, that join back to them exactly.
+fn pieces(arguments: &str) -> Vec<String> {
+    let chars: Vec<char> = arguments.chars().collect();
+    chars
+        .chunks(chars.len().div_ceil(4).max(1))
+        .map(|piece| piece.iter().collect())
+        .collect()
+}
+
 fn count_words(messages: &[ChatMessage]) -> u64 {
     let count = |text: &str| text.split_whitespace().count() as u64;
     messages
@@ -377,8 +390,22 @@ impl Provider for Scripted {
                         yield Err(LlmError::Upstream("scripted failure after 0 deltas".to_owned()));
                         return;
                     }
-                    if !delay.is_zero() {
+                    // The pieces share one word's pause, so a call takes as long as before.
+                    let pieces = pieces(&call.arguments);
+                    let pause = delay / u32::try_from(pieces.len().max(1)).unwrap_or(1);
+                    if pieces.is_empty() && !delay.is_zero() {
                         tokio::time::sleep(delay).await;
+                    }
+                    for piece in pieces {
+                        if !pause.is_zero() {
+                            tokio::time::sleep(pause).await;
+                        }
+                        yield Ok(LlmEvent::ToolCallDelta(ToolCallDelta {
+                            index: 0,
+                            id: call.id.clone(),
+                            name: call.name.clone(),
+                            arguments: piece,
+                        }));
                     }
                     yield Ok(LlmEvent::ToolCall(call));
                 }
@@ -428,6 +455,43 @@ mod tests {
         let text = "Hello  there, world";
         assert_eq!(words(text).concat(), text);
         assert_eq!(words(text).len(), 4);
+    }
+
+    #[test]
+    fn pieces_join_back() {
+        let arguments = r#"{"field":"name","value":"Ådå"}"#;
+        assert_eq!(pieces(arguments).concat(), arguments);
+        assert_eq!(pieces(arguments).len(), 4);
+        assert_eq!(pieces("{}"), ["{", "}"]);
+        assert!(pieces("").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_call_streams_its_arguments_in_pieces_then_whole() {
+        let request = request(vec![ChatMessage::User("Ada".into())], &["update_profile"]);
+        let events: Vec<LlmEvent> = scripted()
+            .stream(request)
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        let Some((LlmEvent::ToolCall(call), pieces)) = events.split_last() else {
+            panic!("a call last: {events:?}");
+        };
+        let joined: String = pieces
+            .iter()
+            .map(|event| match event {
+                LlmEvent::ToolCallDelta(piece) => {
+                    assert_eq!(
+                        (piece.index, &piece.id, &piece.name),
+                        (0, &call.id, &call.name)
+                    );
+                    piece.arguments.as_str()
+                }
+                other => panic!("a piece: {other:?}"),
+            })
+            .collect();
+        assert!(pieces.len() > 1, "{events:?}");
+        assert_eq!(joined, call.arguments);
     }
 
     #[test]

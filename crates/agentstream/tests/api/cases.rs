@@ -804,3 +804,124 @@ async fn agents_send_max_tokens_and_tool_choice(backend: Backend) {
     app.stop().await;
 }
 both!(agents_send_max_tokens_and_tool_choice);
+
+/// Tool-call arguments streamed in 1-byte pieces, two calls interleaved (one
+/// with no ID), then the same again in a later run (the upstream's ID reused):
+/// each call's `tool.call.delta`s carry the ID of its `tool.call`, come before
+/// it, are coalesced, and join to exactly the arguments text stored for the
+/// call; the stored log replays them alike.
+async fn tool_call_pieces_join_to_the_arguments(backend: Backend) {
+    let name = r#"{"field":"name","value":"Ada Lovelace"}"#;
+    let role = r#"{"field": "role", "value": "Engineer"}"#;
+    let mut chunks = vec![chunk(
+        json!({"role": "assistant", "tool_calls": [{"index": 0, "id": "call_frag", "type": "function",
+            "function": {"name": "update_profile", "arguments": ""}}]}),
+        None,
+    )];
+    let role_pieces = [&role[..10], &role[10..25], &role[25..]];
+    for (i, piece) in name.chars().enumerate() {
+        chunks.push(chunk(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": piece.to_string()}}]}),
+            None,
+        ));
+        if i % 10 == 0
+            && let Some(role_piece) = role_pieces.get(i / 10)
+        {
+            let function = if i == 0 {
+                json!({"name": "update_profile", "arguments": role_piece})
+            } else {
+                json!({"arguments": role_piece})
+            };
+            chunks.push(chunk(
+                json!({"tool_calls": [{"index": 1, "function": function}]}),
+                None,
+            ));
+        }
+    }
+    chunks.push(chunk(json!({}), Some("tool_calls")));
+    let fragmented = body(&chunks);
+    let (app, _dir, _replay) = replay_app(
+        backend,
+        vec![
+            rule("pieces", vec![fragmented.clone()]),
+            rule("again", vec![fragmented]),
+        ],
+        Duration::from_millis(15),
+        "",
+    )
+    .await;
+    let conversation = app.create_conversation("onboarding").await;
+    let mut first_ids = Vec::new();
+    for input in ["pieces", "again"] {
+        let events = turn(&app, &conversation, input).await;
+        assert_eq!(done_status(&events), "completed", "{events:#?}");
+        assert_seq_contiguous(&events);
+        let run_id = events[0].data["run_id"].as_str().unwrap().to_owned();
+        let stored = messages(&app, &conversation).await;
+        let stored_calls: Vec<&Value> = stored
+            .iter()
+            .filter(|m| m["run_id"] == run_id.as_str())
+            .filter_map(|m| m["tool_calls"].as_array())
+            .flatten()
+            .collect();
+        let calls = of_kind(&events, "tool.call");
+        assert_eq!((calls.len(), stored_calls.len()), (2, 2), "{stored:#?}");
+        let pieces = of_kind(&events, "tool.call.delta");
+        assert!(
+            pieces
+                .iter()
+                .all(|p| calls.iter().any(|c| c["call_id"] == p["call_id"])),
+            "{events:#?}"
+        );
+        for (call, stored_call) in calls.iter().zip(&stored_calls) {
+            let own: Vec<&&Value> = pieces
+                .iter()
+                .filter(|p| p["call_id"] == call["call_id"])
+                .collect();
+            assert!(own.iter().all(|p| p["name"] == "update_profile"));
+            assert!(own.iter().all(|p| p["seq"].as_i64() < call["seq"].as_i64()));
+            let joined: String = own
+                .iter()
+                .map(|p| p["arguments_delta"].as_str().unwrap())
+                .collect();
+            assert_eq!(stored_call["id"], call["call_id"]);
+            assert_eq!(joined, stored_call["arguments"].as_str().unwrap());
+            assert_eq!(
+                serde_json::from_str::<Value>(&joined).unwrap(),
+                call["arguments"]
+            );
+        }
+        let name_pieces = pieces
+            .iter()
+            .filter(|p| p["call_id"] == calls[0]["call_id"])
+            .count();
+        assert!(
+            (2..name.len()).contains(&name_pieces),
+            "{name_pieces} events for {} pieces: coalesced, yet streamed",
+            name.len()
+        );
+        let ids: Vec<Value> = calls.iter().map(|c| c["call_id"].clone()).collect();
+        assert_ne!(ids[0], ids[1]);
+        if first_ids.is_empty() {
+            assert_eq!(ids[0], "call_frag");
+            first_ids = ids;
+        } else {
+            assert!(ids.iter().all(|id| !first_ids.contains(id)), "{ids:?}");
+        }
+        let replayed: Vec<Value> = app
+            .follow(&run_id)
+            .await
+            .into_iter()
+            .map(|e| e.data)
+            .collect();
+        let live: Vec<Value> = events.into_iter().map(|e| e.data).collect();
+        assert_eq!(replayed, live);
+    }
+    let profile = app.get_json("/v1/profile").await;
+    assert_eq!(
+        profile["fields"],
+        json!({"name": "Ada Lovelace", "role": "Engineer"})
+    );
+    app.stop().await;
+}
+both!(tool_call_pieces_join_to_the_arguments);

@@ -1,5 +1,6 @@
-//! The Chat Completions SSE parser: text and reasoning deltas as they arrive, tool calls
-//! assembled from their pieces and sent whole when the choice finishes, usage once at the end.
+//! The Chat Completions SSE parser: text and reasoning deltas as they arrive, tool calls'
+//! argument pieces as they arrive and the calls assembled from them sent whole when the
+//! choice finishes, usage once at the end.
 //!
 //! Parsing is lenient, since compatible servers differ: unknown fields, empty `choices`,
 //! role-only chunks, comments and foreign `event:` names are skipped. A reply whose body ends
@@ -17,7 +18,7 @@ use crate::llm::transport::{
     EventParser, Flow, Limits, body_events, body_excerpt, describe_error, error_message, excerpt,
     map_text, one_line,
 };
-use crate::llm::{LlmError, LlmEvent, ToolCall, Usage};
+use crate::llm::{LlmError, LlmEvent, ToolCall, ToolCallDelta, Usage};
 use crate::text::{clean_json, clean_string};
 
 /// Parses a Chat Completions SSE body into model events, with no time limits.
@@ -54,6 +55,8 @@ pub(crate) struct ChunkParser {
     chunks: u64,
     /// Whether choice 0 has given a finish reason, so the reply is whole.
     finished: bool,
+    /// Tool calls begun so far in the reply: the next call's `number`.
+    begun: usize,
 }
 
 /// A tool call whose pieces are still arriving.
@@ -61,6 +64,8 @@ pub(crate) struct ChunkParser {
 struct PartialCall {
     /// The wire `index` of its first piece (or its position in that chunk), for messages.
     index: usize,
+    /// Its place among the reply's calls, which its argument pieces carry.
+    number: usize,
     id: String,
     name: String,
     arguments: String,
@@ -135,7 +140,7 @@ impl EventParser for ChunkParser {
                 }
                 for (position, call) in delta.tool_calls.unwrap_or_default().into_iter().enumerate()
                 {
-                    self.add_call_piece(call.index.unwrap_or(position), call);
+                    self.add_call_piece(call.index.unwrap_or(position), call, out);
                 }
             }
             if let Some(reason) = choice.finish_reason.filter(|r| !r.is_empty()) {
@@ -187,7 +192,9 @@ impl ChunkParser {
     /// sends parallel calls whole, one per chunk, all at index 0, and some servers send
     /// neither index nor id. A piece that only repeats the open call's name (some servers
     /// send the name in every chunk) extends it.
-    fn add_call_piece(&mut self, index: usize, piece: WireToolCall) {
+    ///
+    /// A piece with arguments text goes out at once as well, as a [`ToolCallDelta`].
+    fn add_call_piece(&mut self, index: usize, piece: WireToolCall, out: &mut Vec<LlmEvent>) {
         let id = piece.id.filter(|id| !id.is_empty());
         let (name, arguments) = match piece.function {
             Some(function) => (
@@ -219,8 +226,10 @@ impl ChunkParser {
             self.open.insert(index, self.calls.len());
             self.calls.push(PartialCall {
                 index,
+                number: self.begun,
                 ..PartialCall::default()
             });
+            self.begun += 1;
         }
         let Some(call) = self
             .open
@@ -241,8 +250,14 @@ impl ChunkParser {
         {
             call.name.push_str(&name);
         }
-        if let Some(arguments) = arguments {
+        if let Some(arguments) = arguments.filter(|a| !a.is_empty()) {
             call.arguments.push_str(&arguments);
+            out.push(LlmEvent::ToolCallDelta(ToolCallDelta {
+                index: call.number,
+                id: clean_string(call.id.clone()),
+                name: clean_string(call.name.clone()),
+                arguments: clean_string(arguments),
+            }));
         }
     }
 

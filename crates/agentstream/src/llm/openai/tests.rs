@@ -11,8 +11,58 @@ use serde_json::json;
 use super::*;
 use crate::llm::{ChatMessage, LlmEvent, ToolCall, ToolSpec, Usage};
 
-/// The events of a stream, and its error, which must be its last item.
+/// The events of a stream but its argument pieces, and its error, which must be its last
+/// item. The pieces are checked: joined in order, those of the reply's n-th tool call are its
+/// arguments.
 pub(super) async fn collect(
+    stream: impl Stream<Item = Result<LlmEvent, LlmError>>,
+) -> (Vec<LlmEvent>, Option<LlmError>) {
+    let (events, error) = collect_all(stream).await;
+    check_pieces(&events, error.is_none());
+    let events = events
+        .into_iter()
+        .filter(|event| !matches!(event, LlmEvent::ToolCallDelta(_)))
+        .collect();
+    (events, error)
+}
+
+/// Asserts that the argument pieces of each tool call in `events` join to its arguments (a
+/// call with blank ones has `{}`), and, when the reply is whole, that every piece has its call.
+pub(super) fn check_pieces(events: &[LlmEvent], whole: bool) {
+    let mut pieces: std::collections::BTreeMap<usize, String> = Default::default();
+    let mut calls = Vec::new();
+    for event in events {
+        match event {
+            LlmEvent::ToolCallDelta(piece) => {
+                assert!(
+                    piece.index >= calls.len(),
+                    "a piece of call {} after the call: {events:?}",
+                    piece.index
+                );
+                pieces
+                    .entry(piece.index)
+                    .or_default()
+                    .push_str(&piece.arguments);
+            }
+            LlmEvent::ToolCall(call) => calls.push(call),
+            _ => {}
+        }
+    }
+    for (number, call) in calls.iter().enumerate() {
+        let joined = pieces.remove(&number).unwrap_or_default();
+        if joined.trim().is_empty() {
+            assert_eq!(call.arguments, "{}", "call {number}: {events:?}");
+        } else if !joined.contains("\\u0000") {
+            assert_eq!(joined, call.arguments, "call {number}: {events:?}");
+        }
+    }
+    if whole {
+        assert!(pieces.is_empty(), "pieces without a call: {pieces:?}");
+    }
+}
+
+/// Every event of a stream, and its error, which must be its last item.
+pub(super) async fn collect_all(
     stream: impl Stream<Item = Result<LlmEvent, LlmError>>,
 ) -> (Vec<LlmEvent>, Option<LlmError>) {
     let mut stream = pin!(stream);

@@ -130,6 +130,50 @@ fn assembles_a_tool_call_with_a_late_name_and_split_arguments() {
 }
 
 #[test]
+fn argument_pieces_go_out_as_they_arrive_numbered_by_call() {
+    // A split call, then two whole calls sharing index 1 (as Gemini sends them).
+    let body = sse(&[
+        json!({"choices":[{"delta":{"tool_calls":[
+                {"index":0,"id":"a","function":{"name":"get_weather","arguments":"{\"ci"}}]}}]}),
+        json!({"choices":[{"delta":{"tool_calls":[
+                {"index":0,"function":{"arguments":""}}]}}]}),
+        json!({"choices":[{"delta":{"tool_calls":[
+                {"index":0,"function":{"arguments":"ty\": \"P\u{0}\"}"}}]}}]}),
+        json!({"choices":[{"delta":{"tool_calls":[
+                {"index":1,"function":{"name":"get_time","arguments":"{}"}}]}}]}),
+        json!({"choices":[{"delta":{"tool_calls":[
+                {"index":1,"function":{"name":"get_time","arguments":{"tz":"UTC"}}}]}}]}),
+        json!({"choices":[{"delta":{},"finish_reason":"tool_calls"}]}),
+    ]);
+    let (events, error) = block_on(crate::llm::openai::tests::collect_all(parse_body(
+        stream::iter([Ok::<_, Infallible>(Bytes::from(body))]),
+    )));
+    assert_eq!(error, None);
+    let piece = |index: usize, id: &str, name: &str, arguments: &str| {
+        LlmEvent::ToolCallDelta(crate::llm::ToolCallDelta {
+            index,
+            id: id.to_owned(),
+            name: name.to_owned(),
+            arguments: arguments.to_owned(),
+        })
+    };
+    assert_eq!(
+        events[..4],
+        [
+            piece(0, "a", "get_weather", r#"{"ci"#),
+            piece(0, "a", "get_weather", "ty\": \"P\u{FFFD}\"}"),
+            piece(1, "", "get_time", "{}"),
+            piece(2, "", "get_time", r#"{"tz":"UTC"}"#),
+        ]
+    );
+    let calls = tool_calls(&events);
+    assert_eq!(calls.len(), 3);
+    assert_eq!(calls[0].arguments, "{\"city\": \"P\u{FFFD}\"}");
+    assert_eq!(calls[2].arguments, r#"{"tz":"UTC"}"#);
+    crate::llm::openai::tests::check_pieces(&events, true);
+}
+
+#[test]
 fn tool_calls_go_out_when_the_choice_finishes() {
     let body = sse(&[
         json!({"choices":[{"index":0,"delta":{"tool_calls":[
