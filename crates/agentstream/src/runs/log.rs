@@ -507,11 +507,17 @@ async fn commit_on(
         .filter_map(|p| p.message.as_deref())
         .collect();
     store::write_assistant_messages(&mut tx, &messages).await?;
-    // A call these runs left started (stopped mid-call) never runs again:
-    // it is finished as an outcome unknown, after the message that made it.
-    if !ended.is_empty() {
-        let ended: Vec<Uuid> = ended.iter().copied().collect();
-        store::settle_started_tool_calls(&mut tx, &ended).await?;
+    // A call these runs left started (a crash, a lost node, a failure
+    // mid-call) never runs again: it is finished as an outcome unknown,
+    // after the message that made it. A completed run finished every call
+    // before it went on, so the statement is spared on the common path.
+    let unfinished: Vec<Uuid> = ends
+        .iter()
+        .filter(|end| end.status != RunStatus::Completed && ended.contains(&end.id))
+        .map(|end| end.id)
+        .collect();
+    if !unfinished.is_empty() {
+        store::settle_started_tool_calls(&mut tx, &unfinished).await?;
     }
     for pending in written.clone() {
         if let Some(finish) = &pending.finish

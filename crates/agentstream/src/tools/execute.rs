@@ -50,7 +50,10 @@ pub async fn execute(
 ) -> Result<Executed, StoreError> {
     let (tool, arguments) = match check(tool, call) {
         Ok(checked) => checked,
-        Err(refusal) => return refuse(store, ctx, call, refusal).await,
+        Err(refusal) => {
+            let output = serde_json::json!({ "error": refusal });
+            return record_alone(store, ctx, call, output, true).await;
+        }
     };
     match tool.tool.effects() {
         Effects::OwnDatabase => {
@@ -69,13 +72,7 @@ pub async fn execute(
                 arguments,
             };
             let (output, is_error) = tool.outcome(tool.tool.call(input, None).await)?;
-            let (on_db, ctx, call) = (store.clone(), ctx.clone(), call.clone());
-            store
-                .on_db(async move {
-                    let tx = on_db.begin().await?;
-                    record(tx, &ctx, &call, output, is_error).await
-                })
-                .await
+            record_alone(store, ctx, call, output, is_error).await
         }
         Effects::Outside => {
             let (on_db, run_id, started) = (store.clone(), ctx.run_id, call.clone());
@@ -175,19 +172,20 @@ async fn in_transaction(
     }
 }
 
-/// Records a refused call in a transaction of its own.
-async fn refuse(
+/// Records a call that applied nothing (a refusal, a read) in a
+/// transaction of its own, on the database thread.
+async fn record_alone(
     store: &Store,
     ctx: &ToolContext,
     call: &ToolCall,
-    refusal: String,
+    output: serde_json::Value,
+    is_error: bool,
 ) -> Result<Executed, StoreError> {
     let (on_db, ctx, call) = (store.clone(), ctx.clone(), call.clone());
     store
         .on_db(async move {
             let tx = on_db.begin().await?;
-            let output = serde_json::json!({ "error": refusal });
-            record(tx, &ctx, &call, output, true).await
+            record(tx, &ctx, &call, output, is_error).await
         })
         .await
 }

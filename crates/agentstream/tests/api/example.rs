@@ -34,6 +34,20 @@ fn token(customer: &str) -> String {
     .unwrap()
 }
 
+/// A new conversation of `customer` with the orders agent, as created.
+async fn start(app: &TestApp, customer: &str) -> Value {
+    app.client
+        .post(app.url("/v1/conversations"))
+        .bearer_auth(token(customer))
+        .json(&json!({ "agent": "orders" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// One turn of `customer` in `conversation`: its events.
 async fn say(app: &TestApp, customer: &str, conversation: &str, input: &str) -> Vec<SseEvent> {
     let response = app
@@ -97,17 +111,7 @@ async fn the_orders_example_works(backend: Backend) {
     assert_eq!(orders["tools"], json!(["list_orders", "place_order"]));
     assert_eq!(orders["demo"], true);
 
-    let created: Value = app
-        .client
-        .post(app.url("/v1/conversations"))
-        .bearer_auth(token("ada"))
-        .json(&json!({ "agent": "orders" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = start(&app, "ada").await;
     assert_eq!(created["agent"], "orders");
     let conversation = created["id"].as_str().unwrap();
 
@@ -142,17 +146,7 @@ async fn the_orders_example_works(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(theirs.status(), 404);
-    let created: Value = app
-        .client
-        .post(app.url("/v1/conversations"))
-        .bearer_auth(token("grace"))
-        .json(&json!({ "agent": "orders" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = start(&app, "grace").await;
     let graces = result_of(
         &say(
             &app,

@@ -336,6 +336,16 @@ impl TestApp {
         body["id"].as_str().unwrap().to_owned()
     }
 
+    /// Creates a conversation with the agent named `agent`; its ID.
+    pub async fn create_agent_conversation(&self, agent: &str) -> String {
+        let response = self
+            .post_json("/v1/conversations", serde_json::json!({ "agent": agent }))
+            .await;
+        assert_eq!(response.status(), 201);
+        let body: Value = response.json().await.unwrap();
+        body["id"].as_str().unwrap().to_owned()
+    }
+
     /// Starts a run and returns its SSE response.
     pub async fn stream_run(&self, conversation_id: &str, body: Value) -> reqwest::Response {
         let response = self
@@ -484,5 +494,42 @@ pub trait FetchJson {
 impl FetchJson for reqwest::RequestBuilder {
     async fn fetch_json(self) -> Value {
         self.send().await.unwrap().json().await.unwrap()
+    }
+}
+
+/// An axum router served on a loopback port (a test's stand-in for an
+/// upstream, a backend or a key server); stops serving when dropped.
+pub struct LoopbackServer {
+    pub addr: std::net::SocketAddr,
+    stop: CancellationToken,
+    _tasks: TaskTracker,
+}
+
+impl LoopbackServer {
+    pub async fn start(router: axum::Router) -> LoopbackServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let signal = stop.clone().cancelled_owned();
+        // Ended at once, open streams included.
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = axum::serve(listener, router.into_make_service()) => {}
+                () = signal => {}
+            }
+        });
+        tasks.close();
+        LoopbackServer {
+            addr,
+            stop,
+            _tasks: tasks,
+        }
+    }
+}
+
+impl Drop for LoopbackServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }

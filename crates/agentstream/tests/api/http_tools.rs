@@ -20,7 +20,6 @@ use axum::{
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     both,
@@ -61,14 +60,7 @@ struct Shared {
 struct TeamBackend {
     url: String,
     received: Arc<Mutex<Vec<Received>>>,
-    stop: CancellationToken,
-    _tasks: TaskTracker,
-}
-
-impl Drop for TeamBackend {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
+    _server: LoopbackServer,
 }
 
 impl TeamBackend {
@@ -81,23 +73,12 @@ impl TeamBackend {
         let app = Router::new()
             .route("/agent/orders", post(order_action))
             .with_state(shared);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
-        let tasks = TaskTracker::new();
-        let signal = stop.clone().cancelled_owned();
-        tasks.spawn(async move {
-            axum::serve(listener, app.into_make_service())
-                .with_graceful_shutdown(signal)
-                .await
-                .unwrap();
-        });
-        tasks.close();
+        let server = LoopbackServer::start(app).await;
+        let addr = server.addr;
         TeamBackend {
             url: format!("http://{addr}/agent/orders"),
             received,
-            stop,
-            _tasks: tasks,
+            _server: server,
         }
     }
 
@@ -356,14 +337,7 @@ async fn setup(backend: Backend) -> Setup {
     .await;
     let (app, dir) =
         spawn_app_with_file(backend, &config(&replay.base_url, &team.url), |_| {}).await;
-    let created = app
-        .post_json("/v1/conversations", json!({"agent": "ops"}))
-        .await;
-    assert_eq!(created.status(), 201);
-    let conversation = created.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let conversation = app.create_agent_conversation("ops").await;
     Setup {
         app,
         _dir: dir,
@@ -395,16 +369,7 @@ async fn turn(setup: &Setup, input: &str) -> Turn {
     let results: Vec<&SseEvent> = events.iter().filter(|e| e.event == "tool.result").collect();
     assert_eq!(results.len(), 1, "{events:#?}");
     let result = results[0].data.clone();
-    let request = setup.replay.requests().pop().unwrap();
-    let message = request["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["role"] == "tool" && m["tool_call_id"] == result["call_id"])
-        .unwrap_or_else(|| panic!("the model was not sent {result}: {request:#}"))
-        .clone();
-    let told = serde_json::from_str(message["content"].as_str().unwrap()).unwrap();
-    assert_eq!(told, result["output"]);
+    let told = setup.replay.told(&result);
     Turn {
         run_id,
         result,

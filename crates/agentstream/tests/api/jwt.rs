@@ -152,7 +152,7 @@ struct JwksServer {
     keys: Arc<Mutex<Vec<Value>>>,
     hits: Arc<AtomicUsize>,
     failing: Arc<AtomicBool>,
-    _task: tokio::task::JoinSet<()>,
+    _server: LoopbackServer,
 }
 
 impl JwksServer {
@@ -173,16 +173,13 @@ impl JwksServer {
                 async move { answer }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
-        let mut task = tokio::task::JoinSet::new();
-        task.spawn(async move { axum::serve(listener, router).await.unwrap() });
+        let server = LoopbackServer::start(router).await;
         JwksServer {
-            url,
+            url: format!("http://{}/jwks.json", server.addr),
             keys,
             hits,
             failing,
-            _task: task,
+            _server: server,
         }
     }
 

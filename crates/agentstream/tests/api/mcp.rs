@@ -196,14 +196,7 @@ tools = ["get_current_time"]
         },
     );
     let (app, config_dir) = spawn_app_with_file(backend, &file, |_| {}).await;
-    let created = app
-        .post_json("/v1/conversations", json!({"agent": "ops"}))
-        .await;
-    assert_eq!(created.status(), 201);
-    let conversation = created.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let conversation = app.create_agent_conversation("ops").await;
     drop(config_dir);
     Setup {
         app,
@@ -239,16 +232,7 @@ async fn turn(setup: &Setup, input: &str) -> Turn {
         .unwrap_or_else(|| panic!("no tool.result: {events:#?}"))
         .data
         .clone();
-    let request = setup.replay.requests().pop().unwrap();
-    let message = request["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["role"] == "tool" && m["tool_call_id"] == result["call_id"])
-        .unwrap_or_else(|| panic!("the model was not sent {result}: {request:#}"))
-        .clone();
-    let told = serde_json::from_str(message["content"].as_str().unwrap()).unwrap();
-    assert_eq!(told, result["output"]);
+    let told = setup.replay.told(&result);
     Turn {
         events,
         result,

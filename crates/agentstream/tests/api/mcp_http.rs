@@ -18,7 +18,6 @@ use axum::{
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     both,
@@ -84,14 +83,7 @@ struct Shared {
 struct Proxy {
     url: String,
     seen: Arc<Mutex<Vec<Seen>>>,
-    stop: CancellationToken,
-    _tasks: TaskTracker,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
+    _server: LoopbackServer,
 }
 
 impl Proxy {
@@ -103,23 +95,12 @@ impl Proxy {
             seen: seen.clone(),
         };
         let app = Router::new().route("/mcp", any(forward)).with_state(shared);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
-        let tasks = TaskTracker::new();
-        let signal = stop.clone().cancelled_owned();
-        tasks.spawn(async move {
-            tokio::select! {
-                _ = axum::serve(listener, app.into_make_service()) => {}
-                () = signal => {}
-            }
-        });
-        tasks.close();
+        let server = LoopbackServer::start(app).await;
+        let addr = server.addr;
         Proxy {
             url: format!("http://{addr}/mcp"),
             seen,
-            stop,
-            _tasks: tasks,
+            _server: server,
         }
     }
 

@@ -20,7 +20,8 @@ use axum::{
 };
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::helpers::LoopbackServer;
 
 /// A recorded upstream body by its fixture name (without `.sse`).
 pub fn fixture(name: &str) -> String {
@@ -88,14 +89,7 @@ struct Shared {
 pub struct Replay {
     pub base_url: String,
     requests: Arc<Mutex<Vec<Value>>>,
-    stop: CancellationToken,
-    _tasks: TaskTracker,
-}
-
-impl Drop for Replay {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
+    _server: LoopbackServer,
 }
 
 impl Replay {
@@ -115,29 +109,34 @@ impl Replay {
                 }),
             )
             .with_state(shared);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
-        let tasks = TaskTracker::new();
-        let signal = stop.clone().cancelled_owned();
-        tasks.spawn(async move {
-            axum::serve(listener, app.into_make_service())
-                .with_graceful_shutdown(signal)
-                .await
-                .unwrap();
-        });
-        tasks.close();
+        let server = LoopbackServer::start(app).await;
+        let addr = server.addr;
         Replay {
             base_url: format!("http://{addr}/v1"),
             requests,
-            stop,
-            _tasks: tasks,
+            _server: server,
         }
     }
 
     /// Every request body so far, in order.
     pub fn requests(&self) -> Vec<Value> {
         self.requests.lock().unwrap().clone()
+    }
+
+    /// The tool message the model was last sent for the `tool.result`
+    /// `result`, parsed; it must equal the result's output.
+    pub fn told(&self, result: &Value) -> Value {
+        let request = self.requests().pop().unwrap();
+        let message = request["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["role"] == "tool" && m["tool_call_id"] == result["call_id"])
+            .unwrap_or_else(|| panic!("the model was not sent {result}: {request:#}"))
+            .clone();
+        let told: Value = serde_json::from_str(message["content"].as_str().unwrap()).unwrap();
+        assert_eq!(told, result["output"]);
+        told
     }
 }
 
