@@ -110,17 +110,7 @@ fn agent_of(
             agents.names()
         )));
     }
-    Ok((kind_of(&agent), agent))
-}
-
-/// The kind of a conversation with `agent`: the built-in onboarding agent's
-/// are `onboarding`, every other agent's `chat`.
-pub(super) fn kind_of(agent: &str) -> ConversationKind {
-    if agent == ConversationKind::Onboarding.as_str() {
-        ConversationKind::Onboarding
-    } else {
-        ConversationKind::Chat
-    }
+    Ok((ConversationKind::of_agent(&agent), agent))
 }
 
 /// Which page of conversations.

@@ -200,6 +200,7 @@ impl From<RunError> for ApiError {
             RunError::WrongKind { found, expected } => ApiError::Invalid(format!(
                 "conversation_id names a {found} conversation; this route serves {expected} ones"
             )),
+            RunError::WrongAgent { .. } => ApiError::Invalid(format!("agent: {error}")),
             RunError::NoAgent(_) => ApiError::Internal(Box::new(error)),
             RunError::Store(e) => e.into(),
         }

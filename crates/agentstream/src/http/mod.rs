@@ -1,6 +1,7 @@
 //! HTTP: routes, extractors, the error type and the wire formats of streams.
 
 mod agents;
+mod ai_sdk;
 pub mod auth;
 mod compat;
 mod conversations;
@@ -149,6 +150,7 @@ pub fn router(state: AppState) -> Router {
         .merge(profile::router())
         .merge(compat::router())
         .merge(openai::router())
+        .merge(ai_sdk::router())
         .merge(health::router())
         .merge(page::router())
         .merge(metrics::router())

@@ -21,8 +21,8 @@ use utoipa::{
 };
 
 use super::{
-    AppState, agents, compat, conversations, error::ErrorBody, health, metrics, openai, page,
-    profile, runs,
+    AppState, agents, ai_sdk, compat, conversations, error::ErrorBody, health, metrics, openai,
+    page, profile, runs,
 };
 use crate::{agent::Agents, runs::Multitask};
 
@@ -64,6 +64,8 @@ pub fn router() -> Router<AppState> {
         openai::list_models,
         openai::get_model,
         openai::create_chat_completion,
+        ai_sdk::send_messages,
+        ai_sdk::resume_stream,
         health::health,
         health::ready,
         metrics::get_metrics,
@@ -103,6 +105,7 @@ pub fn router() -> Router<AppState> {
         (name = "runs", description = "Runs: start one (streamed or not), read it, follow its events, cancel it."),
         (name = "profile", description = "The onboarding profile the tools write."),
         (name = "openai", description = "OpenAI-compatible Chat Completions: the agents as models; errors in OpenAI's shape."),
+        (name = "ai-sdk", description = "The Vercel AI SDK's chat protocol: `useChat`'s requests, answered as UI message streams (v1), with resume."),
         (name = "seed", description = "The seed's routes, kept so its clients work unchanged."),
         (name = "operations", description = "Health, metrics and this document."),
         (name = "page", description = "The chat page and its assets."),

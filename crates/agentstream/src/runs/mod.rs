@@ -93,6 +93,16 @@ pub enum ConversationRef {
         /// The earlier messages, oldest first, stored before the run's input.
         history: Vec<PriorMessage>,
     },
+    /// The user's conversation that an AI SDK client's chat ID names (its
+    /// ID, or the chat ID it was created under), created with the run, under
+    /// that chat ID, when there is none.
+    Chat {
+        /// The client's chat ID.
+        chat_id: String,
+        /// The agent that answers: the one the conversation must have, and
+        /// the one a new conversation gets (`chat` when none is named).
+        agent: Option<String>,
+    },
 }
 
 /// A message of a conversation held by a client until now (an OpenAI-style
@@ -150,6 +160,14 @@ pub enum RunError {
         found: ConversationKind,
         /// The kind asked for.
         expected: ConversationKind,
+    },
+    /// The conversation is with another agent than the one asked for.
+    #[error("the conversation is with the agent `{found}`, not `{expected}`")]
+    WrongAgent {
+        /// Its agent.
+        found: String,
+        /// The agent asked for.
+        expected: String,
     },
     /// No agent answers this kind of conversation.
     #[error("no agent is configured for {0:?} conversations")]

@@ -6,7 +6,9 @@ use std::sync::atomic::Ordering;
 use uuid::Uuid;
 
 use super::{ConversationRef, Event, Multitask, RunError, RunManager, StartRun, Started};
-use crate::store::{self, MessageStatus, NewMessage, NewRun, Role, Run, RunStatus, StoreError};
+use crate::store::{
+    self, ConversationKind, MessageStatus, NewMessage, NewRun, Role, Run, RunStatus, StoreError,
+};
 
 impl RunManager {
     /// Starts a run on the user's conversation (or a new one): stores the
@@ -44,7 +46,10 @@ impl RunManager {
             return Err(RunError::Overloaded(active_here));
         }
         let mut tx = self.inner.store.begin().await?;
-        let new_conversation = !matches!(conversation, ConversationRef::Existing { .. });
+        let mut new_conversation = !matches!(
+            conversation,
+            ConversationRef::Existing { .. } | ConversationRef::Chat { .. }
+        );
         let mut prior = Vec::new();
         let conversation = match conversation {
             ConversationRef::Existing { id, kind } => {
@@ -94,6 +99,35 @@ impl RunManager {
                     )
                     .await?;
                     prior.push(stored);
+                }
+                conversation
+            }
+            ConversationRef::Chat { chat_id, agent } => {
+                let found = match store::chat_for_update(&mut tx, user_id, &chat_id).await? {
+                    Some(found) => Some(found),
+                    None => {
+                        let agent = agent.as_deref().unwrap_or(ConversationKind::Chat.as_str());
+                        let kind = ConversationKind::of_agent(agent);
+                        let created = store::insert_chat_conversation(
+                            &mut tx, user_id, kind, agent, &chat_id,
+                        )
+                        .await?;
+                        new_conversation = created.is_some();
+                        match created {
+                            Some(created) => Some(created),
+                            // A concurrent request created it first.
+                            None => store::chat_for_update(&mut tx, user_id, &chat_id).await?,
+                        }
+                    }
+                };
+                let conversation = found.ok_or(RunError::ConversationNotFound)?;
+                if let Some(expected) = agent
+                    && conversation.agent != expected
+                {
+                    return Err(RunError::WrongAgent {
+                        found: conversation.agent,
+                        expected,
+                    });
                 }
                 conversation
             }

@@ -20,6 +20,18 @@ text_enum! {
     }
 }
 
+impl ConversationKind {
+    /// The kind of a conversation with `agent`: the built-in onboarding
+    /// agent's are `onboarding`, every other agent's `chat`.
+    pub fn of_agent(agent: &str) -> ConversationKind {
+        if agent == ConversationKind::Onboarding.as_str() {
+            ConversationKind::Onboarding
+        } else {
+            ConversationKind::Chat
+        }
+    }
+}
+
 /// A conversation as stored and as returned by the API.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Conversation {
@@ -166,6 +178,67 @@ pub(crate) async fn insert_conversation(
     .execute(&mut *conn)
     .await?;
     Ok(conversation)
+}
+
+/// Inserts a conversation of the user's under an AI SDK client's chat ID,
+/// inside the caller's transaction; None when the user has one under that
+/// chat ID already (made by a concurrent request).
+pub(crate) async fn insert_chat_conversation(
+    conn: &mut AnyConnection,
+    user_id: Uuid,
+    kind: ConversationKind,
+    agent: &str,
+    chat_id: &str,
+) -> Result<Option<Conversation>, StoreError> {
+    let at = now();
+    let conversation = Conversation {
+        id: Uuid::now_v7(),
+        user_id,
+        kind,
+        agent: agent.to_owned(),
+        title: None,
+        created_at: at.clone(),
+        updated_at: at,
+    };
+    let inserted = query(
+        "INSERT INTO conversations (id, user_id, kind, agent, chat_id, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+    )
+    .bind(conversation.id.to_string())
+    .bind(user_id.to_string())
+    .bind(kind.as_str())
+    .bind(&conversation.agent)
+    .bind(chat_id)
+    .bind(&conversation.created_at)
+    .bind(&conversation.updated_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok((inserted.rows_affected() == 1).then_some(conversation))
+}
+
+/// Locks and reads, inside the caller's transaction, the user's
+/// conversation that `chat` names: the one with that ID, else the one an AI
+/// SDK client created under that chat ID.
+pub(crate) async fn chat_for_update(
+    conn: &mut AnyConnection,
+    user_id: Uuid,
+    chat: &str,
+) -> Result<Option<Conversation>, StoreError> {
+    if let Ok(id) = Uuid::parse_str(chat)
+        && let Some(conversation) = conversation_for_update(conn, user_id, id).await?
+    {
+        return Ok(Some(conversation));
+    }
+    let row = query(
+        "UPDATE conversations SET updated_at = $3 WHERE chat_id = $1 AND user_id = $2 \
+         RETURNING id, user_id, kind, agent, title, created_at, updated_at",
+    )
+    .bind(chat)
+    .bind(user_id.to_string())
+    .bind(now())
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref().map(from_row).transpose()
 }
 
 /// Locks and reads the user's conversation inside the caller's transaction.

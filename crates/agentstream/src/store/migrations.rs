@@ -70,6 +70,11 @@ const SQLITE_MIGRATIONS: MigrationList = &[
         "caller and tool call status",
         include_str!("../../migrations/sqlite/0006_caller_and_tool_call_status.sql"),
     ),
+    (
+        7,
+        "chat id",
+        include_str!("../../migrations/sqlite/0007_chat_id.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: MigrationList = &[
     (
@@ -101,6 +106,11 @@ const POSTGRES_MIGRATIONS: MigrationList = &[
         6,
         "caller and tool call status",
         include_str!("../../migrations/postgres/0006_caller_and_tool_call_status.sql"),
+    ),
+    (
+        7,
+        "chat id",
+        include_str!("../../migrations/postgres/0007_chat_id.sql"),
     ),
 ];
 

@@ -51,7 +51,9 @@ pub use crate::events::RunStatus;
 pub use tool_calls::{OUTCOME_UNKNOWN, RecordedCall, ToolCallRecord};
 pub use users::User;
 
-pub(crate) use conversations::{conversation_for_update, insert_conversation};
+pub(crate) use conversations::{
+    chat_for_update, conversation_for_update, insert_chat_conversation, insert_conversation,
+};
 pub(crate) use events::append_events;
 pub(crate) use messages::{
     close_streaming_messages, insert_message, messages, write_assistant_messages,

@@ -118,6 +118,33 @@ impl Store {
         row.as_ref().map(from_row).transpose()
     }
 
+    /// The newest queued or running run of the user's conversation that
+    /// `chat` names: the conversation with that ID, or the one an AI SDK
+    /// client created under that chat ID. None when there is no such run or
+    /// no such conversation of the user's.
+    #[tracing::instrument(skip_all, fields(user_id = %user_id))]
+    pub async fn active_chat_run(
+        &self,
+        user_id: Uuid,
+        chat: &str,
+    ) -> Result<Option<Run>, StoreError> {
+        // A chat ID that is a conversation's ID names that conversation.
+        let id = Uuid::parse_str(chat).map_or_else(|_| chat.to_owned(), |id| id.to_string());
+        let row = query(
+            "SELECT r.id, r.conversation_id, r.user_id, r.agent, r.status, r.client_message_id, \
+             r.on_disconnect, r.error, r.usage, r.last_seq, r.created_at, r.finished_at, r.caller \
+             FROM runs r JOIN conversations c ON c.id = r.conversation_id \
+             WHERE c.user_id = $1 AND (c.id = $2 OR c.chat_id = $3) \
+             AND r.status IN ('queued', 'running') ORDER BY r.id DESC LIMIT 1",
+        )
+        .bind(user_id.to_string())
+        .bind(id)
+        .bind(chat)
+        .fetch_optional(&mut *self.acquire().await?)
+        .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
     /// True when the run has ended (or does not exist): its `done` is stored.
     pub async fn run_ended(&self, id: Uuid) -> Result<bool, StoreError> {
         let row = query("SELECT status FROM runs WHERE id = $1")

@@ -322,7 +322,7 @@ async fn complete(
             ConversationRef::Existing { id, kind: None }
         }
         None => ConversationRef::NewWith {
-            kind: super::conversations::kind_of(&model),
+            kind: crate::store::ConversationKind::of_agent(&model),
             agent: model.clone(),
             history: turn.history,
         },

@@ -5,6 +5,7 @@
 //! come from. A new format is one file here with its encoder; neither the
 //! runs nor their subscriptions change.
 
+pub mod ai_sdk;
 pub mod native;
 pub mod openai;
 

@@ -1,0 +1,285 @@
+//! The Vercel AI SDK's chat routes: `POST /v1/ai-sdk/chat` takes the body
+//! `useChat`'s default transport (`DefaultChatTransport`) sends and answers
+//! with the run's UI message stream; `GET /v1/ai-sdk/chat/{id}/stream` is
+//! where `useChat({resume: true})` reconnects. Same keys, tokens, isolation
+//! and errors as the native API. The stream's format is in
+//! [`super::wire::ai_sdk`].
+
+use std::time::Instant;
+
+use axum::{
+    Router,
+    extract::{Path, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::Deserialize;
+
+use super::{
+    ApiError, AppState,
+    extract::{AppJson, CurrentCaller, CurrentUser},
+    openapi::{
+        BadRequest, Conflict, PayloadTooLarge, TooManyRuns, Unauthorized, Unavailable,
+        Unprocessable, UnsupportedMediaType,
+    },
+    runs::check_input,
+    wire::{
+        self, Start,
+        ai_sdk::{AiSdkEncoder, UiMessageChunk},
+        sse_response,
+    },
+};
+use crate::{
+    runs::{ConversationRef, Multitask, StartRun},
+    store::OnDisconnect,
+};
+
+/// The header that tells the AI SDK the response is a UI message stream.
+const STREAM_HEADER: &str = "x-vercel-ai-ui-message-stream";
+/// Longest chat ID and message ID, in bytes.
+const MAX_ID: usize = 200;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/ai-sdk/chat", post(send_messages))
+        .route("/v1/ai-sdk/chat/{id}/stream", get(resume_stream))
+}
+
+/// What a chat request asks for (`trigger`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+enum Trigger {
+    /// A new user message: answered by a new run.
+    SubmitMessage,
+    /// Another answer to the last user message: refused (422) for now.
+    RegenerateMessage,
+}
+
+/// A message of the chat as the client holds it (the AI SDK's `UIMessage`).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+struct UiMessage {
+    /// The message's ID. The last message's ID is the run's idempotency key:
+    /// sent again, it returns the same run's stream and stores nothing.
+    #[schema(max_length = 200)]
+    id: Option<String>,
+    /// `user`, `assistant` or `system`; the last message must be the user's.
+    #[schema(example = "user")]
+    role: String,
+    /// Its parts. Of the last message only `text` parts are read (their
+    /// texts joined by a newline); any other part is refused (422).
+    #[schema(value_type = Vec<Object>)]
+    parts: Vec<serde_json::Value>,
+}
+
+/// The body `useChat`'s `DefaultChatTransport` sends, with the fields a
+/// client may add through the transport's `body` option (`agent`; others
+/// are ignored).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+struct ChatRequest {
+    /// The chat: a conversation of the caller's, named by its ID or by the
+    /// chat ID it was created under (any text of 1 to 200 bytes; `useChat`
+    /// makes one up). A chat ID not seen before creates the conversation.
+    #[schema(min_length = 1, max_length = 200, example = "Rk3xT0bX9mQe2LzA")]
+    id: String,
+    /// The chat's messages, oldest first. The server holds the transcript,
+    /// so only the last one is read: the user's new message.
+    #[schema(min_items = 1)]
+    messages: Vec<UiMessage>,
+    /// `submit-message` (the default) or `regenerate-message` (422 for now).
+    trigger: Option<Trigger>,
+    /// Set by `useChat` when the message replaces an earlier one (an edit):
+    /// refused (422) for now.
+    #[serde(rename = "messageId")]
+    message_id: Option<String>,
+    /// The agent of a new chat, by name (`GET /v1/agents`; default `chat`).
+    /// For an existing chat it must be the chat's agent, if given.
+    #[schema(example = "chat")]
+    agent: Option<String>,
+}
+
+/// `POST /v1/ai-sdk/chat`: the user's message, answered as a UI message stream.
+#[utoipa::path(
+    post,
+    path = "/v1/ai-sdk/chat",
+    tag = "ai-sdk",
+    summary = "Send a chat message as the AI SDK's useChat does; the reply as a UI message stream",
+    description = "Takes the body `useChat`'s default transport sends and starts a run that \
+        answers the last message (the user's) in the chat named by `id`, created on first use \
+        with the agent named by `agent` (default `chat`). The response is the AI SDK's UI \
+        message stream, protocol v1 (header `x-vercel-ai-ui-message-stream: v1`): `data:` \
+        lines each holding one `UiMessageChunk`, from `start` to `finish`, then `data: \
+        [DONE]`. The message's ID is the run's ID; its metadata carries `run_id` and \
+        `conversation_id`. The run goes on if the client goes away: reconnect with \
+        `GET /v1/ai-sdk/chat/{id}/stream`, stop it with `POST /v1/runs/{run_id}/cancel`.",
+    request_body = ChatRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The run's UI message stream: each SSE message's `data` a \
+            `UiMessageChunk`, then `[DONE]`.",
+            headers(
+                ("x-vercel-ai-ui-message-stream" = String, description = "Always `v1`."),
+                ("X-Conversation-Id" = Uuid, description = "The chat's conversation."),
+                ("X-Run-Id" = Uuid, description = "The run's ID."),
+            ),
+            content((UiMessageChunk = "text/event-stream")),
+        ),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+        (status = 429, response = TooManyRuns),
+        (status = 503, response = Unavailable),
+    ),
+)]
+async fn send_messages(
+    State(state): State<AppState>,
+    CurrentCaller(caller): CurrentCaller,
+    AppJson(request): AppJson<ChatRequest>,
+) -> Result<Response, ApiError> {
+    let received = Instant::now();
+    check_id("id", &request.id)?;
+    if request.trigger == Some(Trigger::RegenerateMessage) {
+        return Err(ApiError::Invalid(
+            "trigger: `regenerate-message` is not supported yet; send the user's message again"
+                .to_owned(),
+        ));
+    }
+    if request.message_id.is_some() {
+        return Err(ApiError::Invalid(
+            "messageId: replacing a sent message is not supported yet; send a new message"
+                .to_owned(),
+        ));
+    }
+    if let Some(agent) = &request.agent
+        && state.runs.agents().get(agent).is_none()
+    {
+        return Err(ApiError::Invalid(format!(
+            "agent: there is no agent named {agent:?}; the agents are {}",
+            state.runs.agents().names()
+        )));
+    }
+    let (input, message_id) = user_message(request.messages)?;
+    check_input(&state, &input)?;
+    let started = state
+        .runs
+        .start(
+            caller.user.id,
+            ConversationRef::Chat {
+                chat_id: crate::text::clean_string(request.id),
+                agent: request.agent,
+            },
+            StartRun {
+                input,
+                client_message_id: message_id,
+                on_disconnect: OnDisconnect::Continue,
+                multitask: Multitask::Reject,
+                caller: caller.for_tools(),
+            },
+        )
+        .await?;
+    let (run_id, conversation_id) = (started.run.id, started.conversation.id);
+    let events = wire::subscribe(&state, run_id, Start::of_started(started.live, received));
+    Ok(sse_response(
+        AiSdkEncoder::new(run_id, conversation_id),
+        run_id,
+        events,
+        &state.streams,
+        &[
+            (STREAM_HEADER, "v1".to_owned()),
+            ("x-conversation-id", conversation_id.to_string()),
+        ],
+    ))
+}
+
+/// 422 unless `value` (the field `name`) has 1 to 200 bytes.
+fn check_id(name: &str, value: &str) -> Result<(), ApiError> {
+    if value.is_empty() || value.len() > MAX_ID {
+        return Err(ApiError::Invalid(format!(
+            "{name}: from 1 to {MAX_ID} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// The text of the last message, the user's, and its ID; 422 when there is
+/// none or it holds a part that is not text.
+fn user_message(mut messages: Vec<UiMessage>) -> Result<(String, Option<String>), ApiError> {
+    let last = messages.pop().ok_or_else(|| {
+        ApiError::Invalid("messages: at least one, the last the user's new message".to_owned())
+    })?;
+    if last.role != "user" {
+        return Err(ApiError::Invalid(format!(
+            "messages: the last message must be the user's, not a {:?} message",
+            last.role
+        )));
+    }
+    let mut texts = Vec::with_capacity(last.parts.len());
+    for part in &last.parts {
+        match (part.get("type").and_then(|t| t.as_str()), part.get("text")) {
+            (Some("text"), Some(serde_json::Value::String(text))) => texts.push(text.as_str()),
+            (kind, _) => {
+                return Err(ApiError::Invalid(format!(
+                    "messages: only text parts of the user's message are read; a {} part is \
+                     not supported",
+                    kind.map_or_else(|| "malformed".to_owned(), |kind| format!("`{kind}`"))
+                )));
+            }
+        }
+    }
+    if let Some(id) = &last.id {
+        check_id("messages[].id", id)?;
+    }
+    Ok((texts.join("\n"), last.id))
+}
+
+/// `GET /v1/ai-sdk/chat/{id}/stream`: the chat's active run, replayed from
+/// its first chunk and followed live; 204 when there is none.
+#[utoipa::path(
+    get,
+    path = "/v1/ai-sdk/chat/{id}/stream",
+    tag = "ai-sdk",
+    summary = "Resume a chat's stream as useChat({resume: true}) does",
+    description = "The UI message stream of the chat's active run (its newest queued or \
+        running run), from its first chunk (a full replay; the AI SDK resets the message on \
+        it), then live to `[DONE]`. 204 when the chat has no active run, or is not one of \
+        the caller's.",
+    params(("id" = String, Path, description = "The chat's ID, or its conversation's ID.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The run's UI message stream, as `POST /v1/ai-sdk/chat` \
+            answers.",
+            headers(
+                ("x-vercel-ai-ui-message-stream" = String, description = "Always `v1`."),
+                ("X-Conversation-Id" = Uuid, description = "The chat's conversation."),
+                ("X-Run-Id" = Uuid, description = "The run's ID."),
+            ),
+            content((UiMessageChunk = "text/event-stream")),
+        ),
+        (status = 204, description = "The chat has no active run."),
+        (status = 401, response = Unauthorized),
+        (status = 503, response = Unavailable),
+    ),
+)]
+async fn resume_stream(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let Some(run) = state.store.active_chat_run(user.id, &id).await? else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let events = wire::subscribe(&state, run.id, Start::After(0));
+    Ok(sse_response(
+        AiSdkEncoder::new(run.id, run.conversation_id),
+        run.id,
+        events,
+        &state.streams,
+        &[
+            (STREAM_HEADER, "v1".to_owned()),
+            ("x-conversation-id", run.conversation_id.to_string()),
+        ],
+    ))
+}
