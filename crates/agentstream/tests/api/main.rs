@@ -10,6 +10,7 @@
 
 mod helpers;
 
+mod ai_sdk;
 mod cases;
 mod cluster;
 mod crash;

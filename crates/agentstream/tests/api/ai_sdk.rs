@@ -1,0 +1,446 @@
+//! The Vercel AI SDK's own code (the `ai` npm package, versions 6 and 5)
+//! against `/v1/ai-sdk/chat`: its parser and schema, its message reader and
+//! its chat engine (what `useChat` runs) read agentstream's UI message
+//! streams, new, resumed, cancelled and failed
+//! (`tests/ai_sdk/ui_stream_test.mjs`), with the README's client module;
+//! the messages they build are compared here with the stored transcript.
+//! The packages are pinned and installed once under `target/ai-sdk` by
+//! `scripts/ai-sdk.sh`, which `scripts/test.sh` runs first.
+
+use std::{path::PathBuf, sync::OnceLock};
+
+use mock_llm::MockLlm;
+use serde_json::{Value, json};
+
+use crate::{both, helpers::*};
+
+const README: &str = include_str!("../../../../README.md");
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The folder of each major version of the package, installing the pinned
+/// ones the first time (one install for every test of the run).
+fn packages() -> &'static [(String, PathBuf)] {
+    static PACKAGES: OnceLock<Vec<(String, PathBuf)>> = OnceLock::new();
+    PACKAGES.get_or_init(|| {
+        let output = std::process::Command::new(repo_root().join("scripts/ai-sdk.sh"))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "scripts/ai-sdk.sh failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let packages: Vec<_> = String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .map(|line| {
+                let (major, dir) = line.split_once(' ').unwrap();
+                (major.to_owned(), PathBuf::from(dir))
+            })
+            .collect();
+        let majors: Vec<&str> = packages.iter().map(|(major, _)| major.as_str()).collect();
+        assert_eq!(majors, ["6", "5"]);
+        packages
+    })
+}
+
+/// Agents beside the built-in ones, on `mock-llm`: `slow` (a reply that
+/// goes on for a minute), `long` (a few seconds) and `flaky` (its model
+/// server drops the connection mid-reply).
+fn config(base_url: &str) -> String {
+    format!(
+        r#"
+[providers.mock]
+kind = "openai"
+base_url = "{base_url}"
+max_retries = 0
+
+[agents.slow]
+provider = "mock"
+model = "mock;tools=never;deltas=3000;pace_ms=20"
+
+[agents.long]
+provider = "mock"
+model = "mock;tools=never;deltas=300;pace_ms=20"
+
+[agents.flaky]
+provider = "mock"
+model = "mock;tools=never;fault=reset;after=3"
+"#
+    )
+}
+
+/// The README's client module (the first `js` block of its "AI SDK"
+/// section), written beside the package so that it imports it.
+fn readme_client(package: &std::path::Path) -> PathBuf {
+    let section = README
+        .split("\n## AI SDK")
+        .nth(1)
+        .expect("README: a section \"AI SDK …\"");
+    let block = section
+        .split("```js\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("README: a js block in the AI SDK section");
+    let path = package.join("readme-chat-client.mjs");
+    std::fs::write(&path, block).unwrap();
+    path
+}
+
+/// What the package's chat engine and parser saw, for each scenario.
+async fn run_node(app: &TestApp, key: &str, major: &str, package: &std::path::Path) -> Value {
+    let script = repo_root().join("crates/agentstream/tests/ai_sdk/ui_stream_test.mjs");
+    let output = tokio::process::Command::new("node")
+        .arg(script)
+        .env("AI_SDK_DIR", package)
+        .env("AGENTSTREAM_URL", app.url(""))
+        .env("AGENTSTREAM_KEY", key)
+        .env("README_CLIENT", readme_client(package))
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        output.status.success(),
+        "ai@{major}: ui_stream_test.mjs failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(
+        seen["version"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{major}.")),
+        "{}",
+        seen["version"]
+    );
+    seen
+}
+
+/// A UI message's parts as the transcript can say them: the steps, and in
+/// each its text and its tool calls with their results (states, provider
+/// metadata and the like left out).
+fn parts_of_message(message: &Value) -> Vec<Value> {
+    message["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|part| match part["type"].as_str().unwrap() {
+            "step-start" => json!("step"),
+            "text" => {
+                assert_eq!(part["state"], "done", "{part}");
+                json!({"text": part["text"]})
+            }
+            "dynamic-tool" => {
+                assert_eq!(part["providerExecuted"], true, "{part}");
+                match part["state"].as_str().unwrap() {
+                    "output-available" => json!({
+                        "call": part["toolCallId"], "name": part["toolName"],
+                        "input": part["input"], "output": part["output"],
+                    }),
+                    "output-error" => json!({
+                        "call": part["toolCallId"], "name": part["toolName"],
+                        "input": part["input"], "error": part["errorText"],
+                    }),
+                    state => panic!("a tool part left {state}: {part}"),
+                }
+            }
+            other => panic!("an unexpected part {other}: {part}"),
+        })
+        .collect()
+}
+
+/// The same from the stored transcript: the run's assistant messages (one
+/// per model call, each a step) and the tool messages answering them.
+fn parts_of_run(messages: &[Value], run_id: &str) -> Vec<Value> {
+    let run: Vec<&Value> = messages.iter().filter(|m| m["run_id"] == run_id).collect();
+    let mut parts = Vec::new();
+    for message in run.iter().filter(|m| m["role"] == "assistant") {
+        parts.push(json!("step"));
+        let text = message["content"].as_str().unwrap();
+        if !text.is_empty() {
+            parts.push(json!({ "text": text }));
+        }
+        for call in message["tool_calls"].as_array().into_iter().flatten() {
+            let id = call["id"].as_str().unwrap();
+            let result = run
+                .iter()
+                .find(|m| m["role"] == "tool" && m["tool_call_id"] == id)
+                .unwrap();
+            let arguments = call["arguments"].as_str().unwrap();
+            parts.push(json!({
+                "call": id, "name": call["name"],
+                "input": serde_json::from_str::<Value>(arguments).unwrap(),
+                "output": serde_json::from_str::<Value>(result["content"].as_str().unwrap()).unwrap(),
+            }));
+        }
+    }
+    parts
+}
+
+/// The conversation's messages, oldest first.
+async fn transcript(app: &TestApp, key: &str, conversation: &str) -> Vec<Value> {
+    let page: Value = app
+        .client
+        .get(app.url(&format!("/v1/conversations/{conversation}/messages")))
+        .bearer_auth(key)
+        .fetch_json()
+        .await;
+    page["data"].as_array().unwrap().clone()
+}
+
+/// Every assistant message the engine holds equals its run in the
+/// transcript; returns the run IDs.
+async fn check_against_transcript(app: &TestApp, key: &str, messages: &Value) -> Vec<String> {
+    let assistants: Vec<&Value> = messages
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "assistant")
+        .collect();
+    assert!(!assistants.is_empty(), "{messages}");
+    let conversation = assistants[0]["metadata"]["conversation_id"]
+        .as_str()
+        .unwrap();
+    let stored = transcript(app, key, conversation).await;
+    let mut runs = Vec::new();
+    for message in assistants {
+        let run_id = message["metadata"]["run_id"].as_str().unwrap();
+        // The UI message is the run.
+        assert_eq!(message["id"], run_id);
+        assert_eq!(message["metadata"]["status"], "completed", "{message}");
+        assert_eq!(
+            parts_of_message(message),
+            parts_of_run(&stored, run_id),
+            "run {run_id}"
+        );
+        runs.push(run_id.to_owned());
+    }
+    runs
+}
+
+async fn the_ai_sdk_reads_the_ui_message_stream(backend: Backend) {
+    let mock = MockLlm::start().await.unwrap();
+    let (mut app, _dir) = spawn_app_with_file(backend, &config(&mock.base_url()), |_| {}).await;
+    app.expect_log("run failed");
+    let key = app.state.store().create_api_key("alice").await.unwrap().key;
+
+    for (major, package) in packages() {
+        let seen = run_node(&app, &key, major, package).await;
+
+        // Tool calls formed from their pieces (checked in the script), ran,
+        // and the replies are the stored transcript, read by the engine and
+        // by the parser alone.
+        let tools = &seen["tools"];
+        assert!(tools["formed"].as_u64().unwrap() >= 2, "{tools}");
+        let runs = check_against_transcript(&app, &key, &tools["engine_messages"]).await;
+        assert_eq!(runs.len(), 2);
+        let raw = &tools["raw_message"];
+        check_against_transcript(&app, &key, &json!([raw])).await;
+        let conversation = raw["metadata"]["conversation_id"].as_str().unwrap();
+        let stored = transcript(&app, &key, conversation).await;
+        let users: Vec<&str> = stored
+            .iter()
+            .filter(|m| m["role"] == "user")
+            .map(|m| m["content"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            users,
+            ["Ada Lovelace", "Tell me about my profile", "Lovelace, Ada"],
+            "ai@{major}: one conversation for the chat, one message per request"
+        );
+
+        // A resumed stream is the whole run, as stored, to both readers.
+        let resume = &seen["resume"];
+        assert!(resume["first_chunks"].as_u64().unwrap() >= 4, "{resume}");
+        let runs = check_against_transcript(&app, &key, &resume["engine_messages"]).await;
+        assert_eq!(runs, [resume["run_id"].as_str().unwrap()]);
+        let engine_reply = resume["engine_messages"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap();
+        assert_eq!(
+            parts_of_message(&resume["raw_message"]),
+            parts_of_message(engine_reply)
+        );
+
+        // A cancelled run: `abort`, then `finish`; the engine ends ready.
+        let cancel = &seen["cancel"];
+        assert_eq!(cancel["cancel_status"], 202, "{cancel}");
+        let types: Vec<&str> = cancel["types"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
+        assert!(types.ends_with(&["abort", "finish"]), "{types:?}");
+        assert_eq!(cancel["finish"]["finishReason"], "other");
+        assert_eq!(cancel["finish"]["messageMetadata"]["status"], "cancelled");
+        let run_id = cancel["finish"]["messageMetadata"]["run_id"]
+            .as_str()
+            .unwrap();
+        let run: Value = app
+            .client
+            .get(app.url(&format!("/v1/runs/{run_id}")))
+            .bearer_auth(&key)
+            .fetch_json()
+            .await;
+        assert_eq!(run["status"], "cancelled");
+
+        // A failed run: `error` with the run's message, then `finish`.
+        let failed = &seen["failed"];
+        let message = "the model server could not be reached or failed";
+        assert_eq!(failed["engine_error"], message, "{failed}");
+        assert_eq!(failed["raw_errors"], json!([message]));
+        for types in [&failed["types"], &failed["raw_types"]] {
+            let types: Vec<&str> = types
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_str().unwrap())
+                .collect();
+            assert!(
+                types.ends_with(&["error", "finish-step", "finish"]),
+                "{types:?}"
+            );
+        }
+        assert_eq!(failed["finish"]["finishReason"], "error");
+
+        // Refused, with the reason in the engine's error.
+        let regenerate = seen["refusals"]["regenerate"].as_str().unwrap();
+        assert!(regenerate.contains("regenerate-message"), "{regenerate}");
+
+        // The README's client module: its transport sent, its stop stopped.
+        let readme = &seen["readme"];
+        assert_eq!(readme["status"], "cancelled", "{readme}");
+        assert!(readme["wrote"].as_bool().unwrap(), "{readme}");
+    }
+    app.stop().await;
+    mock.shutdown().await;
+}
+both!(the_ai_sdk_reads_the_ui_message_stream);
+
+/// The chat is the caller's: another user's chat ID (and conversation ID)
+/// names a chat of their own, and nothing of the first user's resumes.
+async fn chats_are_per_user(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let store = app.state.store();
+    let alice = store.create_api_key("alice").await.unwrap().key;
+    let bob = store.create_api_key("bob").await.unwrap().key;
+    let send = |key: &str, chat: &str, text: &str| {
+        app.client
+            .post(app.url("/v1/ai-sdk/chat"))
+            .bearer_auth(key)
+            .json(&json!({
+                "id": chat,
+                "messages": [{"id": text, "role": "user", "parts": [{"type": "text", "text": text}]}],
+            }))
+            .send()
+    };
+    let first = send(&alice, "shared-name", "alice's secret").await.unwrap();
+    assert_eq!(first.status(), 200);
+    let alice_conversation = first.headers()["x-conversation-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(first.text().await.unwrap().ends_with("data: [DONE]\n\n"));
+
+    for chat in ["shared-name", alice_conversation.as_str()] {
+        let theirs = send(&bob, chat, "bob's turn").await.unwrap();
+        assert_eq!(theirs.status(), 200);
+        let conversation = theirs.headers()["x-conversation-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_ne!(conversation, alice_conversation, "{chat}");
+        theirs.text().await.unwrap();
+    }
+    let stored = transcript(&app, &alice, &alice_conversation).await;
+    let users: Vec<&str> = stored
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, ["alice's secret"]);
+    let resumed = app
+        .client
+        .get(app.url("/v1/ai-sdk/chat/shared-name/stream"))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resumed.status(), 204);
+    app.stop().await;
+}
+both!(chats_are_per_user);
+
+/// Bad requests get the native error body and store nothing.
+async fn bad_chat_requests_are_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let text = |text: &str| json!([{"id": "m", "role": "user", "parts": [{"type": "text", "text": text}]}]);
+    for (body, status, needle) in [
+        (json!({"id": "c", "messages": []}), 422, "messages"),
+        (json!({"id": "", "messages": text("hi")}), 422, "id"),
+        (
+            json!({"id": "x".repeat(201), "messages": text("hi")}),
+            422,
+            "id",
+        ),
+        (json!({"id": "c", "messages": text("   ")}), 422, "empty"),
+        (
+            json!({"id": "c", "messages": text("hi"), "trigger": "regenerate-message"}),
+            422,
+            "regenerate-message",
+        ),
+        (
+            json!({"id": "c", "messages": text("hi"), "messageId": "m0"}),
+            422,
+            "messageId",
+        ),
+        (
+            json!({"id": "c", "messages": text("hi"), "agent": "nobody"}),
+            422,
+            "agents are",
+        ),
+        (
+            json!({"id": "c", "messages": [{"role": "assistant", "parts": []}]}),
+            422,
+            "user",
+        ),
+        (
+            json!({"id": "c", "messages": [{"role": "user", "parts": [{"type": "file", "url": "x", "mediaType": "image/png"}]}]}),
+            422,
+            "`file`",
+        ),
+        (
+            json!({"id": "c", "messages": text(&"a".repeat(40_000))}),
+            413,
+            "limit",
+        ),
+    ] {
+        let response = app
+            .client
+            .post(app.url("/v1/ai-sdk/chat"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{body}");
+        let error: Value = response.json().await.unwrap();
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{body}: {message}");
+    }
+    let conversations: Value = app
+        .client
+        .get(app.url("/v1/conversations"))
+        .fetch_json()
+        .await;
+    assert_eq!(conversations["data"], json!([]));
+    app.stop().await;
+}
+both!(bad_chat_requests_are_refused);
