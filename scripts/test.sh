@@ -3,7 +3,8 @@
 # (a fresh database, made by scripts/postgres.sh; several nodes, behind
 # nginx too; through PgBouncer in transaction mode, from scripts/pgbouncer.sh;
 # with real MCP servers from scripts/mcp-servers.sh), the terminal client,
-# the OpenAI-compatible API through the official `openai` Python SDK,
+# the OpenAI-compatible API through the official `openai` Python SDK, the
+# AI SDK routes through the `ai` npm package (versions 6 and 5),
 # mock-llm's and loadgen's own tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,9 @@ ensure_mcp_servers
 # OpenAI-compatible API's tests; installed once here rather than by the first
 # test that needs it.
 scripts/openai-venv.sh >/dev/null
+# The Vercel AI SDK's `ai` package, versions 6 and 5 (pinned, under target/ai-sdk),
+# for the AI SDK routes' tests; installed once here too.
+scripts/ai-sdk.sh >/dev/null
 cargo test --workspace --locked "$@"
 # The page in headless Chromium, the OpenAPI contract under schemathesis, and
 # a few seconds of every benchmark scenario so that the suite never rots.

@@ -159,6 +159,7 @@ impl App {
                  user. Create a key first: agentstream keys create --user NAME"
             );
         }
+        http::cors::layer(&config.cors_origins).map_err(anyhow::Error::msg)?;
         let state = AppState::new(
             store,
             runs,

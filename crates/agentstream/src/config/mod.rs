@@ -110,6 +110,12 @@ pub struct Config {
     #[arg(long, env = "AGENTSTREAM_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Origins whose pages may call the API from a browser (CORS), such as
+    /// `https://app.example.com` or `http://localhost:3000`; `*` for any.
+    /// None by default: a page on another origin is refused by its browser.
+    #[arg(long = "cors-origin", env = "AGENTSTREAM_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
     /// The onboarding profile fields, in the order they are asked.
     #[arg(
         long,
@@ -222,6 +228,7 @@ impl Config {
         Limits {
             max_message_bytes: self.max_message_bytes,
             max_body_bytes: self.max_body_bytes,
+            cors_origins: self.cors_origins.clone(),
         }
     }
 

@@ -5,6 +5,7 @@ mod ai_sdk;
 pub mod auth;
 mod compat;
 mod conversations;
+pub mod cors;
 pub mod error;
 mod extract;
 mod health;
@@ -37,6 +38,9 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
+    /// Origins allowed to call from a browser (CORS); `*` for any; none
+    /// when empty.
+    pub cors_origins: Vec<String>,
 }
 
 /// What every handler shares. Cheap to clone.
@@ -143,7 +147,7 @@ async fn refuse_while_db_down(
 pub fn router(state: AppState) -> Router {
     crate::telemetry::metrics::handle();
     let body_limit = state.limits.max_body_bytes;
-    Router::new()
+    let router = Router::new()
         .merge(agents::router())
         .merge(conversations::router())
         .merge(runs::router())
@@ -165,6 +169,12 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(error::log_errors))
         // Outermost: the request's span covers every log line above, and
         // its figures count every answer, refusals included.
-        .layer(middleware::from_fn(observe::observe))
-        .with_state(state)
+        .layer(middleware::from_fn(observe::observe));
+    // Outside it: a preflight is answered here, before authentication. The
+    // origins were checked at start-up (`App::new`).
+    let router = match cors::layer(&state.limits.cors_origins) {
+        Ok(Some(cors)) => router.layer(cors),
+        Ok(None) | Err(_) => router,
+    };
+    router.with_state(state)
 }

@@ -444,3 +444,86 @@ async fn bad_chat_requests_are_refused(backend: Backend) {
     app.stop().await;
 }
 both!(bad_chat_requests_are_refused);
+
+/// A front end on another origin (`--cors-origin`): its preflights are
+/// answered before authentication, its requests may read the headers that
+/// name the conversation and the run; other origins, and every origin when
+/// none is configured, get no CORS header (their browsers refuse).
+async fn browsers_on_allowed_origins_may_call(backend: Backend) {
+    let front_end = "http://localhost:3000";
+    let app = spawn_app_with(backend, |config| {
+        config.cors_origins = vec![front_end.to_owned()];
+    })
+    .await;
+    let key = app.state.store().create_api_key("alice").await.unwrap().key;
+    let preflight = |origin: &str| {
+        app.client
+            .request(reqwest::Method::OPTIONS, app.url("/v1/ai-sdk/chat"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization,content-type")
+            .send()
+    };
+    let allowed = preflight(front_end).await.unwrap();
+    assert_eq!(allowed.status(), 200);
+    let headers = allowed.headers();
+    assert_eq!(headers["access-control-allow-origin"], front_end);
+    let allowed_headers = headers["access-control-allow-headers"].to_str().unwrap();
+    assert!(allowed_headers.contains("authorization"), "{allowed_headers}");
+    assert!(
+        headers["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST")
+    );
+    let other = preflight("http://evil.example").await.unwrap();
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
+
+    let chat = app
+        .client
+        .post(app.url("/v1/ai-sdk/chat"))
+        .bearer_auth(&key)
+        .header("origin", front_end)
+        .json(&json!({
+            "id": "from-the-browser",
+            "messages": [{"id": "m1", "role": "user", "parts": [{"type": "text", "text": "hi"}]}],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chat.status(), 200);
+    assert_eq!(chat.headers()["access-control-allow-origin"], front_end);
+    let exposed = chat.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for name in ["x-conversation-id", "x-run-id", "x-vercel-ai-ui-message-stream"] {
+        assert!(exposed.contains(name), "{exposed}");
+    }
+    assert!(chat.text().await.unwrap().ends_with("data: [DONE]\n\n"));
+    // A refusal is readable too: the page shows its message.
+    let refused = app
+        .client
+        .post(app.url("/v1/ai-sdk/chat"))
+        .header("origin", front_end)
+        .json(&json!({"id": "x", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.headers()["access-control-allow-origin"], front_end);
+    app.stop().await;
+
+    let closed = spawn_app(backend).await;
+    let response = closed
+        .client
+        .get(closed.url("/v1/agents"))
+        .header("origin", front_end)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(!response.headers().contains_key("access-control-allow-origin"));
+    closed.stop().await;
+}
+both!(browsers_on_allowed_origins_may_call);

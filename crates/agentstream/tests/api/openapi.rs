@@ -164,8 +164,9 @@ async fn the_document_is_openapi_3_1_and_lists_every_route() {
             }
         }
     }
-    // create_run, stream_events, the two seed routes and chat completions.
-    assert_eq!(sse_operations, 5);
+    // create_run, stream_events, the two seed routes, chat completions and
+    // the AI SDK's chat and its resume.
+    assert_eq!(sse_operations, 7);
 
     // Every documented operation is routed with its method: the answer is
     // never 405 nor the fallback's "route not found".
