@@ -113,7 +113,11 @@ pub struct Config {
     /// Origins whose pages may call the API from a browser (CORS), such as
     /// `https://app.example.com` or `http://localhost:3000`; `*` for any.
     /// None by default: a page on another origin is refused by its browser.
-    #[arg(long = "cors-origin", env = "AGENTSTREAM_CORS_ORIGINS", value_delimiter = ',')]
+    #[arg(
+        long = "cors-origin",
+        env = "AGENTSTREAM_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
     pub cors_origins: Vec<String>,
 
     /// The onboarding profile fields, in the order they are asked.

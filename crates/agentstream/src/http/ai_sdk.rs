@@ -61,7 +61,7 @@ enum Trigger {
 struct UiMessage {
     /// The message's ID. The last message's ID is the run's idempotency key:
     /// sent again, it returns the same run's stream and stores nothing.
-    #[schema(max_length = 200)]
+    #[schema(min_length = 1, max_length = 200)]
     id: Option<String>,
     /// `user`, `assistant` or `system`; the last message must be the user's.
     #[schema(example = "user")]

@@ -461,7 +461,10 @@ async fn browsers_on_allowed_origins_may_call(backend: Backend) {
             .request(reqwest::Method::OPTIONS, app.url("/v1/ai-sdk/chat"))
             .header("origin", origin)
             .header("access-control-request-method", "POST")
-            .header("access-control-request-headers", "authorization,content-type")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
             .send()
     };
     let allowed = preflight(front_end).await.unwrap();
@@ -469,7 +472,10 @@ async fn browsers_on_allowed_origins_may_call(backend: Backend) {
     let headers = allowed.headers();
     assert_eq!(headers["access-control-allow-origin"], front_end);
     let allowed_headers = headers["access-control-allow-headers"].to_str().unwrap();
-    assert!(allowed_headers.contains("authorization"), "{allowed_headers}");
+    assert!(
+        allowed_headers.contains("authorization"),
+        "{allowed_headers}"
+    );
     assert!(
         headers["access-control-allow-methods"]
             .to_str()
@@ -497,7 +503,11 @@ async fn browsers_on_allowed_origins_may_call(backend: Backend) {
         .to_str()
         .unwrap()
         .to_owned();
-    for name in ["x-conversation-id", "x-run-id", "x-vercel-ai-ui-message-stream"] {
+    for name in [
+        "x-conversation-id",
+        "x-run-id",
+        "x-vercel-ai-ui-message-stream",
+    ] {
         assert!(exposed.contains(name), "{exposed}");
     }
     assert!(chat.text().await.unwrap().ends_with("data: [DONE]\n\n"));
@@ -523,7 +533,11 @@ async fn browsers_on_allowed_origins_may_call(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert!(!response.headers().contains_key("access-control-allow-origin"));
+    assert!(
+        !response
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
     closed.stop().await;
 }
 both!(browsers_on_allowed_origins_may_call);
