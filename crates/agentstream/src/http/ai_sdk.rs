@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use axum::{
-    Router,
+    Json, Router,
     extract::{Path, State},
     http::StatusCode,
     response::{IntoResponse, Response},
@@ -26,7 +26,7 @@ use super::{
     runs::check_input,
     wire::{
         self, Start,
-        ai_sdk::{AiSdkEncoder, UiMessageChunk},
+        ai_sdk::{AiSdkEncoder, UiMessage, UiMessageChunk, ui_messages},
         sse_response,
     },
 };
@@ -44,6 +44,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/ai-sdk/chat", post(send_messages))
         .route("/v1/ai-sdk/chat/{id}/stream", get(resume_stream))
+        .route("/v1/ai-sdk/chat/{id}/messages", get(list_messages))
 }
 
 /// What a chat request asks for (`trigger`).
@@ -56,9 +57,9 @@ enum Trigger {
     RegenerateMessage,
 }
 
-/// A message of the chat as the client holds it (the AI SDK's `UIMessage`).
+/// A message of the chat as the client sends it (the AI SDK's `UIMessage`).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-struct UiMessage {
+struct SentMessage {
     /// The message's ID. The last message's ID is the run's idempotency key:
     /// sent again, it returns the same run's stream and stores nothing.
     #[schema(min_length = 1, max_length = 200)]
@@ -85,7 +86,7 @@ struct ChatRequest {
     /// The chat's messages, oldest first. The server holds the transcript,
     /// so only the last one is read: the user's new message.
     #[schema(min_items = 1)]
-    messages: Vec<UiMessage>,
+    messages: Vec<SentMessage>,
     /// `submit-message` (the default) or `regenerate-message` (422 for now).
     trigger: Option<Trigger>,
     /// Set by `useChat` when the message replaces an earlier one (an edit):
@@ -206,7 +207,7 @@ fn check_id(name: &str, value: &str) -> Result<(), ApiError> {
 
 /// The text of the last message, the user's, and its ID; 422 when there is
 /// none or it holds a part that is not text.
-fn user_message(mut messages: Vec<UiMessage>) -> Result<(String, Option<String>), ApiError> {
+fn user_message(mut messages: Vec<SentMessage>) -> Result<(String, Option<String>), ApiError> {
     let last = messages.pop().ok_or_else(|| {
         ApiError::Invalid("messages: at least one, the last the user's new message".to_owned())
     })?;
@@ -282,4 +283,52 @@ async fn resume_stream(
             ("x-conversation-id", run.conversation_id.to_string()),
         ],
     ))
+}
+
+/// A chat's messages.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct ChatMessages {
+    /// The chat's conversation; null for a chat with no message yet.
+    conversation_id: Option<uuid::Uuid>,
+    /// The messages, oldest first, as `useChat({messages})` takes them.
+    data: Vec<UiMessage>,
+}
+
+/// `GET /v1/ai-sdk/chat/{id}/messages`: the chat's transcript as UI messages.
+#[utoipa::path(
+    get,
+    path = "/v1/ai-sdk/chat/{id}/messages",
+    tag = "ai-sdk",
+    summary = "Read a chat's messages as the AI SDK's UIMessages",
+    description = "The chat's transcript, oldest first, as `useChat({messages})` starts \
+        from: each user message as one `UIMessage` (`id` the message's ID), and each run's \
+        reply as one assistant `UIMessage` with the run's ID and `{conversation_id, run_id}` \
+        as metadata, a `step-start` per model call, its text and its tool calls as \
+        `dynamic-tool` parts with their results: the message the run's stream built. A \
+        reply still being written is there as far as it is stored; resume its stream to \
+        follow it. A chat with no message yet, or not the caller's, has none.",
+    params(("id" = String, Path, description = "The chat's ID, or its conversation's ID.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The chat's messages.", body = ChatMessages),
+        (status = 401, response = Unauthorized),
+        (status = 503, response = Unavailable),
+    ),
+)]
+async fn list_messages(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(id): Path<String>,
+) -> Result<Json<ChatMessages>, ApiError> {
+    let Some(conversation) = state.store.chat_conversation(user.id, &id).await? else {
+        return Ok(Json(ChatMessages {
+            conversation_id: None,
+            data: Vec::new(),
+        }));
+    };
+    let messages = state.store.messages(conversation.id).await?;
+    Ok(Json(ChatMessages {
+        conversation_id: Some(conversation.id),
+        data: ui_messages(conversation.id, messages),
+    }))
 }

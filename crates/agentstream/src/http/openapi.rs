@@ -66,6 +66,7 @@ pub fn router() -> Router<AppState> {
         openai::create_chat_completion,
         ai_sdk::send_messages,
         ai_sdk::resume_stream,
+        ai_sdk::list_messages,
         health::health,
         health::ready,
         metrics::get_metrics,

@@ -108,6 +108,30 @@ impl Store {
         row.as_ref().map(from_row).transpose()
     }
 
+    /// The user's conversation that `chat` names: the one with that ID, else
+    /// the one an AI SDK client created under that chat ID.
+    #[tracing::instrument(skip_all, fields(user_id = %user_id))]
+    pub async fn chat_conversation(
+        &self,
+        user_id: Uuid,
+        chat: &str,
+    ) -> Result<Option<Conversation>, StoreError> {
+        if let Ok(id) = Uuid::parse_str(chat)
+            && let Some(conversation) = self.conversation(user_id, id).await?
+        {
+            return Ok(Some(conversation));
+        }
+        let row = query(
+            "SELECT id, user_id, kind, agent, title, created_at, updated_at \
+             FROM conversations WHERE chat_id = $1 AND user_id = $2",
+        )
+        .bind(chat)
+        .bind(user_id.to_string())
+        .fetch_optional(&mut *self.acquire().await?)
+        .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
     /// The user's conversations, newest first, at most `limit`, older than `before`.
     #[tracing::instrument(skip_all, fields(user_id = %user_id))]
     pub async fn list_conversations(

@@ -225,9 +225,13 @@ async function tools() {
   check(raw.errors.length === 0, `onError: ${raw.errors}`);
   check(raw.chunks.at(-1).type === "finish" && raw.chunks.at(-1).finishReason === "stop", "no finish: stop");
   checkToolInputs(raw.chunks);
+  // The chat as a reloaded page loads it: valid UI messages.
+  const stored = await (await fetch(`${api}/${encodeURIComponent(chatId)}/messages`, { headers })).json();
+  await ai.validateUIMessages({ messages: stored.data });
   return {
     chat_id: chatId,
     engine_messages: engine.state.messages,
+    stored_messages: stored.data,
     raw_message: raw.message,
     raw_types: raw.chunks.map((chunk) => chunk.type),
     formed,

@@ -254,6 +254,30 @@ async fn the_ai_sdk_reads_the_ui_message_stream(backend: Backend) {
             "ai@{major}: one conversation for the chat, one message per request"
         );
 
+        // A reloaded page gets the same messages back (the script checked
+        // them with the package's validateUIMessages).
+        let stored = tools["stored_messages"].as_array().unwrap();
+        let mut held: Vec<Value> = tools["engine_messages"].as_array().unwrap().clone();
+        held.push(raw.clone());
+        assert_eq!(stored.len(), held.len() + 1, "{stored:?}");
+        let (roles, held_roles): (Vec<&Value>, Vec<&Value>) = (
+            stored.iter().map(|m| &m["role"]).collect(),
+            held.iter().map(|m| &m["role"]).collect(),
+        );
+        // The raw request's user message is not in what the engine holds.
+        assert_eq!(roles[..4], held_roles[..4]);
+        for (stored, held) in stored.iter().zip(&held).take(4) {
+            if held["role"] == "assistant" {
+                assert_eq!(stored["id"], held["id"]);
+                assert_eq!(stored["metadata"]["run_id"], held["metadata"]["run_id"]);
+                assert_eq!(parts_of_message(stored), parts_of_message(held));
+            } else {
+                assert_eq!(stored["parts"][0]["text"], held["parts"][0]["text"]);
+            }
+        }
+        assert_eq!(stored[5]["id"], raw["id"]);
+        assert_eq!(parts_of_message(&stored[5]), parts_of_message(raw));
+
         // A resumed stream is the whole run, as stored, to both readers.
         let resume = &seen["resume"];
         assert!(resume["first_chunks"].as_u64().unwrap() >= 4, "{resume}");
@@ -375,6 +399,21 @@ async fn chats_are_per_user(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(resumed.status(), 204);
+    // Bob's chats of those names are his own; a name never used has none.
+    let messages = |chat: String| {
+        app.client
+            .get(app.url(&format!("/v1/ai-sdk/chat/{chat}/messages")))
+            .bearer_auth(&bob)
+            .fetch_json()
+    };
+    for chat in ["shared-name", alice_conversation.as_str()] {
+        let his = messages(chat.to_owned()).await;
+        assert_ne!(his["conversation_id"], alice_conversation.as_str());
+        assert_eq!(his["data"].as_array().unwrap().len(), 2, "{his}");
+        assert_eq!(his["data"][0]["parts"][0]["text"], "bob's turn");
+    }
+    let none = messages("never-used".to_owned()).await;
+    assert_eq!(none, json!({"conversation_id": null, "data": []}));
     app.stop().await;
 }
 both!(chats_are_per_user);

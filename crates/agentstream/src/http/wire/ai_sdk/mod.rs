@@ -16,11 +16,15 @@
 //! define them; they become `dynamic-tool` parts) and `providerExecuted` (the
 //! client must not run them).
 
+mod transcript;
+
 use std::{collections::HashSet, sync::Arc};
 
 use axum::response::sse::Event as SseEvent;
 use serde::Serialize;
 use uuid::Uuid;
+
+pub use transcript::{UiMessage, ui_messages};
 
 use super::Encoder;
 use crate::events::{Event, RunEvent, RunStatus, StoredEvent, Usage};
