@@ -286,6 +286,32 @@ test("a tool call's chip appears as its arguments stream in, then settles", asyn
   await context.close();
 });
 
+test("the model's reasoning shows collapsed, apart from its reply", async ({ browser, server }) => {
+  const { context, page } = await newPage(browser, server.base);
+  await page.goto("/");
+  await chatMode(page);
+  await send(page, "Please think about it");
+  const reply = page.locator('li.msg.assistant[data-status="complete"]', { hasText: "You said" });
+  await reply.waitFor();
+  const reasoning = page.locator("li.msg.reasoning");
+  assertEqual(await reasoning.count(), 1, "reasoning blocks");
+  const details = reasoning.locator("details");
+  assertEqual(await details.evaluate((d) => d.open), false, "the reasoning is collapsed");
+  const thought = "The user asks me to think. I am a script, so I follow my script; " +
+    "a real model would reason about the question here.";
+  assertEqual(await reasoning.locator(".reasoning-text").textContent(), thought, "the reasoning");
+  assert(!(await reply.textContent()).includes("a real model would reason"), "the reply has the reasoning");
+  // It comes before the reply, and opens by keyboard.
+  const order = await page.evaluate(() =>
+    [...document.querySelectorAll("li.msg.reasoning, li.msg.assistant")].map((li) => li.className));
+  assert(order.at(-2).includes("reasoning") && order.at(-1).includes("assistant"), `order: ${order}`);
+  await reasoning.locator("summary").focus();
+  await page.keyboard.press("Enter");
+  assertEqual(await details.evaluate((d) => d.open), true, "opened by keyboard");
+  noPageErrors(page);
+  await context.close();
+});
+
 test("a reload in the middle of a reply resumes it without duplicated text (phone width)", async ({ browser, server }) => {
   const { context, page } = await newPage(browser, server.base, { width: 375, height: 740 });
   await page.goto("/");

@@ -232,6 +232,21 @@ function addAssistant(runId, text = "", status = "streaming") {
   return li;
 }
 
+// The model's reasoning, apart from its reply: collapsed until opened.
+function addReasoning() {
+  const li = document.createElement("li");
+  li.className = "msg reasoning";
+  const details = document.createElement("details");
+  const summary = document.createElement("summary");
+  summary.textContent = "Reasoning";
+  const text = document.createElement("div");
+  text.className = "reasoning-text";
+  details.append(summary, text);
+  li.append(details);
+  append(li);
+  return li;
+}
+
 function setBubbleStatus(li, status) {
   li.dataset.status = status;
   li.classList.toggle("streaming", status === "streaming");
@@ -443,6 +458,7 @@ function newRun(conversationId, fields) {
     finished: false,
     stopRequested: false,
     current: null, // the assistant bubble deltas go to
+    reasoning: null, // the reasoning block reasoning deltas go to
     chips: new Map(),
     start: null, // {input, client_message_id} until the server names the run
     ...fields,
@@ -450,7 +466,16 @@ function newRun(conversationId, fields) {
 }
 
 function applyEvent(run, data) {
+  // Reasoning ends where the reply, or a tool call, begins.
+  if (data.type !== "reasoning.delta") run.reasoning = null;
   switch (data.type) {
+    case "reasoning.delta":
+      if (!run.reasoning) {
+        endBubble(run);
+        run.reasoning = addReasoning();
+      }
+      run.reasoning.querySelector(".reasoning-text").append(data.text);
+      break;
     case "delta":
       if (!run.current) run.current = addAssistant(run.id);
       run.current.querySelector(".text").append(data.text);

@@ -18,6 +18,9 @@ text_enum! {
         RunStarted = "run.started",
         /// `delta`: a piece of the reply's text.
         Delta = "delta",
+        /// `reasoning.delta`: a piece of the model's reasoning, apart from
+        /// the reply.
+        ReasoningDelta = "reasoning.delta",
         /// `tool.call.delta`: a piece of a tool call's arguments, as the
         /// model writes them.
         ToolCallDelta = "tool.call.delta",
@@ -140,6 +143,16 @@ pub enum Event {
         /// The text.
         text: String,
     },
+    /// A piece of the model's reasoning (the `reasoning_content` or
+    /// `reasoning` deltas of DeepSeek, vLLM's reasoning parsers, OpenRouter),
+    /// before or between the pieces of its reply. Never part of the reply's
+    /// text, and never sent back to the model as the reply. Pieces are
+    /// coalesced: at most one event per 50 ms, the first at once.
+    #[serde(rename = "reasoning.delta")]
+    ReasoningDelta {
+        /// The text.
+        text: String,
+    },
     /// A piece of a tool call's arguments, as the model writes them; the
     /// call's `tool.call` follows once they are whole (unless the run stops
     /// first). Pieces are coalesced: at most one per call per 50 ms, the
@@ -223,6 +236,7 @@ impl Event {
         match self {
             Event::RunStarted { .. } => EventKind::RunStarted,
             Event::Delta { .. } => EventKind::Delta,
+            Event::ReasoningDelta { .. } => EventKind::ReasoningDelta,
             Event::ToolCallDelta { .. } => EventKind::ToolCallDelta,
             Event::ToolCall { .. } => EventKind::ToolCall,
             Event::ToolResult { .. } => EventKind::ToolResult,
@@ -331,6 +345,9 @@ mod tests {
             Event::Delta {
                 text: "Hel\"lo\n".into(),
             },
+            Event::ReasoningDelta {
+                text: "The user greets; answer.".into(),
+            },
             Event::ToolCallDelta {
                 call_id: "call_1".into(),
                 name: "save_profile".into(),
@@ -427,6 +444,7 @@ mod tests {
             [
                 "run.started",
                 "delta",
+                "reasoning.delta",
                 "tool.call.delta",
                 "tool.call",
                 "tool.result",

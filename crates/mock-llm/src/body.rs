@@ -10,7 +10,7 @@ use futures_util::stream;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::chunk::{ChunkMeta, DONE_EVENT, Delta};
-use crate::options::{Behaviour, Fault};
+use crate::options::{Behaviour, Fault, ReasoningField};
 use crate::reply::{Reply, Usage};
 use crate::state::OpenStream;
 
@@ -25,6 +25,8 @@ pub(crate) enum Events {
         /// Present when the usage chunk is sent.
         usage: Option<Usage>,
         done: bool,
+        /// Reasoning pieces sent after the first delta, before the reply's, and their field.
+        reasoning: (usize, ReasoningField),
     },
     /// A whole `chat.completion` JSON object.
     Json(Bytes),
@@ -34,18 +36,35 @@ impl Events {
     fn len(&self) -> usize {
         match self {
             Self::Sse {
-                reply, usage, done, ..
-            } => reply.pieces() + 2 + usize::from(usage.is_some()) + usize::from(*done),
+                reply,
+                usage,
+                done,
+                reasoning: (thoughts, _),
+                ..
+            } => reply.pieces() + thoughts + 2 + usize::from(usage.is_some()) + usize::from(*done),
             Self::Json(_) => 1,
         }
     }
 
     fn get(&self, index: usize) -> io::Result<Bytes> {
-        let (meta, reply, usage) = match self {
+        let (meta, reply, usage, (thoughts, field)) = match self {
             Self::Json(json) => return Ok(json.clone()),
             Self::Sse {
-                meta, reply, usage, ..
-            } => (meta, reply, usage),
+                meta,
+                reply,
+                usage,
+                reasoning,
+                ..
+            } => (meta, reply, usage, *reasoning),
+        };
+        if (1..=thoughts).contains(&index) {
+            return meta.choice(Delta::reasoning(field, index - 1), None);
+        }
+        // The reply's events, numbered as if there were no reasoning.
+        let index = if index > thoughts {
+            index - thoughts
+        } else {
+            index
         };
         let pieces = reply.pieces();
         match index {

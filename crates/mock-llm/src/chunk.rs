@@ -5,6 +5,7 @@ use std::io;
 use bytes::Bytes;
 use serde::Serialize;
 
+use crate::options::ReasoningField;
 use crate::reply::{Reply, Usage};
 
 /// The final SSE event of a stream.
@@ -149,8 +150,34 @@ pub(crate) enum Delta<'a> {
     Arguments {
         tool_calls: [ToolCallArguments<'a>; 1],
     },
+    /// One reasoning piece, DeepSeek's and vLLM's way.
+    ReasoningContent { reasoning_content: &'static str },
+    /// One reasoning piece, OpenRouter's way.
+    Reasoning { reasoning: &'static str },
     /// The empty delta that comes with `finish_reason`.
     Empty {},
+}
+
+/// Words of the reasoning, cycled: piece `i` is word `i % 5` with its space.
+const REASONING_WORDS: [&str; 5] = ["Let ", "me ", "think ", "this ", "through. "];
+
+/// Reasoning piece `index`: the whole reasoning of `reasoning=N` is pieces 0 to N-1
+/// concatenated ("Let me think this through. Let me …").
+pub fn reasoning_piece(index: usize) -> &'static str {
+    REASONING_WORDS[index % REASONING_WORDS.len()]
+}
+
+impl Delta<'_> {
+    /// Reasoning piece `index`, in `field`.
+    pub(crate) fn reasoning(field: ReasoningField, index: usize) -> Self {
+        let text = reasoning_piece(index);
+        match field {
+            ReasoningField::ReasoningContent => Delta::ReasoningContent {
+                reasoning_content: text,
+            },
+            ReasoningField::Reasoning => Delta::Reasoning { reasoning: text },
+        }
+    }
 }
 
 impl<'a> Delta<'a> {
@@ -290,6 +317,25 @@ mod tests {
         }
         let request: ChatRequest = serde_json::from_value(body).unwrap();
         Reply::plan(&request, &Behaviour::default(), 3)
+    }
+
+    #[test]
+    fn reasoning_pieces_are_in_the_field_asked_for() {
+        let meta = meta(false);
+        let piece = |field, index| {
+            data(&meta.choice(Delta::reasoning(field, index), None).unwrap())["choices"][0]["delta"]
+                .clone()
+        };
+        assert_eq!(
+            piece(ReasoningField::ReasoningContent, 0),
+            json!({"reasoning_content": "Let "})
+        );
+        assert_eq!(
+            piece(ReasoningField::Reasoning, 6),
+            json!({"reasoning": "me "})
+        );
+        let whole: String = (0..5).map(reasoning_piece).collect();
+        assert_eq!(whole, "Let me think this through. ");
     }
 
     #[test]

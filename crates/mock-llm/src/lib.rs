@@ -15,8 +15,9 @@ mod routes;
 mod server;
 mod state;
 
+pub use chunk::reasoning_piece;
 pub use error::ApiError;
-pub use options::{Behaviour, Fault, MAX_DELTAS, OptionError, ToolMode};
+pub use options::{Behaviour, Fault, MAX_DELTAS, OptionError, ReasoningField, ToolMode};
 pub use reply::{
     ARGUMENT_PIECE_CHARS, FILLER, QUOTED_WORDS, ToolCallPlan, Usage, reply_words, tool_call_plan,
 };

@@ -12,8 +12,8 @@ pub const MAX_DELTAS: usize = 100_000;
 /// `mock`) and unknown keys are ignored; a known key with an invalid value is an error.
 /// Options from the header are applied after those from the model, so the header wins.
 ///
-/// Events of a stream are: the role chunk, one chunk per content delta (or per tool-call
-/// argument piece), the finish chunk, the usage chunk (if sent) and `[DONE]` (if sent).
+/// Events of a stream are: the role chunk, one chunk per reasoning piece (`reasoning=N`),
+/// one chunk per content delta (or per tool-call argument piece), the finish chunk, the usage chunk (if sent) and `[DONE]` (if sent).
 /// `ttft_ms` delays the first, `pace_ms` each later one. `after=K` counts these events; when
 /// the stream has fewer than K, the fault comes after the last one. A non-streaming request
 /// waits `ttft_ms` plus `pace_ms` per later event of the equivalent stream (without usage and
@@ -39,6 +39,21 @@ pub struct Behaviour {
     pub usage: bool,
     /// `done=0|1` (default 1): end the stream with `data: [DONE]`.
     pub done: bool,
+    /// `reasoning=N` (default 0): reasoning deltas streamed before the reply, as a
+    /// thinking model's server does (see [`crate::chunk::reasoning_piece`]).
+    pub reasoning: usize,
+    /// `reasoning_field=reasoning_content|reasoning` (default `reasoning_content`, as
+    /// DeepSeek and vLLM name it; OpenRouter says `reasoning`): the delta field it is in.
+    pub reasoning_field: ReasoningField,
+}
+
+/// The `delta` field a reasoning piece is sent in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReasoningField {
+    /// `reasoning_content`.
+    ReasoningContent,
+    /// `reasoning`.
+    Reasoning,
 }
 
 impl Default for Behaviour {
@@ -53,6 +68,8 @@ impl Default for Behaviour {
             fail_first: 0,
             usage: true,
             done: true,
+            reasoning: 0,
+            reasoning_field: ReasoningField::ReasoningContent,
         }
     }
 }
@@ -161,6 +178,20 @@ impl Behaviour {
                 }
                 "usage" => self.usage = parse_flag(value).ok_or_else(|| invalid("0 or 1"))?,
                 "done" => self.done = parse_flag(value).ok_or_else(|| invalid("0 or 1"))?,
+                "reasoning" => {
+                    self.reasoning = value
+                        .parse()
+                        .ok()
+                        .filter(|n| *n <= MAX_DELTAS)
+                        .ok_or_else(|| invalid("an integer from 0 to 100000"))?;
+                }
+                "reasoning_field" => {
+                    self.reasoning_field = match value {
+                        "reasoning_content" => ReasoningField::ReasoningContent,
+                        "reasoning" => ReasoningField::Reasoning,
+                        _ => return Err(invalid("reasoning_content or reasoning")),
+                    };
+                }
                 _ => {}
             }
         }
@@ -214,6 +245,16 @@ mod tests {
         assert_eq!(behaviour.deltas, 5);
         assert_eq!(behaviour.tools, ToolMode::Never);
         assert!(!behaviour.usage);
+    }
+
+    #[test]
+    fn reasoning_options_parse() {
+        let behaviour =
+            Behaviour::parse("mock;reasoning=12;reasoning_field=reasoning", None).unwrap();
+        assert_eq!(behaviour.reasoning, 12);
+        assert_eq!(behaviour.reasoning_field, ReasoningField::Reasoning);
+        let error = Behaviour::parse("mock;reasoning_field=thoughts", None).unwrap_err();
+        assert_eq!(error.key, "reasoning_field");
     }
 
     #[test]

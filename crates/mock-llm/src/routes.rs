@@ -85,6 +85,7 @@ async fn create_completion(
             reply,
             usage: send_usage.then_some(usage),
             done: behaviour.done,
+            reasoning: (behaviour.reasoning, behaviour.reasoning_field),
         };
         let body = PacedBody::sse(events, &behaviour, shutdown, open);
         Ok((

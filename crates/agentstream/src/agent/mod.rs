@@ -252,7 +252,7 @@ async fn steps(
             }),
         );
         let mut text = String::new();
-        let mut reasoning = String::new();
+        let mut reasoning = pieces::Reasoning::default();
         let mut calls: Vec<ToolCall> = Vec::new();
         let mut pieces = pieces::Pieces::default();
         *finish_reason = None;
@@ -263,6 +263,19 @@ async fn steps(
                 () = control.cancelled() => break control.stopped().map_or(StepEnd::Finished, StepEnd::Stopped),
                 item = stream.next() => item,
             };
+            // Reasoning held back goes out before the reply's next other event.
+            let reasoned = matches!(
+                item,
+                Some(Ok(LlmEvent::Reasoning(_)
+                    | LlmEvent::Usage(_)
+                    | LlmEvent::Finished(_)))
+            );
+            if !reasoned
+                && let Some(event) = reasoning.flush(tokio::time::Instant::now())
+                && let Err(e) = emitter.emit(event).await
+            {
+                break StepEnd::Failed(Outcome::failed(e.code, e.message));
+            }
             match item {
                 None => {
                     for event in pieces.flush(tokio::time::Instant::now()) {
@@ -303,7 +316,13 @@ async fn steps(
                     calls.push(own_call(call, &mut call_ids, id));
                 }
                 Some(Ok(LlmEvent::Usage(more))) => *usage.get_or_insert_default() += more,
-                Some(Ok(LlmEvent::Reasoning(more))) => reasoning.push_str(&more),
+                Some(Ok(LlmEvent::Reasoning(more))) => {
+                    if let Some(event) = reasoning.add(&more, tokio::time::Instant::now())
+                        && let Err(e) = emitter.emit(event).await
+                    {
+                        break StepEnd::Failed(Outcome::failed(e.code, e.message));
+                    }
+                }
                 Some(Ok(LlmEvent::Finished(reason))) => *finish_reason = Some(reason),
                 Some(Err(e)) => break StepEnd::Failed(Outcome::upstream(&e)),
             }
@@ -344,7 +363,7 @@ async fn steps(
             tool_calls: calls.clone(),
             // A thinking model needs its reasoning for the calls back on the
             // next call of the same turn; it is not kept for later runs.
-            reasoning: (!reasoning.is_empty()).then_some(reasoning),
+            reasoning: (!reasoning.text.is_empty()).then_some(reasoning.text),
         });
         for call in calls {
             // Between tool calls is a safe point too.

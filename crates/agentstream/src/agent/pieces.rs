@@ -16,6 +16,44 @@ use crate::{events::Event, llm::ToolCallDelta, text};
 /// Least time between two `tool.call.delta` events of one call.
 pub(super) const PIECE_INTERVAL: Duration = Duration::from_millis(50);
 
+/// A reply's reasoning on its way to `reasoning.delta` events, coalesced as a call's
+/// pieces are: the first piece at once, then at most one event per [`PIECE_INTERVAL`];
+/// what is held goes out with the next piece that is due, or before the reply's next
+/// other event ([`Reasoning::flush`]).
+#[derive(Debug, Default)]
+pub(super) struct Reasoning {
+    /// All of it, for the model's next call in the run.
+    pub(super) text: String,
+    /// Pieces not sent yet.
+    held: String,
+    /// When its last event went out.
+    sent_at: Option<Instant>,
+}
+
+impl Reasoning {
+    /// Takes a piece; returns the event to send now, if one is due.
+    pub(super) fn add(&mut self, piece: &str, now: Instant) -> Option<Event> {
+        self.text.push_str(piece);
+        self.held.push_str(piece);
+        let due = self
+            .sent_at
+            .is_none_or(|at| now.duration_since(at) >= PIECE_INTERVAL);
+        due.then(|| self.event(now))
+    }
+
+    /// The event for what is held, if anything is.
+    pub(super) fn flush(&mut self, now: Instant) -> Option<Event> {
+        (!self.held.is_empty()).then(|| self.event(now))
+    }
+
+    fn event(&mut self, now: Instant) -> Event {
+        self.sent_at = Some(now);
+        Event::ReasoningDelta {
+            text: std::mem::take(&mut self.held),
+        }
+    }
+}
+
 /// The calls of one reply whose pieces have begun, by their place among its calls.
 #[derive(Debug, Default)]
 pub(super) struct Pieces {

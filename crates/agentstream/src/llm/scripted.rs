@@ -8,7 +8,9 @@
 //! otherwise answers with a fixed reply. For any agent, a message naming one
 //! of its other tools (every word of `list_orders`: "list my orders") calls it, with the
 //! arguments the message gives as `key=value` (`quantity=2 item="blue mug"`),
-//! and the reply shows the result. The model string may carry options
+//! and the reply shows the result. A user message with the word "think"
+//! makes it reason first, as thinking models do: a few words of reasoning
+//! (`reasoning.delta` events), then the reply. The model string may carry options
 //! after a `;`: `fail_after=N` fails the stream after N deltas, for tests.
 
 use std::time::Duration;
@@ -20,6 +22,10 @@ use super::{
     ChatMessage, ChatRequest, LlmError, LlmEvent, LlmStream, Provider, ToolCall, ToolCallDelta,
     Usage,
 };
+
+/// What the demo model "thinks" before answering a message that asks it to.
+pub const REASONING: &str = "The user asks me to think. I am a script, so I follow my \
+                             script; a real model would reason about the question here.";
 
 /// The scripted provider.
 #[derive(Debug, Clone)]
@@ -364,7 +370,19 @@ impl Provider for Scripted {
         let step = self.next_step(&request);
         let prompt_tokens = count_words(&request.messages);
         let delay = self.delay;
+        let thinks = matches!(
+            request.messages.last(),
+            Some(ChatMessage::User(text)) if text.to_lowercase().contains("think")
+        );
         Box::pin(async_stream::stream! {
+            if thinks {
+                for word in words(REASONING) {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    yield Ok(LlmEvent::Reasoning(word));
+                }
+            }
             match step {
                 Step::Say(text) => {
                     let words = words(&text);

@@ -322,6 +322,14 @@ async function failed() {
   };
 }
 
+/** A thinking model's reply: a reasoning part, then the text. */
+async function reasoning() {
+  const engine = chatEngine(`chat-${randomUUID()}`, { agent: "thinker" });
+  await engine.chat.sendMessage({ text: "Why?" });
+  checkClean(engine, "reasoning");
+  return { reply: engine.state.messages.at(-1) };
+}
+
 /** What the server refuses, as the engine reports it. */
 async function refusals() {
   const engine = chatEngine(`chat-${randomUUID()}`);
@@ -372,6 +380,7 @@ seen.tools = await tools();
 seen.resume = await resume();
 seen.cancel = await cancel();
 seen.failed = await failed();
+seen.reasoning = await reasoning();
 seen.refusals = await refusals();
 seen.readme = await readme();
 process.stdout.write(`${JSON.stringify(seen)}\n`);

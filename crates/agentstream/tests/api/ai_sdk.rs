@@ -48,8 +48,8 @@ fn packages() -> &'static [(String, PathBuf)] {
 }
 
 /// Agents beside the built-in ones, on `mock-llm`: `slow` (a reply that
-/// goes on for a minute), `long` (a few seconds) and `flaky` (its model
-/// server drops the connection mid-reply).
+/// goes on for a minute), `long` (a few seconds), `flaky` (its model
+/// server drops the connection mid-reply) and `thinker` (it reasons first).
 fn config(base_url: &str) -> String {
     format!(
         r#"
@@ -69,6 +69,10 @@ model = "mock;tools=never;deltas=300;pace_ms=20"
 [agents.flaky]
 provider = "mock"
 model = "mock;tools=never;fault=reset;after=3"
+
+[agents.thinker]
+provider = "mock"
+model = "mock;tools=never;reasoning=5;deltas=3"
 "#
     )
 }
@@ -334,6 +338,19 @@ async fn the_ai_sdk_reads_the_ui_message_stream(backend: Backend) {
             );
         }
         assert_eq!(failed["finish"]["finishReason"], "error");
+
+        // Reasoning is a part of its own, before the reply's text.
+        let reply = &seen["reasoning"]["reply"];
+        let kinds: Vec<&str> = reply["parts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|part| part["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, ["step-start", "reasoning", "text"], "{reply}");
+        let thought: String = (0..5).map(mock_llm::reasoning_piece).collect();
+        assert_eq!(reply["parts"][1]["text"], thought.as_str());
+        assert_eq!(reply["parts"][1]["state"], "done");
 
         // Refused, with the reason in the engine's error.
         let regenerate = seen["refusals"]["regenerate"].as_str().unwrap();

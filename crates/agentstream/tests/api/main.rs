@@ -32,6 +32,7 @@ mod openai_sdk;
 mod openapi;
 mod pooler;
 mod process;
+mod reasoning;
 mod replay;
 mod security;
 mod sql_tools;

@@ -102,6 +102,7 @@ async fn the_document_is_openapi_3_1_and_lists_every_route() {
         BTreeSet::from([
             "run.started",
             "delta",
+            "reasoning.delta",
             "tool.call.delta",
             "tool.call",
             "tool.result",

@@ -229,6 +229,7 @@ impl Reply {
             }
             Event::RunStarted { .. }
             | Event::Delta { .. }
+            | Event::ReasoningDelta { .. }
             | Event::ToolCallDelta { .. }
             | Event::ToolCall { .. }
             | Event::ToolResult { .. } => {}

@@ -97,6 +97,23 @@ pub enum UiMessageChunk {
         /// The part's ID.
         id: String,
     },
+    /// A reasoning part begins: the model's reasoning, apart from its reply.
+    ReasoningStart {
+        /// The part's ID, unique in the message.
+        id: String,
+    },
+    /// More of a reasoning part.
+    ReasoningDelta {
+        /// The part's ID.
+        id: String,
+        /// The text.
+        delta: String,
+    },
+    /// A reasoning part is whole.
+    ReasoningEnd {
+        /// The part's ID.
+        id: String,
+    },
     /// The model began a tool call.
     #[serde(rename_all = "camelCase")]
     ToolInputStart {
@@ -195,6 +212,8 @@ pub struct AiSdkEncoder {
     message_done: bool,
     /// The open text part's ID.
     text: Option<String>,
+    /// The open reasoning part's ID.
+    reasoning: Option<String>,
     /// The calls whose `tool-input-start` was sent.
     inputs: HashSet<String>,
     /// An `error` was sent.
@@ -211,6 +230,7 @@ impl AiSdkEncoder {
             in_step: false,
             message_done: false,
             text: None,
+            reasoning: None,
             inputs: HashSet::new(),
             errored: false,
         }
@@ -242,6 +262,7 @@ impl AiSdkEncoder {
                     return chunks;
                 }
                 self.step(&mut chunks);
+                self.end_reasoning(&mut chunks);
                 let id = match &self.text {
                     Some(id) => id.clone(),
                     None => {
@@ -252,6 +273,23 @@ impl AiSdkEncoder {
                     }
                 };
                 chunks.push(UiMessageChunk::TextDelta { id, delta: text });
+            }
+            Event::ReasoningDelta { text } => {
+                if text.is_empty() {
+                    return chunks;
+                }
+                self.step(&mut chunks);
+                self.end_text(&mut chunks);
+                let id = match &self.reasoning {
+                    Some(id) => id.clone(),
+                    None => {
+                        let id = format!("reasoning-{seq}");
+                        chunks.push(UiMessageChunk::ReasoningStart { id: id.clone() });
+                        self.reasoning = Some(id.clone());
+                        id
+                    }
+                };
+                chunks.push(UiMessageChunk::ReasoningDelta { id, delta: text });
             }
             Event::ToolCallDelta {
                 call_id,
@@ -311,11 +349,11 @@ impl AiSdkEncoder {
             }
             Event::MessageCompleted { .. } => {
                 self.step(&mut chunks);
-                self.end_text(&mut chunks);
+                self.end_parts(&mut chunks);
                 self.message_done = true;
             }
             Event::Error { message, .. } => {
-                self.end_text(&mut chunks);
+                self.end_parts(&mut chunks);
                 self.errored = true;
                 chunks.push(UiMessageChunk::Error {
                     error_text: message,
@@ -326,7 +364,7 @@ impl AiSdkEncoder {
                 usage,
                 finish_reason,
             } => {
-                self.end_text(&mut chunks);
+                self.end_parts(&mut chunks);
                 if self.in_step {
                     self.in_step = false;
                     chunks.push(UiMessageChunk::FinishStep);
@@ -373,7 +411,7 @@ impl AiSdkEncoder {
     /// once the open step's message was stored.
     fn step(&mut self, chunks: &mut Vec<UiMessageChunk>) {
         if self.in_step && self.message_done {
-            self.end_text(chunks);
+            self.end_parts(chunks);
             chunks.push(UiMessageChunk::FinishStep);
             self.in_step = false;
         }
@@ -389,10 +427,23 @@ impl AiSdkEncoder {
         }
     }
 
+    /// Ends the open text and reasoning parts, if any.
+    fn end_parts(&mut self, chunks: &mut Vec<UiMessageChunk>) {
+        self.end_text(chunks);
+        self.end_reasoning(chunks);
+    }
+
     /// Ends the open text part, if any.
     fn end_text(&mut self, chunks: &mut Vec<UiMessageChunk>) {
         if let Some(id) = self.text.take() {
             chunks.push(UiMessageChunk::TextEnd { id });
+        }
+    }
+
+    /// Ends the open reasoning part, if any.
+    fn end_reasoning(&mut self, chunks: &mut Vec<UiMessageChunk>) {
+        if let Some(id) = self.reasoning.take() {
+            chunks.push(UiMessageChunk::ReasoningEnd { id });
         }
     }
 
@@ -402,7 +453,7 @@ impl AiSdkEncoder {
         if self.inputs.contains(call_id) {
             return;
         }
-        self.end_text(chunks);
+        self.end_parts(chunks);
         self.inputs.insert(call_id.to_owned());
         chunks.push(UiMessageChunk::ToolInputStart {
             tool_call_id: call_id.to_owned(),
@@ -570,6 +621,43 @@ mod tests {
                 "messageMetadata": {"conversation_id": Uuid::max(), "run_id": Uuid::nil(),
                                     "status": "completed"},
             })
+        );
+    }
+
+    #[test]
+    fn reasoning_is_a_part_of_its_own_before_the_text() {
+        let chunks = read(vec![
+            Event::ReasoningDelta {
+                text: "The user ".into(),
+            },
+            Event::ReasoningDelta {
+                text: "greets.".into(),
+            },
+            Event::Delta { text: "Hi!".into() },
+            Event::MessageCompleted {
+                message_id: Uuid::nil(),
+            },
+            done(RunStatus::Completed),
+        ]);
+        assert_eq!(
+            types(&chunks),
+            [
+                "start",
+                "start-step",
+                "reasoning-start",
+                "reasoning-delta",
+                "reasoning-delta",
+                "reasoning-end",
+                "text-start",
+                "text-delta",
+                "text-end",
+                "finish-step",
+                "finish"
+            ]
+        );
+        assert_eq!(
+            chunks[3],
+            json!({"type": "reasoning-delta", "id": "reasoning-1", "delta": "The user "})
         );
     }
 
