@@ -530,6 +530,7 @@ mod tests {
             kind: "openai",
             url: Some(format!("http://{name}.example/v1")),
             provider: Arc::new(Probed(probe)),
+            context_tokens: None,
         }
     }
 

@@ -21,6 +21,9 @@ text_enum! {
         /// `reasoning.delta`: a piece of the model's reasoning, apart from
         /// the reply.
         ReasoningDelta = "reasoning.delta",
+        /// `context.trimmed`: a model call left the oldest messages out to
+        /// fit the model's context window.
+        ContextTrimmed = "context.trimmed",
         /// `tool.call.delta`: a piece of a tool call's arguments, as the
         /// model writes them.
         ToolCallDelta = "tool.call.delta",
@@ -49,6 +52,10 @@ text_enum! {
         UpstreamProtocol = "upstream_protocol",
         /// The model server's reply was cut off before it finished.
         UpstreamIncomplete = "upstream_incomplete",
+        /// The model server refused the request as longer than the model's
+        /// context window: the agent's `context_tokens` is larger than the
+        /// model's, or its prompt and current turn alone do not fit.
+        ContextLength = "context_length",
         /// The run made as many model calls as its agent allows.
         StepLimit = "step_limit",
         /// The run reached its limit of events.
@@ -142,6 +149,23 @@ pub enum Event {
     Delta {
         /// The text.
         text: String,
+    },
+    /// The next model call leaves the conversation's oldest messages out to
+    /// fit the agent's context window (`context_tokens`, less the room kept
+    /// for the reply). The system prompt and the current turn always go; an
+    /// assistant message goes with its tool results or not at all. The
+    /// transcript keeps every message.
+    #[serde(rename = "context.trimmed")]
+    ContextTrimmed {
+        /// Messages the call sends, the system prompt included.
+        messages_sent: usize,
+        /// Messages of the conversation it leaves out, the oldest.
+        messages_dropped: usize,
+        /// The tokens of what it sends, tools included, as counted (the
+        /// model's tokenizer for OpenAI's models, else an estimate).
+        tokens: usize,
+        /// The agent's context window.
+        context_tokens: u32,
     },
     /// A piece of the model's reasoning (the `reasoning_content` or
     /// `reasoning` deltas of DeepSeek, vLLM's reasoning parsers, OpenRouter),
@@ -237,6 +261,7 @@ impl Event {
             Event::RunStarted { .. } => EventKind::RunStarted,
             Event::Delta { .. } => EventKind::Delta,
             Event::ReasoningDelta { .. } => EventKind::ReasoningDelta,
+            Event::ContextTrimmed { .. } => EventKind::ContextTrimmed,
             Event::ToolCallDelta { .. } => EventKind::ToolCallDelta,
             Event::ToolCall { .. } => EventKind::ToolCall,
             Event::ToolResult { .. } => EventKind::ToolResult,
@@ -348,6 +373,12 @@ mod tests {
             Event::ReasoningDelta {
                 text: "The user greets; answer.".into(),
             },
+            Event::ContextTrimmed {
+                messages_sent: 12,
+                messages_dropped: 40,
+                tokens: 3900,
+                context_tokens: 8192,
+            },
             Event::ToolCallDelta {
                 call_id: "call_1".into(),
                 name: "save_profile".into(),
@@ -445,6 +476,7 @@ mod tests {
                 "run.started",
                 "delta",
                 "reasoning.delta",
+                "context.trimmed",
                 "tool.call.delta",
                 "tool.call",
                 "tool.result",
@@ -461,6 +493,7 @@ mod tests {
                 "upstream_timeout",
                 "upstream_protocol",
                 "upstream_incomplete",
+                "context_length",
                 "step_limit",
                 "event_limit",
                 "storage_error",

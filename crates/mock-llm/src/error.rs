@@ -25,6 +25,17 @@ pub enum ApiError {
     /// `fault=429`.
     #[error("mock-llm: injected rate limit, retry after 0 seconds")]
     InjectedRateLimit,
+    /// `context=N`: the prompt is longer than the window.
+    #[error(
+        "This model's maximum context length is {window} tokens. However, your messages \
+         resulted in {tokens} tokens. Please reduce the length of the messages."
+    )]
+    ContextLength {
+        /// The window.
+        window: usize,
+        /// The prompt's tokens.
+        tokens: usize,
+    },
     /// The response could not be built.
     #[error("mock-llm: internal error")]
     Internal(#[from] std::io::Error),
@@ -34,9 +45,10 @@ impl ApiError {
     /// The HTTP status of the response.
     pub fn status_code(&self) -> StatusCode {
         match self {
-            Self::InvalidBody(_) | Self::InvalidHeader | Self::InvalidOption(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::InvalidBody(_)
+            | Self::InvalidHeader
+            | Self::InvalidOption(_)
+            | Self::ContextLength { .. } => StatusCode::BAD_REQUEST,
             Self::InjectedServerError | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::InjectedRateLimit => StatusCode::TOO_MANY_REQUESTS,
         }
@@ -47,6 +59,9 @@ impl ApiError {
         match self {
             Self::InvalidBody(_) | Self::InvalidHeader | Self::InvalidOption(_) => {
                 ("invalid_request_error", None)
+            }
+            Self::ContextLength { .. } => {
+                ("invalid_request_error", Some("context_length_exceeded"))
             }
             Self::InjectedServerError | Self::Internal(_) => ("server_error", None),
             Self::InjectedRateLimit => ("requests", Some("rate_limit_exceeded")),

@@ -39,6 +39,10 @@ pub struct Behaviour {
     pub usage: bool,
     /// `done=0|1` (default 1): end the stream with `data: [DONE]`.
     pub done: bool,
+    /// `context=N` (default none): the model's context window. A request whose prompt
+    /// counts more than N tokens ([`crate::ChatRequest::context_tokens`]) gets HTTP 400
+    /// `context_length_exceeded`, as OpenAI answers it.
+    pub context: Option<usize>,
     /// `reasoning=N` (default 0): reasoning deltas streamed before the reply, as a
     /// thinking model's server does (see [`crate::chunk::reasoning_piece`]).
     pub reasoning: usize,
@@ -68,6 +72,7 @@ impl Default for Behaviour {
             fail_first: 0,
             usage: true,
             done: true,
+            context: None,
             reasoning: 0,
             reasoning_field: ReasoningField::ReasoningContent,
         }
@@ -184,6 +189,13 @@ impl Behaviour {
                         .ok()
                         .filter(|n| *n <= MAX_DELTAS)
                         .ok_or_else(|| invalid("an integer from 0 to 100000"))?;
+                }
+                "context" => {
+                    self.context = Some(
+                        value
+                            .parse()
+                            .map_err(|_| invalid("a non-negative integer"))?,
+                    );
                 }
                 "reasoning_field" => {
                     self.reasoning_field = match value {

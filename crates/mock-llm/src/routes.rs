@@ -62,6 +62,12 @@ async fn create_completion(
             return Err(ApiError::InjectedServerError);
         }
     }
+    if let Some(window) = behaviour.context {
+        let tokens = request.context_tokens();
+        if tokens > window {
+            return Err(ApiError::ContextLength { window, tokens });
+        }
+    }
     match behaviour.fault {
         Some(Fault::ServerError) => return Err(ApiError::InjectedServerError),
         Some(Fault::RateLimited) => return Err(ApiError::InjectedRateLimit),

@@ -1,5 +1,6 @@
 //! The agent loop: turns a conversation into model calls and tool calls.
 
+pub mod context;
 mod control;
 mod pieces;
 pub mod registry;
@@ -46,6 +47,8 @@ pub struct Agent {
     pub max_tokens: Option<u32>,
     /// `tool_choice` until the run has called a tool; `auto` after.
     pub tool_choice: Option<crate::llm::ToolChoice>,
+    /// Its model's context window; none for a model without a limit.
+    pub context: Option<context::Window>,
 }
 
 impl Agent {
@@ -238,11 +241,30 @@ async fn steps(
         };
         let message_id = message.id;
         emitter.stage_message(message.clone());
+        // What fits the model's context window.
+        let messages = match &agent.context {
+            Some(window) => {
+                let fitted = window.fit(&history, &specs);
+                if fitted.dropped > 0 {
+                    let trimmed = Event::ContextTrimmed {
+                        messages_sent: fitted.messages.len(),
+                        messages_dropped: fitted.dropped,
+                        tokens: fitted.tokens,
+                        context_tokens: window.tokens,
+                    };
+                    if let Err(e) = emitter.emit(trimmed).await {
+                        return Outcome::failed(e.code, e.message);
+                    }
+                }
+                fitted.messages
+            }
+            None => history.clone(),
+        };
         let mut stream = crate::telemetry::metrics::observe_upstream(
             &agent.name,
             agent.provider.stream(ChatRequest {
                 model: agent.model.clone(),
-                messages: history.clone(),
+                messages,
                 tools: specs.clone(),
                 temperature: agent.temperature,
                 max_tokens: agent.max_tokens,

@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::{Agent, Agents};
+use super::{
+    Agent, Agents,
+    context::{Counter, DEFAULT_CONTEXT_TOKENS, DEFAULT_REPLY_TOKENS, Window},
+};
 use crate::{
     llm::{ToolChoice, registry::NamedProvider},
     tools::{Registry, params::valid_name},
@@ -37,8 +40,15 @@ pub struct AgentConfig {
     pub max_steps: Option<u32>,
     /// Sampling temperature.
     pub temperature: Option<f32>,
-    /// Most tokens in one reply (`max_tokens`; default: the server's).
+    /// Most tokens in one reply (`max_tokens`; default: the server's). Also
+    /// the room the context budget keeps for the reply (default 1024).
     pub max_tokens: Option<u32>,
+    /// The model's context window, in tokens: prompt and reply together.
+    /// Each model call sends the system prompt, the current turn and as many
+    /// of the most recent earlier messages as fit in it less the reply's
+    /// room (default: the provider's `context_tokens`, else the window of
+    /// an OpenAI model known by name, else 8192; none for the demo model).
+    pub context_tokens: Option<u32>,
     /// `tool_choice` for the model calls of a run until it has called a
     /// tool: `auto`, `none`, `required` or a tool's name. Then `auto`, so a
     /// forced call does not repeat forever (default: not sent).
@@ -107,6 +117,7 @@ pub fn build(
             return Err(format!("agent {name:?}: max_steps must be at least 1"));
         }
         let model = defined.model.clone().unwrap_or_else(|| "demo".to_owned());
+        let context = window(name, defined, named, &model)?;
         tracing::info!(
             agent = name.as_str(),
             provider = named.name.as_str(),
@@ -130,7 +141,37 @@ pub fn build(
             temperature: defined.temperature,
             max_tokens: defined.max_tokens,
             tool_choice: defined.tool_choice.clone(),
+            context,
         });
     }
     Ok((agents, used))
+}
+
+/// The context window of agent `name`, on `named` with `model`: none for the
+/// demo model, unless the table sets one.
+fn window(
+    name: &str,
+    defined: &AgentConfig,
+    named: &NamedProvider,
+    model: &str,
+) -> Result<Option<Window>, String> {
+    let known =
+        || tiktoken_rs::model::get_context_size(model).and_then(|size| u32::try_from(size).ok());
+    let tokens = match (defined.context_tokens, named.context_tokens) {
+        (Some(tokens), _) | (None, Some(tokens)) => tokens,
+        (None, None) if named.kind == "scripted" => return Ok(None),
+        (None, None) => known().unwrap_or(DEFAULT_CONTEXT_TOKENS),
+    };
+    let reply_tokens = defined.max_tokens.unwrap_or(DEFAULT_REPLY_TOKENS);
+    if reply_tokens >= tokens {
+        return Err(format!(
+            "agent {name:?}: its context window ({tokens} tokens) must be larger than the room \
+             kept for the reply (max_tokens, {reply_tokens})"
+        ));
+    }
+    Ok(Some(Window {
+        tokens,
+        reply_tokens,
+        counter: Counter::for_model(model),
+    }))
 }

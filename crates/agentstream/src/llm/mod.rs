@@ -189,6 +189,12 @@ pub enum LlmError {
     /// the reply was cut off.
     #[error("the model server's reply was cut off before it finished")]
     Incomplete(String),
+    /// The upstream refused the request as longer than its context window.
+    #[error(
+        "the conversation is too long for the model's context window; set the agent's \
+         context_tokens to the model's window or less"
+    )]
+    ContextLength(String),
 }
 
 impl LlmError {
@@ -199,6 +205,7 @@ impl LlmError {
             LlmError::Status { .. } | LlmError::Upstream(_) => ErrorCode::UpstreamError,
             LlmError::Protocol(_) => ErrorCode::UpstreamProtocol,
             LlmError::Incomplete(_) => ErrorCode::UpstreamIncomplete,
+            LlmError::ContextLength(_) => ErrorCode::ContextLength,
         }
     }
 
@@ -209,7 +216,8 @@ impl LlmError {
             | LlmError::Status { detail, .. }
             | LlmError::Upstream(detail)
             | LlmError::Protocol(detail)
-            | LlmError::Incomplete(detail) => detail,
+            | LlmError::Incomplete(detail)
+            | LlmError::ContextLength(detail) => detail,
         }
     }
 }

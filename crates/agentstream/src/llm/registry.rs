@@ -43,6 +43,9 @@ pub struct NamedProvider {
     pub url: Option<String>,
     /// The provider itself.
     pub provider: Arc<dyn Provider>,
+    /// Its models' context window, when its table sets one; none for the
+    /// demo model, which has no limit.
+    pub context_tokens: Option<u32>,
 }
 
 impl ProviderConfig {
@@ -53,11 +56,13 @@ impl ProviderConfig {
             kind,
             url: url.cloned(),
             provider,
+            context_tokens: None,
         };
         Ok(match self {
-            ProviderConfig::Openai(table) => {
-                named("openai", Some(&table.base_url), Arc::new(table.build()?))
-            }
+            ProviderConfig::Openai(table) => NamedProvider {
+                context_tokens: table.context_tokens,
+                ..named("openai", Some(&table.base_url), Arc::new(table.build()?))
+            },
             ProviderConfig::Scripted(table) => named(
                 "scripted",
                 None,

@@ -278,10 +278,14 @@ impl Transport {
             .and_then(parse_retry_after);
         let body = read_prefix(response, deadline).await;
         let message = error_message(&body).unwrap_or_else(|| body_excerpt(&body));
+        let detail = format!("the upstream answered HTTP {status}: {message}");
+        if status.is_client_error() && too_long(&body) {
+            return Err(Failure::fatal(LlmError::ContextLength(detail)));
+        }
         Err(Failure {
             error: LlmError::Status {
                 status: status.as_u16(),
-                detail: format!("the upstream answered HTTP {status}: {message}"),
+                detail,
             },
             retryable: status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error(),
             retry_after,
@@ -346,7 +350,26 @@ pub(crate) fn map_text(error: LlmError, f: impl FnOnce(String) -> String) -> Llm
             detail: f(detail),
         },
         LlmError::Incomplete(text) => LlmError::Incomplete(f(text)),
+        LlmError::ContextLength(text) => LlmError::ContextLength(f(text)),
     }
+}
+
+/// True when an error body says the request was longer than the model's
+/// context window, as OpenAI (`context_length_exceeded`), vLLM ("maximum
+/// context length"), llama.cpp (`exceed_context_size_error`, "context
+/// size"), Ollama and others word it.
+pub(crate) fn too_long(body: &[u8]) -> bool {
+    const SIGNS: [&str; 7] = [
+        "context_length_exceeded",
+        "context length",
+        "context_length",
+        "context window",
+        "context size",
+        "exceed_context_size",
+        "maximum context",
+    ];
+    let text = String::from_utf8_lossy(body).to_lowercase();
+    SIGNS.iter().any(|sign| text.contains(sign))
 }
 
 /// `text` on one line: an upstream's message may hold line breaks, a log line may not.

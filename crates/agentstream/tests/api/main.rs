@@ -13,6 +13,7 @@ mod helpers;
 mod ai_sdk;
 mod cases;
 mod cluster;
+mod context;
 mod crash;
 pub mod dbrestart;
 mod durability;

@@ -103,6 +103,7 @@ async fn the_document_is_openapi_3_1_and_lists_every_route() {
             "run.started",
             "delta",
             "reasoning.delta",
+            "context.trimmed",
             "tool.call.delta",
             "tool.call",
             "tool.result",

@@ -73,9 +73,15 @@ async fn reasoning_streams_apart_from_the_reply(backend: Backend) {
         }
         // The transcript holds the replies without the reasoning, and the
         // model was never sent it back.
-        for message in transcript(&app, &conversation).await {
-            let content = message["content"].as_str().unwrap_or_default();
-            assert!(!content.contains("think"), "{agent}: stored {message}");
+        // Each entry is [role, content, status, tool_calls, tool_call_id].
+        let stored = transcript(&app, &conversation).await;
+        assert_eq!(stored.len(), 4, "{agent}: {stored:?}");
+        for message in stored {
+            let content = message[1].as_str().unwrap();
+            assert!(
+                !content.is_empty() && !content.contains("think"),
+                "{agent}: stored {message}"
+            );
         }
         let last = mock.request_bodies().pop().unwrap();
         let assistants = last["messages"]

@@ -230,6 +230,7 @@ impl Reply {
             Event::RunStarted { .. }
             | Event::Delta { .. }
             | Event::ReasoningDelta { .. }
+            | Event::ContextTrimmed { .. }
             | Event::ToolCallDelta { .. }
             | Event::ToolCall { .. }
             | Event::ToolResult { .. } => {}
@@ -253,6 +254,8 @@ fn failure_status(code: ErrorCode) -> StatusCode {
         | ErrorCode::UpstreamTimeout
         | ErrorCode::UpstreamProtocol
         | ErrorCode::UpstreamIncomplete => StatusCode::BAD_GATEWAY,
+        // As OpenAI answers `context_length_exceeded`.
+        ErrorCode::ContextLength => StatusCode::BAD_REQUEST,
         ErrorCode::EventLog | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::StepLimit
         | ErrorCode::EventLimit

@@ -242,6 +242,9 @@ pub struct OpenAiConfig {
     pub chunk_timeout_ms: Option<u64>,
     /// Retries before the first token on connection errors, 429 and 5xx (default 2).
     pub max_retries: Option<u32>,
+    /// The context window of its models, in tokens, for agents that set none
+    /// (default: the window of an OpenAI model known by name, else 8192).
+    pub context_tokens: Option<u32>,
 }
 
 impl OpenAiConfig {

@@ -256,7 +256,7 @@ impl AiSdkEncoder {
             });
         }
         match event {
-            Event::RunStarted { .. } => {}
+            Event::RunStarted { .. } | Event::ContextTrimmed { .. } => {}
             Event::Delta { text } => {
                 if text.is_empty() {
                     return chunks;
