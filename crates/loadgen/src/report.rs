@@ -953,6 +953,8 @@ mod tests {
                 context_switches: 0,
             }),
             server_cpu_us_per_event: Some(10.0),
+            stored_events: None,
+            server_cpu_us_per_stored_event: None,
             loadgen: Usage::default(),
             command: vec![
                 "loadgen".to_owned(),
