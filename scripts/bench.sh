@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # The benchmark suite (issue 5; DESIGN.md "Performance method"): builds the binaries,
 # starts mock-llm, the bare relay and agentstream (SQLite and PostgreSQL, pool 15 and 2,
-# then two nodes on one PostgreSQL: issue 9), runs the load generator against each and
+# then two nodes on one PostgreSQL: issue 9, then the same load through each wire format:
+# native, OpenAI Chat Completions and AI SDK), runs the load generator against each and
 # writes BENCHMARKS.md.
 #
-#   scripts/bench.sh           the full suite, release build; under 10 minutes on 2 cores
+#   scripts/bench.sh           the full suite, release build; under 11 minutes on 2 cores
+#                              (the encoders scenario, which has no time budget, takes 1.5)
 #   scripts/bench.sh --smoke   tiny loads for a few seconds on the dev build (CI): fails
 #                              when any stream fails, writes the report to the results folder
 #
 # BENCH_OUT=DIR keeps the results (JSON summaries, logs, profile) in DIR; BENCH_PERF=0 skips
 # the perf profile; BENCH_LEVELS="1 100 1000" overrides the concurrency ladder and
 # BENCH_TWO_NODE_LEVELS="1 100" the two-node levels.
+# BENCH_ONLY="GROUP ..." runs only these groups of scenarios, of: mock relay sqlite-15
+# sqlite-2 pg-15 pg-2 two-node encoders (e.g. BENCH_ONLY=encoders: one agentstream process,
+# a minute and a half in full mode, no PostgreSQL); the report then goes to the results
+# folder, never to BENCHMARKS.md, which is always written from the whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +26,18 @@ case "${1:-}" in
     "") ;;
     *) echo "usage: scripts/bench.sh [--smoke]" >&2; exit 2 ;;
 esac
+
+groups="mock relay sqlite-15 sqlite-2 pg-15 pg-2 two-node encoders"
+only=${BENCH_ONLY:-}
+only=${only//,/ }
+for group in $only; do
+    case " $groups " in
+        *" $group "*) ;;
+        *) echo "bench: BENCH_ONLY: no group $group; the groups are: $groups" >&2; exit 2 ;;
+    esac
+done
+# want GROUP: whether GROUP runs (all of them without BENCH_ONLY).
+want() { [ -z "$only" ] || [[ " $only " == *" $1 "* ]]; }
 
 # Every stream is a socket in each process it crosses, two in agentstream and the relay.
 ulimit -n "$(ulimit -Hn)"
@@ -35,6 +53,7 @@ if [ "$smoke" = 1 ]; then
     idle_streams=10 idle_ramp_ms=100 idle_hold_ms=300
     ladder_budget_s=60 suite_budget_s=120
     two_node_levels=${BENCH_TWO_NODE_LEVELS:-"1 4"} two_node_budget_s=30
+    encoder_workers=4 encoder_ramp_ms=50 encoder_ms=500 encoder_warmup_ms=300 encoder_rounds=2
 else
     profile=release
     levels=${BENCH_LEVELS:-"1 100 200 500 1000 2000 5000 10000"}
@@ -49,6 +68,11 @@ else
     # Levels of the two-node scenario (each runs twice: same-node and cross-node); no
     # higher level once it has taken this long.
     two_node_levels=${BENCH_TWO_NODE_LEVELS:-"1 100 200 500"} two_node_budget_s=60
+    # The encoders scenario: rounds of one run per wire format, each run a closed loop of
+    # this many workers for this long (each stream lasts about 1.5 s), after a warm-up
+    # through the native format.
+    encoder_workers=200 encoder_ramp_ms=1000 encoder_ms=5000 encoder_warmup_ms=3000
+    encoder_rounds=3
 fi
 starts_model="mock;deltas=2;tools=never"
 # The upstream waits 30 s before its first chunk; the streams are measured and closed
@@ -128,12 +152,21 @@ stop() {
 }
 
 # --- load --------------------------------------------------------------------------------
+# loadgen_run NAME ARGS...: one load run; its summary goes to the results, so to the report.
 loadgen_run() {
     local file=$1
     shift
+    loadgen_to "$out/results/$file.json" "$@"
+}
+
+# loadgen_to PATH ARGS...: one load run, its summary written to PATH; with --smoke it fails
+# when any stream failed.
+loadgen_to() {
+    local path=$1
+    shift
     local strict=()
     [ "$smoke" = 1 ] && strict=(--require-ok)
-    "$bin/loadgen" run "$@" "${strict[@]}" --out "$out/results/$file.json" >/dev/null
+    "$bin/loadgen" run "$@" "${strict[@]}" --out "$path" >/dev/null
 }
 
 # ladder TARGET PID ARGS...: every level up to 1,000 streams (the latency targets are read
@@ -309,35 +342,98 @@ two_node_scenarios() {
     stop "$pid_a"
 }
 
+# encoders_scenario DATABASE_URL: the same load through each wire format on one agentstream
+# process with sqlite-15's settings (pool 5 + 10) and the ladder's agent and model:
+# $encoder_rounds rounds of one run per format, each round in another order so that the
+# machine's other work and the database's growth fall on every format alike; a run is a
+# closed loop of $encoder_workers workers for $encoder_ms ms. Each format's CPU per event
+# counts the events the server stored (its /metrics), which are the same for every format,
+# not the SSE messages, which are not. Each stream is one request that creates its
+# conversation in the run's transaction (the AI SDK's by a chat ID the fresh database has
+# not seen: the round and the stream's number): `native`, the baseline, is the native format
+# on the seed's onboarding route. `native-setup` is the native format on the ladder's route,
+# the conversation created by a request of its own first: for comparison, not a target.
+encoders_scenario() {
+    local url=$1 base="http://127.0.0.1:$server_port" pid round encoder body
+    local -a format
+    start_agentstream encoders "$url" 5 10 stream
+    pid=$started
+    local common=(--scenario encoders --streams "$encoder_workers" --ramp-ms "$encoder_ramp_ms"
+        --timeout-ms "$stream_timeout_ms" --stall-ms "$stall_ms" --pid "$pid"
+        --metrics-url "$base/metrics")
+    local native=(--url "$base/api/v1/chat/onboarding/stream"
+        --body '{"message":"Ada Lovelace {i}"}' --protocol agentstream --gap-event delta)
+    local native_setup=(--setup-url "$base/v1/conversations" --setup-body '{"kind":"onboarding"}'
+        --url "$base/v1/conversations/{id}/runs" --body '{"input":"Ada Lovelace {i}"}'
+        --header 'accept: text/event-stream' --protocol agentstream --gap-event delta)
+    local openai=(--url "$base/v1/chat/completions"
+        --body '{"model":"onboarding","stream":true,"messages":[{"role":"user","content":"Ada Lovelace {i}"}]}'
+        --protocol openai --gap-event content)
+    local ai_sdk=(--url "$base/v1/ai-sdk/chat" --protocol ai-sdk --gap-event text-delta)
+    # The first runs of a fresh process pay for its growth (threads, connections, memory):
+    # a warm-up through the native format, kept out of the report.
+    echo "bench: encoders warm-up" >&2
+    loadgen_to "$out/logs/encoders-warm-up.json" --target native \
+        --duration-ms "$encoder_warmup_ms" "${common[@]}" "${native[@]}"
+    wait_idle encoders "$base"
+    local order=(native openai ai-sdk native-setup)
+    for round in $(seq -w 1 "$encoder_rounds"); do
+        for encoder in "${order[@]}"; do
+            echo "bench: encoders, round $round: $encoder" >&2
+            case $encoder in
+                native) format=("${native[@]}") ;;
+                native-setup) format=("${native_setup[@]}") ;;
+                openai) format=("${openai[@]}") ;;
+                ai-sdk)
+                    body='{"id":"bench-R-{i}","agent":"onboarding","messages":[{"id":"message-R-{i}",'
+                    body+='"role":"user","parts":[{"type":"text","text":"Ada Lovelace {i}"}]}]}'
+                    format=("${ai_sdk[@]}" --body "${body//-R-/-$round-}")
+                    ;;
+            esac
+            # The report pairs round n of each format with round n of the native one by
+            # these names' order.
+            loadgen_run "encoders-$round-$encoder" --target "$encoder" \
+                --duration-ms "$encoder_ms" "${common[@]}" "${format[@]}"
+            wait_idle encoders "$base"
+        done
+        order=("${order[@]:1}" "${order[0]}")
+    done
+    stop "$pid"
+}
+
 # --- the suite ---------------------------------------------------------------------------
-# shellcheck source=scripts/postgres.sh
-source scripts/postgres.sh
-ensure_postgres
-trap cleanup EXIT
-# A fresh database for each PostgreSQL configuration: pool 2 and the two nodes get their own.
-for db in "${AGENTSTREAM_PG_TEST_DB}_pool2" "${AGENTSTREAM_PG_TEST_DB}_nodes"; do
-    pg_extra_dbs+=("$db")
-    psql -q -h 127.0.0.1 -p "$pg_port" -U "$pg_user" -d postgres -c "CREATE DATABASE $db" >/dev/null
-done
-pg_url_15=$AGENTSTREAM_TEST_POSTGRES_URL
-pg_url_2="${AGENTSTREAM_TEST_POSTGRES_URL%/*}/${AGENTSTREAM_PG_TEST_DB}_pool2"
-pg_url_nodes="${AGENTSTREAM_TEST_POSTGRES_URL%/*}/${AGENTSTREAM_PG_TEST_DB}_nodes"
+if want pg-15 || want pg-2 || want two-node; then
+    # shellcheck source=scripts/postgres.sh
+    source scripts/postgres.sh
+    ensure_postgres
+    trap cleanup EXIT
+    # A fresh database for each PostgreSQL configuration: pool 2 and the two nodes get their own.
+    for db in "${AGENTSTREAM_PG_TEST_DB}_pool2" "${AGENTSTREAM_PG_TEST_DB}_nodes"; do
+        pg_extra_dbs+=("$db")
+        psql -q -h 127.0.0.1 -p "$pg_port" -U "$pg_user" -d postgres -c "CREATE DATABASE $db" >/dev/null
+    done
+    pg_url_15=$AGENTSTREAM_TEST_POSTGRES_URL
+    pg_url_2="${AGENTSTREAM_TEST_POSTGRES_URL%/*}/${AGENTSTREAM_PG_TEST_DB}_pool2"
+    pg_url_nodes="${AGENTSTREAM_TEST_POSTGRES_URL%/*}/${AGENTSTREAM_PG_TEST_DB}_nodes"
+fi
 
 suite_start=$SECONDS
 start mock-llm "$mock_port" "$bin/mock-llm" --bind "127.0.0.1:$mock_port"
 mock_pid=$started
-start relay "$relay_port" "$bin/loadgen" relay --bind "127.0.0.1:$relay_port" --upstream "$mock_url"
-relay_pid=$started
+if want mock; then upstream_scenarios mock "$mock_pid" "$mock_url/chat/completions"; fi
+if want relay; then
+    start relay "$relay_port" "$bin/loadgen" relay --bind "127.0.0.1:$relay_port" --upstream "$mock_url"
+    relay_pid=$started
+    upstream_scenarios relay "$relay_pid" "http://127.0.0.1:$relay_port/v1/chat/completions"
+    stop "$relay_pid"
+fi
 
-upstream_scenarios mock "$mock_pid" "$mock_url/chat/completions"
-upstream_scenarios relay "$relay_pid" "http://127.0.0.1:$relay_port/v1/chat/completions"
-stop "$relay_pid"
-
-agentstream_scenarios sqlite-15 "sqlite://$out/db/sqlite-15.db" 5 10
-agentstream_scenarios sqlite-2 "sqlite://$out/db/sqlite-2.db" 2 0
-agentstream_scenarios pg-15 "$pg_url_15" 5 10
-agentstream_scenarios pg-2 "$pg_url_2" 2 0
-two_node_scenarios "$pg_url_nodes"
+if want sqlite-15; then agentstream_scenarios sqlite-15 "sqlite://$out/db/sqlite-15.db" 5 10; fi
+if want sqlite-2; then agentstream_scenarios sqlite-2 "sqlite://$out/db/sqlite-2.db" 2 0; fi
+if want pg-15; then agentstream_scenarios pg-15 "$pg_url_15" 5 10; fi
+if want pg-2; then agentstream_scenarios pg-2 "$pg_url_2" 2 0; fi
+if want two-node; then two_node_scenarios "$pg_url_nodes"; fi
+if want encoders; then encoders_scenario "sqlite://$out/db/encoders.db"; fi
 stop "$mock_pid"
 suite_seconds=$((SECONDS - suite_start))
 
@@ -373,9 +469,13 @@ extra_args=(--build-seconds "$build_seconds" --note "$(cat docs/benchmark-notes.
 if [ "$smoke" = 1 ]; then
     report="$out/BENCHMARKS.md"
     extra_args=(--smoke)
+elif [ -n "$only" ]; then
+    # Part of the suite: its report beside the results, BENCHMARKS.md left as it is.
+    report="$out/BENCHMARKS.md"
 fi
 "$bin/loadgen" report --results "$out/results" --out "$report" \
-    --command "scripts/bench.sh${1:+ $1}" --date "$(date -u '+%Y-%m-%d %H:%M UTC')" \
+    --command "${only:+BENCH_ONLY=\"$only\" }scripts/bench.sh${1:+ $1}" \
+    --date "$(date -u '+%Y-%m-%d %H:%M UTC')" \
     --revision "$(git describe --always --dirty 2>/dev/null || echo unknown)" \
     --suite-seconds "$suite_seconds" "${extra_args[@]}" "${profile_args[@]}"
 echo "bench: wrote $report in ${suite_seconds}s (build ${build_seconds}s)" >&2

@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Opens concurrent SSE streams and prints a JSON summary.
-    Run(RunCommand),
+    Run(Box<RunCommand>),
     /// Serves the bare relay: an SSE pass-through of an OpenAI-compatible upstream.
     Relay(RelayCommand),
     /// Writes BENCHMARKS.md from a folder of run summaries.
@@ -67,7 +67,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         Err(error) => tracing::warn!(%error, "cannot raise the file descriptor limit"),
     }
     match cli.command {
-        Command::Run(command) => run(command).await,
+        Command::Run(command) => run(*command).await,
         Command::Relay(command) => {
             let relay = Relay::start(command.bind, &command.upstream)
                 .await

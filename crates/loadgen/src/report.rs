@@ -56,6 +56,8 @@ const TARGET_KIB_PER_STREAM: f64 = 32.0;
 const TARGET_STARTS_SQLITE: f64 = 1_000.0;
 const TARGET_STARTS_POSTGRES: f64 = 500.0;
 const TARGET_CPU_RATIO: f64 = 2.5;
+/// The new wire formats' server CPU per event, against the native format's.
+const TARGET_ENCODER_RATIO: f64 = 1.5;
 /// The level at which latency targets are read.
 const LATENCY_LEVEL: usize = 1_000;
 
@@ -184,12 +186,21 @@ const RELAY: &str = "relay";
 const TWO_NODES: &str = "two-node";
 const SAME_NODE: &str = "same-node";
 const CROSS_NODE: &str = "cross-node";
+/// The encoders scenario and its targets, one per wire format, in the order shown: the
+/// native format (the baseline), the new formats held to the target, and the native format
+/// on the ladder's route, which costs a request more per run.
+const ENCODERS: &str = "encoders";
+const NATIVE: &str = "native";
+const NEW_FORMATS: [&str; 2] = ["openai", "ai-sdk"];
+const NATIVE_SETUP: &str = "native-setup";
+const ENCODER_ORDER: [&str; 4] = [NATIVE, NEW_FORMATS[0], NEW_FORMATS[1], NATIVE_SETUP];
 
 fn render(args: &ReportArgs, results: &[Summary], machine: &Machine) -> Result<String, fmt::Error> {
     let ladder = Scenario::new(results, "ladder");
     let starts = Scenario::new(results, "starts");
     let idle = Scenario::new(results, "idle");
     let two_nodes = Scenario::new(results, TWO_NODES);
+    let encoders = Scenario::new(results, ENCODERS);
     let mut out = String::new();
     writeln!(out, "# Benchmarks\n")?;
     if args.smoke {
@@ -224,6 +235,7 @@ fn render(args: &ReportArgs, results: &[Summary], machine: &Machine) -> Result<S
     write_starts(&mut out, &starts)?;
     write_idle(&mut out, &idle)?;
     write_two_nodes(&mut out, &two_nodes)?;
+    write_encoders(&mut out, &encoders)?;
     write_profile(&mut out, args)?;
     for note in &args.notes {
         writeln!(out, "{note}\n")?;
@@ -580,16 +592,19 @@ fn switches_per_event(run: &Summary) -> Option<f64> {
 }
 
 fn failures(summary: &Summary) -> String {
-    if summary.failed.is_empty() {
+    failure_text(&summary.failed, &summary.status_codes)
+}
+
+/// Failed streams by kind, with the HTTP statuses of the `status` ones.
+fn failure_text(failed: &BTreeMap<String, u64>, status_codes: &BTreeMap<u16, u64>) -> String {
+    if failed.is_empty() {
         return "0".to_owned();
     }
-    let kinds: Vec<String> = summary
-        .failed
+    let kinds: Vec<String> = failed
         .iter()
         .map(|(kind, count)| format!("{count} {kind}"))
         .collect();
-    let codes: Vec<String> = summary
-        .status_codes
+    let codes: Vec<String> = status_codes
         .iter()
         .map(|(code, count)| format!("{count}×{code}"))
         .collect();
@@ -828,6 +843,223 @@ fn write_two_nodes(out: &mut String, two_nodes: &Scenario<'_>) -> fmt::Result {
     writeln!(out)
 }
 
+/// The method and path of a run's stream request, from its command line (`--method`,
+/// `--url`).
+fn stream_route(command: &[String]) -> Option<String> {
+    let value = |flag: &str| {
+        command
+            .iter()
+            .position(|arg| arg == flag)
+            .and_then(|at| command.get(at + 1))
+    };
+    let url = value("--url")?;
+    let path = match url.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or("/", |at| &rest[at..]),
+        None => url.as_str(),
+    };
+    let method = value("--method").map_or("POST", String::as_str);
+    Some(format!("`{method} {path}`"))
+}
+
+/// The rounds of one wire format in the encoders scenario, added up.
+struct EncoderRounds<'a> {
+    target: &'a str,
+    rounds: &'a [&'a Summary],
+}
+
+impl EncoderRounds<'_> {
+    fn sum(&self, pick: impl Fn(&Summary) -> f64) -> f64 {
+        self.rounds.iter().map(|run| pick(run)).sum()
+    }
+
+    /// Stored events over every round; `None` unless every round counted them.
+    fn stored_events(&self) -> Option<u64> {
+        self.rounds
+            .iter()
+            .map(|run| run.stored_events)
+            .sum::<Option<u64>>()
+            .filter(|events| *events > 0)
+    }
+
+    /// Server CPU microseconds per stored event over every round.
+    fn cpu_us_per_event(&self) -> Option<f64> {
+        let cpu_s = self
+            .rounds
+            .iter()
+            .map(|run| run.server.map(|usage| usage.cpu_s))
+            .sum::<Option<f64>>()?;
+        Some(cpu_s * 1e6 / self.stored_events()? as f64).filter(|us| *us > 0.0)
+    }
+
+    /// The failures of every round, as one run's `failed`.
+    fn failures(&self) -> String {
+        let mut failed = BTreeMap::new();
+        let mut status_codes = BTreeMap::new();
+        for run in self.rounds {
+            for (kind, count) in &run.failed {
+                *failed.entry(kind.clone()).or_insert(0) += count;
+            }
+            for (code, count) in &run.status_codes {
+                *status_codes.entry(*code).or_insert(0) += count;
+            }
+        }
+        failure_text(&failed, &status_codes)
+    }
+}
+
+fn write_encoders(out: &mut String, encoders: &Scenario<'_>) -> fmt::Result {
+    let mut formats: Vec<EncoderRounds<'_>> = encoders
+        .targets()
+        .filter(|(_, rounds)| !rounds.is_empty())
+        .map(|(target, rounds)| EncoderRounds { target, rounds })
+        .collect();
+    let Some(first) = formats.first().and_then(|format| format.rounds.first()) else {
+        return Ok(());
+    };
+    let (workers, seconds) = (
+        first.streams,
+        first.duration_ms.unwrap_or(0) as f64 / 1000.0,
+    );
+    formats.sort_by_key(|format| {
+        ENCODER_ORDER
+            .iter()
+            .position(|known| *known == format.target)
+            .unwrap_or(ENCODER_ORDER.len())
+    });
+    let native = formats.iter().find(|format| format.target == NATIVE);
+    let rounds = formats.iter().map(|format| format.rounds.len()).max();
+    writeln!(out, "## Encoders\n")?;
+    writeln!(
+        out,
+        "The same load through each wire format on one agentstream process (SQLite, pool \
+         5 + 10 as `sqlite-15`, the streams' agent and model above), after a warm-up through \
+         the native format that is not counted: {} round{} of one run per format, one format \
+         after the other, each round in another order (so that what the machine does \
+         meanwhile, and the database's growth, fall on every format alike). A run is a closed \
+         loop of {workers} workers for {seconds} s: each worker starts a run when its last one \
+         ended. Every stream is one request that creates a new conversation in the run's own \
+         transaction: `native` is the native format on the seed's onboarding route, the \
+         baseline; `openai` and `ai-sdk` are the new formats, held to the target. \
+         `native-setup` is the native format on the ladder's route, `POST /v1/conversations` \
+         first (not timed, its CPU counted), then the run: a request and a transaction more \
+         per run, shown for comparison. **Events** are the events the server stored over the \
+         runs (the growth of `agentstream_events_committed_total` on `/metrics`): the same \
+         for every format for the same runs, while the SSE messages that carry them differ \
+         (**messages/event**; the native format sends each event as one message). **CPU** is \
+         the server process's over the runs, per stored event: the whole server's cost (the \
+         model calls, the event log, SQLite, HTTP), of which the encoder is one part. Figures \
+         add up every round; **per round** is the range of the rounds' own ratios, which \
+         shows the noise. **Gaps** are between consecutive text pieces (`delta` events, \
+         `content` chunks, `text-delta` chunks), the worst round's. A stream passes as a \
+         native one above; an OpenAI one when it ends with `[DONE]`; an AI SDK one when its \
+         `id:`s (the `seq` of each chunk's event) start at 1 and never go back, it has no \
+         `error` chunk, and it ends with `finish` (`finishReason` `stop`) and `[DONE]`. The \
+         target: the new formats cost at most {TARGET_ENCODER_RATIO}× the native format's \
+         CPU per event.\n",
+        rounds.unwrap_or(0),
+        if rounds == Some(1) { "" } else { "s" },
+    )?;
+    writeln!(
+        out,
+        "| encoder | route | runs ok | failed | stored events | messages/event | events/s \
+         | gap p50 / p99 ms | server CPU s | CPU µs/event | × native (≤ {TARGET_ENCODER_RATIO}×) \
+         | per round |"
+    )?;
+    writeln!(out, "|{}", "---|".repeat(12))?;
+    let native_us = native.and_then(EncoderRounds::cpu_us_per_event);
+    let mut all_met = true;
+    let mut measured = false;
+    for format in &formats {
+        let stored = format.stored_events();
+        let us = format.cpu_us_per_event();
+        let ratio = us.zip(native_us).map(|(us, native)| us / native);
+        let versus = match ratio {
+            None => "–".to_owned(),
+            Some(_) if format.target == NATIVE => "1.00× (baseline)".to_owned(),
+            Some(ratio) if !NEW_FORMATS.contains(&format.target) => {
+                format!("{ratio:.2}× (not a target)")
+            }
+            Some(ratio) => {
+                let met = ratio <= TARGET_ENCODER_RATIO;
+                measured = true;
+                all_met &= met;
+                format!("{ratio:.2}× {}", if met { "✅" } else { "❌ missed" })
+            }
+        };
+        // Round n of this format against round n of the native one.
+        let per_round: Vec<f64> = native
+            .map(|native| {
+                format
+                    .rounds
+                    .iter()
+                    .zip(native.rounds)
+                    .filter_map(|(run, native)| {
+                        let mine = run.server_cpu_us_per_stored_event.filter(|us| *us > 0.0)?;
+                        let theirs = native
+                            .server_cpu_us_per_stored_event
+                            .filter(|us| *us > 0.0)?;
+                        Some(mine / theirs)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let range = match (
+            per_round.iter().copied().reduce(f64::min),
+            per_round.iter().copied().reduce(f64::max),
+        ) {
+            _ if format.target == NATIVE => "–".to_owned(),
+            (Some(low), Some(high)) => format!("{low:.2}–{high:.2}×"),
+            _ => "–".to_owned(),
+        };
+        let wall_s = format.sum(|run| run.wall_s);
+        let worst = |pick: fn(&Summary) -> f64| {
+            format
+                .rounds
+                .iter()
+                .map(|run| pick(run))
+                .fold(0.0, f64::max)
+        };
+        writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} / {:.1} | {:.2} | {} | {versus} \
+             | {range} |",
+            format.target,
+            format
+                .rounds
+                .first()
+                .and_then(|run| stream_route(&run.command))
+                .unwrap_or_else(|| "–".to_owned()),
+            format.rounds.iter().map(|run| run.ok).sum::<u64>(),
+            format.failures(),
+            stored.map_or_else(|| "–".to_owned(), |events| events.to_string()),
+            opt(
+                stored.map(|events| format.sum(|run| run.events as f64) / events as f64),
+                2
+            ),
+            opt(
+                stored
+                    .filter(|_| wall_s > 0.0)
+                    .map(|events| events as f64 / wall_s),
+                0
+            ),
+            worst(|run| run.gap_ms.p50),
+            worst(|run| run.gap_ms.p99),
+            format.sum(|run| run.server.map_or(0.0, |usage| usage.cpu_s)),
+            opt(us, 1),
+        )?;
+    }
+    writeln!(
+        out,
+        "\nThe new formats' CPU per event against the native one's (≤ {TARGET_ENCODER_RATIO}×): \
+         {}.\n",
+        match (measured, all_met) {
+            (false, _) => "not measured",
+            (true, true) => "met",
+            (true, false) => "**MISSED**",
+        }
+    )
+}
+
 fn write_profile(out: &mut String, args: &ReportArgs) -> fmt::Result {
     let Some(path) = &args.profile else {
         return Ok(());
@@ -953,6 +1185,8 @@ mod tests {
                 context_switches: 0,
             }),
             server_cpu_us_per_event: Some(10.0),
+            stored_events: None,
+            server_cpu_us_per_stored_event: None,
             loadgen: Usage::default(),
             command: vec![
                 "loadgen".to_owned(),
@@ -1051,6 +1285,98 @@ mod tests {
         );
         // Not agentstream configurations of the targets table.
         assert!(!text.contains("## Targets"), "{text}");
+    }
+
+    fn encoder(target: &str, protocol: Protocol, messages: u64, us_per_event: f64) -> Summary {
+        let mut run = summary(target, ENCODERS, 200);
+        run.protocol = protocol;
+        run.duration_ms = Some(10_000);
+        run.wall_s = 10.0;
+        run.stored_events = Some(100_000);
+        run.events = messages;
+        run.server = run.server.map(|usage| Usage {
+            cpu_s: us_per_event / 10.0,
+            ..usage
+        });
+        run.server_cpu_us_per_stored_event = Some(us_per_event);
+        let url = match protocol {
+            Protocol::Agentstream => "http://127.0.0.1:1/api/v1/chat/onboarding/stream",
+            Protocol::Openai => "http://127.0.0.1:1/v1/chat/completions",
+            Protocol::AiSdk => "http://127.0.0.1:1/v1/ai-sdk/chat",
+        };
+        run.command = ["loadgen", "run", "--url", url].map(str::to_owned).to_vec();
+        run
+    }
+
+    #[test]
+    fn encoders_are_compared_with_the_native_one() {
+        let mut results = vec![
+            encoder("ai-sdk", Protocol::AiSdk, 130_000, 36.0),
+            encoder("openai", Protocol::Openai, 95_000, 33.0),
+            encoder(NATIVE, Protocol::Agentstream, 100_000, 30.0),
+        ];
+        let text = render(&args(), &results, &Machine::default()).unwrap();
+        assert!(text.contains("## Encoders"), "{text}");
+        assert!(text.contains("1 round of one run per format"), "{text}");
+        assert!(
+            text.contains("closed loop of 200 workers for 10 s"),
+            "{text}"
+        );
+        // Native first, then the formats in a fixed order; events/s from the stored events.
+        let native = text.find(
+            "| native | `POST /api/v1/chat/onboarding/stream` | 200 | 0 | 100000 | 1.00 \
+             | 10000 | 20.0 / 21.0 | 3.00 | 30.0 | 1.00× (baseline) | – |",
+        );
+        let openai = text.find(
+            "| openai | `POST /v1/chat/completions` | 200 | 0 | 100000 | 0.95 | 10000 \
+             | 20.0 / 21.0 | 3.30 | 33.0 | 1.10× ✅ | 1.10–1.10× |",
+        );
+        let ai_sdk = text.find(
+            "| ai-sdk | `POST /v1/ai-sdk/chat` | 200 | 0 | 100000 | 1.30 | 10000 \
+             | 20.0 / 21.0 | 3.60 | 36.0 | 1.20× ✅ | 1.20–1.20× |",
+        );
+        assert!(
+            native.is_some() && native < openai && openai < ai_sdk,
+            "{text}"
+        );
+        assert!(text.contains("native one's (≤ 1.5×): met."), "{text}");
+
+        // The native format on the ladder's route is shown last, and is no target.
+        let mut setup = encoder(NATIVE_SETUP, Protocol::Agentstream, 100_000, 60.0);
+        setup.command = [
+            "loadgen",
+            "--method",
+            "GET",
+            "--url",
+            "http://h:1/v1/runs/{id}/events",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        results.push(setup);
+        let text = render(&args(), &results, &Machine::default()).unwrap();
+        let setup = text.find(
+            "| native-setup | `GET /v1/runs/{id}/events` | 200 | 0 | 100000 | 1.00 | 10000 \
+             | 20.0 / 21.0 | 6.00 | 60.0 | 2.00× (not a target) | 2.00–2.00× |",
+        );
+        assert!(setup > text.find("| ai-sdk |"), "{text}");
+        assert!(text.contains("(≤ 1.5×): met."), "{text}");
+
+        // A second round: the figures add up, the rounds' ratios make a range.
+        let mut costly = encoder("ai-sdk", Protocol::AiSdk, 130_000, 60.0);
+        costly.failed.insert("run_failed".to_owned(), 2);
+        costly.ok -= 2;
+        results.push(costly);
+        results.push(encoder(NATIVE, Protocol::Agentstream, 100_000, 30.0));
+        let text = render(&args(), &results, &Machine::default()).unwrap();
+        assert!(text.contains("2 rounds of one run per format"), "{text}");
+        assert!(
+            text.contains(
+                "| ai-sdk | `POST /v1/ai-sdk/chat` | 398 | 2 run_failed | 200000 | 1.30 | 10000 \
+                 | 20.0 / 21.0 | 9.60 | 48.0 | 1.60× ❌ missed | 1.20–2.00× |"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("(≤ 1.5×): **MISSED**."), "{text}");
     }
 
     #[test]

@@ -72,11 +72,13 @@ pub struct RunArgs {
     /// Longest a connection may take to open.
     #[arg(long, default_value_t = 10_000)]
     pub connect_timeout_ms: u64,
-    /// What the stream is: agentstream events (checked by seq) or OpenAI chunks.
+    /// What the stream is: agentstream events (checked by seq), OpenAI chunks or the AI
+    /// SDK's UI message stream.
     #[arg(long, value_enum, default_value = "agentstream")]
     pub protocol: Protocol,
-    /// Count only gaps between two consecutive events of this SSE type (e.g. `delta`);
-    /// all gaps when absent.
+    /// Count only gaps between two consecutive events of this kind; all gaps when absent.
+    /// The kind is the SSE type for agentstream (`delta`), the chunk type for the AI SDK
+    /// (`text-delta`) and `content` for an OpenAI chunk with text.
     #[arg(long)]
     pub gap_event: Option<String>,
     /// A counted gap longer than this is a stall.
@@ -88,6 +90,14 @@ pub struct RunArgs {
     /// Sampling interval.
     #[arg(long, default_value_t = 100)]
     pub sample_ms: u64,
+    /// The server's Prometheus metrics (e.g. `http://127.0.0.1:8000/metrics`), read just
+    /// before and just after the run: the growth of `--events-metric` is the events the
+    /// server stored, whatever the wire format sent for them.
+    #[arg(long)]
+    pub metrics_url: Option<String>,
+    /// The counter of stored events in `--metrics-url` (all its series summed).
+    #[arg(long, default_value = "agentstream_events_committed_total")]
+    pub events_metric: String,
     /// Name of the system under test, copied to the summary (e.g. `sqlite-15`).
     #[arg(long, default_value = "")]
     pub target: String,
@@ -153,6 +163,13 @@ pub struct Summary {
     pub server: Option<Usage>,
     /// Server CPU microseconds per event received.
     pub server_cpu_us_per_event: Option<f64>,
+    /// Events the server stored over the run (with `--metrics-url`): the growth of
+    /// `--events-metric`.
+    #[serde(default)]
+    pub stored_events: Option<u64>,
+    /// Server CPU microseconds per stored event.
+    #[serde(default)]
+    pub server_cpu_us_per_stored_event: Option<f64>,
     /// The load generator's own CPU and memory over the run.
     pub loadgen: Usage,
     /// The command line of this run.
@@ -255,6 +272,14 @@ impl Record {
 /// Runs the streams `args` describe and summarizes them. `command` is recorded as is.
 pub async fn run(args: &RunArgs, command: Vec<String>) -> anyhow::Result<Summary> {
     let plan = Arc::new(plan(args)?);
+    let stored_before = match &args.metrics_url {
+        Some(url) => Some(
+            read_counter(&plan.client, url, &args.events_metric)
+                .await
+                .with_context(|| format!("cannot read {} from {url}", args.events_metric))?,
+        ),
+        None => None,
+    };
     let pid = args.pid.map(|pid| pid.to_string());
     let interval = Duration::from_millis(args.sample_ms.max(1));
     let work = proc::measure("self", interval, drive(args, Arc::clone(&plan)));
@@ -269,7 +294,14 @@ pub async fn run(args: &RunArgs, command: Vec<String>) -> anyhow::Result<Summary
     };
     let (driven, loadgen) = measured.context("cannot read /proc/self")?;
     let (records, wall) = driven?;
-    Ok(summarize(
+    let mut stored_events = None;
+    if let (Some(url), Some(before)) = (&args.metrics_url, stored_before) {
+        match read_counter(&plan.client, url, &args.events_metric).await {
+            Ok(after) => stored_events = Some(after.saturating_sub(before)),
+            Err(error) => tracing::warn!(%error, url, "cannot read the stored events"),
+        }
+    }
+    let mut summary = summarize(
         args,
         command,
         &records,
@@ -277,7 +309,44 @@ pub async fn run(args: &RunArgs, command: Vec<String>) -> anyhow::Result<Summary
         plan.open.peak.load(Ordering::Relaxed),
         server,
         loadgen,
-    ))
+    );
+    summary.stored_events = stored_events;
+    summary.server_cpu_us_per_stored_event = server
+        .zip(stored_events.filter(|events| *events > 0))
+        .map(|(usage, events)| usage.cpu_s * 1e6 / events as f64);
+    Ok(summary)
+}
+
+/// The sum of the series of the counter `name` in the Prometheus text at `url`.
+async fn read_counter(client: &Client, url: &str, name: &str) -> anyhow::Result<u64> {
+    let text = client
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    counter_value(&text, name).with_context(|| format!("no counter {name}"))
+}
+
+/// The sum of the series of the counter `name` in Prometheus text, `None` when it has none.
+fn counter_value(text: &str, name: &str) -> Option<u64> {
+    let mut total = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        // `name value` or `name{labels} value`; not a longer name that starts with `name`.
+        let value = match rest.as_bytes().first() {
+            Some(b' ') => rest,
+            Some(b'{') => &rest[rest.rfind('}')? + 1..],
+            _ => continue,
+        };
+        let value: f64 = value.split_ascii_whitespace().next()?.parse().ok()?;
+        // Counters of events are whole numbers far below 2^52: the cast is exact.
+        *total.get_or_insert(0) += value as u64;
+    }
+    total
 }
 
 fn plan(args: &RunArgs) -> anyhow::Result<Plan> {
@@ -428,10 +497,11 @@ async fn stream(plan: &Plan, index: u64, hold: Option<Instant>) -> Record {
         };
         let now = Instant::now();
         record.events += 1;
+        let kind = plan.protocol.kind(&event.event, &event.data);
         let counted = plan
             .gap_event
             .as_deref()
-            .is_none_or(|kind| event.event == kind);
+            .is_none_or(|gap_event| kind == gap_event);
         match previous {
             None => record.ttfe_us = Some(micros(now - start)),
             Some((at, previous_counted)) => {
@@ -444,7 +514,7 @@ async fn stream(plan: &Plan, index: u64, hold: Option<Instant>) -> Record {
             }
         }
         previous = Some((now, counted));
-        if check.event(&event.event, &event.id, &event.data) {
+        if check.event(&kind, &event.id, &event.data) {
             break None;
         }
     };
@@ -560,6 +630,8 @@ fn summarize(
         server_cpu_us_per_event: server
             .filter(|_| events > 0)
             .map(|usage| usage.cpu_s * 1e6 / events as f64),
+        stored_events: None,
+        server_cpu_us_per_stored_event: None,
         loadgen,
         command,
     }
@@ -583,6 +655,25 @@ mod tests {
         assert_eq!(offset(ramp, 2, 4), Duration::from_millis(500));
         assert_eq!(offset(ramp, 3, 4), Duration::from_millis(750));
         assert_eq!(offset(Duration::ZERO, 3, 4), Duration::ZERO);
+    }
+
+    #[test]
+    fn counter_sums_its_series_and_skips_longer_names() {
+        let text = "# HELP agentstream_events_committed_total Events.\n\
+                    # TYPE agentstream_events_committed_total counter\n\
+                    agentstream_events_committed_total 1234\n\
+                    agentstream_events_committed_total_extra 7\n\
+                    agentstream_runs_finished_total{status=\"completed\"} 10\n\
+                    agentstream_runs_finished_total{status=\"failed\"} 2\n";
+        assert_eq!(
+            counter_value(text, "agentstream_events_committed_total"),
+            Some(1234)
+        );
+        assert_eq!(
+            counter_value(text, "agentstream_runs_finished_total"),
+            Some(12)
+        );
+        assert_eq!(counter_value(text, "agentstream_missing"), None);
     }
 
     #[test]

@@ -353,6 +353,109 @@ async fn agentstream_streams_are_checked_by_seq_after_setup() {
     assert_eq!(bad_setup.failed.get("setup"), Some(&1));
 }
 
+/// A server shaped like agentstream's AI SDK route: `POST /ai/{finish}` streams one run as
+/// UI message chunks ending with a `finish` of that reason and `[DONE]`; each request stores
+/// 9 events, counted on `GET /metrics` as `agentstream_events_committed_total`.
+async fn ai_sdk_like() -> SocketAddr {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let stored = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&stored);
+    let chunks = |finish: String| {
+        let chunks = [
+            (1, r#"{"type":"start","messageId":"r"}"#.to_owned()),
+            (2, r#"{"type":"start-step"}"#.to_owned()),
+            (2, r#"{"type":"text-start","id":"text-2"}"#.to_owned()),
+            (
+                2,
+                r#"{"type":"text-delta","id":"text-2","delta":"He"}"#.to_owned(),
+            ),
+            (
+                3,
+                r#"{"type":"text-delta","id":"text-2","delta":"l"}"#.to_owned(),
+            ),
+            (
+                4,
+                r#"{"type":"text-delta","id":"text-2","delta":"lo"}"#.to_owned(),
+            ),
+            (6, r#"{"type":"text-end","id":"text-2"}"#.to_owned()),
+            (9, r#"{"type":"finish-step"}"#.to_owned()),
+            (
+                9,
+                format!(r#"{{"type":"finish","finishReason":"{finish}"}}"#),
+            ),
+        ];
+        let events: Vec<Result<Event, Infallible>> = chunks
+            .into_iter()
+            .map(|(seq, data)| Ok(Event::default().id(seq.to_string()).data(data)))
+            .chain(std::iter::once(Ok(Event::default().data("[DONE]"))))
+            .collect();
+        Sse::new(stream::iter(events)).into_response()
+    };
+    let app = Router::new()
+        .route(
+            "/ai/{finish}",
+            post(move |Path(finish): Path<String>| async move {
+                stored.fetch_add(9, Ordering::Relaxed);
+                chunks(finish)
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || async move {
+                format!(
+                    "# TYPE agentstream_events_committed_total counter\n\
+                     agentstream_events_committed_total {}\n",
+                    counted.load(Ordering::Relaxed)
+                )
+            }),
+        );
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tracker = tokio_util::task::TaskTracker::new();
+    tracker.spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+#[tokio::test]
+async fn ai_sdk_streams_are_checked_and_their_stored_events_counted() {
+    let addr = ai_sdk_like().await;
+    let metrics = format!("http://{addr}/metrics");
+    let good = run(&[
+        "--url",
+        &format!("http://{addr}/ai/stop"),
+        "--protocol",
+        "ai-sdk",
+        "--streams",
+        "3",
+        "--gap-event",
+        "text-delta",
+        "--metrics-url",
+        &metrics,
+        "--pid",
+        &std::process::id().to_string(),
+    ])
+    .await;
+    assert_eq!(good.ok, 3, "{good:?}");
+    // Nine chunks and [DONE] per stream, nine events stored per run.
+    assert_eq!(good.events, 3 * 10);
+    assert_eq!(good.stored_events, Some(3 * 9));
+    assert!(good.server_cpu_us_per_stored_event.is_some());
+    // Only text-delta→text-delta gaps count: two per stream.
+    assert_eq!(good.gap_ms.count, 3 * 2);
+
+    let failed = run(&[
+        "--url",
+        &format!("http://{addr}/ai/error"),
+        "--protocol",
+        "ai-sdk",
+    ])
+    .await;
+    assert_eq!(failed.failed.get("run_failed"), Some(&1), "{failed:?}");
+    assert_eq!(failed.stored_events, None);
+}
+
 #[tokio::test]
 async fn setup_steps_chain_their_ids_into_a_stream_on_another_server() {
     // Two nodes: the run is started on one and followed on the other.
