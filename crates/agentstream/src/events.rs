@@ -113,6 +113,33 @@ impl RunStatus {
     }
 }
 
+/// What a model call sent of its conversation, to fit the agent's context
+/// window: a run's `context` (the fields of `context.trimmed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ContextUse {
+    /// Messages it sent, the system prompt included.
+    pub messages_sent: usize,
+    /// Messages of the conversation it left out, the oldest.
+    pub messages_dropped: usize,
+    /// The tokens of what it sent, tools included, as counted (the model's
+    /// tokenizer for OpenAI's models, else an estimate).
+    pub tokens: usize,
+    /// The agent's context window.
+    pub context_tokens: u32,
+}
+
+impl ContextUse {
+    /// The `context.trimmed` event that announces it.
+    pub fn trimmed(self) -> Event {
+        Event::ContextTrimmed {
+            messages_sent: self.messages_sent,
+            messages_dropped: self.messages_dropped,
+            tokens: self.tokens,
+            context_tokens: self.context_tokens,
+        }
+    }
+}
+
 /// Tokens counted by the model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Usage {

@@ -17,7 +17,7 @@ use std::{
 use futures_util::StreamExt;
 
 use crate::{
-    events::{ErrorCode, Event, RunFailure},
+    events::{ContextUse, ErrorCode, Event, RunFailure},
     llm::{ChatMessage, ChatRequest, LlmError, LlmEvent, Provider, ToolCall, Usage},
     store::{self, AssistantMessage, Message, MessageStatus, Role, RunStatus, Store},
     text,
@@ -102,6 +102,9 @@ pub struct Outcome {
     /// Why the model stopped its last reply, when it stopped short of a
     /// whole one (`length`, `content_filter`, …).
     pub finish_reason: Option<String>,
+    /// What the last model call sent of the conversation, for an agent with
+    /// a context window.
+    pub context: Option<ContextUse>,
 }
 
 impl Outcome {
@@ -124,6 +127,7 @@ impl Outcome {
             detail: None,
             usage: None,
             finish_reason: None,
+            context: None,
         }
     }
 
@@ -133,6 +137,17 @@ impl Outcome {
             ..Outcome::failed(error.code(), error.to_string())
         }
     }
+}
+
+/// What a run's model calls add up to.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Tokens used, summed over the calls.
+    usage: Option<Usage>,
+    /// Why the model stopped its last reply.
+    finish_reason: Option<String>,
+    /// What the last call sent of the conversation.
+    context: Option<ContextUse>,
 }
 
 /// How one model call ended.
@@ -166,25 +181,16 @@ pub async fn run(
     emitter: &mut impl EventSink,
     control: &RunControl,
 ) -> Outcome {
-    let mut usage = None;
-    let mut finish_reason = None;
-    let mut outcome = steps(
-        agent,
-        store,
-        ctx,
-        history,
-        emitter,
-        control,
-        &mut usage,
-        &mut finish_reason,
-    )
-    .await;
-    outcome.usage = usage;
-    outcome.finish_reason = finish_reason.filter(|reason| !WHOLE_REPLY.contains(&reason.as_str()));
+    let mut tally = Tally::default();
+    let mut outcome = steps(agent, store, ctx, history, emitter, control, &mut tally).await;
+    outcome.usage = tally.usage;
+    outcome.context = tally.context;
+    outcome.finish_reason = tally
+        .finish_reason
+        .filter(|reason| !WHOLE_REPLY.contains(&reason.as_str()));
     outcome
 }
 
-#[expect(clippy::too_many_arguments, reason = "the loop's state, passed once")]
 async fn steps(
     agent: &Agent,
     store: &Store,
@@ -192,8 +198,7 @@ async fn steps(
     history: Option<Vec<Message>>,
     emitter: &mut impl EventSink,
     control: &RunControl,
-    usage: &mut Option<Usage>,
-    finish_reason: &mut Option<String>,
+    tally: &mut Tally,
 ) -> Outcome {
     let history = match history {
         Some(messages) => Ok(messages),
@@ -245,16 +250,17 @@ async fn steps(
         let messages = match &agent.context {
             Some(window) => {
                 let fitted = window.fit(&history, &specs);
-                if fitted.dropped > 0 {
-                    let trimmed = Event::ContextTrimmed {
-                        messages_sent: fitted.messages.len(),
-                        messages_dropped: fitted.dropped,
-                        tokens: fitted.tokens,
-                        context_tokens: window.tokens,
-                    };
-                    if let Err(e) = emitter.emit(trimmed).await {
-                        return Outcome::failed(e.code, e.message);
-                    }
+                let used = ContextUse {
+                    messages_sent: fitted.messages.len(),
+                    messages_dropped: fitted.dropped,
+                    tokens: fitted.tokens,
+                    context_tokens: window.tokens,
+                };
+                tally.context = Some(used);
+                if fitted.dropped > 0
+                    && let Err(e) = emitter.emit(used.trimmed()).await
+                {
+                    return Outcome::failed(e.code, e.message);
                 }
                 fitted.messages
             }
@@ -277,7 +283,7 @@ async fn steps(
         let mut reasoning = pieces::Reasoning::default();
         let mut calls: Vec<ToolCall> = Vec::new();
         let mut pieces = pieces::Pieces::default();
-        *finish_reason = None;
+        tally.finish_reason = None;
         // Between chunks is a safe point: a stop lands here, never inside a write.
         let end = 'reply: loop {
             let item = tokio::select! {
@@ -337,7 +343,7 @@ async fn steps(
                     }
                     calls.push(own_call(call, &mut call_ids, id));
                 }
-                Some(Ok(LlmEvent::Usage(more))) => *usage.get_or_insert_default() += more,
+                Some(Ok(LlmEvent::Usage(more))) => *tally.usage.get_or_insert_default() += more,
                 Some(Ok(LlmEvent::Reasoning(more))) => {
                     if let Some(event) = reasoning.add(&more, tokio::time::Instant::now())
                         && let Err(e) = emitter.emit(event).await
@@ -345,7 +351,7 @@ async fn steps(
                         break StepEnd::Failed(Outcome::failed(e.code, e.message));
                     }
                 }
-                Some(Ok(LlmEvent::Finished(reason))) => *finish_reason = Some(reason),
+                Some(Ok(LlmEvent::Finished(reason))) => tally.finish_reason = Some(reason),
                 Some(Err(e)) => break StepEnd::Failed(Outcome::upstream(&e)),
             }
         };
@@ -365,7 +371,7 @@ async fn steps(
             content: text.clone(),
             tool_calls,
             status,
-            finish_reason: finish_reason.clone(),
+            finish_reason: tally.finish_reason.clone(),
             ..message
         });
         match end {

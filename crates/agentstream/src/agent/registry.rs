@@ -175,3 +175,61 @@ fn window(
         counter: Counter::for_model(model),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::Arc, time::Duration};
+
+    use super::*;
+    use crate::llm::scripted::Scripted;
+
+    fn provider(kind: &'static str, context_tokens: Option<u32>) -> NamedProvider {
+        NamedProvider {
+            name: "p".to_owned(),
+            kind,
+            url: None,
+            provider: Arc::new(Scripted::new(Duration::ZERO, Vec::new())),
+            context_tokens,
+        }
+    }
+
+    fn agent(context_tokens: Option<u32>, max_tokens: Option<u32>) -> AgentConfig {
+        AgentConfig {
+            context_tokens,
+            max_tokens,
+            ..AgentConfig::default()
+        }
+    }
+
+    fn tokens(config: &AgentConfig, named: &NamedProvider, model: &str) -> Option<u32> {
+        window("a", config, named, model)
+            .unwrap()
+            .map(|window| window.tokens)
+    }
+
+    #[test]
+    fn the_window_comes_from_the_agent_the_provider_the_model_or_the_default() {
+        let openai = provider("openai", None);
+        assert_eq!(tokens(&agent(Some(4096), None), &openai, "m"), Some(4096));
+        assert_eq!(
+            tokens(&agent(None, None), &provider("openai", Some(32_000)), "m"),
+            Some(32_000)
+        );
+        assert_eq!(tokens(&agent(None, None), &openai, "gpt-4o"), Some(128_000));
+        assert_eq!(
+            tokens(&agent(None, None), &openai, "llama3"),
+            Some(DEFAULT_CONTEXT_TOKENS)
+        );
+        assert_eq!(
+            tokens(&agent(None, None), &provider("scripted", None), "demo"),
+            None
+        );
+        let fitted = window("a", &agent(Some(2000), Some(500)), &openai, "gpt-4o")
+            .unwrap()
+            .unwrap();
+        assert_eq!(fitted.budget(), 1500);
+        assert!(matches!(fitted.counter, Counter::Bpe(_)));
+        let error = window("a", &agent(Some(1000), Some(1000)), &openai, "m").unwrap_err();
+        assert!(error.contains("must be larger"), "{error}");
+    }
+}

@@ -93,6 +93,7 @@ impl Emitter {
                 };
                 Outcome {
                     usage: outcome.usage,
+                    context: outcome.context,
                     ..Outcome::failed(error.code(), error.to_string())
                 }
             });
@@ -104,6 +105,7 @@ impl Emitter {
             Err(LogError::Refused) => {
                 let refused = Outcome {
                     usage: outcome.usage,
+                    context: outcome.context,
                     ..Outcome::failed(LogError::Refused.code(), LogError::Refused.to_string())
                 };
                 self.finish_as(RunStatus::Failed, &refused, false).await
@@ -154,6 +156,7 @@ impl Emitter {
             status,
             error: outcome.error.clone(),
             usage: outcome.usage.and_then(|u| serde_json::to_value(u).ok()),
+            context: outcome.context,
             message_status,
             // The run's earlier messages ended with the events that carried
             // them, unless some of those were lost.

@@ -43,6 +43,8 @@ pub struct Finish {
     pub error: Option<RunFailure>,
     /// Token usage.
     pub usage: Option<serde_json::Value>,
+    /// What the last model call sent of the conversation.
+    pub context: Option<crate::events::ContextUse>,
     /// The status given to the run's messages still marked `streaming`.
     pub message_status: MessageStatus,
     /// Whether some of them may be: otherwise none is looked for.
@@ -478,6 +480,11 @@ async fn commit_on(
                     .as_ref()
                     .and_then(|error| serde_json::to_string(error).ok()),
                 usage: finish.usage.as_ref().map(serde_json::Value::to_string),
+                // Numbers: serializing them cannot fail.
+                context: finish
+                    .context
+                    .as_ref()
+                    .and_then(|context| serde_json::to_string(context).ok()),
                 last_seq: pending.event.seq,
             });
         }

@@ -75,6 +75,11 @@ const SQLITE_MIGRATIONS: MigrationList = &[
         "chat id",
         include_str!("../../migrations/sqlite/0007_chat_id.sql"),
     ),
+    (
+        8,
+        "run context",
+        include_str!("../../migrations/sqlite/0008_run_context.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: MigrationList = &[
     (
@@ -111,6 +116,11 @@ const POSTGRES_MIGRATIONS: MigrationList = &[
         7,
         "chat id",
         include_str!("../../migrations/postgres/0007_chat_id.sql"),
+    ),
+    (
+        8,
+        "run context",
+        include_str!("../../migrations/postgres/0008_run_context.sql"),
     ),
 ];
 

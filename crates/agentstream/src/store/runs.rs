@@ -41,6 +41,12 @@ pub struct Run {
     pub error: Option<serde_json::Value>,
     /// Token usage reported by the model, when it reports it.
     pub usage: Option<serde_json::Value>,
+    /// What its last model call sent of the conversation, for an agent with
+    /// a context window: `{messages_sent, messages_dropped, tokens,
+    /// context_tokens}` (see the `context.trimmed` event); null until the
+    /// run ends, and for the demo model.
+    #[schema(value_type = Option<crate::events::ContextUse>)]
+    pub context: Option<serde_json::Value>,
     /// The `seq` of its last committed event.
     pub last_seq: i64,
     /// When it was created (UTC, RFC 3339).
@@ -95,6 +101,7 @@ fn from_row(row: &AnyRow) -> Result<Run, StoreError> {
         on_disconnect: parse_enum("on_disconnect", row.try_get("on_disconnect")?)?,
         error: json_column(row, "error")?,
         usage: json_column(row, "usage")?,
+        context: json_column(row, "context")?,
         last_seq: row.try_get("last_seq")?,
         created_at: row.try_get("created_at")?,
         finished_at: row.try_get("finished_at")?,
@@ -108,7 +115,7 @@ impl Store {
     pub async fn run(&self, user_id: Uuid, id: Uuid) -> Result<Option<Run>, StoreError> {
         let row = query(
             "SELECT id, conversation_id, user_id, agent, status, client_message_id, \
-             on_disconnect, error, usage, last_seq, created_at, finished_at, caller \
+             on_disconnect, error, usage, context, last_seq, created_at, finished_at, caller \
              FROM runs WHERE id = $1 AND user_id = $2",
         )
         .bind(id.to_string())
@@ -132,7 +139,7 @@ impl Store {
         let id = Uuid::parse_str(chat).map_or_else(|_| chat.to_owned(), |id| id.to_string());
         let row = query(
             "SELECT r.id, r.conversation_id, r.user_id, r.agent, r.status, r.client_message_id, \
-             r.on_disconnect, r.error, r.usage, r.last_seq, r.created_at, r.finished_at, r.caller \
+             r.on_disconnect, r.error, r.usage, r.context, r.last_seq, r.created_at, r.finished_at, r.caller \
              FROM runs r JOIN conversations c ON c.id = r.conversation_id \
              WHERE c.user_id = $1 AND (c.id = $2 OR c.chat_id = $3) \
              AND r.status IN ('queued', 'running') ORDER BY r.id DESC LIMIT 1",
@@ -186,7 +193,7 @@ impl Store {
     pub async fn open_runs(&self) -> Result<Vec<Run>, StoreError> {
         let rows = query(
             "SELECT id, conversation_id, user_id, agent, status, client_message_id, \
-             on_disconnect, error, usage, last_seq, created_at, finished_at, caller \
+             on_disconnect, error, usage, context, last_seq, created_at, finished_at, caller \
              FROM runs WHERE status IN ('queued', 'running') ORDER BY id",
         )
         .fetch_all(&mut *self.acquire().await?)
@@ -210,6 +217,7 @@ pub(crate) async fn insert_run(
         on_disconnect: new.on_disconnect,
         error: None,
         usage: None,
+        context: None,
         last_seq: 0,
         created_at: now(),
         finished_at: None,
@@ -243,7 +251,7 @@ pub(crate) async fn run_by_client_message_id(
 ) -> Result<Option<Run>, StoreError> {
     let row = query(
         "SELECT id, conversation_id, user_id, agent, status, client_message_id, \
-         on_disconnect, error, usage, last_seq, created_at, finished_at, caller \
+         on_disconnect, error, usage, context, last_seq, created_at, finished_at, caller \
          FROM runs WHERE conversation_id = $1 AND client_message_id = $2",
     )
     .bind(conversation_id.to_string())
@@ -260,7 +268,7 @@ pub(crate) async fn active_runs(
 ) -> Result<Vec<Run>, StoreError> {
     let rows = query(
         "SELECT id, conversation_id, user_id, agent, status, client_message_id, \
-         on_disconnect, error, usage, last_seq, created_at, finished_at, caller \
+         on_disconnect, error, usage, context, last_seq, created_at, finished_at, caller \
          FROM runs WHERE conversation_id = $1 AND status IN ('queued', 'running') ORDER BY id",
     )
     .bind(conversation_id.to_string())
@@ -387,7 +395,7 @@ impl Store {
     pub async fn expired_runs(&self, now: &str) -> Result<Vec<Run>, StoreError> {
         let rows = query(
             "SELECT r.id, r.conversation_id, r.user_id, r.agent, r.status, r.client_message_id, \
-             r.on_disconnect, r.error, r.usage, r.last_seq, r.created_at, r.finished_at, r.caller \
+             r.on_disconnect, r.error, r.usage, r.context, r.last_seq, r.created_at, r.finished_at, r.caller \
              FROM runs r LEFT JOIN nodes n ON n.id = r.owner_node \
              WHERE r.status = 'running' AND (n.id IS NULL OR n.lease_expires_at < $1) \
              ORDER BY r.id",
@@ -441,18 +449,20 @@ pub struct RunEnd {
     pub error: Option<String>,
     /// Its token usage, as JSON text.
     pub usage: Option<String>,
+    /// What its last model call sent, as JSON text.
+    pub context: Option<String>,
     /// The `seq` of its `done`.
     pub last_seq: i64,
 }
 
-/// `UPDATE … FROM (VALUES …)` of run ends, six columns a row. Only runs still
+/// `UPDATE … FROM (VALUES …)` of run ends, seven columns a row. Only runs still
 /// open are updated, so a run ends exactly once however many parties try.
 static FINISH_RUNS: LazyLock<MultiRow> = LazyLock::new(|| {
     MultiRow::new(
         &[16, 4, 1],
         "UPDATE runs SET status = v.column2, error = v.column3, usage = v.column4, \
-         last_seq = v.column5, finished_at = v.column6 FROM (VALUES",
-        6,
+         context = v.column5, last_seq = v.column6, finished_at = v.column7 FROM (VALUES",
+        7,
         ") AS v WHERE runs.id = v.column1 AND runs.status IN ('queued', 'running') RETURNING id",
     )
 });
@@ -474,6 +484,7 @@ pub(crate) async fn finish_runs(
                 .bind(end.status.as_str())
                 .bind(end.error.clone())
                 .bind(end.usage.clone())
+                .bind(end.context.clone())
                 .bind(end.last_seq)
                 .bind(at.as_str());
         }

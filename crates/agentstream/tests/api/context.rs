@@ -73,14 +73,18 @@ async fn a_long_conversation_fits_a_small_window(backend: Backend) {
     let (app, _dir) = spawn_app_with_file(backend, &config(&mock.base_url()), |_| {}).await;
     let conversation = app.create_agent_conversation("small").await;
     let mut trimmed = 0;
+    let mut last = (String::new(), Value::Null);
     for turn in 0..TURNS {
         let input = format!("Turn {turn}: tell me something about the weather in town today");
-        let events = read_all(
-            app.stream_run(&conversation, json!({ "input": input }))
-                .await,
-        )
-        .await;
+        let response = app
+            .stream_run(&conversation, json!({ "input": input }))
+            .await;
+        let run_id = run_id_of(&response);
+        let events = read_all(response).await;
         assert_eq!(done_status(&events), "completed", "turn {turn}: {events:?}");
+        if let Some(event) = events.iter().rfind(|e| e.event == "context.trimmed") {
+            last = (run_id, event.data.clone());
+        }
         for event in events.iter().filter(|e| e.event == "context.trimmed") {
             trimmed += 1;
             let data = &event.data;
@@ -94,6 +98,24 @@ async fn a_long_conversation_fits_a_small_window(backend: Backend) {
     }
     // Trimmed from early on: most model calls left messages out.
     assert!(trimmed > TURNS, "{trimmed} trimmed calls");
+    // The run records what its last model call sent.
+    let (run_id, event) = last;
+    let run = app.get_json(&format!("/v1/runs/{run_id}")).await;
+    for field in [
+        "messages_sent",
+        "messages_dropped",
+        "tokens",
+        "context_tokens",
+    ] {
+        assert_eq!(run["context"][field], event[field], "{field}: {run}");
+    }
+    // The demo model has no window: nothing to record.
+    let demo = app.create_conversation("chat").await;
+    let response = app.stream_run(&demo, json!({ "input": "hello" })).await;
+    let demo_run = run_id_of(&response);
+    read_all(response).await;
+    let run = app.get_json(&format!("/v1/runs/{demo_run}")).await;
+    assert_eq!(run["context"], Value::Null, "{run}");
     // Every request the model got was within the budget, in its own count
     // too, and well formed.
     let bodies = mock.request_bodies();
