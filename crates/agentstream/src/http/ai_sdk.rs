@@ -181,9 +181,24 @@ async fn send_messages(
             },
         )
         .await?;
-    let (run_id, conversation_id) = (started.run.id, started.conversation.id);
-    let events = wire::subscribe(&state, run_id, Start::of_started(started.live, received));
-    Ok(sse_response(
+    let start = Start::of_started(started.live, received);
+    Ok(ui_message_stream(
+        &state,
+        started.run.id,
+        started.conversation.id,
+        start,
+    ))
+}
+
+/// The UI message stream of `run_id`, a run of `conversation_id`, from `start`.
+fn ui_message_stream(
+    state: &AppState,
+    run_id: uuid::Uuid,
+    conversation_id: uuid::Uuid,
+    start: Start,
+) -> Response {
+    let events = wire::subscribe(state, run_id, start);
+    sse_response(
         AiSdkEncoder::new(run_id, conversation_id),
         run_id,
         events,
@@ -192,7 +207,7 @@ async fn send_messages(
             (STREAM_HEADER, "v1".to_owned()),
             ("x-conversation-id", conversation_id.to_string()),
         ],
-    ))
+    )
 }
 
 /// 422 unless `value` (the field `name`) has 1 to 200 bytes.
@@ -272,16 +287,11 @@ async fn resume_stream(
     let Some(run) = state.store.active_chat_run(user.id, &id).await? else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
-    let events = wire::subscribe(&state, run.id, Start::After(0));
-    Ok(sse_response(
-        AiSdkEncoder::new(run.id, run.conversation_id),
+    Ok(ui_message_stream(
+        &state,
         run.id,
-        events,
-        &state.streams,
-        &[
-            (STREAM_HEADER, "v1".to_owned()),
-            ("x-conversation-id", run.conversation_id.to_string()),
-        ],
+        run.conversation_id,
+        Start::After(0),
     ))
 }
 

@@ -51,13 +51,9 @@ fn packages() -> &'static [(String, PathBuf)] {
 /// goes on for a minute), `long` (a few seconds), `flaky` (its model
 /// server drops the connection mid-reply) and `thinker` (it reasons first).
 fn config(base_url: &str) -> String {
-    format!(
+    on_mock(
+        base_url,
         r#"
-[providers.mock]
-kind = "openai"
-base_url = "{base_url}"
-max_retries = 0
-
 [agents.slow]
 provider = "mock"
 model = "mock;tools=never;deltas=3000;pace_ms=20"
@@ -73,7 +69,7 @@ model = "mock;tools=never;fault=reset;after=3"
 [agents.thinker]
 provider = "mock"
 model = "mock;tools=never;reasoning=5;deltas=3"
-"#
+"#,
     )
 }
 

@@ -17,13 +17,10 @@ const REPLY: usize = 60;
 const TURNS: usize = 200;
 
 fn config(base_url: &str) -> String {
-    format!(
-        r#"
-[providers.mock]
-kind = "openai"
-base_url = "{base_url}"
-max_retries = 0
-
+    on_mock(
+        base_url,
+        &format!(
+            r#"
 # Every turn calls get_profile, then answers.
 [agents.small]
 provider = "mock"
@@ -38,6 +35,7 @@ provider = "mock"
 model = "mock;context={WINDOW};deltas=4"
 context_tokens = 100000
 "#
+        ),
     )
 }
 

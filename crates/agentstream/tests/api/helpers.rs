@@ -231,6 +231,15 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -
     }
 }
 
+/// A `[providers.mock]` table for the OpenAI-compatible server at
+/// `base_url` (mock-llm, usually), without retries, then `agents`: the
+/// config file of a test whose agents run on it.
+pub fn on_mock(base_url: &str, agents: &str) -> String {
+    format!(
+        "[providers.mock]\nkind = \"openai\"\nbase_url = \"{base_url}\"\nmax_retries = 0\n\n{agents}"
+    )
+}
+
 /// A server whose agents come from the TOML `file` (written into a temp dir).
 pub async fn spawn_app_with_file(
     backend: Backend,

@@ -37,13 +37,9 @@ fn python() -> &'static str {
 /// Agents beside the built-in ones: `slow` (a long reply) and `flaky` (its
 /// model server drops the connection mid-reply), on `mock-llm`.
 fn config(base_url: &str) -> String {
-    format!(
+    on_mock(
+        base_url,
         r#"
-[providers.mock]
-kind = "openai"
-base_url = "{base_url}"
-max_retries = 0
-
 [agents.slow]
 provider = "mock"
 model = "mock;tools=never;deltas=2000;pace_ms=20"
@@ -51,7 +47,7 @@ model = "mock;tools=never;deltas=2000;pace_ms=20"
 [agents.flaky]
 provider = "mock"
 model = "mock;tools=never;fault=reset;after=3"
-"#
+"#,
     )
 }
 

@@ -10,13 +10,9 @@ use crate::{both, helpers::*};
 /// `thinker` streams twelve reasoning pieces in `reasoning_content`, then
 /// its reply; `router` sends its reasoning in OpenRouter's `reasoning`.
 fn config(base_url: &str) -> String {
-    format!(
+    on_mock(
+        base_url,
         r#"
-[providers.mock]
-kind = "openai"
-base_url = "{base_url}"
-max_retries = 0
-
 [agents.thinker]
 provider = "mock"
 model = "mock;tools=never;reasoning=12;deltas=6"
@@ -24,7 +20,7 @@ model = "mock;tools=never;reasoning=12;deltas=6"
 [agents.router]
 provider = "mock"
 model = "mock;tools=never;reasoning=3;reasoning_field=reasoning;deltas=2"
-"#
+"#,
     )
 }
 

@@ -258,38 +258,20 @@ impl AiSdkEncoder {
         match event {
             Event::RunStarted { .. } | Event::ContextTrimmed { .. } => {}
             Event::Delta { text } => {
-                if text.is_empty() {
-                    return chunks;
+                if !text.is_empty() {
+                    self.step(&mut chunks);
+                    self.end_reasoning(&mut chunks);
+                    let id = open_part(&mut self.text, "text", seq, &mut chunks);
+                    chunks.push(UiMessageChunk::TextDelta { id, delta: text });
                 }
-                self.step(&mut chunks);
-                self.end_reasoning(&mut chunks);
-                let id = match &self.text {
-                    Some(id) => id.clone(),
-                    None => {
-                        let id = format!("text-{seq}");
-                        chunks.push(UiMessageChunk::TextStart { id: id.clone() });
-                        self.text = Some(id.clone());
-                        id
-                    }
-                };
-                chunks.push(UiMessageChunk::TextDelta { id, delta: text });
             }
             Event::ReasoningDelta { text } => {
-                if text.is_empty() {
-                    return chunks;
+                if !text.is_empty() {
+                    self.step(&mut chunks);
+                    self.end_text(&mut chunks);
+                    let id = open_part(&mut self.reasoning, "reasoning", seq, &mut chunks);
+                    chunks.push(UiMessageChunk::ReasoningDelta { id, delta: text });
                 }
-                self.step(&mut chunks);
-                self.end_text(&mut chunks);
-                let id = match &self.reasoning {
-                    Some(id) => id.clone(),
-                    None => {
-                        let id = format!("reasoning-{seq}");
-                        chunks.push(UiMessageChunk::ReasoningStart { id: id.clone() });
-                        self.reasoning = Some(id.clone());
-                        id
-                    }
-                };
-                chunks.push(UiMessageChunk::ReasoningDelta { id, delta: text });
             }
             Event::ToolCallDelta {
                 call_id,
@@ -462,6 +444,26 @@ impl AiSdkEncoder {
             dynamic: true,
         });
     }
+}
+
+/// The ID of the open part in `open`, a text or a reasoning part (`kind`);
+/// when none is open, one begins, named after the `seq` of its first piece.
+fn open_part(
+    open: &mut Option<String>,
+    kind: &str,
+    seq: i64,
+    chunks: &mut Vec<UiMessageChunk>,
+) -> String {
+    if let Some(id) = open {
+        return id.clone();
+    }
+    let id = format!("{kind}-{seq}");
+    chunks.push(match kind {
+        "reasoning" => UiMessageChunk::ReasoningStart { id: id.clone() },
+        _ => UiMessageChunk::TextStart { id: id.clone() },
+    });
+    *open = Some(id.clone());
+    id
 }
 
 /// One chunk as an SSE message.
