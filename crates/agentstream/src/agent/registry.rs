@@ -166,7 +166,7 @@ fn window(
     if reply_tokens >= tokens {
         return Err(format!(
             "agent {name:?}: its context window ({tokens} tokens) must be larger than the room \
-             kept for the reply (max_tokens, {reply_tokens})"
+             kept for the reply ({reply_tokens}: its max_tokens, or 1024 when it sets none)"
         ));
     }
     Ok(Some(Window {

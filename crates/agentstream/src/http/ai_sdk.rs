@@ -228,7 +228,7 @@ fn user_message(mut messages: Vec<SentMessage>) -> Result<(String, Option<String
     })?;
     if last.role != "user" {
         return Err(ApiError::Invalid(format!(
-            "messages: the last message must be the user's, not a {:?} message",
+            "messages: the last message must be the user's (its role is {:?})",
             last.role
         )));
     }
@@ -312,8 +312,8 @@ struct ChatMessages {
     summary = "Read a chat's messages as the AI SDK's UIMessages",
     description = "The chat's transcript, oldest first, as `useChat({messages})` starts \
         from: each user message as one `UIMessage` (`id` the message's ID), and each run's \
-        reply as one assistant `UIMessage` with the run's ID and `{conversation_id, run_id}` \
-        as metadata, a `step-start` per model call, its text and its tool calls as \
+        reply as one assistant `UIMessage` with the run's ID and `{conversation_id, run_id, \
+        status, usage}` as metadata, a `step-start` per model call, its text and its tool calls as \
         `dynamic-tool` parts with their results: the message the run's stream built. A \
         reply still being written is there as far as it is stored; resume its stream to \
         follow it. A chat with no message yet, or not the caller's, has none.",
@@ -337,8 +337,9 @@ async fn list_messages(
         }));
     };
     let messages = state.store.messages(conversation.id).await?;
+    let runs = state.store.run_statuses(conversation.id).await?;
     Ok(Json(ChatMessages {
         conversation_id: Some(conversation.id),
-        data: ui_messages(conversation.id, messages),
+        data: ui_messages(conversation.id, messages, &runs),
     }))
 }

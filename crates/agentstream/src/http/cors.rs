@@ -12,13 +12,15 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 /// How long a browser may keep a preflight's answer.
 const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(3600);
 
-/// The request headers a page may send: credentials, JSON bodies, and
-/// resuming a stream.
-const ALLOWED_HEADERS: [HeaderName; 4] = [
+/// The request headers a page may send: credentials, JSON bodies, resuming
+/// a stream, continuing an OpenAI-style conversation, tracing a request.
+const ALLOWED_HEADERS: [HeaderName; 6] = [
     header::AUTHORIZATION,
     header::CONTENT_TYPE,
     header::ACCEPT,
     HeaderName::from_static("last-event-id"),
+    HeaderName::from_static("x-conversation-id"),
+    HeaderName::from_static("x-request-id"),
 ];
 
 /// The response headers a page may read besides the always-readable ones.

@@ -189,8 +189,9 @@ impl From<RunError> for ApiError {
             RunError::ConversationNotFound => ApiError::NotFound("conversation"),
             RunError::RunNotFound => ApiError::NotFound("run"),
             RunError::Busy(run_id) => ApiError::Conflict(format!(
-                "the conversation already has an active run ({run_id}); wait for it, cancel it, \
-                 or send multitask=enqueue or multitask=interrupt"
+                "the conversation already has an active run ({run_id}); wait for it or cancel \
+                 it (POST /v1/runs/{run_id}/cancel); POST /v1/conversations/{{id}}/runs also \
+                 takes multitask=enqueue or multitask=interrupt"
             )),
             RunError::ShuttingDown => {
                 ApiError::Unavailable("the server is shutting down; try again shortly".to_owned())

@@ -1,6 +1,6 @@
 //! Runs: one agent turn each, from the user's message to the final `done`.
 
-use std::sync::LazyLock;
+use std::{collections::HashMap, sync::LazyLock};
 
 use serde::Serialize;
 use sqlx::{AnyConnection, Row, any::AnyRow};
@@ -47,7 +47,8 @@ pub struct Run {
     /// run ends, and for the demo model.
     #[schema(value_type = Option<crate::events::ContextUse>)]
     pub context: Option<serde_json::Value>,
-    /// The `seq` of its last committed event.
+    /// The `seq` of its `done`, once it has ended; 0 while it runs (its
+    /// events' stream says how far it is).
     pub last_seq: i64,
     /// When it was created (UTC, RFC 3339).
     pub created_at: String,
@@ -150,6 +151,28 @@ impl Store {
         .fetch_optional(&mut *self.acquire().await?)
         .await?;
         row.as_ref().map(from_row).transpose()
+    }
+
+    /// The status and usage of each run of the conversation, by run.
+    pub async fn run_statuses(
+        &self,
+        conversation_id: Uuid,
+    ) -> Result<HashMap<Uuid, (RunStatus, Option<serde_json::Value>)>, StoreError> {
+        let rows = query("SELECT id, status, usage FROM runs WHERE conversation_id = $1")
+            .bind(conversation_id.to_string())
+            .fetch_all(&mut *self.acquire().await?)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    parse_id(row.try_get("id")?)?,
+                    (
+                        parse_enum("status", row.try_get("status")?)?,
+                        json_column(row, "usage")?,
+                    ),
+                ))
+            })
+            .collect()
     }
 
     /// True when the run has ended (or does not exist): its `done` is stored.

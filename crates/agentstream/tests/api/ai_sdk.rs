@@ -315,6 +315,17 @@ async fn the_ai_sdk_reads_the_ui_message_stream(backend: Backend) {
             .fetch_json()
             .await;
         assert_eq!(run["status"], "cancelled");
+        // Reloaded, the stopped reply says so.
+        let chat = cancel["chat_id"].as_str().unwrap();
+        let reloaded: Value = app
+            .client
+            .get(app.url(&format!("/v1/ai-sdk/chat/{chat}/messages")))
+            .bearer_auth(&key)
+            .fetch_json()
+            .await;
+        let reply = &reloaded["data"][1];
+        assert_eq!(reply["metadata"]["status"], "cancelled", "{reloaded}");
+        assert_eq!(reply["metadata"]["run_id"], run_id);
 
         // A failed run: `error` with the run's message, then `finish`.
         let failed = &seen["failed"];
@@ -515,7 +526,7 @@ async fn browsers_on_allowed_origins_may_call(backend: Backend) {
             .header("access-control-request-method", "POST")
             .header(
                 "access-control-request-headers",
-                "authorization,content-type",
+                "authorization,content-type,x-conversation-id",
             )
             .send()
     };
@@ -524,10 +535,9 @@ async fn browsers_on_allowed_origins_may_call(backend: Backend) {
     let headers = allowed.headers();
     assert_eq!(headers["access-control-allow-origin"], front_end);
     let allowed_headers = headers["access-control-allow-headers"].to_str().unwrap();
-    assert!(
-        allowed_headers.contains("authorization"),
-        "{allowed_headers}"
-    );
+    for name in ["authorization", "content-type", "x-conversation-id"] {
+        assert!(allowed_headers.contains(name), "{allowed_headers}");
+    }
     assert!(
         headers["access-control-allow-methods"]
             .to_str()

@@ -438,3 +438,25 @@ async fn the_user_limit_holds_under_concurrency(backend: Backend) {
     app.stop().await;
 }
 both!(the_user_limit_holds_under_concurrency);
+
+/// While no key exists (on loopback), a request that sends one anyway, as
+/// the OpenAI SDKs always do, acts as the local user, like one that sends
+/// none; once a key exists, an unknown key is 401.
+async fn any_key_is_the_local_user_while_keys_are_off(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let with = |key: &str| {
+        app.client
+            .get(app.url("/v1/conversations"))
+            .bearer_auth(key)
+            .send()
+    };
+    let conversation = app.create_conversation("chat").await;
+    let listed: Value = with("anything").await.unwrap().json().await.unwrap();
+    assert_eq!(listed["data"][0]["id"], conversation.as_str(), "{listed}");
+    let key = app.state.store().create_api_key("ada").await.unwrap().key;
+    assert_eq!(with("anything").await.unwrap().status(), 401);
+    let hers: Value = with(&key).await.unwrap().json().await.unwrap();
+    assert_eq!(hers["data"], serde_json::json!([]), "{hers}");
+    app.stop().await;
+}
+both!(any_key_is_the_local_user_while_keys_are_off);

@@ -58,9 +58,10 @@ pub struct Auth {
 }
 
 impl Auth {
-    /// Requests with no key act as `local_user` while no key exists, but only
-    /// if `local_allowed` (the server is bound to loopback) and `jwt` is
-    /// `None`: with JWTs on, every request names its caller.
+    /// Requests with no key, or with a key while none exists, act as
+    /// `local_user` while no key exists, but only if `local_allowed` (the
+    /// server is bound to loopback) and `jwt` is `None`: with JWTs on, every
+    /// request names its caller.
     pub fn new(local_user: User, local_allowed: bool, jwt: Option<Verifier>) -> Auth {
         Auth {
             local_user,
@@ -76,8 +77,9 @@ impl Auth {
 
     /// The caller of a request.
     ///
-    /// Errors: [`ApiError::Unauthorized`] without credentials (unless the
-    /// local user applies) or, with JWTs off, for an unknown key;
+    /// Errors: [`ApiError::Unauthorized`] without credentials or, with JWTs
+    /// off, for an unknown key (unless the local user applies: then any
+    /// key acts as the local user);
     /// [`ApiError::InvalidToken`] with JWTs on for any credential that is
     /// refused (its reason is logged at DEBUG, never sent); a store error
     /// as 5xx.
@@ -111,11 +113,15 @@ impl Auth {
                     Err(ApiError::InvalidToken)
                 }
             },
-            None => store
-                .user_for_key(credential)
-                .await?
-                .map(Caller::without_token)
-                .ok_or(ApiError::Unauthorized),
+            None => match store.user_for_key(credential).await? {
+                Some(user) => Ok(Caller::without_token(user)),
+                // Keys are off: a client that always sends one (the OpenAI
+                // SDKs do) acts as the local user, as one that sends none.
+                None if self.local_allowed && !store.any_active_key().await? => {
+                    Ok(Caller::without_token(self.local_user.clone()))
+                }
+                None => Err(ApiError::Unauthorized),
+            },
         }
     }
 }

@@ -24,7 +24,7 @@ use axum::response::sse::Event as SseEvent;
 use serde::Serialize;
 use uuid::Uuid;
 
-pub use transcript::{UiMessage, ui_messages};
+pub use transcript::{RunStatuses, UiMessage, ui_messages};
 
 use super::Encoder;
 use crate::events::{Event, RunEvent, RunStatus, StoredEvent, Usage};

@@ -9,7 +9,10 @@ use std::collections::HashMap;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::store::{Message, Role};
+use crate::{
+    events::RunStatus,
+    store::{Message, Role},
+};
 
 /// A message of the chat as the AI SDK holds it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -27,14 +30,24 @@ pub struct UiMessage {
     pub parts: Vec<UiPart>,
 }
 
-/// Which run wrote a reply.
+/// Which run wrote a reply, and how it stands.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Metadata {
     /// The conversation.
     pub conversation_id: Uuid,
     /// The run.
     pub run_id: Uuid,
+    /// Where the run stands: `completed`, or how it stopped short
+    /// (`cancelled`, `failed`, `interrupted`), or `running`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<RunStatus>,
+    /// The run's tokens, when the model reported them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<serde_json::Value>,
 }
+
+/// Each run's status and usage, by run.
+pub type RunStatuses = HashMap<Uuid, (RunStatus, Option<serde_json::Value>)>;
 
 /// A part of a `UiMessage`.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -75,8 +88,13 @@ pub enum UiPart {
 }
 
 /// The transcript of `conversation_id` as UI messages: the `messages`, in
-/// transcript order, grouped by run.
-pub fn ui_messages(conversation_id: Uuid, messages: Vec<Message>) -> Vec<UiMessage> {
+/// transcript order, grouped by run, each reply with its run's status and
+/// usage from `runs`.
+pub fn ui_messages(
+    conversation_id: Uuid,
+    messages: Vec<Message>,
+    runs: &RunStatuses,
+) -> Vec<UiMessage> {
     let mut out: Vec<UiMessage> = Vec::new();
     // Where each run's reply is in `out`: a run queued behind another may
     // have its user message stored between the other's steps.
@@ -103,9 +121,14 @@ pub fn ui_messages(conversation_id: Uuid, messages: Vec<Message>) -> Vec<UiMessa
                         out.push(UiMessage {
                             id: message.run_id.unwrap_or(message.id).to_string(),
                             role: "assistant",
-                            metadata: message.run_id.map(|run_id| Metadata {
-                                conversation_id,
-                                run_id,
+                            metadata: message.run_id.map(|run_id| {
+                                let (status, usage) = runs.get(&run_id).cloned().unzip();
+                                Metadata {
+                                    conversation_id,
+                                    run_id,
+                                    status,
+                                    usage: usage.flatten(),
+                                }
                             }),
                             parts: Vec::new(),
                         });
@@ -231,7 +254,12 @@ mod tests {
         refusal.tool_call_id = Some("c2".into());
         let answer = message(Role::Assistant, Some(run), "Nothing.");
         let question_id = question.id.to_string();
-        let messages = ui_messages(Uuid::max(), vec![question, call, result, refusal, answer]);
+        let runs = RunStatuses::from([(run, (RunStatus::Cancelled, None))]);
+        let messages = ui_messages(
+            Uuid::max(),
+            vec![question, call, result, refusal, answer],
+            &runs,
+        );
         let json = serde_json::to_value(&messages).unwrap();
         assert_eq!(
             json,
@@ -239,7 +267,7 @@ mod tests {
                 {"id": question_id, "role": "user",
                  "parts": [{"type": "text", "text": "What is in stock?", "state": "done"}]},
                 {"id": run.to_string(), "role": "assistant",
-                 "metadata": {"conversation_id": Uuid::max(), "run_id": run},
+                 "metadata": {"conversation_id": Uuid::max(), "run_id": run, "status": "cancelled"},
                  "parts": [
                     {"type": "step-start"},
                     {"type": "dynamic-tool", "toolName": "stock", "toolCallId": "c1",
@@ -267,6 +295,7 @@ mod tests {
                 message(Role::Assistant, Some(first), "B"),
                 message(Role::Assistant, Some(queued), "C"),
             ],
+            &RunStatuses::new(),
         );
         let replies: Vec<(&str, usize)> =
             messages.iter().map(|m| (m.role, m.parts.len())).collect();
@@ -283,7 +312,7 @@ mod tests {
         let first = message(Role::Assistant, None, "One.");
         let second = message(Role::Assistant, None, "Two.");
         let ids = [first.id.to_string(), second.id.to_string()];
-        let messages = ui_messages(Uuid::nil(), vec![first, second]);
+        let messages = ui_messages(Uuid::nil(), vec![first, second], &RunStatuses::new());
         let got: Vec<&str> = messages.iter().map(|m| m.id.as_str()).collect();
         assert_eq!(got, ids);
         assert!(messages.iter().all(|m| m.metadata.is_none()));
