@@ -87,7 +87,7 @@ struct Server {
     child: Child,
     base: String,
     log: Output,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Server {
@@ -126,8 +126,31 @@ impl Server {
             child,
             base: format!("http://{addr}"),
             log,
-            _dir: dir,
+            dir,
         }
+    }
+
+    /// Turns API keys on: creates one for `user` with the key command, as
+    /// an operator does while the server runs.
+    async fn create_key(&self, user: &str) -> String {
+        let database = format!(
+            "sqlite://{}",
+            self.dir.path().join("agentstream.db").display()
+        );
+        let output = Command::new(env!("CARGO_BIN_EXE_agentstream"))
+            .args([
+                "keys",
+                "create",
+                "--user",
+                user,
+                "--database-url",
+                &database,
+            ])
+            .output()
+            .await
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
     }
 
     async fn get(&self, path: &str) -> Value {
@@ -377,7 +400,7 @@ async fn failed_replies_are_named_and_the_session_ends_well() {
     server.stop_allowing(&["run failed"]).await;
 }
 
-/// When the session itself fails (no server, or a key it does not take),
+/// When the session itself fails (no server, or, with keys on, a key it does not take),
 /// the client says why and exits non-zero.
 #[tokio::test]
 async fn a_failed_session_exits_non_zero() {
@@ -391,7 +414,9 @@ async fn a_failed_session_exits_non_zero() {
     assert!(!status.success(), "no server, yet exit 0:\n{stderr}");
     assert!(stderr.contains("cannot reach"), "{stderr}");
 
+    // While no key exists any key acts as the local user: turn keys on.
     let server = Server::start(1).await;
+    server.create_key("ada").await;
     let mut client = ChatClient::start(&server, &["--key", "ask_not_a_key"]);
     client.say("hello").await;
     let status = client.finish().await;
