@@ -61,7 +61,8 @@ enum Trigger {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct SentMessage {
     /// The message's ID. The last message's ID is the run's idempotency key:
-    /// sent again, it returns the same run's stream and stores nothing.
+    /// sent again, it returns the same run's stream and stores nothing;
+    /// another text under an ID already used is 422.
     #[schema(min_length = 1, max_length = 200)]
     id: Option<String>,
     /// `user`, `assistant` or `system`; the last message must be the user's.

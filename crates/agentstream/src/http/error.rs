@@ -202,6 +202,7 @@ impl From<RunError> for ApiError {
                 "conversation_id names a {found} conversation; this route serves {expected} ones"
             )),
             RunError::WrongAgent { .. } => ApiError::Invalid(format!("agent: {error}")),
+            RunError::KeyReused(_) => ApiError::Invalid(error.to_string()),
             RunError::NoAgent(_) => ApiError::Internal(Box::new(error)),
             RunError::Store(e) => e.into(),
         }

@@ -44,8 +44,9 @@ struct CreateRun {
     /// (32 KiB by default; 413 beyond).
     #[schema(min_length = 1, pattern = r"\S")]
     input: String,
-    /// An idempotency key, 1 to 200 bytes: the same key on the same
-    /// conversation returns the existing run (200) and stores no second message.
+    /// An idempotency key, 1 to 200 bytes: the same key with the same input
+    /// on the same conversation returns the existing run (200) and stores no
+    /// second message; another input under a key already used is 422.
     #[schema(min_length = 1, max_length = 200)]
     client_message_id: Option<String>,
     /// What the run does when its last subscriber disconnects.

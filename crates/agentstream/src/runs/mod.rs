@@ -161,6 +161,12 @@ pub enum RunError {
         /// The kind asked for.
         expected: ConversationKind,
     },
+    /// The client message ID names a run whose message differs from this one.
+    #[error(
+        "the client_message_id was used for another message of this conversation (run {0}); \
+         give each new message its own"
+    )]
+    KeyReused(Uuid),
     /// The conversation is with another agent than the one asked for.
     #[error("the conversation is with the agent `{found}`, not `{expected}`")]
     WrongAgent {

@@ -140,7 +140,13 @@ impl RunManager {
             && let Some(run) =
                 store::run_by_client_message_id(&mut tx, conversation.id, key).await?
         {
+            // A retry sends the same message; another message under the same
+            // key is the client's mistake, not a retry.
+            let input = store::run_input(&mut tx, run.id).await?;
             tx.rollback().await.map_err(StoreError::from)?;
+            if input.is_some_and(|stored| stored != request.input) {
+                return Err(RunError::KeyReused(run.id));
+            }
             return Ok(Started {
                 run,
                 conversation,

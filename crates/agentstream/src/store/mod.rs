@@ -62,7 +62,7 @@ pub(crate) use notify::notify_events;
 pub use notify::{CANCEL_CHANNEL, EVENTS_CHANNEL, Notice, listen, parse_notification};
 pub(crate) use runs::{
     active_runs, count_user_active_runs, finish_runs, insert_run, lock_conversation,
-    run_by_client_message_id, start_queued_run,
+    run_by_client_message_id, run_input, start_queued_run,
 };
 pub(crate) use tool_calls::{
     finish_tool_call, insert_started_tool_call, insert_tool_call, settle_started_tool_calls,

@@ -267,6 +267,21 @@ pub(crate) async fn insert_run(
 }
 
 /// The run a client message ID already started in this conversation.
+/// The text of the user's message that started the run, inside the caller's
+/// transaction.
+pub(crate) async fn run_input(
+    conn: &mut AnyConnection,
+    run_id: Uuid,
+) -> Result<Option<String>, StoreError> {
+    let row = query(
+        "SELECT content FROM messages WHERE run_id = $1 AND role = 'user' ORDER BY id LIMIT 1",
+    )
+    .bind(run_id.to_string())
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.map(|row| row.try_get("content")).transpose()?)
+}
+
 pub(crate) async fn run_by_client_message_id(
     conn: &mut AnyConnection,
     conversation_id: Uuid,

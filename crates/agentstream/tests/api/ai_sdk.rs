@@ -397,6 +397,20 @@ async fn chats_are_per_user(backend: Backend) {
         .unwrap()
         .to_owned();
     assert!(first.text().await.unwrap().ends_with("data: [DONE]\n\n"));
+    // A new message under the first one's id is refused, not replayed.
+    let reused = app
+        .client
+        .post(app.url("/v1/ai-sdk/chat"))
+        .bearer_auth(&alice)
+        .json(&json!({
+            "id": "shared-name",
+            "messages": [{"id": "alice's secret", "role": "user",
+                          "parts": [{"type": "text", "text": "another question"}]}],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reused.status(), 422);
 
     for chat in ["shared-name", alice_conversation.as_str()] {
         let theirs = send(&bob, chat, "bob's turn").await.unwrap();

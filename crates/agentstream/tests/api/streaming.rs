@@ -180,6 +180,17 @@ async fn double_texting_policies(backend: Backend) {
     assert_eq!(retry.status(), 200);
     let retry: Value = retry.json().await.unwrap();
     assert_eq!(retry["id"], first["id"]);
+    // Another message under the same key is not a retry: refused, not stored.
+    let reused = app
+        .post_json(
+            &runs,
+            json!({ "input": "something else", "client_message_id": "m1" }),
+        )
+        .await;
+    assert_eq!(reused.status(), 422);
+    let reused: Value = reused.json().await.unwrap();
+    let message = reused["error"]["message"].as_str().unwrap();
+    assert!(message.contains("client_message_id"), "{message}");
     let rejected = app.post_json(&runs, json!({ "input": "second" })).await;
     assert_eq!(rejected.status(), 409);
     let queued = app
