@@ -178,29 +178,9 @@ pub(crate) async fn insert_conversation(
     agent: &str,
     title: Option<&str>,
 ) -> Result<Conversation, StoreError> {
-    let at = now();
-    let conversation = Conversation {
-        id: Uuid::now_v7(),
-        user_id,
-        kind,
-        agent: agent.to_owned(),
-        title: title.map(str::to_owned),
-        created_at: at.clone(),
-        updated_at: at,
-    };
-    query(
-        "INSERT INTO conversations (id, user_id, kind, agent, title, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(conversation.id.to_string())
-    .bind(user_id.to_string())
-    .bind(kind.as_str())
-    .bind(&conversation.agent)
-    .bind(conversation.title.clone())
-    .bind(&conversation.created_at)
-    .bind(&conversation.updated_at)
-    .execute(&mut *conn)
-    .await?;
+    let conversation = new_conversation(user_id, kind, agent, title);
+    // A new UUID v7 and no chat ID: nothing it could conflict with.
+    insert(conn, &conversation, None).await?;
     Ok(conversation)
 }
 
@@ -214,30 +194,52 @@ pub(crate) async fn insert_chat_conversation(
     agent: &str,
     chat_id: &str,
 ) -> Result<Option<Conversation>, StoreError> {
+    let conversation = new_conversation(user_id, kind, agent, None);
+    let inserted = insert(conn, &conversation, Some(chat_id)).await?;
+    Ok(inserted.then_some(conversation))
+}
+
+fn new_conversation(
+    user_id: Uuid,
+    kind: ConversationKind,
+    agent: &str,
+    title: Option<&str>,
+) -> Conversation {
     let at = now();
-    let conversation = Conversation {
+    Conversation {
         id: Uuid::now_v7(),
         user_id,
         kind,
         agent: agent.to_owned(),
-        title: None,
+        title: title.map(str::to_owned),
         created_at: at.clone(),
         updated_at: at,
-    };
+    }
+}
+
+/// Stores `conversation` under `chat_id`; false when the user has one under
+/// that chat ID already.
+async fn insert(
+    conn: &mut AnyConnection,
+    conversation: &Conversation,
+    chat_id: Option<&str>,
+) -> Result<bool, StoreError> {
     let inserted = query(
-        "INSERT INTO conversations (id, user_id, kind, agent, chat_id, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        "INSERT INTO conversations \
+         (id, user_id, kind, agent, title, chat_id, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
     )
     .bind(conversation.id.to_string())
-    .bind(user_id.to_string())
-    .bind(kind.as_str())
+    .bind(conversation.user_id.to_string())
+    .bind(conversation.kind.as_str())
     .bind(&conversation.agent)
+    .bind(conversation.title.clone())
     .bind(chat_id)
     .bind(&conversation.created_at)
     .bind(&conversation.updated_at)
     .execute(&mut *conn)
     .await?;
-    Ok((inserted.rows_affected() == 1).then_some(conversation))
+    Ok(inserted.rows_affected() == 1)
 }
 
 /// Locks and reads, inside the caller's transaction, the user's
@@ -253,16 +255,7 @@ pub(crate) async fn chat_for_update(
     {
         return Ok(Some(conversation));
     }
-    let row = query(
-        "UPDATE conversations SET updated_at = $3 WHERE chat_id = $1 AND user_id = $2 \
-         RETURNING id, user_id, kind, agent, title, created_at, updated_at",
-    )
-    .bind(chat)
-    .bind(user_id.to_string())
-    .bind(now())
-    .fetch_optional(&mut *conn)
-    .await?;
-    row.as_ref().map(from_row).transpose()
+    lock_where(conn, "chat_id", chat, user_id).await
 }
 
 /// Locks and reads the user's conversation inside the caller's transaction.
@@ -271,18 +264,30 @@ pub(crate) async fn conversation_for_update(
     user_id: Uuid,
     id: Uuid,
 ) -> Result<Option<Conversation>, StoreError> {
+    lock_where(conn, "id", &id.to_string(), user_id).await
+}
+
+/// The user's conversation whose `column` (`id` or `chat_id`) is `value`,
+/// locked and read inside the caller's transaction.
+async fn lock_where(
+    conn: &mut AnyConnection,
+    column: &'static str,
+    value: &str,
+    user_id: Uuid,
+) -> Result<Option<Conversation>, StoreError> {
     // Touching updated_at takes the row lock on PostgreSQL (SQLite already
     // holds the write lock from BEGIN IMMEDIATE), so concurrent run starts on
     // one conversation are serialised.
-    let row = query(
-        "UPDATE conversations SET updated_at = $3 WHERE id = $1 AND user_id = $2 \
-         RETURNING id, user_id, kind, agent, title, created_at, updated_at",
-    )
-    .bind(id.to_string())
-    .bind(user_id.to_string())
-    .bind(now())
-    .fetch_optional(&mut *conn)
-    .await?;
+    let sql = format!(
+        "UPDATE conversations SET updated_at = $3 WHERE {column} = $1 AND user_id = $2 \
+         RETURNING id, user_id, kind, agent, title, created_at, updated_at"
+    );
+    let row = query(&sql)
+        .bind(value)
+        .bind(user_id.to_string())
+        .bind(now())
+        .fetch_optional(&mut *conn)
+        .await?;
     row.as_ref().map(from_row).transpose()
 }
 

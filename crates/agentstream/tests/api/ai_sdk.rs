@@ -16,10 +16,6 @@ use crate::{both, helpers::*};
 
 const README: &str = include_str!("../../../../README.md");
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 /// The folder of each major version of the package, installing the pinned
 /// ones the first time (one install for every test of the run).
 fn packages() -> &'static [(String, PathBuf)] {

@@ -231,6 +231,11 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -
     }
 }
 
+/// The repository's root, for scripts and files the tests run.
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
 /// A `[providers.mock]` table for the OpenAI-compatible server at
 /// `base_url` (mock-llm, usually), without retries, then `agents`: the
 /// config file of a test whose agents run on it.

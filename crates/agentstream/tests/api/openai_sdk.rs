@@ -4,7 +4,7 @@
 //! SDK is pinned and installed once into `target/openai-venv` by
 //! `scripts/openai-venv.sh`, which `scripts/test.sh` runs first.
 
-use std::{path::PathBuf, sync::OnceLock};
+use std::sync::OnceLock;
 
 use mock_llm::MockLlm;
 use serde_json::{Value, json};
@@ -12,10 +12,6 @@ use serde_json::{Value, json};
 use crate::{both, helpers::*};
 
 const README: &str = include_str!("../../../../README.md");
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// The venv's python, installing the pinned SDK the first time (one
 /// install for every test of the run).
