@@ -533,6 +533,87 @@ test("an MCP server's tool is called from the page", async ({ browser, binary })
   }
 });
 
+test("a tool call that needs approval: approve once, deny once, and a reload while it waits", async ({ browser, binary }) => {
+  const server = await startServer(binary, {
+    name: "approvals",
+    before: ({ database }) => {
+      const config = path.join(path.dirname(database.slice("sqlite://".length)), "agentstream.toml");
+      fs.writeFileSync(
+        config,
+        [
+          "[agents.careful]",
+          'description = "Remembers notes, once you approve."',
+          'tools = ["remember"]',
+          "",
+          "[tools.remember]",
+          'kind = "sql"',
+          'description = "Remember a note in the caller\'s profile."',
+          'approval = "always"',
+          'sql = """',
+          "INSERT INTO profiles (user_id, field, value, updated_at)",
+          "VALUES (:caller.user_id, 'note', :body, '2026-11-30T00:00:00Z')",
+          "ON CONFLICT (user_id, field) DO UPDATE SET value = excluded.value",
+          '"""',
+          "",
+          "[tools.remember.parameters.body]",
+          'type = "string"',
+          "",
+        ].join("\n"),
+      );
+      return { args: ["--config", config] };
+    },
+  });
+  try {
+    const { context, page } = await newPage(browser, server.base);
+    await page.goto("/");
+    await page.getByLabel("Careful", { exact: true }).check();
+    await page.locator("body.chat-mode").waitFor();
+    const asking = 'li.chip[data-tool="remember"][data-approval="requested"]';
+
+    // Approve: the note is written and the reply says so.
+    await send(page, "remember body=milk");
+    await page.locator(`${asking} button.approve:enabled`).waitFor();
+    await page.getByText("approve or deny it above").waitFor();
+    await page.screenshot({ path: path.join(screenshots, "approval.png") });
+    await page.locator(`${asking} button.approve`).click();
+    let final = await lastAssistant(page, "complete");
+    assert(final.text.startsWith("remember answered:"), `the reply: ${final.text}`);
+    assertEqual((await getJson(server.base, "/v1/profile")).fields.note, "milk", "the note");
+
+    // Deny, with a reason: nothing is written, and the model reads why.
+    await send(page, "remember body=car");
+    await page.locator(`${asking} button.deny:enabled`).waitFor();
+    await page.locator(`${asking} input.reason`).fill("not today");
+    await page.locator(`${asking} button.deny`).click();
+    await page.getByText("remember failed: the user declined this call: not today").waitFor();
+    assertEqual((await getJson(server.base, "/v1/profile")).fields.note, "milk", "the note after the denial");
+    const denied = page.locator('li.chip[data-tool="remember"][data-approval="denied"]');
+    assertEqual(await denied.count(), 1, "chips marked denied");
+
+    // A reload while a call waits: the buttons come back, and work.
+    await send(page, "remember body=tea");
+    await page.locator(`${asking} button.approve:enabled`).waitFor();
+    await page.reload();
+    await page.locator(`${asking} button.approve:enabled`).waitFor();
+    await page.locator(`${asking} button.approve`).click();
+    await page.getByText('remember answered: {"rows_affected":1}').last().waitFor();
+    await page.waitForFunction(() => !document.getElementById("send").disabled);
+    assertEqual((await getJson(server.base, "/v1/profile")).fields.note, "tea", "the note after the reload");
+
+    // The transcript holds each call with its result.
+    const conversation = await conversationId(page, "careful");
+    const stored = await storedMessages(server.base, conversation);
+    const results = stored.filter((m) => m.role === "tool").map((m) => JSON.parse(m.content));
+    assertEqual(results.length, 3, "tool results stored");
+    assertEqual(results[1].error, "the user declined this call: not today", "the denied call's result");
+    noPageErrors(page);
+    await context.close();
+  } finally {
+    server.exitCode = await server.stop();
+    checkLog(server);
+  }
+});
+
 function checkLog(server) {
   const bad = server.log.filter((line) => / (WARN|ERROR) /.test(line));
   assert(bad.length === 0, `the ${server.name} server logged WARN/ERROR:\n${bad.join("\n")}`);

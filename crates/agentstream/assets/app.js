@@ -1,5 +1,6 @@
 // agentstream chat page: conversations, streamed runs, resume after reload or
-// connection loss, cancel, and the API key prompt. Plain JS, no build step.
+// connection loss, cancel, approval of tool calls, and the API key prompt.
+// Plain JS, no build step.
 //
 // The SSE stream is read with fetch() and parsed here, because EventSource
 // cannot send the Authorization header.
@@ -31,7 +32,12 @@ const HINTS = {
     "Onboarding: the assistant asks a few questions and saves your answers to your profile. Start with your name.",
   chat: "Chat: ask anything. Mention your profile to see a tool call.",
 };
-const MARKERS = { cancelled: "Stopped", failed: "Failed", interrupted: "Interrupted" };
+const MARKERS = {
+  cancelled: "Stopped",
+  failed: "Failed",
+  interrupted: "Interrupted",
+  expired: "Expired: no decision came in time",
+};
 // Reconnect delays in ms; the last one repeats.
 const BACKOFF = [500, 1000, 2000, 4000, 8000];
 
@@ -344,6 +350,79 @@ function setChipResult(chip, output, isError) {
   chip.dataset.done = "true";
 }
 
+// A call that waits for the user's decision: Approve and Deny (with an
+// optional reason), usable once the run has paused (`done` requires_action).
+function askApproval(run, chip) {
+  if (!chip || chip.querySelector(".approval")) return;
+  chip.dataset.approval = "requested";
+  const box = document.createElement("span");
+  box.className = "approval";
+  const reason = document.createElement("input");
+  reason.type = "text";
+  reason.className = "reason";
+  reason.placeholder = "reason (optional)";
+  reason.setAttribute("aria-label", `Why, for ${chip.dataset.tool}`);
+  reason.maxLength = 500;
+  const approve = document.createElement("button");
+  approve.type = "button";
+  approve.className = "approve";
+  approve.textContent = "Approve";
+  const deny = document.createElement("button");
+  deny.type = "button";
+  deny.className = "deny";
+  deny.textContent = "Deny";
+  for (const control of [reason, approve, deny]) control.disabled = !run.paused;
+  approve.addEventListener("click", () => decide(run, chip, true, reason.value));
+  deny.addEventListener("click", () => decide(run, chip, false, reason.value));
+  box.append(approve, deny, reason);
+  chip.append(box);
+  chip.querySelector(".result").textContent = "waiting for your approval";
+}
+
+// The run paused: its questions can be answered now.
+function enableApprovals(run) {
+  for (const chip of run.chips.values()) {
+    for (const control of chip.querySelectorAll(".approval button, .approval input")) {
+      control.disabled = false;
+    }
+  }
+  const first = [...run.chips.values()].find((chip) => chip.querySelector(".approval"));
+  first?.querySelector(".approve")?.focus();
+}
+
+function showDecision(chip, approved, reason) {
+  if (!chip) return;
+  chip.querySelector(".approval")?.remove();
+  chip.dataset.approval = approved ? "approved" : "denied";
+  chip.querySelector(".result").textContent = approved
+    ? "approved"
+    : "denied" + (reason ? `: ${short(reason)}` : "");
+}
+
+// Sends the decision; once the run has every answer it goes on, and the
+// page follows it from the pause.
+async function decide(run, chip, approved, reason) {
+  for (const control of chip.querySelectorAll(".approval button, .approval input")) {
+    control.disabled = true;
+  }
+  try {
+    const body = { call_id: chip.dataset.callId, approved };
+    if (reason.trim()) body.reason = reason.trim();
+    const stored = await postJson(`/v1/runs/${run.id}/approvals`, body);
+    showDecision(chip, approved, reason.trim());
+    if (stored.status !== "requires_action" && run.paused) {
+      run.paused = false;
+      setStatus("");
+      follow(run);
+    }
+  } catch (error) {
+    setStatus("Could not send the decision: " + error.message, "error");
+    for (const control of chip.querySelectorAll(".approval button, .approval input")) {
+      control.disabled = false;
+    }
+  }
+}
+
 function parseJson(text) {
   try {
     return JSON.parse(text);
@@ -457,6 +536,7 @@ function newRun(conversationId, fields) {
     seq: 0,
     finished: false,
     stopRequested: false,
+    paused: false, // waiting for the user's decisions on tool calls
     current: null, // the assistant bubble deltas go to
     reasoning: null, // the reasoning block reasoning deltas go to
     chips: new Map(),
@@ -466,6 +546,11 @@ function newRun(conversationId, fields) {
 }
 
 function applyEvent(run, data) {
+  // A replay passes a pause the run went on after.
+  if (run.paused && data.type !== "done") {
+    run.paused = false;
+    setStatus("");
+  }
   // Reasoning ends where the reply, or a tool call, begins.
   if (data.type !== "reasoning.delta") run.reasoning = null;
   switch (data.type) {
@@ -510,6 +595,13 @@ function applyEvent(run, data) {
       }
       break;
     }
+    case "tool.approval_requested":
+      askApproval(run, run.chips.get(data.call_id));
+      scrollToEnd();
+      break;
+    case "tool.approval_decided":
+      showDecision(run.chips.get(data.call_id), data.approved, data.reason);
+      break;
     case "tool.result": {
       const chip = run.chips.get(data.call_id);
       setChipResult(chip, data.output, data.is_error);
@@ -528,7 +620,8 @@ function applyEvent(run, data) {
       } else if (data.finish_reason) {
         addNote(`The model stopped early (finish_reason: ${data.finish_reason}).`);
       }
-      finishRun(run, data.status);
+      if (data.status === "requires_action") pauseRun(run);
+      else finishRun(run, data.status);
       break;
     default:
       break;
@@ -543,6 +636,15 @@ function endBubble(run) {
     setBubbleStatus(run.current, "complete");
   }
   run.current = null;
+}
+
+// The run waits for the user's decisions: nothing streams meanwhile. Stop
+// still cancels it; the composer waits, as the conversation's turn is the run's.
+function pauseRun(run) {
+  endBubble(run);
+  run.paused = true;
+  setStatus("The assistant wants to use a tool: approve or deny it above.");
+  enableApprovals(run);
 }
 
 function finishRun(run, status) {
@@ -580,6 +682,12 @@ async function cancelRun(run) {
   setStatus("Stopping…");
   try {
     await apiJson(`/v1/runs/${run.id}/cancel`, { method: "POST" });
+    if (run.paused) {
+      // A paused run ends at once; its end is read from the pause on.
+      run.paused = false;
+      for (const chip of run.chips.values()) chip.querySelector(".approval")?.remove();
+      follow(run);
+    }
   } catch (error) {
     setStatus("Could not stop the reply: " + error.message, "error");
     els.stop.disabled = false;
@@ -590,7 +698,7 @@ async function cancelRun(run) {
 // reconnecting with backoff from the last seen `seq` when the connection fails.
 async function follow(run) {
   let attempt = 0;
-  while (!run.finished) {
+  while (!run.finished && !run.paused) {
     let response;
     try {
       if (run.id) {
@@ -650,7 +758,7 @@ async function follow(run) {
     } catch {
       // The connection broke mid-stream: reconnect below.
     }
-    if (!run.finished) await trouble(attempt++);
+    if (!run.finished && !run.paused) await trouble(attempt++);
   }
 }
 
@@ -717,7 +825,8 @@ async function loadConversation(inflight, attempt = 0) {
     let resume = null;
     if (inflight?.run_id && inflight.conversation_id === state.conversationId) {
       const run = await apiJson(`/v1/runs/${inflight.run_id}`).catch(() => null);
-      if (run && (run.status === "queued" || run.status === "running")) resume = run;
+      const open = ["queued", "running", "requires_action"];
+      if (run && open.includes(run.status)) resume = run;
     }
     const { data } = await apiJson(`/v1/conversations/${state.conversationId}/messages`);
     renderTranscript(data, resume?.id);

@@ -328,7 +328,11 @@ async fn agents(
         let mut tools = Registry::build(&file.tools, &context).await?;
         let wanted = file.agents.values().flat_map(|a| a.tools.iter().flatten());
         mcp.register(&mut tools, wanted.map(String::as_str))?;
-        crate::agent::registry::build(&file.agents, providers, &tools, config.max_steps)
+        let defaults = crate::agent::registry::Defaults {
+            max_steps: config.max_steps,
+            approval_timeout: Duration::from_secs(config.approval_timeout_secs),
+        };
+        crate::agent::registry::build(&file.agents, providers, &tools, defaults)
     };
     let (agents, used) = match built.await {
         Ok(built) => built,

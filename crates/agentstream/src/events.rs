@@ -31,6 +31,11 @@ text_enum! {
         ToolCall = "tool.call",
         /// `tool.result`: a tool's result.
         ToolResult = "tool.result",
+        /// `tool.approval_requested`: a call waits for the user's decision.
+        ToolApprovalRequested = "tool.approval_requested",
+        /// `tool.approval_decided`: the user decided on a call; the run
+        /// goes on.
+        ToolApprovalDecided = "tool.approval_decided",
         /// `message.completed`: an assistant message was stored whole.
         MessageCompleted = "message.completed",
         /// `error`: the run hit a problem; a `done` follows.
@@ -60,6 +65,9 @@ text_enum! {
         StepLimit = "step_limit",
         /// The run reached its limit of events.
         EventLimit = "event_limit",
+        /// A tool call waited for the user's approval longer than the
+        /// server's `approval_timeout`: the run ended `expired`.
+        ApprovalTimeout = "approval_timeout",
         /// The database could not read or store what the run needed, or
         /// refused it.
         StorageError = "storage_error",
@@ -86,15 +94,21 @@ pub struct RunFailure {
 }
 
 text_enum! {
-    /// Where a run stands. The last four are terminal.
-    // The variants' wire names are their lowercase names (see `as_str`).
+    /// Where a run stands. The first three are open, the rest terminal.
+    // The variants' wire names are their snake_case names (see `as_str`).
     #[derive(utoipa::ToSchema)]
-    #[schema(rename_all = "lowercase")]
+    #[schema(rename_all = "snake_case")]
     pub enum RunStatus {
         /// Waiting for the conversation's active run to end (`multitask=enqueue`).
         Queued = "queued",
         /// The agent is working.
         Running = "running",
+        /// Paused until the user approves or denies the tool calls its
+        /// `tool.approval_requested` events name (`POST
+        /// /v1/runs/{id}/approvals`); nothing runs meanwhile. Its events so
+        /// far end with `done {status: "requires_action"}`, and the log goes
+        /// on after the decision, `seq` numbering continuing.
+        RequiresAction = "requires_action",
         /// The agent finished its reply.
         Completed = "completed",
         /// Stopped by a cancel.
@@ -103,13 +117,19 @@ text_enum! {
         Failed = "failed",
         /// Stopped by a shutdown or a crash.
         Interrupted = "interrupted",
+        /// Ended because no decision on its tool calls came within the
+        /// server's `approval_timeout`.
+        Expired = "expired",
     }
 }
 
 impl RunStatus {
     /// True once the run can change no more.
     pub fn is_terminal(self) -> bool {
-        !matches!(self, RunStatus::Queued | RunStatus::Running)
+        !matches!(
+            self,
+            RunStatus::Queued | RunStatus::Running | RunStatus::RequiresAction
+        )
     }
 }
 
@@ -248,6 +268,34 @@ pub enum Event {
         /// (interrupted). The model reads it and the run goes on.
         is_error: bool,
     },
+    /// A tool call waits for the user's approval: the tool is configured
+    /// with `approval = "always"`. Every call of the model's reply has its
+    /// `tool.call` first, none has run yet; the run's events end with
+    /// `done {status: "requires_action"}` and go on once every call asked
+    /// about has a decision (`POST /v1/runs/{id}/approvals`).
+    #[serde(rename = "tool.approval_requested")]
+    ToolApprovalRequested {
+        /// The call's ID, as in its `tool.call`.
+        call_id: String,
+        /// The tool's name.
+        name: String,
+        /// The arguments (JSON; a string when the model wrote invalid JSON).
+        arguments: serde_json::Value,
+    },
+    /// The user's decision on a call, first in the events of a run that goes
+    /// on after `requires_action` (one per call asked about). A denied call
+    /// is not made: its `tool.result` is an error that says so, with the
+    /// reason, and the model reads it.
+    #[serde(rename = "tool.approval_decided")]
+    ToolApprovalDecided {
+        /// The call's ID.
+        call_id: String,
+        /// True when the user approved the call.
+        approved: bool,
+        /// The user's reason, if they gave one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
     /// An assistant message was stored whole.
     #[serde(rename = "message.completed")]
     MessageCompleted {
@@ -265,10 +313,13 @@ pub enum Event {
         /// What happened, for people.
         message: String,
     },
-    /// The run ended. Always the last event, exactly once.
+    /// The run ended: the last event, exactly once, of every run but one
+    /// that pauses for approval. That run's `done` has the status
+    /// `requires_action`; its events go on after the decision, and end with
+    /// a `done` of a terminal status.
     #[serde(rename = "done")]
     Done {
-        /// How it ended.
+        /// How it ended, or `requires_action` for a pause.
         status: RunStatus,
         /// Token usage, when the model reported it.
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -292,6 +343,8 @@ impl Event {
             Event::ToolCallDelta { .. } => EventKind::ToolCallDelta,
             Event::ToolCall { .. } => EventKind::ToolCall,
             Event::ToolResult { .. } => EventKind::ToolResult,
+            Event::ToolApprovalRequested { .. } => EventKind::ToolApprovalRequested,
+            Event::ToolApprovalDecided { .. } => EventKind::ToolApprovalDecided,
             Event::MessageCompleted { .. } => EventKind::MessageCompleted,
             Event::Error { .. } => EventKind::Error,
             Event::Done { .. } => EventKind::Done,
@@ -368,6 +421,19 @@ pub struct StoredEvent {
     pub data: String,
 }
 
+impl StoredEvent {
+    /// True for the `done` of a run that paused for approval
+    /// (`requires_action`): its log goes on after the decision.
+    pub fn is_pause(&self) -> bool {
+        // The stored form is written by `to_stored` alone: `status` follows
+        // `type` there.
+        self.kind == EventKind::Done
+            && self
+                .data
+                .contains(r#""type":"done","status":"requires_action""#)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,6 +487,16 @@ mod tests {
                 output: serde_json::json!("saved"),
                 is_error: false,
             },
+            Event::ToolApprovalRequested {
+                call_id: "call_2".into(),
+                name: "delete_note".into(),
+                arguments: serde_json::json!({"id": 7}),
+            },
+            Event::ToolApprovalDecided {
+                call_id: "call_2".into(),
+                approved: false,
+                reason: Some("not that one".into()),
+            },
             Event::MessageCompleted {
                 message_id: Uuid::now_v7(),
             },
@@ -438,6 +514,31 @@ mod tests {
                 finish_reason: Some("length".into()),
             },
         ]
+    }
+
+    #[test]
+    fn a_pause_is_told_from_an_end() {
+        let done = |status| Event::Done {
+            status,
+            usage: None,
+            finish_reason: None,
+        };
+        assert!(
+            done(RunStatus::RequiresAction)
+                .to_stored(Uuid::nil(), 4)
+                .is_pause()
+        );
+        for status in [
+            RunStatus::Completed,
+            RunStatus::Expired,
+            RunStatus::Cancelled,
+        ] {
+            assert!(!done(status).to_stored(Uuid::nil(), 4).is_pause());
+        }
+        let text = Event::Delta {
+            text: r#""type":"done","status":"requires_action""#.into(),
+        };
+        assert!(!text.to_stored(Uuid::nil(), 3).is_pause());
     }
 
     #[test]
@@ -507,6 +608,8 @@ mod tests {
                 "tool.call.delta",
                 "tool.call",
                 "tool.result",
+                "tool.approval_requested",
+                "tool.approval_decided",
                 "message.completed",
                 "error",
                 "done"
@@ -523,6 +626,7 @@ mod tests {
                 "context_length",
                 "step_limit",
                 "event_limit",
+                "approval_timeout",
                 "storage_error",
                 "event_log",
                 "internal",

@@ -425,3 +425,59 @@ async fn a_failed_session_exits_non_zero() {
     assert!(stderr.contains("API key"), "{stderr}");
     server.stop_cleanly().await;
 }
+
+/// A tool call that waits for approval: the client asks `y/n` on stderr,
+/// sends the answer, and the reply goes on; `n` with words denies with them
+/// as the reason. The `remember` tool writes the caller's profile.
+#[tokio::test]
+async fn the_client_asks_before_a_tool_call_that_needs_approval() {
+    let config = tempfile::tempdir().unwrap();
+    let path = config.path().join("agentstream.toml");
+    std::fs::write(
+        &path,
+        r#"
+[agents.chat]
+tools = ["remember"]
+
+[tools.remember]
+kind = "sql"
+description = "Remember a note in the caller's profile."
+approval = "always"
+sql = """
+INSERT INTO profiles (user_id, field, value, updated_at)
+VALUES (:caller.user_id, 'note', :body, '2026-11-30T00:00:00Z')
+ON CONFLICT (user_id, field) DO UPDATE SET value = excluded.value
+"""
+
+[tools.remember.parameters.body]
+type = "string"
+"#,
+    )
+    .unwrap();
+    let server = Server::start_with(5, &["--config", path.to_str().unwrap()]).await;
+    let mut client = ChatClient::start(&server, &[]);
+    client.say("remember body=milk").await;
+    client
+        .stderr
+        .wait_for(r#"run tool remember {"body":"milk"}? [y/n"#)
+        .await;
+    client.say("y").await;
+    client.stdout.wait_for("remember answered:").await;
+    client.say("remember body=car").await;
+    client
+        .stderr
+        .wait_for(r#"run tool remember {"body":"car"}? [y/n"#)
+        .await;
+    client.say("n not today").await;
+    let out = client
+        .stdout
+        .wait_for("remember failed: the user declined this call: not today")
+        .await
+        .to_owned();
+    assert!(out.contains("approved") && out.contains("denied"), "{out}");
+    let status = client.finish().await;
+    assert!(status.success(), "the client exited with {status}");
+    let profile = server.get("/v1/profile").await;
+    assert_eq!(profile["fields"]["note"], "milk", "{profile}");
+    server.stop_cleanly().await;
+}

@@ -1,5 +1,6 @@
 //! The agent loop: turns a conversation into model calls and tool calls.
 
+mod approval;
 pub mod context;
 mod control;
 mod pieces;
@@ -49,6 +50,9 @@ pub struct Agent {
     pub tool_choice: Option<crate::llm::ToolChoice>,
     /// Its model's context window; none for a model without a limit.
     pub context: Option<context::Window>,
+    /// How long a run paused for the user's approval of a tool call waits
+    /// for the decision.
+    pub approval_timeout: std::time::Duration,
 }
 
 impl Agent {
@@ -57,6 +61,12 @@ impl Agent {
             .iter()
             .find(|tool| tool.spec().name == name)
             .cloned()
+    }
+
+    /// Whether a call waits for the user's approval before it is made.
+    fn asks_about(&self, call: &ToolCall) -> bool {
+        self.tool(&call.name)
+            .is_some_and(|tool| tool.approval() == tools::Approval::Always)
     }
 }
 
@@ -169,20 +179,26 @@ const CUT_MARK: &str = "\n\n[This reply was cut off before it was finished.]";
 
 /// Runs the agent on the conversation (its messages, when the caller has
 /// read them already) until it answers without a tool call, is stopped,
-/// fails or reaches its step limit. The reply is written with the run's
-/// events and each tool call in a short transaction of its own; nothing is
-/// held across a wait.
+/// fails, reaches its step limit, or pauses for the user's approval of a
+/// call (`requires_action`). A `resumed` run, one that paused and has its
+/// decisions, first makes the calls it asked about. The reply is written
+/// with the run's events and each tool call in a short transaction of its
+/// own; nothing is held across a wait.
 #[tracing::instrument(skip_all, fields(run_id = %ctx.run_id, agent = %agent.name))]
 pub async fn run(
     agent: &Agent,
     store: &Store,
     ctx: ToolContext,
     history: Option<Vec<Message>>,
+    resumed: bool,
     emitter: &mut impl EventSink,
     control: &RunControl,
 ) -> Outcome {
     let mut tally = Tally::default();
-    let mut outcome = steps(agent, store, ctx, history, emitter, control, &mut tally).await;
+    let mut outcome = steps(
+        agent, store, ctx, history, resumed, emitter, control, &mut tally,
+    )
+    .await;
     outcome.usage = tally.usage;
     outcome.context = tally.context;
     outcome.finish_reason = tally
@@ -191,11 +207,16 @@ pub async fn run(
     outcome
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the loop's state, passed down from `run` once"
+)]
 async fn steps(
     agent: &Agent,
     store: &Store,
     ctx: ToolContext,
     history: Option<Vec<Message>>,
+    resumed: bool,
     emitter: &mut impl EventSink,
     control: &RunControl,
     tally: &mut Tally,
@@ -204,18 +225,26 @@ async fn steps(
         Some(messages) => Ok(messages),
         None => store.messages_up_to(ctx.conversation_id, ctx.run_id).await,
     };
-    let messages = match history {
+    let mut messages = match history {
         Ok(messages) => messages,
-        Err(e) => {
-            return Outcome {
-                detail: Some(e.to_string()),
-                ..Outcome::failed(
-                    ErrorCode::StorageError,
-                    "the conversation could not be read",
-                )
-            };
-        }
+        Err(e) => return unreadable(&e),
     };
+    // A run that paused for approval makes the calls it asked about first.
+    let mut steps_taken = 0;
+    if resumed {
+        match approval::resume(agent, store, &ctx, &messages, emitter, control).await {
+            Ok(()) => {}
+            Err(outcome) => return outcome,
+        }
+        messages = match store.messages_up_to(ctx.conversation_id, ctx.run_id).await {
+            Ok(messages) => messages,
+            Err(e) => return unreadable(&e),
+        };
+        steps_taken = messages
+            .iter()
+            .filter(|m| m.role == Role::Assistant && m.run_id == Some(ctx.run_id))
+            .count();
+    }
     // Tool-call IDs are unique in the conversation: an upstream that reuses
     // one keeps it only as the ID it is sent back under.
     let mut call_ids: HashSet<String> = messages
@@ -227,8 +256,8 @@ async fn steps(
         .collect();
     let mut history = to_chat(&agent.system_prompt, &messages);
     let specs: Vec<_> = agent.tools.iter().map(|tool| tool.spec().clone()).collect();
-    let mut called_a_tool = false;
-    for _ in 0..agent.max_steps {
+    let mut called_a_tool = resumed;
+    for _ in u32::try_from(steps_taken).unwrap_or(u32::MAX)..agent.max_steps {
         if let Some(status) = control.stopped() {
             return Outcome::status(status);
         }
@@ -386,6 +415,12 @@ async fn steps(
             return Outcome::status(RunStatus::Completed);
         }
         called_a_tool = true;
+        if calls.iter().any(|call| agent.asks_about(call)) {
+            // A call to approve runs once the user has decided: the run
+            // pauses, and goes on (perhaps on another node) from its stored
+            // transcript.
+            return approval::pause(agent, store, &ctx, &calls, emitter, control).await;
+        }
         history.push(ChatMessage::Assistant {
             content: text,
             tool_calls: calls.clone(),
@@ -393,52 +428,9 @@ async fn steps(
             // next call of the same turn; it is not kept for later runs.
             reasoning: (!reasoning.text.is_empty()).then_some(reasoning.text),
         });
-        for call in calls {
-            // Between tool calls is a safe point too.
-            if let Some(status) = control.stopped() {
-                return Outcome::status(status);
-            }
-            let arguments = serde_json::from_str(&call.arguments)
-                .unwrap_or_else(|_| serde_json::Value::String(call.arguments.clone()));
-            let announced = emitter
-                .emit(Event::ToolCall {
-                    call_id: call.id.clone(),
-                    name: call.name.clone(),
-                    arguments,
-                })
-                .await;
-            if let Err(e) = announced {
-                return Outcome::failed(e.code, e.message);
-            }
-            let tool = agent.tool(&call.name);
-            let upstream_id = call.upstream_id().to_owned();
-            let executed = match tools::execute(store, &ctx, tool, &call, control.cancelled()).await
-            {
-                Ok(executed) => executed,
-                Err(e) => {
-                    return Outcome {
-                        detail: Some(e.to_string()),
-                        ..Outcome::failed(
-                            ErrorCode::StorageError,
-                            "a tool call could not be stored",
-                        )
-                    };
-                }
-            };
-            let reported = emitter
-                .emit(Event::ToolResult {
-                    call_id: call.id.clone(),
-                    output: executed.output,
-                    is_error: executed.record.is_error,
-                })
-                .await;
-            if let Err(e) = reported {
-                return Outcome::failed(e.code, e.message);
-            }
-            history.push(ChatMessage::Tool {
-                call_id: upstream_id,
-                content: executed.record.output,
-            });
+        match run_calls(agent, store, &ctx, &calls, None, emitter, control).await {
+            Ok(results) => history.extend(results),
+            Err(outcome) => return outcome,
         }
     }
     Outcome::failed(
@@ -448,6 +440,88 @@ async fn steps(
             agent.max_steps
         ),
     )
+}
+
+/// Makes the reply's calls in order, each announced with `tool.call` unless
+/// the run announced them before it paused (`decisions`, the user's, are
+/// given then), and reported with `tool.result`: a denied call is recorded
+/// as declined and not made. Returns the tool messages for the next model
+/// call, or how the run ends when it stops or its database fails.
+async fn run_calls(
+    agent: &Agent,
+    store: &Store,
+    ctx: &ToolContext,
+    calls: &[ToolCall],
+    decisions: Option<&[store::Approval]>,
+    emitter: &mut impl EventSink,
+    control: &RunControl,
+) -> Result<Vec<ChatMessage>, Outcome> {
+    let mut results = Vec::with_capacity(calls.len());
+    for call in calls {
+        // Between tool calls is a safe point too.
+        if let Some(status) = control.stopped() {
+            return Err(Outcome::status(status));
+        }
+        if decisions.is_none() {
+            emitter
+                .emit(announce(call))
+                .await
+                .map_err(|e| Outcome::failed(e.code, e.message))?;
+        }
+        let denied = decisions
+            .and_then(|all| all.iter().find(|a| a.call_id == call.id))
+            .filter(|decision| decision.approved == Some(false));
+        let executed = match denied {
+            Some(denied) => tools::decline(store, ctx, call, denied.reason.as_deref()).await,
+            None => {
+                let tool = agent.tool(&call.name);
+                tools::execute(store, ctx, tool, call, control.cancelled()).await
+            }
+        };
+        let executed = executed.map_err(|e| Outcome {
+            detail: Some(e.to_string()),
+            ..Outcome::failed(ErrorCode::StorageError, "a tool call could not be stored")
+        })?;
+        emitter
+            .emit(Event::ToolResult {
+                call_id: call.id.clone(),
+                output: executed.output,
+                is_error: executed.record.is_error,
+            })
+            .await
+            .map_err(|e| Outcome::failed(e.code, e.message))?;
+        results.push(ChatMessage::Tool {
+            call_id: call.upstream_id().to_owned(),
+            content: executed.record.output,
+        });
+    }
+    Ok(results)
+}
+
+/// The `tool.call` event that announces a call.
+fn announce(call: &ToolCall) -> Event {
+    Event::ToolCall {
+        call_id: call.id.clone(),
+        name: call.name.clone(),
+        arguments: arguments_json(call),
+    }
+}
+
+/// A call's arguments as JSON: a string when the model wrote invalid JSON.
+fn arguments_json(call: &ToolCall) -> serde_json::Value {
+    serde_json::from_str(&call.arguments)
+        .unwrap_or_else(|_| serde_json::Value::String(call.arguments.clone()))
+}
+
+/// The outcome of a run whose conversation could not be read.
+fn unreadable(error: &store::StoreError) -> Outcome {
+    Outcome {
+        detail: Some(error.to_string()),
+        ..Outcome::failed(
+            ErrorCode::StorageError,
+            "the conversation could not be read",
+        )
+    }
 }
 
 /// The call as agentstream keeps it: NUL-free, with an ID unique in the

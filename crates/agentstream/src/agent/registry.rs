@@ -49,10 +49,23 @@ pub struct AgentConfig {
     /// room (default: the provider's `context_tokens`, else the window of
     /// an OpenAI model known by name, else 8192; none for the demo model).
     pub context_tokens: Option<u32>,
+    /// Seconds a run waits for the user's decision on a tool call that needs
+    /// approval before it ends `expired` (default:
+    /// `--approval-timeout-secs`).
+    pub approval_timeout_secs: Option<u64>,
     /// `tool_choice` for the model calls of a run until it has called a
     /// tool: `auto`, `none`, `required` or a tool's name. Then `auto`, so a
     /// forced call does not repeat forever (default: not sent).
     pub tool_choice: Option<ToolChoice>,
+}
+
+/// What an agent's table may leave to the server's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Defaults {
+    /// Most model calls in one run.
+    pub max_steps: u32,
+    /// How long a paused run waits for the user's decisions.
+    pub approval_timeout: std::time::Duration,
 }
 
 /// The agents `tables` define, and the providers they use, each once. Logs
@@ -62,7 +75,7 @@ pub fn build(
     tables: &BTreeMap<String, AgentConfig>,
     providers: &BTreeMap<String, NamedProvider>,
     tools: &Registry,
-    max_steps: u32,
+    defaults: Defaults,
 ) -> Result<(Agents, Vec<NamedProvider>), String> {
     let mut agents = Agents::default();
     let mut used: Vec<NamedProvider> = Vec::new();
@@ -112,7 +125,7 @@ pub fn build(
                 )
             })?);
         }
-        let max_steps = defined.max_steps.unwrap_or(max_steps);
+        let max_steps = defined.max_steps.unwrap_or(defaults.max_steps);
         if max_steps == 0 {
             return Err(format!("agent {name:?}: max_steps must be at least 1"));
         }
@@ -142,6 +155,9 @@ pub fn build(
             max_tokens: defined.max_tokens,
             tool_choice: defined.tool_choice.clone(),
             context,
+            approval_timeout: defined
+                .approval_timeout_secs
+                .map_or(defaults.approval_timeout, std::time::Duration::from_secs),
         });
     }
     Ok((agents, used))

@@ -90,6 +90,16 @@ pub struct Config {
     #[arg(long, env = "AGENTSTREAM_MAX_STEPS", default_value_t = 8)]
     pub max_steps: u32,
 
+    /// Seconds a run paused for the user's approval of a tool call waits for
+    /// the decision before it ends `expired` (an agent's
+    /// `approval_timeout_secs` overrides it).
+    #[arg(
+        long,
+        env = "AGENTSTREAM_APPROVAL_TIMEOUT_SECS",
+        default_value_t = 3600
+    )]
+    pub approval_timeout_secs: u64,
+
     /// Queued and running runs one user may have (429 beyond), across nodes.
     #[arg(long, env = "AGENTSTREAM_MAX_RUNS_PER_USER", default_value_t = 8)]
     pub max_runs_per_user: u32,

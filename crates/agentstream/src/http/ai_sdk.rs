@@ -10,7 +10,7 @@ use std::time::Instant;
 use axum::{
     Json, Router,
     extract::{Path, State},
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -26,17 +26,20 @@ use super::{
     runs::check_input,
     wire::{
         self, Start,
-        ai_sdk::{AiSdkEncoder, UiMessage, UiMessageChunk, ui_messages},
+        ai_sdk::{AiSdkEncoder, UiMessage, UiMessageChunk, ui_messages, with_approvals},
         sse_response,
     },
 };
 use crate::{
     runs::{ConversationRef, Multitask, StartRun},
-    store::OnDisconnect,
+    store::{Decision, OnDisconnect, RunStatus},
 };
 
 /// The header that tells the AI SDK the response is a UI message stream.
 const STREAM_HEADER: &str = "x-vercel-ai-ui-message-stream";
+/// The request header by which a client opts into AI SDK 6's parts (tool
+/// approval): `6` or later.
+const VERSION_HEADER: &str = "x-ai-sdk-version";
 /// Longest chat ID and message ID, in bytes.
 const MAX_ID: usize = 200;
 
@@ -65,11 +68,16 @@ struct SentMessage {
     /// another text under an ID already used is 422.
     #[schema(min_length = 1, max_length = 200)]
     id: Option<String>,
-    /// `user`, `assistant` or `system`; the last message must be the user's.
+    /// `user`, `assistant` or `system`. The last message is the user's new
+    /// message, or the assistant's reply that answers the calls it asked
+    /// about (AI SDK 6's `addToolApprovalResponse`): then its `id` is the
+    /// run's ID.
     #[schema(example = "user")]
     role: String,
-    /// Its parts. Of the last message only `text` parts are read (their
-    /// texts joined by a newline); any other part is refused (422).
+    /// Its parts. Of the user's last message only `text` parts are read
+    /// (their texts joined by a newline); any other part is refused (422).
+    /// Of the assistant's, the tool parts in state `approval-responded`,
+    /// whose `approval: {id, approved, reason}` is a decision.
     #[schema(value_type = Vec<Object>)]
     parts: Vec<serde_json::Value>,
 }
@@ -91,7 +99,8 @@ struct ChatRequest {
     /// `submit-message` (the default) or `regenerate-message` (422 for now).
     trigger: Option<Trigger>,
     /// Set by `useChat` when the message replaces an earlier one (an edit):
-    /// refused (422) for now.
+    /// refused (422) for now, unless it is the ID of the assistant's last
+    /// message, as sent with approval responses.
     #[serde(rename = "messageId")]
     message_id: Option<String>,
     /// The agent of a new chat, by name (`GET /v1/agents`; default `chat`).
@@ -139,10 +148,22 @@ struct ChatRequest {
 async fn send_messages(
     State(state): State<AppState>,
     CurrentCaller(caller): CurrentCaller,
-    AppJson(request): AppJson<ChatRequest>,
+    headers: HeaderMap,
+    AppJson(mut request): AppJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
     check_id("id", &request.id)?;
+    let parts = approval_parts(&headers);
+    if request
+        .messages
+        .last()
+        .is_some_and(|m| m.role == "assistant")
+    {
+        let Some(reply) = request.messages.pop() else {
+            return Err(ApiError::Invalid("messages: none".to_owned()));
+        };
+        return answer_approvals(&state, caller.user.id, &request.id, reply, parts).await;
+    }
     if request.trigger == Some(Trigger::RegenerateMessage) {
         return Err(ApiError::Invalid(
             "trigger: `regenerate-message` is not supported yet; send the user's message again"
@@ -188,19 +209,112 @@ async fn send_messages(
         started.run.id,
         started.conversation.id,
         start,
+        parts,
     ))
 }
 
-/// The UI message stream of `run_id`, a run of `conversation_id`, from `start`.
+/// Whether the client opts into AI SDK 6's parts (`x-ai-sdk-version: 6`).
+fn approval_parts(headers: &HeaderMap) -> bool {
+    headers
+        .get(VERSION_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().split('.').next()?.parse::<u32>().ok())
+        .is_some_and(|major| major >= 6)
+}
+
+/// The decisions an assistant's reply carries (its tool parts in state
+/// `approval-responded`), recorded for its run, the chat's paused run; the
+/// stream of the run going on from its pause.
+async fn answer_approvals(
+    state: &AppState,
+    user_id: uuid::Uuid,
+    chat: &str,
+    reply: SentMessage,
+    parts: bool,
+) -> Result<Response, ApiError> {
+    let decisions: Vec<Decision> = reply
+        .parts
+        .iter()
+        .filter(|part| part["state"] == "approval-responded")
+        .map(|part| {
+            let approval = &part["approval"];
+            match (approval["id"].as_str(), approval["approved"].as_bool()) {
+                (Some(id), Some(approved)) => super::approvals::checked(
+                    id.to_owned(),
+                    approved,
+                    approval["reason"].as_str().map(str::to_owned),
+                ),
+                _ => Err(ApiError::Invalid(
+                    "messages: an approval-responded part needs approval.id and \
+                 approval.approved"
+                        .to_owned(),
+                )),
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    if decisions.is_empty() {
+        return Err(ApiError::Invalid(
+            "messages: the last message must be the user's new message, or the assistant's \
+                 with tool parts in state approval-responded"
+                .to_owned(),
+        ));
+    }
+    let run_id = reply
+        .id
+        .as_deref()
+        .and_then(|id| uuid::Uuid::parse_str(id).ok())
+        .ok_or_else(|| {
+            ApiError::Invalid(
+                "messages: the last message is the assistant's: its id must be its run's ID, \
+                 as the stream gave it"
+                    .to_owned(),
+            )
+        })?;
+    // The run must be of this chat.
+    let conversation = state
+        .store
+        .chat_conversation(user_id, chat)
+        .await?
+        .ok_or(ApiError::NotFound("chat"))?;
+    let run = state
+        .store
+        .run(user_id, run_id)
+        .await?
+        .filter(|run| run.conversation_id == conversation.id)
+        .ok_or(ApiError::NotFound("run"))?;
+    let pause = run.last_seq;
+    let mut run = run;
+    for decision in decisions {
+        run = state.runs.decide(user_id, run_id, decision).await?;
+    }
+    if run.status == RunStatus::RequiresAction {
+        return Err(ApiError::Invalid(
+            "messages: the run waits for a decision on every call it asked about; answer them \
+                 all"
+            .to_owned(),
+        ));
+    }
+    Ok(ui_message_stream(
+        state,
+        run.id,
+        run.conversation_id,
+        Start::After(pause),
+        parts,
+    ))
+}
+
+/// The UI message stream of `run_id`, a run of `conversation_id`, from
+/// `start`, with AI SDK 6's approval parts if `parts`.
 fn ui_message_stream(
     state: &AppState,
     run_id: uuid::Uuid,
     conversation_id: uuid::Uuid,
     start: Start,
+    parts: bool,
 ) -> Response {
     let events = wire::subscribe(state, run_id, start);
     sse_response(
-        AiSdkEncoder::new(run_id, conversation_id),
+        AiSdkEncoder::new(run_id, conversation_id).with_approval_parts(parts),
         run_id,
         events,
         &state.streams,
@@ -284,6 +398,7 @@ async fn resume_stream(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Some(run) = state.store.active_chat_run(user.id, &id).await? else {
         return Ok(StatusCode::NO_CONTENT.into_response());
@@ -293,6 +408,7 @@ async fn resume_stream(
         run.id,
         run.conversation_id,
         Start::After(0),
+        approval_parts(&headers),
     ))
 }
 
@@ -330,6 +446,7 @@ async fn list_messages(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Json<ChatMessages>, ApiError> {
     let Some(conversation) = state.store.chat_conversation(user.id, &id).await? else {
         return Ok(Json(ChatMessages {
@@ -339,8 +456,13 @@ async fn list_messages(
     };
     let messages = state.store.messages(conversation.id).await?;
     let runs = state.store.run_statuses(conversation.id).await?;
+    let mut data = ui_messages(conversation.id, messages, &runs);
+    if approval_parts(&headers) {
+        let approvals = state.store.conversation_approvals(conversation.id).await?;
+        with_approvals(&mut data, &approvals);
+    }
     Ok(Json(ChatMessages {
         conversation_id: Some(conversation.id),
-        data: ui_messages(conversation.id, messages, &runs),
+        data,
     }))
 }

@@ -203,6 +203,10 @@ impl From<RunError> for ApiError {
             )),
             RunError::WrongAgent { .. } => ApiError::Invalid(format!("agent: {error}")),
             RunError::KeyReused(_) => ApiError::Invalid(error.to_string()),
+            RunError::CallNotFound(_) => ApiError::NotFound("tool call awaiting approval"),
+            RunError::DecidedOtherwise(_) | RunError::NotWaiting(_) => {
+                ApiError::Conflict(error.to_string())
+            }
             RunError::NoAgent(_) => ApiError::Internal(Box::new(error)),
             RunError::Store(e) => e.into(),
         }

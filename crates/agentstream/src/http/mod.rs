@@ -2,6 +2,7 @@
 
 mod agents;
 mod ai_sdk;
+mod approvals;
 pub mod auth;
 mod compat;
 mod conversations;
@@ -151,6 +152,7 @@ pub fn router(state: AppState) -> Router {
         .merge(agents::router())
         .merge(conversations::router())
         .merge(runs::router())
+        .merge(approvals::router())
         .merge(profile::router())
         .merge(compat::router())
         .merge(openai::router())

@@ -21,8 +21,8 @@ use utoipa::{
 };
 
 use super::{
-    AppState, agents, ai_sdk, compat, conversations, error::ErrorBody, health, metrics, openai,
-    page, profile, runs,
+    AppState, agents, ai_sdk, approvals, compat, conversations, error::ErrorBody, health, metrics,
+    openai, page, profile, runs,
 };
 use crate::{agent::Agents, runs::Multitask};
 
@@ -58,6 +58,7 @@ pub fn router() -> Router<AppState> {
         runs::get_run,
         runs::stream_events,
         runs::cancel_run,
+        approvals::decide,
         profile::get_profile,
         compat::chat_stream,
         compat::onboarding_stream,

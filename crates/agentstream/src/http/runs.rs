@@ -194,7 +194,8 @@ async fn create_run(
     params(("id" = Uuid, Path, description = "The run's ID.")),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The run and its status.", body = Run),
+        (status = 200, description = "The run and its status; while it is \
+            `requires_action`, the calls it waits on (`pending_approvals`).", body = Run),
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
         (status = 503, response = Unavailable),
@@ -205,12 +206,14 @@ async fn get_run(
     CurrentUser(user): CurrentUser,
     IdPath(id): IdPath,
 ) -> Result<Json<Run>, ApiError> {
-    state
+    let run = state
         .store
         .run(user.id, id)
         .await?
+        .ok_or(ApiError::NotFound("run"))?;
+    super::approvals::with_approvals(&state, run)
+        .await
         .map(Json)
-        .ok_or(ApiError::NotFound("run"))
 }
 
 /// Where to resume a run's events.

@@ -8,7 +8,10 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::RunManager;
-use crate::store::{self, Notice, RunStatus, StoreError};
+use crate::{
+    agent::Outcome,
+    store::{self, Notice, RunStatus, StoreError},
+};
 
 impl RunManager {
     /// Renews this node's leases and sweeps dead nodes' runs, every
@@ -70,7 +73,8 @@ impl RunManager {
     /// One heartbeat: renews the leases of the runs this node drives, stops
     /// those a cancel was asked for, and stops those whose lease another
     /// node took (they will be written no more); then ends the runs of dead
-    /// nodes and starts queued runs nobody is starting.
+    /// nodes and the paused runs whose wait ran out, and starts queued runs
+    /// nobody is starting.
     #[tracing::instrument(skip_all)]
     pub async fn heartbeat(&self) -> Result<(), StoreError> {
         let store = &self.inner.store;
@@ -97,9 +101,11 @@ impl RunManager {
                 run_id = %run.id,
                 "the node driving this run stopped renewing its lease; marking it interrupted"
             );
-            self.end_unstarted(&run, RunStatus::Interrupted).await?;
+            self.end_unstarted(&run, Outcome::status(RunStatus::Interrupted))
+                .await?;
             self.start_next(run.conversation_id).await;
         }
+        self.expire_paused_runs().await?;
         for conversation_id in store.stalled_conversations().await? {
             self.start_next(conversation_id).await;
         }

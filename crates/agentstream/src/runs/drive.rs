@@ -20,11 +20,23 @@ use crate::{
     tools::ToolContext,
 };
 
+/// Where a run's task takes it up.
+#[derive(Debug)]
+pub(super) enum Begin {
+    /// A run just stored with its `run.started`, and its conversation as the
+    /// transaction that stored it read it.
+    Started(Vec<Message>),
+    /// A queued run starting now: it reads its conversation and logs its
+    /// `run.started` itself.
+    Queued,
+    /// A run that paused for approval and has its decisions: its log goes
+    /// on after its `done {status: "requires_action"}`.
+    Resumed,
+}
+
 impl RunManager {
-    /// Drives the run on a task of its own. `history` is its conversation as
-    /// read by the transaction that stored the run and its `run.started`;
-    /// none for a queued run starting now, which reads and logs both itself.
-    pub(super) fn spawn(&self, run: Run, history: Option<Vec<Message>>) {
+    /// Drives the run on a task of its own, from where `begin` says.
+    pub(super) fn spawn(&self, run: Run, begin: Begin) {
         let Some(agent) = self.inner.agents.get(&run.agent) else {
             tracing::error!(run_id = %run.id, agent = %run.agent, "run names an unknown agent");
             return;
@@ -34,6 +46,11 @@ impl RunManager {
             on_disconnect: run.on_disconnect,
         });
         self.active().insert(run.id, active.clone());
+        if matches!(begin, Begin::Resumed) {
+            // Its channel closed with its pause; subscribers waiting here
+            // for it to go on join the new one.
+            drop(self.inner.hub.reopen(run.id));
+        }
         crate::telemetry::metrics::run_started();
         let manager = self.clone();
         // A root span: a run outlives the request that started it, and keeps
@@ -49,7 +66,7 @@ impl RunManager {
         self.inner.tracker.spawn_on(
             async move {
                 let conversation_id = run.conversation_id;
-                manager.drive(run, history, &agent, &active.control).await;
+                manager.drive(run, begin, &agent, &active.control).await;
                 manager.start_next(conversation_id).await;
             }
             .instrument(span),
@@ -58,18 +75,16 @@ impl RunManager {
     }
 
     /// The run's task: the agent loop, then the final events.
-    async fn drive(
-        &self,
-        run: Run,
-        history: Option<Vec<Message>>,
-        agent: &agent::Agent,
-        control: &RunControl,
-    ) {
+    async fn drive(&self, run: Run, begin: Begin, agent: &agent::Agent, control: &RunControl) {
         let store = &self.inner.store;
-        let started_logged = history.is_some();
+        let (last_seq, history, resumed) = match begin {
+            Begin::Started(history) => (1, Some(history), false),
+            Begin::Queued => (0, None, false),
+            Begin::Resumed => (run.last_seq, None, true),
+        };
         let mut emitter = Emitter::new(
             run.id,
-            i64::from(started_logged),
+            last_seq,
             self.inner.limits.events_per_run,
             self.inner.log.clone(),
         );
@@ -84,7 +99,7 @@ impl RunManager {
                     .unwrap_or_default(),
             ),
         };
-        let started = if started_logged {
+        let started = if last_seq > 0 {
             Ok(())
         } else {
             emitter
@@ -99,6 +114,7 @@ impl RunManager {
                 store,
                 ctx,
                 history,
+                resumed,
                 &mut emitter,
                 control,
             ))
@@ -169,7 +185,11 @@ impl RunManager {
             let mut tx = self.inner.store.begin().await?;
             store::lock_conversation(&mut tx, conversation_id).await?;
             let runs = store::active_runs(&mut tx, conversation_id).await?;
-            let next = match runs.iter().find(|run| run.status == RunStatus::Running) {
+            // A paused run holds the conversation's turn too.
+            let next = match runs
+                .iter()
+                .find(|run| matches!(run.status, RunStatus::Running | RunStatus::RequiresAction))
+            {
                 Some(_) => None,
                 None => runs.into_iter().find(|run| run.status == RunStatus::Queued),
             };
@@ -183,7 +203,7 @@ impl RunManager {
             Ok(Some(mut run)) => {
                 crate::telemetry::metrics::run_dequeued();
                 run.status = RunStatus::Running;
-                self.spawn(run, None);
+                self.spawn(run, Begin::Queued);
             }
             Ok(None) => {}
             // Another node started it first.

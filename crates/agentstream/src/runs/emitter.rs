@@ -142,7 +142,8 @@ impl Emitter {
             finish_reason: outcome.finish_reason.clone(),
         };
         let message_status = match status {
-            RunStatus::Completed => MessageStatus::Complete,
+            // A pause follows a message that was stored whole.
+            RunStatus::Completed | RunStatus::RequiresAction => MessageStatus::Complete,
             RunStatus::Cancelled => MessageStatus::Cancelled,
             RunStatus::Failed => MessageStatus::Failed,
             _ => MessageStatus::Interrupted,

@@ -45,6 +45,17 @@ impl Hub {
             .subscribe()
     }
 
+    /// Opens the channel of a run that goes on here after a pause, and wakes
+    /// the subscribers here that wait for it to go on: they join it.
+    pub fn reopen(&self, run_id: Uuid) -> LiveEvents {
+        let live = self.open(run_id);
+        let remote = self.remote.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(sender) = remote.get(&run_id) {
+            sender.send_modify(|_| {});
+        }
+        live
+    }
+
     /// A receiver of the run's live events, if the run is open here.
     pub fn subscribe(&self, run_id: Uuid) -> Option<LiveEvents> {
         self.channels()

@@ -517,10 +517,14 @@ async fn commit_on(
     // A call these runs left started (a crash, a lost node, a failure
     // mid-call) never runs again: it is finished as an outcome unknown,
     // after the message that made it. A completed run finished every call
-    // before it went on, so the statement is spared on the common path.
+    // before it went on, and a paused one made none of the calls of its
+    // last reply, so the statement is spared for both.
     let unfinished: Vec<Uuid> = ends
         .iter()
-        .filter(|end| end.status != RunStatus::Completed && ended.contains(&end.id))
+        .filter(|end| {
+            !matches!(end.status, RunStatus::Completed | RunStatus::RequiresAction)
+                && ended.contains(&end.id)
+        })
         .map(|end| end.id)
         .collect();
     if !unfinished.is_empty() {

@@ -2,6 +2,7 @@
 //! task that drives each one. A run is not a request: it belongs to the
 //! manager, and HTTP responses only subscribe to its events.
 
+mod approvals;
 mod cluster;
 mod drive;
 mod emitter;
@@ -175,6 +176,15 @@ pub enum RunError {
         /// The agent asked for.
         expected: String,
     },
+    /// The paused run asked about no call with this ID.
+    #[error("the run asked about no tool call {0:?}")]
+    CallNotFound(String),
+    /// The call has the other decision already: a decision is final.
+    #[error("the tool call {0:?} was decided otherwise already; a decision is final")]
+    DecidedOtherwise(String),
+    /// The run is not waiting for decisions.
+    #[error("the run is not waiting for a decision: it is {0}")]
+    NotWaiting(RunStatus),
     /// No agent answers this kind of conversation.
     #[error("no agent is configured for {0:?} conversations")]
     NoAgent(String),

@@ -10,20 +10,20 @@ use crate::{
 };
 
 impl RunManager {
-    /// Ends a run that has no task (queued, or left open by a crash): its
-    /// streaming messages keep their text and its log gets a final `done`.
+    /// Ends a run that has no task (queued, paused and taken, or left open
+    /// by a crash): its streaming messages keep their text and its log gets
+    /// the outcome's `error`, if any, and a final `done`.
     pub(super) async fn end_unstarted(
         &self,
         run: &Run,
-        status: RunStatus,
+        outcome: Outcome,
     ) -> Result<(), StoreError> {
         let store = &self.inner.store;
         let events = store.events_after(run.id, 0, u32::MAX).await?;
         let last_seq = events.last().map_or(0, |e| e.seq);
         store.keep_partial_reply(run.id, &events).await?;
         let mut emitter = Emitter::new(run.id, last_seq, i64::MAX, self.inner.log.clone());
-        let outcome = Outcome::status(status);
-        match emitter.finish(status, &outcome).await {
+        match emitter.finish(outcome.status, &outcome).await {
             Ok(()) | Err(LogError::AlreadyEnded) => Ok(()),
             Err(e) => Err(StoreError::Corrupt(e.to_string())),
         }
@@ -47,7 +47,8 @@ impl RunManager {
                 .collect()
         };
         for run in &open {
-            self.end_unstarted(run, RunStatus::Interrupted).await?;
+            self.end_unstarted(run, Outcome::status(RunStatus::Interrupted))
+                .await?;
         }
         if !open.is_empty() {
             tracing::info!(
@@ -92,7 +93,10 @@ impl RunManager {
             Ok(open) => {
                 for run in open.iter().filter(|run| run.status == RunStatus::Queued) {
                     crate::telemetry::metrics::run_dequeued();
-                    if let Err(error) = self.end_unstarted(run, RunStatus::Interrupted).await {
+                    if let Err(error) = self
+                        .end_unstarted(run, Outcome::status(RunStatus::Interrupted))
+                        .await
+                    {
                         tracing::error!(%error, run_id = %run.id, "could not end a queued run");
                     }
                 }

@@ -5,7 +5,9 @@ use std::sync::atomic::Ordering;
 
 use uuid::Uuid;
 
+use super::drive::Begin;
 use super::{ConversationRef, Event, Multitask, RunError, RunManager, StartRun, Started};
+use crate::agent::Outcome;
 use crate::store::{
     self, ConversationKind, MessageStatus, NewMessage, NewRun, Role, Run, RunStatus, StoreError,
 };
@@ -247,13 +249,17 @@ impl RunManager {
             crate::telemetry::metrics::run_queued();
         }
         if request.multitask == Multitask::Interrupt {
-            // The running run is cancelled; runs queued behind it keep their turn.
-            for other in active.iter().filter(|r| r.status == RunStatus::Running) {
+            // The running or paused run is cancelled; runs queued behind it
+            // keep their turn.
+            for other in active
+                .iter()
+                .filter(|r| matches!(r.status, RunStatus::Running | RunStatus::RequiresAction))
+            {
                 self.request_cancel(other).await?;
             }
         }
         match history {
-            Some(history) => self.spawn(run.clone(), Some(history)),
+            Some(history) => self.spawn(run.clone(), Begin::Started(history)),
             // Queued: the run ahead may have ended before this one was
             // stored, and then did not see it. Whoever looks after both
             // commits starts it.
@@ -293,7 +299,8 @@ impl RunManager {
         }
         match run.status {
             RunStatus::Queued => {
-                self.end_unstarted(run, RunStatus::Cancelled).await?;
+                self.end_unstarted(run, Outcome::status(RunStatus::Cancelled))
+                    .await?;
                 crate::telemetry::metrics::run_dequeued();
                 Ok(())
             }
@@ -303,6 +310,7 @@ impl RunManager {
                 }
                 Ok(())
             }
+            RunStatus::RequiresAction => self.cancel_paused(run).await,
             _ => Ok(()),
         }
     }

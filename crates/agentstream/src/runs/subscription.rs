@@ -26,6 +26,10 @@ const REPLAY_PAGE: u32 = 512;
 pub enum Delivery {
     /// A committed event, in `seq` order.
     Event(Arc<StoredEvent>),
+    /// A `done {status: "requires_action"}` the run went on after (a replay
+    /// of a run that paused for approval and resumed), in `seq` order: not
+    /// the end of the stream.
+    PassedPause(Arc<StoredEvent>),
     /// The store could not be read; the stream ends and the client may
     /// resume from its last `seq`.
     Unavailable(String),
@@ -45,8 +49,9 @@ impl Drop for Presence {
 
 impl RunManager {
     /// The run's events after `after`: first those already committed, then
-    /// live ones as they commit, ending after `done`. A subscriber that falls
-    /// behind the live channel reads from the store instead.
+    /// live ones as they commit, ending after `done` (a pause's too, unless
+    /// the run went on after it: then the stream goes on). A subscriber that
+    /// falls behind the live channel reads from the store instead.
     pub fn subscribe(
         &self,
         run_id: Uuid,
@@ -128,10 +133,19 @@ impl RunManager {
                     } else {
                         page
                     };
-                    for event in page {
+                    let count = page.len();
+                    for (i, event) in page.into_iter().enumerate() {
                         cursor = event.seq;
-                        let done = event.kind == EventKind::Done;
-                        yield Delivery::Event(Arc::new(event));
+                        // A pause the run went on after is not the end. (A
+                        // pause that ends a full page is taken as the end:
+                        // the client resumes after it.)
+                        let resumed = event.is_pause() && i + 1 < count;
+                        let done = event.kind == EventKind::Done && !resumed;
+                        yield if resumed {
+                            Delivery::PassedPause(Arc::new(event))
+                        } else {
+                            Delivery::Event(Arc::new(event))
+                        };
                         if done {
                             return;
                         }
@@ -149,6 +163,12 @@ impl RunManager {
                                 .to_owned(),
                         );
                         return;
+                    }
+                    // A paused run that goes on here now: follow it live,
+                    // after reading what it committed before this joined.
+                    if let Some(joined) = manager.inner.hub.subscribe(run_id) {
+                        live = Some(joined);
+                        continue;
                     }
                     // Driven by another node: read again when it says it
                     // committed more, or after a while in case a

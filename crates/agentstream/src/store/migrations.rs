@@ -80,6 +80,11 @@ const SQLITE_MIGRATIONS: MigrationList = &[
         "run context",
         include_str!("../../migrations/sqlite/0008_run_context.sql"),
     ),
+    (
+        9,
+        "tool approvals",
+        include_str!("../../migrations/sqlite/0009_tool_approvals.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: MigrationList = &[
     (
@@ -121,6 +126,11 @@ const POSTGRES_MIGRATIONS: MigrationList = &[
         8,
         "run context",
         include_str!("../../migrations/postgres/0008_run_context.sql"),
+    ),
+    (
+        9,
+        "tool approvals",
+        include_str!("../../migrations/postgres/0009_tool_approvals.sql"),
     ),
 ];
 

@@ -12,6 +12,7 @@
 //! it is.
 
 mod api_keys;
+mod approvals;
 mod codec;
 mod connect;
 mod conversations;
@@ -41,6 +42,7 @@ use dialect::{MultiRow, WriteTurn};
 pub use error::StoreError;
 
 pub use api_keys::{ApiKey, NewKey, hash_key};
+pub use approvals::{Approval, ApprovalRequest, Decided, Decision};
 pub use conversations::{Conversation, ConversationKind};
 pub use messages::{AssistantMessage, Message, MessageStatus, NewMessage, Role};
 pub use profiles::Profile;

@@ -47,13 +47,21 @@ pub struct Run {
     /// run ends, and for the demo model.
     #[schema(value_type = Option<crate::events::ContextUse>)]
     pub context: Option<serde_json::Value>,
-    /// The `seq` of its `done`, once it has ended; 0 while it runs (its
-    /// events' stream says how far it is).
+    /// The `seq` of its last `done`: its end, or, for a run that paused for
+    /// approval, its pause (follow `GET /v1/runs/{id}/events?after=` it to
+    /// see it go on); 0 while it runs and never paused.
     pub last_seq: i64,
     /// When it was created (UTC, RFC 3339).
     pub created_at: String,
     /// When it ended (UTC, RFC 3339).
     pub finished_at: Option<String>,
+    /// While it is `requires_action`: when it ends `expired` unless every
+    /// call it asked about has a decision by then (UTC, RFC 3339).
+    pub expires_at: Option<String>,
+    /// While it is `requires_action`, as `GET /v1/runs/{id}` and `POST
+    /// /v1/runs/{id}/approvals` return it: every call it asked about, with
+    /// the decisions given so far. Null otherwise.
+    pub pending_approvals: Option<Vec<super::Approval>>,
     /// The owner.
     #[serde(skip)]
     pub user_id: Uuid,
@@ -91,7 +99,12 @@ fn json_column(row: &AnyRow, column: &str) -> Result<Option<serde_json::Value>, 
         .map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
 }
 
-fn from_row(row: &AnyRow) -> Result<Run, StoreError> {
+/// The columns [`from_row`] reads, for a `SELECT` of whole runs.
+pub(super) const RUN_COLUMNS: &str = "id, conversation_id, user_id, agent, status, \
+    client_message_id, on_disconnect, error, usage, context, last_seq, created_at, finished_at, \
+    caller, expires_at";
+
+pub(super) fn from_row(row: &AnyRow) -> Result<Run, StoreError> {
     Ok(Run {
         id: parse_id(row.try_get("id")?)?,
         conversation_id: parse_id(row.try_get("conversation_id")?)?,
@@ -106,6 +119,8 @@ fn from_row(row: &AnyRow) -> Result<Run, StoreError> {
         last_seq: row.try_get("last_seq")?,
         created_at: row.try_get("created_at")?,
         finished_at: row.try_get("finished_at")?,
+        expires_at: row.try_get("expires_at")?,
+        pending_approvals: None,
         caller: row.try_get("caller")?,
     })
 }
@@ -116,7 +131,7 @@ impl Store {
     pub async fn run(&self, user_id: Uuid, id: Uuid) -> Result<Option<Run>, StoreError> {
         let row = query(
             "SELECT id, conversation_id, user_id, agent, status, client_message_id, \
-             on_disconnect, error, usage, context, last_seq, created_at, finished_at, caller \
+             on_disconnect, error, usage, context, last_seq, created_at, finished_at, caller, expires_at \
              FROM runs WHERE id = $1 AND user_id = $2",
         )
         .bind(id.to_string())
@@ -140,7 +155,7 @@ impl Store {
         let id = Uuid::parse_str(chat).map_or_else(|_| chat.to_owned(), |id| id.to_string());
         let row = query(
             "SELECT r.id, r.conversation_id, r.user_id, r.agent, r.status, r.client_message_id, \
-             r.on_disconnect, r.error, r.usage, r.context, r.last_seq, r.created_at, r.finished_at, r.caller \
+             r.on_disconnect, r.error, r.usage, r.context, r.last_seq, r.created_at, r.finished_at, r.caller, r.expires_at \
              FROM runs r JOIN conversations c ON c.id = r.conversation_id \
              WHERE c.user_id = $1 AND (c.id = $2 OR c.chat_id = $3) \
              AND r.status IN ('queued', 'running') ORDER BY r.id DESC LIMIT 1",
@@ -175,14 +190,18 @@ impl Store {
             .collect()
     }
 
-    /// True when the run has ended (or does not exist): its `done` is stored.
+    /// True when the run has ended (or does not exist): its final `done` is
+    /// stored. A run paused for approval has not ended.
     pub async fn run_ended(&self, id: Uuid) -> Result<bool, StoreError> {
         let row = query("SELECT status FROM runs WHERE id = $1")
             .bind(id.to_string())
             .fetch_optional(&mut *self.acquire().await?)
             .await?;
         Ok(match row {
-            Some(row) => !matches!(row.try_get::<&str, _>("status")?, "queued" | "running"),
+            Some(row) => !matches!(
+                row.try_get::<&str, _>("status")?,
+                "queued" | "running" | "requires_action"
+            ),
             None => true,
         })
     }
@@ -198,11 +217,11 @@ impl Store {
         Ok(row.try_get::<i64, _>("n")? > 0)
     }
 
-    /// Whether the conversation has a queued or running run.
+    /// Whether the conversation has a queued, running or paused run.
     pub async fn has_active_run(&self, conversation_id: Uuid) -> Result<bool, StoreError> {
         let row = query(
             "SELECT COUNT(*) AS n FROM runs WHERE conversation_id = $1 \
-             AND status IN ('queued', 'running')",
+             AND status IN ('queued', 'running', 'requires_action')",
         )
         .bind(conversation_id.to_string())
         .fetch_one(&mut *self.acquire().await?)
@@ -216,7 +235,7 @@ impl Store {
     pub async fn open_runs(&self) -> Result<Vec<Run>, StoreError> {
         let rows = query(
             "SELECT id, conversation_id, user_id, agent, status, client_message_id, \
-             on_disconnect, error, usage, context, last_seq, created_at, finished_at, caller \
+             on_disconnect, error, usage, context, last_seq, created_at, finished_at, caller, expires_at \
              FROM runs WHERE status IN ('queued', 'running') ORDER BY id",
         )
         .fetch_all(&mut *self.acquire().await?)
@@ -244,6 +263,8 @@ pub(crate) async fn insert_run(
         last_seq: 0,
         created_at: now(),
         finished_at: None,
+        expires_at: None,
+        pending_approvals: None,
         caller: new.caller.map(str::to_owned),
     };
     query(
@@ -289,7 +310,7 @@ pub(crate) async fn run_by_client_message_id(
 ) -> Result<Option<Run>, StoreError> {
     let row = query(
         "SELECT id, conversation_id, user_id, agent, status, client_message_id, \
-         on_disconnect, error, usage, context, last_seq, created_at, finished_at, caller \
+         on_disconnect, error, usage, context, last_seq, created_at, finished_at, caller, expires_at \
          FROM runs WHERE conversation_id = $1 AND client_message_id = $2",
     )
     .bind(conversation_id.to_string())
@@ -299,15 +320,17 @@ pub(crate) async fn run_by_client_message_id(
     row.as_ref().map(from_row).transpose()
 }
 
-/// The conversation's queued or running runs, oldest first.
+/// The conversation's queued, running or paused runs, oldest first: a run
+/// paused for approval holds its conversation's turn.
 pub(crate) async fn active_runs(
     conn: &mut AnyConnection,
     conversation_id: Uuid,
 ) -> Result<Vec<Run>, StoreError> {
     let rows = query(
         "SELECT id, conversation_id, user_id, agent, status, client_message_id, \
-         on_disconnect, error, usage, context, last_seq, created_at, finished_at, caller \
-         FROM runs WHERE conversation_id = $1 AND status IN ('queued', 'running') ORDER BY id",
+         on_disconnect, error, usage, context, last_seq, created_at, finished_at, caller, expires_at \
+         FROM runs WHERE conversation_id = $1 \
+         AND status IN ('queued', 'running', 'requires_action') ORDER BY id",
     )
     .bind(conversation_id.to_string())
     .fetch_all(&mut *conn)
@@ -433,7 +456,7 @@ impl Store {
     pub async fn expired_runs(&self, now: &str) -> Result<Vec<Run>, StoreError> {
         let rows = query(
             "SELECT r.id, r.conversation_id, r.user_id, r.agent, r.status, r.client_message_id, \
-             r.on_disconnect, r.error, r.usage, r.context, r.last_seq, r.created_at, r.finished_at, r.caller \
+             r.on_disconnect, r.error, r.usage, r.context, r.last_seq, r.created_at, r.finished_at, r.caller, r.expires_at \
              FROM runs r LEFT JOIN nodes n ON n.id = r.owner_node \
              WHERE r.status = 'running' AND (n.id IS NULL OR n.lease_expires_at < $1) \
              ORDER BY r.id",
@@ -444,13 +467,13 @@ impl Store {
         rows.iter().map(from_row).collect()
     }
 
-    /// Conversations with a queued run and no running one: nobody will start
-    /// their next run unless asked to.
+    /// Conversations with a queued run and no running or paused one: nobody
+    /// will start their next run unless asked to.
     pub async fn stalled_conversations(&self) -> Result<Vec<Uuid>, StoreError> {
         let rows = query(
             "SELECT DISTINCT q.conversation_id FROM runs q WHERE q.status = 'queued' \
              AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.conversation_id = q.conversation_id \
-             AND r.status = 'running')",
+             AND r.status IN ('running', 'requires_action'))",
         )
         .fetch_all(&mut *self.acquire().await?)
         .await?;
@@ -493,13 +516,17 @@ pub struct RunEnd {
     pub last_seq: i64,
 }
 
-/// `UPDATE … FROM (VALUES …)` of run ends, seven columns a row. Only runs still
-/// open are updated, so a run ends exactly once however many parties try.
+/// `UPDATE … FROM (VALUES …)` of run ends, seven columns a row. Only queued
+/// and running runs are updated, so a run ends (or pauses) exactly once
+/// however many parties try; a paused run is taken back to `running` first
+/// (see `resume_paused_run`). A pause keeps `finished_at` empty.
 static FINISH_RUNS: LazyLock<MultiRow> = LazyLock::new(|| {
     MultiRow::new(
         &[16, 4, 1],
         "UPDATE runs SET status = v.column2, error = v.column3, usage = v.column4, \
-         context = v.column5, last_seq = v.column6, finished_at = v.column7 FROM (VALUES",
+         context = v.column5, last_seq = v.column6, finished_at = v.column7, \
+         expires_at = CASE WHEN v.column2 = 'requires_action' THEN runs.expires_at END \
+         FROM (VALUES",
         7,
         ") AS v WHERE runs.id = v.column1 AND runs.status IN ('queued', 'running') RETURNING id",
     )
@@ -524,7 +551,7 @@ pub(crate) async fn finish_runs(
                 .bind(end.usage.clone())
                 .bind(end.context.clone())
                 .bind(end.last_seq)
-                .bind(at.as_str());
+                .bind(end.status.is_terminal().then_some(at.as_str()));
         }
         for row in query.fetch_all(&mut *conn).await? {
             ended.push(parse_id(row.try_get("id")?)?);

@@ -21,6 +21,22 @@ pub struct Executed {
     pub output: serde_json::Value,
 }
 
+/// Records a call the user denied, with its tool message, without running
+/// it: the model reads a tool error that says the user declined, and why.
+/// A call recorded already keeps its first record.
+pub async fn decline(
+    store: &Store,
+    ctx: &ToolContext,
+    call: &ToolCall,
+    reason: Option<&str>,
+) -> Result<Executed, StoreError> {
+    let why = match reason.map(str::trim).filter(|r| !r.is_empty()) {
+        Some(reason) => format!("the user declined this call: {reason}"),
+        None => "the user declined this call".to_owned(),
+    };
+    record_alone(store, ctx, call, serde_json::json!({ "error": why }), true).await
+}
+
 /// Runs one call and records it with its tool message.
 ///
 /// Before anything runs, the call is checked: a tool that does not exist,

@@ -21,10 +21,24 @@ use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;
 use uuid::Uuid;
 
-pub use execute::{Executed, execute};
+pub use execute::{Executed, decline, execute};
 pub use registry::{AgentTool, Registry, ToolConfig};
 
-use crate::{llm::ToolSpec, store::StoreError};
+use crate::{llm::ToolSpec, store::StoreError, text::text_enum};
+
+text_enum! {
+    /// Whether a tool's calls wait for the user's approval (`approval` in
+    /// the tool's configuration).
+    #[derive(Default)]
+    pub enum Approval {
+        /// Calls run as the model makes them (the default).
+        #[default]
+        Never = "never",
+        /// Every call waits: the run pauses `requires_action` until the
+        /// user approves or denies it (`POST /v1/runs/{id}/approvals`).
+        Always = "always",
+    }
+}
 
 /// Who a run acts for, as its tools see it. Stored with the run (JSON), so a
 /// run driven later or by another node binds the same values.

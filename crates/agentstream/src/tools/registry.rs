@@ -38,6 +38,7 @@ pub struct AgentTool {
     pub(super) tool: Arc<dyn Tool>,
     validator: jsonschema::Validator,
     max_output_bytes: usize,
+    approval: super::Approval,
 }
 
 impl AgentTool {
@@ -50,7 +51,20 @@ impl AgentTool {
             tool,
             validator,
             max_output_bytes,
+            approval: super::Approval::Never,
         })
+    }
+
+    /// The tool with this approval policy.
+    #[must_use]
+    pub fn with_approval(mut self, approval: super::Approval) -> AgentTool {
+        self.approval = approval;
+        self
+    }
+
+    /// Whether its calls wait for the user's approval.
+    pub fn approval(&self) -> super::Approval {
+        self.approval
     }
 
     /// The function as the model sees it.
@@ -175,7 +189,7 @@ impl Registry {
                      starting with a letter (what every provider accepts)"
                 ));
             }
-            let (tool, max_output_bytes): (Arc<dyn Tool>, _) = match config {
+            let (tool, max_output_bytes, approval): (Arc<dyn Tool>, _, _) = match config {
                 ToolConfig::Sql(config) => (
                     Arc::new(
                         sql::SqlTool::build(name, config, context)
@@ -183,6 +197,7 @@ impl Registry {
                             .map_err(|e| format!("tool {name:?}: {e}"))?,
                     ),
                     config.max_output_bytes,
+                    config.approval,
                 ),
                 ToolConfig::Http(config) => (
                     Arc::new(
@@ -190,9 +205,11 @@ impl Registry {
                             .map_err(|e| format!("tool {name:?}: {e}"))?,
                     ),
                     config.max_output_bytes,
+                    config.approval,
                 ),
             };
-            let tool = AgentTool::new(tool, max_output_bytes.unwrap_or(DEFAULT_MAX_OUTPUT_BYTES))?;
+            let tool = AgentTool::new(tool, max_output_bytes.unwrap_or(DEFAULT_MAX_OUTPUT_BYTES))?
+                .with_approval(approval);
             registry.add(tool);
         }
         Ok(registry)

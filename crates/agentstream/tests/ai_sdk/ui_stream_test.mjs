@@ -31,9 +31,25 @@ function check(condition, message) {
 class ChatState {
   constructor(messages = []) {
     this.messages = messages;
-    this.status = "ready";
+    this.statusNow = "ready";
     this.error = undefined;
     this.onChange = () => {};
+    this.waiting = [];
+  }
+  get status() {
+    return this.statusNow;
+  }
+  set status(status) {
+    this.statusNow = status;
+    if (status === "ready" || status === "error") {
+      const waiting = this.waiting;
+      this.waiting = [];
+      waiting.forEach((resolve) => resolve(status));
+    }
+  }
+  /** Settles when the chat is next ready (or failed): a request it makes by itself ended. */
+  settled() {
+    return new Promise((resolve) => this.waiting.push(resolve));
   }
   pushMessage(message) {
     this.messages = this.messages.concat(message);
@@ -90,14 +106,14 @@ function recordingFetch(lines, reads) {
 }
 
 /** A chat engine on chat `id`, as `useChat({id, transport})` makes one. */
-function chatEngine(id, { agent, messages } = {}) {
+function chatEngine(id, { agent, messages, extraHeaders, sendAutomaticallyWhen } = {}) {
   const lines = [];
   const reads = [];
   const errors = [];
   const state = new ChatState(messages);
   const transport = new ai.DefaultChatTransport({
     api,
-    headers,
+    headers: { ...headers, ...extraHeaders },
     body: agent ? { agent } : undefined,
     fetch: recordingFetch(lines, reads),
   });
@@ -105,6 +121,7 @@ function chatEngine(id, { agent, messages } = {}) {
     id,
     transport,
     state,
+    sendAutomaticallyWhen,
     onError: (error) => errors.push(String(error.message ?? error)),
   });
   /** The chunks the engine's requests were answered with, each body read whole. */
@@ -375,6 +392,76 @@ async function readme() {
   };
 }
 
+/**
+ * Human approval of a tool call. AI SDK 6, opted into its parts: the call
+ * waits (`approval-requested`), `addToolApprovalResponse` answers it and the
+ * engine sends the answer by itself (`lastAssistantMessageIsCompleteWithApprovalResponses`),
+ * and the same message goes on: approved, the call's output; denied,
+ * `output-denied`. AI SDK 5: the stream ends at the pause with nothing its
+ * parser does not know; the call is approved through the runs API.
+ */
+async function approval() {
+  const six = version.startsWith("6.");
+  const chatId = `chat-${randomUUID()}`;
+  const engine = chatEngine(chatId, {
+    agent: "careful",
+    extraHeaders: six ? { "x-ai-sdk-version": "6" } : {},
+    sendAutomaticallyWhen: six ? ai.lastAssistantMessageIsCompleteWithApprovalResponses : undefined,
+  });
+  const answers = [];
+  for (const [text, approved, reason] of [
+    ["buy milk", true, undefined],
+    ["sell the car", false, "not today"],
+  ]) {
+    await engine.chat.sendMessage({ text });
+    checkClean(engine, `asked: ${text}`);
+    const asking = engine.state.messages.at(-1);
+    check(asking.metadata?.status === "requires_action", `paused: ${JSON.stringify(asking.metadata)}`);
+    const part = asking.parts.find((p) => p.type === "dynamic-tool");
+    if (!six) {
+      check(part?.state === "input-available", `ai 5: part ${JSON.stringify(part)}`);
+      const decided = await fetch(`${base}/v1/runs/${asking.metadata.run_id}/approvals`, {
+        method: "POST",
+        headers: { ...headers, "content-type": "application/json" },
+        body: JSON.stringify({ call_id: part.toolCallId, approved, reason }),
+      });
+      check(decided.status === 200, `ai 5: decision ${decided.status}`);
+      // Read the run's events on from its pause to its end.
+      const { last_seq: pause } = await decided.json();
+      const rest = await fetch(`${base}/v1/runs/${asking.metadata.run_id}/events?after=${pause}`, {
+        headers,
+      });
+      const events = await rest.text();
+      check(events.includes("event: done"), `ai 5: the run went on: ${events}`);
+      answers.push({ run_id: asking.metadata.run_id });
+      continue;
+    }
+    check(part?.state === "approval-requested", `part ${JSON.stringify(part)}`);
+    check(part.approval.id === part.toolCallId, "the approval's ID is the call's");
+    const settled = engine.state.settled();
+    await engine.chat.addToolApprovalResponse({ id: part.approval.id, approved, reason });
+    check((await settled) === "ready", `after the decision: ${engine.chat.status} ${engine.errors}`);
+    checkClean(engine, `decided: ${text}`);
+    const reply = engine.state.messages.at(-1);
+    check(reply.id === asking.id, "the run's message goes on");
+    answers.push({ run_id: asking.metadata.run_id, reply });
+  }
+  const stored = await (
+    await fetch(`${api}/${encodeURIComponent(chatId)}/messages`, {
+      headers: { ...headers, ...(six ? { "x-ai-sdk-version": "6" } : {}) },
+    })
+  ).json();
+  await ai.validateUIMessages({ messages: stored.data });
+  const { chunks, done } = await engine.chunks();
+  check(done, "the approval streams did not end with [DONE]");
+  return {
+    answers,
+    stored_messages: stored.data,
+    types: chunks.map((chunk) => chunk.type),
+    engine_messages: engine.state.messages,
+  };
+}
+
 const seen = { version };
 seen.tools = await tools();
 seen.resume = await resume();
@@ -383,4 +470,5 @@ seen.failed = await failed();
 seen.reasoning = await reasoning();
 seen.refusals = await refusals();
 seen.readme = await readme();
+seen.approval = await approval();
 process.stdout.write(`${JSON.stringify(seen)}\n`);

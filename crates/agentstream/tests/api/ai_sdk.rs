@@ -46,10 +46,11 @@ fn packages() -> &'static [(String, PathBuf)] {
 /// Agents beside the built-in ones, on `mock-llm`: `slow` (a reply that
 /// goes on for a minute), `long` (a few seconds), `flaky` (its model
 /// server drops the connection mid-reply) and `thinker` (it reasons first).
-fn config(base_url: &str) -> String {
+fn config(base_url: &str, notes: &str) -> String {
     on_mock(
         base_url,
-        r#"
+        &(crate::approvals::agent_with_note_tool("careful", notes, 3600)
+            + r#"
 [agents.slow]
 provider = "mock"
 model = "mock;tools=never;deltas=3000;pace_ms=20"
@@ -65,7 +66,7 @@ model = "mock;tools=never;fault=reset;after=3"
 [agents.thinker]
 provider = "mock"
 model = "mock;tools=never;reasoning=5;deltas=3"
-"#,
+"#),
     )
 }
 
@@ -221,7 +222,9 @@ async fn check_against_transcript(app: &TestApp, key: &str, messages: &Value) ->
 
 async fn the_ai_sdk_reads_the_ui_message_stream(backend: Backend) {
     let mock = MockLlm::start().await.unwrap();
-    let (mut app, _dir) = spawn_app_with_file(backend, &config(&mock.base_url()), |_| {}).await;
+    let notes = crate::approvals::Notes::create(Backend::Sqlite).await;
+    let (mut app, _dir) =
+        spawn_app_with_file(backend, &config(&mock.base_url(), &notes.db.url), |_| {}).await;
     app.expect_log("run failed");
     let key = app.state.store().create_api_key("alice").await.unwrap().key;
 
@@ -363,7 +366,57 @@ async fn the_ai_sdk_reads_the_ui_message_stream(backend: Backend) {
         let readme = &seen["readme"];
         assert_eq!(readme["status"], "cancelled", "{readme}");
         assert!(readme["wrote"].as_bool().unwrap(), "{readme}");
+
+        // Approval: each run paused once, then went on; the approved call
+        // wrote its note, the denied one did not.
+        let approval = &seen["approval"];
+        for answer in approval["answers"].as_array().unwrap() {
+            let run_id = answer["run_id"].as_str().unwrap();
+            let run: Value = app
+                .client
+                .get(app.url(&format!("/v1/runs/{run_id}")))
+                .bearer_auth(&key)
+                .fetch_json()
+                .await;
+            assert_eq!(run["status"], "completed", "ai@{major}: {run}");
+        }
+        let stored = approval["stored_messages"].as_array().unwrap();
+        if major == "6" {
+            let types: Vec<&str> = approval["types"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_str().unwrap())
+                .collect();
+            assert!(types.contains(&"tool-approval-request"), "{types:?}");
+            assert!(types.contains(&"tool-output-denied"), "{types:?}");
+            let states = |messages: &[Value]| -> Vec<String> {
+                messages
+                    .iter()
+                    .flat_map(|m| m["parts"].as_array().unwrap())
+                    .filter(|p| p["type"] == "dynamic-tool")
+                    .map(|p| p["state"].as_str().unwrap().to_owned())
+                    .collect()
+            };
+            let engine = approval["engine_messages"].as_array().unwrap();
+            assert_eq!(states(engine), ["output-available", "output-denied"]);
+            assert_eq!(states(stored), ["output-available", "output-denied"]);
+            let denied = stored
+                .iter()
+                .flat_map(|m| m["parts"].as_array().unwrap())
+                .find(|p| p["state"] == "output-denied")
+                .unwrap();
+            assert_eq!(
+                denied["approval"],
+                json!({ "id": denied["toolCallId"], "approved": false, "reason": "not today" })
+            );
+        }
     }
+    // Each version approved "buy milk" once and denied "sell the car".
+    assert_eq!(
+        notes.bodies(Backend::Sqlite).await,
+        ["buy milk", "buy milk"]
+    );
     app.stop().await;
     mock.shutdown().await;
 }
@@ -484,6 +537,27 @@ async fn bad_chat_requests_are_refused(backend: Backend) {
             json!({"id": "c", "messages": [{"role": "assistant", "parts": []}]}),
             422,
             "user",
+        ),
+        (
+            json!({"id": "c", "messages": [{"role": "assistant", "id": "m1", "parts": [
+                {"type": "dynamic-tool", "toolCallId": "call_1", "state": "approval-responded",
+                 "approval": {"id": "call_1", "approved": true}}]}]}),
+            422,
+            "run's ID",
+        ),
+        (
+            json!({"id": "c", "messages": [{"role": "assistant", "id": "m1", "parts": [
+                {"type": "dynamic-tool", "toolCallId": "call_1", "state": "approval-responded",
+                 "approval": {"id": "call_1"}}]}]}),
+            422,
+            "approval.approved",
+        ),
+        (
+            json!({"id": "c", "messages": [{"role": "assistant", "id": uuid::Uuid::now_v7().to_string(), "parts": [
+                {"type": "dynamic-tool", "toolCallId": "call_1", "state": "approval-responded",
+                 "approval": {"id": "call_1", "approved": false}}]}]}),
+            404,
+            "not found",
         ),
         (
             json!({"id": "c", "messages": [{"role": "user", "parts": [{"type": "file", "url": "x", "mediaType": "image/png"}]}]}),

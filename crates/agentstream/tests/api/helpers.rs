@@ -93,6 +93,16 @@ impl TestDb {
         }
     }
 
+    /// The same database, for a second server on it (another node): its
+    /// schema or folder stays with `self`.
+    pub fn alias(&self) -> TestDb {
+        TestDb {
+            url: self.url.clone(),
+            _dir: None,
+            schema: None,
+        }
+    }
+
     /// Drops the test's schema (PostgreSQL); the SQLite folder goes with `self`.
     pub async fn drop_schema(&self) {
         if let Some(schema) = &self.schema {
@@ -189,6 +199,12 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 /// A server whose settings `tweak` adjusts.
 pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_on(TestDb::new(backend).await, tweak).await
+}
+
+/// A server on the database `db` (one a stopped server left, or another
+/// node's), with its settings adjusted by `tweak`.
+pub async fn spawn_app_on(db: TestDb, tweak: impl FnOnce(&mut Config)) -> TestApp {
     let logs = LogCapture::default();
     // The MCP SDK's own lines are off, as in the server's default filter.
     let filter = tracing_subscriber::EnvFilter::try_from_env("TEST_LOG")
@@ -203,7 +219,6 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -
     // Tests run on a current-thread runtime, so every task of this test's
     // server logs through this thread's default subscriber.
     let log_guard = tracing::subscriber::set_default(subscriber);
-    let db = TestDb::new(backend).await;
     let mut config = test_config(&db);
     tweak(&mut config);
     let app = App::build(config).await.unwrap();

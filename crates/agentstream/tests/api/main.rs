@@ -4,13 +4,13 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
-    clippy::match_wildcard_for_single_variants,
     reason = "tests fail loudly on the first surprise"
 )]
 
 mod helpers;
 
 mod ai_sdk;
+mod approvals;
 mod cases;
 mod cluster;
 mod context;

@@ -107,6 +107,8 @@ async fn the_document_is_openapi_3_1_and_lists_every_route() {
             "tool.call.delta",
             "tool.call",
             "tool.result",
+            "tool.approval_requested",
+            "tool.approval_decided",
             "message.completed",
             "error",
             "done"

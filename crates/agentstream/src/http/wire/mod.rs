@@ -45,6 +45,13 @@ pub trait Encoder: Send + 'static {
     /// The messages that carry `event`; none leaves it out.
     fn event(&mut self, event: Arc<StoredEvent>) -> Vec<SseEvent>;
 
+    /// The messages that carry the `done {status: "requires_action"}` of a
+    /// pause the run went on after, met in a replay: by default, as any
+    /// event.
+    fn passed_pause(&mut self, event: Arc<StoredEvent>) -> Vec<SseEvent> {
+        self.event(event)
+    }
+
     /// The last messages of a stream that cannot go on: the server could not
     /// read the run's log (`reason`, for people). The stream ends after
     /// them, without `done`; the client may resume from the last event it got.
@@ -132,6 +139,7 @@ pub fn sse_response(
         .flat_map(move |delivery| {
             stream::iter(match delivery {
                 Delivery::Event(event) => encoder.event(event),
+                Delivery::PassedPause(event) => encoder.passed_pause(event),
                 Delivery::Unavailable(reason) => encoder.unavailable(&reason),
             })
         })

@@ -215,15 +215,25 @@ impl Reply {
                          finished"
                             .to_owned(),
                     )),
+                    // The reply cannot go on here: Chat Completions has no
+                    // way to ask the user.
+                    RunStatus::RequiresAction => Some(Failure::new(
+                        StatusCode::CONFLICT,
+                        "run_requires_action",
+                        "the run waits for the user's approval of a tool call: decide with \
+                         POST /v1/runs/{id}/approvals (the run's ID is the X-Run-Id header)"
+                            .to_owned(),
+                    )),
                     // Not a status `done` carries: a run that ended without
                     // saying how is a failure too.
-                    RunStatus::Failed | RunStatus::Queued | RunStatus::Running => {
-                        Some(Failure::new(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            ErrorCode::Internal.as_str(),
-                            "the run failed".to_owned(),
-                        ))
-                    }
+                    RunStatus::Failed
+                    | RunStatus::Expired
+                    | RunStatus::Queued
+                    | RunStatus::Running => Some(Failure::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        ErrorCode::Internal.as_str(),
+                        "the run failed".to_owned(),
+                    )),
                 };
                 steps.extend(failure.map(Step::Fail));
             }
@@ -233,7 +243,9 @@ impl Reply {
             | Event::ContextTrimmed { .. }
             | Event::ToolCallDelta { .. }
             | Event::ToolCall { .. }
-            | Event::ToolResult { .. } => {}
+            | Event::ToolResult { .. }
+            | Event::ToolApprovalRequested { .. }
+            | Event::ToolApprovalDecided { .. } => {}
         }
         steps
     }
@@ -256,6 +268,8 @@ fn failure_status(code: ErrorCode) -> StatusCode {
         | ErrorCode::UpstreamIncomplete => StatusCode::BAD_GATEWAY,
         // As OpenAI answers `context_length_exceeded`.
         ErrorCode::ContextLength => StatusCode::BAD_REQUEST,
+        // The run waited for a decision that did not come.
+        ErrorCode::ApprovalTimeout => StatusCode::CONFLICT,
         ErrorCode::EventLog | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::StepLimit
         | ErrorCode::EventLimit
@@ -406,6 +420,11 @@ impl Encoder for OpenAiEncoder {
         self.messages(steps)
     }
 
+    /// The run went on: the completion goes on too.
+    fn passed_pause(&mut self, _event: Arc<StoredEvent>) -> Vec<SseEvent> {
+        Vec::new()
+    }
+
     fn unavailable(&mut self, reason: &str) -> Vec<SseEvent> {
         self.reply.ended = true;
         vec![error_message(Failure::unavailable(reason).error)]
@@ -477,6 +496,7 @@ pub async fn gather(
     while let Some(delivery) = deliveries.next().await {
         let steps = match delivery {
             Delivery::Event(event) => reply.read_stored(&event),
+            Delivery::PassedPause(_) => Vec::new(),
             Delivery::Unavailable(reason) => return Some(Err(Failure::unavailable(&reason))),
         };
         for step in steps {

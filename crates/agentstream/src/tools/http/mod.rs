@@ -113,6 +113,9 @@ pub struct HttpToolConfig {
     pub headers: BTreeMap<String, HeaderSource>,
     /// Largest output the model is sent, in bytes (default 16 KiB).
     pub max_output_bytes: Option<usize>,
+    /// `always`: each call waits for the user's approval (default `never`).
+    #[serde(default)]
+    pub approval: crate::tools::Approval,
 }
 
 /// Signs request bodies with the tool's secret. Its `Debug` shows no key.

@@ -94,6 +94,21 @@ impl McpTool {
     pub(super) fn max_output_bytes(&self) -> usize {
         self.server.max_output_bytes
     }
+
+    /// Whether its calls wait for the user's approval: the server's
+    /// `approval`, or its name (on the server) in `approval_tools`.
+    pub(super) fn approval(&self) -> crate::tools::Approval {
+        let remote = self
+            .remote_name()
+            .or_else(|| self.name().strip_prefix(self.server.prefix.as_str()));
+        let listed =
+            remote.is_some_and(|name| self.server.approval_tools.iter().any(|t| t == name));
+        if listed {
+            crate::tools::Approval::Always
+        } else {
+            self.server.approval
+        }
+    }
 }
 
 impl Tool for McpTool {

@@ -74,6 +74,14 @@ pub struct McpServerConfig {
     pub optional: bool,
     /// Largest output the model is sent per call, in bytes (default 16 KiB).
     pub max_output_bytes: Option<usize>,
+    /// `always`: every call to the server's tools waits for the user's
+    /// approval (default `never`).
+    #[serde(default)]
+    pub approval: crate::tools::Approval,
+    /// The server's tools (by the server's names) whose calls wait for the
+    /// user's approval, whatever `approval` says.
+    #[serde(default)]
+    pub approval_tools: Vec<String>,
 }
 
 fn all_tools() -> Vec<String> {
@@ -232,9 +240,14 @@ impl McpServers {
             }
             let max_output_bytes = tool.max_output_bytes();
             let server = tool.server_name().to_owned();
-            let tool = AgentTool::new(tool, max_output_bytes).map_err(|e| {
-                format!("MCP server {server:?}: {e}; leave the tool out of the server's `tools`")
-            })?;
+            let approval = tool.approval();
+            let tool = AgentTool::new(tool, max_output_bytes)
+                .map_err(|e| {
+                    format!(
+                        "MCP server {server:?}: {e}; leave the tool out of the server's `tools`"
+                    )
+                })?
+                .with_approval(approval);
             registry.add(tool);
         }
         Ok(())
@@ -392,6 +405,8 @@ fn settings(name: &str, config: &McpServerConfig) -> Result<Settings, String> {
         ),
         optional: config.optional,
         max_output_bytes: config.max_output_bytes.unwrap_or(DEFAULT_MAX_OUTPUT_BYTES),
+        approval: config.approval,
+        approval_tools: config.approval_tools.clone(),
     })
 }
 
@@ -405,6 +420,8 @@ struct Settings {
     startup_timeout: Duration,
     optional: bool,
     max_output_bytes: usize,
+    approval: crate::tools::Approval,
+    approval_tools: Vec<String>,
 }
 
 #[cfg(test)]

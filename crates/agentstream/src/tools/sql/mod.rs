@@ -97,6 +97,9 @@ pub struct SqlToolConfig {
     pub json_columns: Vec<String>,
     /// Largest output the model is sent, in bytes (default 16 KiB).
     pub max_output_bytes: Option<usize>,
+    /// `always`: each call waits for the user's approval (default `never`).
+    #[serde(default)]
+    pub approval: crate::tools::Approval,
 }
 
 /// What fills one positional parameter.

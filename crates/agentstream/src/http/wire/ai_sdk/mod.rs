@@ -15,6 +15,14 @@
 //! The tools ran on the server: tool parts are `dynamic` (the client did not
 //! define them; they become `dynamic-tool` parts) and `providerExecuted` (the
 //! client must not run them).
+//!
+//! A run that pauses for the user's approval of a call ends its stream with
+//! `finish` (reason `tool-calls`, status `requires_action`). A client that
+//! opts into AI SDK 6's parts (the header `x-ai-sdk-version: 6`) gets a
+//! `tool-approval-request` for each call asked about (its `approvalId` is
+//! the call's ID) and, once the run goes on, a `tool-output-denied` for each
+//! call the user denied; AI SDK 5's parser knows neither, so other clients
+//! get the calls without them, and a denied call's result as a tool error.
 
 mod transcript;
 
@@ -24,7 +32,7 @@ use axum::response::sse::Event as SseEvent;
 use serde::Serialize;
 use uuid::Uuid;
 
-pub use transcript::{RunStatuses, UiMessage, ui_messages};
+pub use transcript::{RunStatuses, UiMessage, ui_messages, with_approvals};
 
 use super::Encoder;
 use crate::events::{Event, RunEvent, RunStatus, StoredEvent, Usage};
@@ -60,6 +68,8 @@ pub enum FinishReason {
     ContentFilter,
     /// The run failed or was interrupted.
     Error,
+    /// The run paused for the user's approval of a tool call.
+    ToolCalls,
     /// The run was cancelled.
     Other,
 }
@@ -161,6 +171,21 @@ pub enum UiMessageChunk {
         /// Always true.
         dynamic: bool,
     },
+    /// A call waits for the user's approval (AI SDK 6 parts only): answer
+    /// with `addToolApprovalResponse({id: approvalId, approved, reason})`.
+    #[serde(rename_all = "camelCase")]
+    ToolApprovalRequest {
+        /// The approval's ID: the call's ID.
+        approval_id: String,
+        /// The call's ID.
+        tool_call_id: String,
+    },
+    /// The user denied the call: it was not made (AI SDK 6 parts only).
+    #[serde(rename_all = "camelCase")]
+    ToolOutputDenied {
+        /// The call's ID.
+        tool_call_id: String,
+    },
     /// A tool error: what the model read instead of a result.
     #[serde(rename_all = "camelCase")]
     ToolOutputError {
@@ -218,6 +243,11 @@ pub struct AiSdkEncoder {
     inputs: HashSet<String>,
     /// An `error` was sent.
     errored: bool,
+    /// The client reads AI SDK 6's approval parts.
+    approval_parts: bool,
+    /// The calls the user denied, whose `tool-output-denied` stands for
+    /// their result.
+    denied: HashSet<String>,
 }
 
 impl AiSdkEncoder {
@@ -233,7 +263,17 @@ impl AiSdkEncoder {
             reasoning: None,
             inputs: HashSet::new(),
             errored: false,
+            approval_parts: false,
+            denied: HashSet::new(),
         }
+    }
+
+    /// The stream for a client that reads AI SDK 6's approval parts
+    /// (`tool-approval-request`, `tool-output-denied`).
+    #[must_use]
+    pub fn with_approval_parts(mut self, on: bool) -> AiSdkEncoder {
+        self.approval_parts = on;
+        self
     }
 
     fn metadata(&self) -> MessageMetadata {
@@ -303,6 +343,25 @@ impl AiSdkEncoder {
                     dynamic: true,
                 });
             }
+            Event::ToolApprovalRequested { call_id, .. } => {
+                if self.approval_parts {
+                    chunks.push(UiMessageChunk::ToolApprovalRequest {
+                        approval_id: call_id.clone(),
+                        tool_call_id: call_id,
+                    });
+                }
+            }
+            Event::ToolApprovalDecided {
+                call_id, approved, ..
+            } => {
+                if !approved && self.approval_parts {
+                    self.denied.insert(call_id.clone());
+                    chunks.push(UiMessageChunk::ToolOutputDenied {
+                        tool_call_id: call_id,
+                    });
+                }
+            }
+            Event::ToolResult { call_id, .. } if self.denied.contains(&call_id) => {}
             Event::ToolResult {
                 call_id,
                 output,
@@ -363,7 +422,8 @@ impl AiSdkEncoder {
                         });
                         FinishReason::Other
                     }
-                    RunStatus::Failed | RunStatus::Interrupted => {
+                    RunStatus::RequiresAction => FinishReason::ToolCalls,
+                    RunStatus::Failed | RunStatus::Interrupted | RunStatus::Expired => {
                         if !self.errored {
                             chunks.push(UiMessageChunk::Error {
                                 error_text: "the run was interrupted: the server stopped before \
@@ -488,6 +548,21 @@ impl Encoder for AiSdkEncoder {
             messages.push(SseEvent::default().data(DONE));
         }
         messages
+    }
+
+    /// The pause of a run that went on: its step ends, its message does not.
+    fn passed_pause(&mut self, event: Arc<StoredEvent>) -> Vec<SseEvent> {
+        let mut chunks = Vec::new();
+        self.end_parts(&mut chunks);
+        if self.in_step {
+            self.in_step = false;
+            chunks.push(UiMessageChunk::FinishStep);
+        }
+        let id = event.seq.to_string();
+        chunks
+            .iter()
+            .map(|chunk| message(chunk).id(id.as_str()))
+            .collect()
     }
 
     fn unavailable(&mut self, reason: &str) -> Vec<SseEvent> {

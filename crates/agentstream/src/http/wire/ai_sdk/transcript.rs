@@ -84,7 +84,64 @@ pub enum UiPart {
         error_text: Option<String>,
         /// Always true.
         provider_executed: bool,
+        /// For a call the user was asked about (AI SDK 6 parts only): the
+        /// approval and its decision, once given.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        approval: Option<ApprovalPart>,
     },
+}
+
+/// A tool part's approval, as AI SDK 6 holds it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ApprovalPart {
+    /// The approval's ID: the call's ID.
+    pub id: String,
+    /// The decision, once given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approved: Option<bool>,
+    /// The user's reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Adds AI SDK 6's approval states to the tool parts of the calls a run
+/// asked about: `approval-requested` while undecided, `approval-responded`
+/// once approved and not yet made, `output-denied` once denied; a call made
+/// keeps its result's state, with its approval.
+pub fn with_approvals(messages: &mut [UiMessage], approvals: &[crate::store::Approval]) {
+    let parts = messages.iter_mut().flat_map(|m| m.parts.iter_mut());
+    for part in parts {
+        let UiPart::DynamicTool {
+            tool_call_id,
+            state,
+            output,
+            error_text,
+            approval,
+            ..
+        } = part
+        else {
+            continue;
+        };
+        let Some(asked) = approvals.iter().find(|a| &a.call_id == tool_call_id) else {
+            continue;
+        };
+        *state = match (asked.approved, *state) {
+            (None, _) => "approval-requested",
+            (Some(false), _) => {
+                // The declined result the model read stands for no output.
+                *output = None;
+                *error_text = None;
+                "output-denied"
+            }
+            (Some(true), "input-available") => "approval-responded",
+            (Some(true), made) => made,
+        };
+        *approval = Some(ApprovalPart {
+            id: asked.call_id.clone(),
+            approved: asked.approved,
+            reason: asked.reason.clone(),
+        });
+    }
 }
 
 /// The transcript of `conversation_id` as UI messages: the `messages`, in
@@ -160,6 +217,7 @@ pub fn ui_messages(
                         output: None,
                         error_text: None,
                         provider_executed: true,
+                        approval: None,
                     });
                 }
             }

@@ -1,11 +1,9 @@
 //! `agentstream chat`: a terminal client for a running server. Reads lines
-//! from stdin, streams each reply to stdout as it arrives, cancels the run on
-//! Ctrl-C, and rejoins a run's events with `--resume`.
+//! from stdin, streams each reply to stdout as it arrives, asks `y/n` for a
+//! tool call that waits for approval, cancels the run on Ctrl-C, and rejoins
+//! a run's events with `--resume`.
 
-use std::{
-    io::{IsTerminal, Write},
-    time::Duration,
-};
+use std::{io::IsTerminal, time::Duration};
 
 use anyhow::{Context, bail};
 use eventsource_stream::Eventsource;
@@ -15,6 +13,10 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use uuid::Uuid;
+
+use term::{Interrupts, Term, stdin_lines};
+
+mod term;
 
 /// Reconnect delays after a lost stream; the last one repeats.
 const BACKOFF_MS: [u64; 5] = [250, 500, 1000, 2000, 4000];
@@ -59,7 +61,16 @@ pub async fn chat(args: ChatArgs) -> anyhow::Result<()> {
         conversation = Some(run.conversation_id);
         match api.events(run_id, 0).await? {
             Some(response) => {
-                if !follow(&api, &mut term, &mut interrupts, run_id, response).await? {
+                if !follow(
+                    &api,
+                    &mut term,
+                    &mut interrupts,
+                    &mut lines,
+                    run_id,
+                    response,
+                )
+                .await?
+                {
                     failed.push(format!("the resumed run {run_id}"));
                 }
             }
@@ -140,7 +151,16 @@ pub async fn chat(args: ChatArgs) -> anyhow::Result<()> {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| Uuid::parse_str(v).ok())
             .context("the server did not name the run (no X-Run-Id header)")?;
-        if !follow(&api, &mut term, &mut interrupts, run_id, response).await? {
+        if !follow(
+            &api,
+            &mut term,
+            &mut interrupts,
+            &mut lines,
+            run_id,
+            response,
+        )
+        .await?
+        {
             failed.push(format!("reply {sent} (run {run_id})"));
         }
     }
@@ -175,19 +195,22 @@ impl Failed {
 }
 
 /// Draws one run's events until `done`, reconnecting from the last `seq`
-/// when the stream breaks. Ctrl-C cancels the run, then waits for its `done`.
-/// Returns false when the run failed or was interrupted.
+/// when the stream breaks. A run that pauses for approval gets the user's
+/// `y/n` (from `lines`) on each call it asked about, then is followed on.
+/// Ctrl-C cancels the run, then waits for its `done`. Returns false when the
+/// run failed or was interrupted.
 async fn follow(
     api: &Api,
     term: &mut Term,
     interrupts: &mut Interrupts,
+    lines: &mut mpsc::Receiver<String>,
     run_id: Uuid,
     first: Response,
 ) -> anyhow::Result<bool> {
     let mut reply = Reply::default();
     let mut next = Some(first);
     let mut reconnects = 0;
-    loop {
+    'stream: loop {
         let response = match next.take() {
             Some(response) => response,
             None => match api.events(run_id, reply.seq).await {
@@ -226,8 +249,28 @@ async fn follow(
                         }
                         reply.seq = seq;
                         reconnects = 0;
-                        if let Some(status) = reply.apply(term, &data)? {
-                            return reply.finish(term, &status);
+                        match reply.apply(term, &data)? {
+                            Some(status) if status == "requires_action" => {
+                                term.clear_spinner()?;
+                                // A replay passes a pause the run went on after.
+                                let run: RunInfo =
+                                    api.json(api.get(&format!("/v1/runs/{run_id}"))).await?;
+                                if run.status != "requires_action" {
+                                    reply.asked.clear();
+                                    continue 'stream;
+                                }
+                                if !reply.decide(api, term, interrupts, lines, run_id).await? {
+                                    term.note(&format!(
+                                        "run {run_id} waits for your decision; rejoin it with \
+                                         --resume {run_id}"
+                                    ))?;
+                                    return Ok(true);
+                                }
+                                // Follow it on from its pause.
+                                continue 'stream;
+                            }
+                            Some(status) => return reply.finish(term, &status),
+                            None => {}
                         }
                     }
                     Some(Err(_)) | None => break,
@@ -273,6 +316,8 @@ struct Reply {
     cancelling: bool,
     /// Tool names by call ID, for the result lines.
     tools: Vec<(String, String)>,
+    /// The calls asked about since the last pause: ID, name, arguments.
+    asked: Vec<(String, String, String)>,
 }
 
 impl Reply {
@@ -314,6 +359,25 @@ impl Reply {
                 let output = data.get("output").map(Value::to_string).unwrap_or_default();
                 term.dim_line(&format!("tool {name} {mark} {output}"))?;
             }
+            "tool.approval_requested" => {
+                let arguments = data
+                    .get("arguments")
+                    .map(Value::to_string)
+                    .unwrap_or_default();
+                self.asked.push((
+                    text("call_id").to_owned(),
+                    text("name").to_owned(),
+                    arguments,
+                ));
+            }
+            "tool.approval_decided" => {
+                let decided = if data.get("approved").and_then(Value::as_bool) == Some(true) {
+                    "approved"
+                } else {
+                    "denied"
+                };
+                term.dim_line(&format!("tool call {} {decided}", text("call_id")))?;
+            }
             "error" => {
                 term.clear_spinner()?;
                 term.error(&format!("{}: {}", text("code"), text("message")))?;
@@ -322,6 +386,60 @@ impl Reply {
             _ => {}
         }
         Ok(None)
+    }
+
+    /// Asks `y/n` for each call the paused run asked about (`n REASON`
+    /// denies with a reason) and sends each answer. False when stdin ended
+    /// first: the run goes on waiting. Ctrl-C cancels the run instead.
+    async fn decide(
+        &mut self,
+        api: &Api,
+        term: &mut Term,
+        interrupts: &mut Interrupts,
+        lines: &mut mpsc::Receiver<String>,
+        run_id: Uuid,
+    ) -> anyhow::Result<bool> {
+        for (call_id, name, arguments) in std::mem::take(&mut self.asked) {
+            let (approved, reason) = loop {
+                term.note(&format!(
+                    "run tool {name} {arguments}? [y/n, or n and a reason]"
+                ))?;
+                let line = tokio::select! {
+                    line = lines.recv() => line,
+                    () = interrupts.recv() => {
+                        self.cancel(api, term, run_id).await?;
+                        return Ok(true);
+                    }
+                };
+                let Some(line) = line else { return Ok(false) };
+                let line = line.trim();
+                let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+                match word.to_lowercase().as_str() {
+                    "y" | "yes" => break (true, None),
+                    "n" | "no" => {
+                        let reason = rest.trim();
+                        break (false, (!reason.is_empty()).then(|| reason.to_owned()));
+                    }
+                    _ => {}
+                }
+            };
+            let sent =
+                api.send(api.post(&format!("/v1/runs/{run_id}/approvals")).json(
+                    &serde_json::json!({
+                        "call_id": call_id,
+                        "approved": approved,
+                        "reason": reason,
+                    }),
+                ))
+                .await;
+            if let Err(error) = sent {
+                term.error(&format!(
+                    "could not send the decision: {:#}",
+                    anyhow::Error::from(error)
+                ))?;
+            }
+        }
+        Ok(true)
     }
 
     /// Asks the server to cancel the run, once; a second Ctrl-C gives up waiting.
@@ -483,165 +601,4 @@ impl Api {
             .await?;
         Ok((response.status() != StatusCode::NO_CONTENT).then_some(response))
     }
-}
-
-/// The terminal: reply text on stdout; notes and errors on stderr. Colour
-/// and the spinner only when the stream is a terminal.
-#[derive(Debug)]
-struct Term {
-    /// Stdout is a terminal (and `NO_COLOR` is unset): dim tool lines, spinner.
-    fancy_out: bool,
-    /// Stderr is a terminal (and `NO_COLOR` is unset).
-    fancy_err: bool,
-    /// The prompt is shown (stdin and stdout are terminals).
-    prompt: bool,
-    /// Something was written on the current stdout line.
-    mid_line: bool,
-    /// The spinner frame on screen, if any.
-    spinner: Option<usize>,
-}
-
-impl Term {
-    fn new() -> Term {
-        let color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-        let out = std::io::stdout().is_terminal();
-        Term {
-            fancy_out: out && color,
-            fancy_err: std::io::stderr().is_terminal() && color,
-            prompt: out && std::io::stdin().is_terminal(),
-            mid_line: false,
-            spinner: None,
-        }
-    }
-
-    fn write(&mut self, text: &str) -> anyhow::Result<()> {
-        let mut out = std::io::stdout().lock();
-        out.write_all(text.as_bytes())?;
-        out.flush()?;
-        Ok(())
-    }
-
-    fn prompt(&mut self) -> anyhow::Result<()> {
-        if self.prompt {
-            let prompt = if self.fancy_out {
-                "\x1b[1m>\x1b[0m "
-            } else {
-                "> "
-            };
-            self.write(prompt)?;
-        }
-        Ok(())
-    }
-
-    fn text(&mut self, text: &str) -> anyhow::Result<()> {
-        if !text.is_empty() {
-            self.mid_line = !text.ends_with('\n');
-            self.write(text)?;
-        }
-        Ok(())
-    }
-
-    fn end_line(&mut self) -> anyhow::Result<()> {
-        if self.mid_line {
-            self.mid_line = false;
-            self.write("\n")?;
-        }
-        Ok(())
-    }
-
-    /// A whole line, dimmed on a terminal (tool calls, status).
-    fn dim_line(&mut self, line: &str) -> anyhow::Result<()> {
-        self.clear_spinner()?;
-        self.end_line()?;
-        let line = if self.fancy_out {
-            format!("\x1b[2m{line}\x1b[0m\n")
-        } else {
-            format!("{line}\n")
-        };
-        self.write(&line)
-    }
-
-    fn spin(&mut self) -> anyhow::Result<()> {
-        if !self.fancy_out || self.mid_line {
-            return Ok(());
-        }
-        let frame = self.spinner.map_or(0, |f| (f + 1) % SPINNER.len());
-        self.spinner = Some(frame);
-        let text = format!("\r\x1b[2m{}\x1b[0m ", SPINNER.get(frame).unwrap_or(&"."));
-        self.write(&text)
-    }
-
-    fn clear_spinner(&mut self) -> anyhow::Result<()> {
-        if self.spinner.take().is_some() {
-            self.write("\r\x1b[2K")?;
-        }
-        Ok(())
-    }
-
-    fn stderr_line(&mut self, line: &str, style: &str) -> anyhow::Result<()> {
-        self.clear_spinner()?;
-        self.end_line()?;
-        let mut err = std::io::stderr().lock();
-        if self.fancy_err {
-            writeln!(err, "\x1b[{style}m{line}\x1b[0m")?;
-        } else {
-            writeln!(err, "{line}")?;
-        }
-        Ok(())
-    }
-
-    /// A dim note on stderr.
-    fn note(&mut self, line: &str) -> anyhow::Result<()> {
-        self.stderr_line(line, "2")
-    }
-
-    /// An error on stderr.
-    fn error(&mut self, line: &str) -> anyhow::Result<()> {
-        self.stderr_line(&format!("error: {line}"), "31")
-    }
-}
-
-/// Ctrl-C (SIGINT), handled instead of killing the process from the start,
-/// so one arriving between two waits is not lost.
-#[derive(Debug)]
-struct Interrupts {
-    #[cfg(unix)]
-    signal: tokio::signal::unix::Signal,
-}
-
-impl Interrupts {
-    fn new() -> anyhow::Result<Interrupts> {
-        Ok(Interrupts {
-            #[cfg(unix)]
-            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-                .context("cannot listen for Ctrl-C")?,
-        })
-    }
-
-    async fn recv(&mut self) {
-        #[cfg(unix)]
-        if self.signal.recv().await.is_none() {
-            std::future::pending::<()>().await;
-        }
-        #[cfg(not(unix))]
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
-/// Lines of stdin, read on a plain thread: tokio's stdin reads on a blocking
-/// task that cannot be cancelled, which would keep the process alive after
-/// Ctrl-C at the prompt until Enter. This thread just dies with the process.
-fn stdin_lines() -> mpsc::Receiver<String> {
-    let (send, lines) = mpsc::channel(16);
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lines() {
-            let Ok(line) = line else { break };
-            if send.blocking_send(line).is_err() {
-                break;
-            }
-        }
-    });
-    lines
 }

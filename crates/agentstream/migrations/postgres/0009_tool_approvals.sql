@@ -1,0 +1,26 @@
+-- Human approval of tool calls. A run can pause, `requires_action`, until
+-- its user decides on the calls it asked about, and end `expired` when no
+-- decision comes in time (`expires_at`).
+ALTER TABLE runs DROP CONSTRAINT runs_status_check;
+ALTER TABLE runs ADD CONSTRAINT runs_status_check
+    CHECK (status IN ('queued', 'running', 'requires_action', 'completed', 'cancelled',
+                      'failed', 'interrupted', 'expired'));
+ALTER TABLE runs ADD COLUMN expires_at TEXT;
+-- The paused runs, by when their wait runs out: the sweep's index.
+CREATE INDEX runs_awaiting ON runs (expires_at) WHERE status = 'requires_action';
+
+-- The calls a run asked the user about: one row per call, in the order of
+-- the model's reply (`position`), its decision written once (NULL until
+-- then; 1 approved, 0 denied).
+CREATE TABLE tool_approvals (
+    run_id       TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    call_id      TEXT NOT NULL,
+    position     INTEGER NOT NULL,
+    name         TEXT NOT NULL,
+    arguments    TEXT NOT NULL,
+    requested_at TEXT NOT NULL,
+    approved     INTEGER CHECK (approved IN (0, 1)),
+    reason       TEXT,
+    decided_at   TEXT,
+    PRIMARY KEY (run_id, call_id)
+);
