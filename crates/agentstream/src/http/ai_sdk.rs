@@ -20,7 +20,7 @@ use super::{
     ApiError, AppState,
     extract::{AppJson, CurrentCaller, CurrentUser},
     openapi::{
-        BadRequest, Conflict, PayloadTooLarge, TooManyRuns, Unauthorized, Unavailable,
+        BadRequest, Conflict, NotFound, PayloadTooLarge, TooManyRuns, Unauthorized, Unavailable,
         Unprocessable, UnsupportedMediaType,
     },
     runs::check_input,
@@ -122,7 +122,12 @@ struct ChatRequest {
         lines each holding one `UiMessageChunk`, from `start` to `finish`, then `data: \
         [DONE]`. The message's ID is the run's ID; its metadata carries `run_id` and \
         `conversation_id`. The run goes on if the client goes away: reconnect with \
-        `GET /v1/ai-sdk/chat/{id}/stream`, stop it with `POST /v1/runs/{run_id}/cancel`.",
+        `GET /v1/ai-sdk/chat/{id}/stream`, stop it with `POST /v1/runs/{run_id}/cancel`. \
+        A last message that is the assistant's (its `id` the run's ID), with tool parts in \
+        state `approval-responded`, answers the calls the chat's paused run asked about \
+        instead: the decisions are recorded and the stream is the run going on. With the \
+        header `x-ai-sdk-version: 6` the stream carries AI SDK 6's `tool-approval-request` \
+        and `tool-output-denied` chunks.",
     request_body = ChatRequest,
     security(("bearer" = [])),
     responses(
@@ -137,6 +142,7 @@ struct ChatRequest {
         ),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
         (status = 409, response = Conflict),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),

@@ -160,3 +160,93 @@ impl MigrationSource<'static> for Embedded {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sqlx::{Connection, Row};
+
+    use super::*;
+
+    async fn migrate(conn: &mut AnyConnection, list: MigrationList) {
+        Migrator::new(Embedded(list))
+            .await
+            .unwrap()
+            .run(conn)
+            .await
+            .unwrap();
+    }
+
+    /// The SQLite migration that admits the approval statuses rewrites the
+    /// runs table's CHECK in place: a database with runs keeps every row of
+    /// every table (nothing cascades), and a connection opened before the
+    /// migration takes the new statuses too.
+    #[tokio::test]
+    async fn sqlite_admits_the_approval_statuses_and_keeps_every_row() {
+        sqlx::any::install_default_drivers();
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("old.db").display());
+        let mut conn = AnyConnection::connect(&url).await.unwrap();
+        let mut other = AnyConnection::connect(&url).await.unwrap();
+        for conn in [&mut conn, &mut other] {
+            sqlx::raw_sql("PRAGMA foreign_keys = ON")
+                .execute(conn)
+                .await
+                .unwrap();
+        }
+        let before = SQLITE_MIGRATIONS.iter().position(|m| m.0 == 9).unwrap();
+        migrate(&mut conn, &SQLITE_MIGRATIONS[..before]).await;
+        sqlx::raw_sql(
+            "INSERT INTO users VALUES ('u', 'ada', NULL, 't');
+             INSERT INTO conversations (id, user_id, kind, created_at, updated_at, agent)
+                 VALUES ('c', 'u', 'chat', 't', 't', 'chat');
+             INSERT INTO runs (id, conversation_id, user_id, agent, status, on_disconnect, created_at)
+                 VALUES ('r', 'c', 'u', 'chat', 'completed', 'continue', 't');
+             INSERT INTO messages (id, conversation_id, run_id, role, content, status, created_at)
+                 VALUES ('m', 'c', 'r', 'user', 'hi', 'complete', 't');
+             INSERT INTO run_events VALUES ('r', 1, 'done', '{}', 't');",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        // The other connection has read the old schema.
+        let refused = sqlx::raw_sql(
+            "INSERT INTO runs (id, conversation_id, user_id, agent, status, on_disconnect, created_at)
+             VALUES ('early', 'c', 'u', 'chat', 'requires_action', 'continue', 't')",
+        )
+        .execute(&mut other)
+        .await;
+        assert!(refused.is_err(), "the old CHECK admits requires_action");
+        migrate(&mut conn, SQLITE_MIGRATIONS).await;
+        for status in ["requires_action", "expired"] {
+            sqlx::query(
+                "INSERT INTO runs (id, conversation_id, user_id, agent, status, on_disconnect, \
+                 created_at) VALUES ($1, 'c', 'u', 'chat', $1, 'continue', 't')",
+            )
+            .bind(status)
+            .execute(&mut other)
+            .await
+            .unwrap();
+        }
+        let wrong = sqlx::raw_sql(
+            "INSERT INTO runs (id, conversation_id, user_id, agent, status, on_disconnect, created_at)
+             VALUES ('w', 'c', 'u', 'chat', 'paused', 'continue', 't')",
+        )
+        .execute(&mut conn)
+        .await;
+        assert!(wrong.is_err(), "the new CHECK still refuses other statuses");
+        for (table, rows) in [("runs", 3), ("messages", 1), ("run_events", 1)] {
+            let row = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {table}"))
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(row.get::<i64, _>("n"), rows, "{table}");
+        }
+        let check = sqlx::query("PRAGMA integrity_check")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(check.get::<String, _>(0), "ok");
+        conn.close().await.unwrap();
+        other.close().await.unwrap();
+    }
+}

@@ -573,3 +573,52 @@ async fn decision_at_another_node() {
     first.stop().await;
     notes.db.drop_schema().await;
 }
+
+/// An MCP server's tool named in its `approval_tools` waits too: the call
+/// reaches the server (the reference "everything" server, from npm) only
+/// once approved.
+#[tokio::test]
+async fn an_mcp_tool_waits_for_approval() {
+    let config = format!(
+        r#"
+[mcp.ev]
+command = "node"
+args = ["{entry}", "stdio"]
+approval_tools = ["echo"]
+
+[agents.relay]
+tools = ["ev__echo"]
+"#,
+        entry = crate::mcp::everything(),
+    );
+    let (app, _dir) = spawn_app_with_file(Backend::Sqlite, &config, |_| {}).await;
+    let conversation = app.create_agent_conversation("relay").await;
+    let response = app
+        .stream_run(&conversation, json!({ "input": "ev echo message=hello" }))
+        .await;
+    let run_id = run_id_of(&response);
+    let events = read_all(response).await;
+    assert_eq!(done_status(&events), "requires_action", "{events:#?}");
+    let asked = events
+        .iter()
+        .find(|e| e.event == "tool.approval_requested")
+        .unwrap();
+    assert_eq!(asked.data["name"], "ev__echo");
+    let pause: i64 = events.last().unwrap().id.parse().unwrap();
+    let (status, _) = decide(
+        &app,
+        &run_id,
+        json!({ "call_id": asked.data["call_id"], "approved": true }),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let went_on = events_after(&app, &run_id, pause).await;
+    let result = went_on.iter().find(|e| e.event == "tool.result").unwrap();
+    assert_eq!(result.data["is_error"], false, "{result:?}");
+    assert!(
+        result.data["output"].to_string().contains("Echo: hello"),
+        "{result:?}"
+    );
+    assert_eq!(done_status(&went_on), "completed");
+    app.stop().await;
+}
