@@ -55,6 +55,51 @@ pub fn clean_json(value: &mut serde_json::Value) {
     }
 }
 
+/// Longest title made from a message, in characters (an ellipsis included).
+const TITLE_CHARS: usize = 60;
+
+/// The title a conversation gets from its first message, when it has none:
+/// the message's first line that is not blank, its runs of whitespace made
+/// one space, cut at a word boundary to at most 60 characters with an
+/// ellipsis. None for a message with no text.
+pub fn title_from(message: &str) -> Option<String> {
+    let line = message.lines().find(|line| !line.trim().is_empty())?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let whole = words.join(" ");
+    if whole.chars().count() <= TITLE_CHARS {
+        return Some(whole);
+    }
+    let mut title = String::new();
+    for word in &words {
+        let longer = title.chars().count() + usize::from(!title.is_empty()) + word.chars().count();
+        if longer > TITLE_CHARS - 1 {
+            break;
+        }
+        if !title.is_empty() {
+            title.push(' ');
+        }
+        title.push_str(word);
+    }
+    if title.is_empty() {
+        // One word longer than a title: its start.
+        title = whole.chars().take(TITLE_CHARS - 1).collect();
+    }
+    title.push('…');
+    Some(title)
+}
+
+/// The start of `text` for a list: its runs of whitespace made one space,
+/// at most `max` characters, with an ellipsis when cut.
+pub fn preview(text: &str, max: usize) -> String {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= max {
+        return flat;
+    }
+    let mut cut: String = flat.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
 /// Defines a text-backed enum with `ALL`, `as_str`, `FromStr`, `Display` and
 /// serde as the names given, so stored columns and JSON agree.
 macro_rules! text_enum {
@@ -94,6 +139,25 @@ pub(crate) use text_enum;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn titles_come_from_the_first_line_cut_at_a_word() {
+        assert_eq!(
+            title_from("  \n  Plan a trip\tto  Rome \nmore"),
+            Some("Plan a trip to Rome".into())
+        );
+        assert_eq!(title_from(" \n\t"), None);
+        let long = "word ".repeat(30);
+        let title = title_from(&long).unwrap();
+        assert!(
+            title.ends_with("word…") && title.chars().count() <= 60,
+            "{title}"
+        );
+        let one = "x".repeat(100);
+        assert_eq!(title_from(&one).unwrap().chars().count(), 60);
+        assert_eq!(preview("a\n b", 10), "a b");
+        assert_eq!(preview("abcdef", 4), "abc…");
+    }
 
     #[test]
     fn nul_becomes_the_replacement_character_everywhere() {

@@ -558,7 +558,8 @@ fn to_chat(system_prompt: &str, messages: &[Message]) -> Vec<ChatMessage> {
     // Asked calls, by agentstream's ID: the ID the upstream knows.
     let mut asked: HashMap<String, String> = HashMap::new();
     let mut chat = vec![ChatMessage::System(system_prompt.to_owned())];
-    for message in messages {
+    // What a retry or an edit replaced is not the model's to read again.
+    for message in messages.iter().filter(|m| !m.superseded) {
         match message.role {
             Role::User => chat.push(ChatMessage::User(message.content.clone())),
             Role::Assistant => {

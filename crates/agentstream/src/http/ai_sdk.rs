@@ -31,7 +31,7 @@ use super::{
     },
 };
 use crate::{
-    runs::{ConversationRef, Multitask, StartRun},
+    runs::{ConversationRef, Multitask, Replace, StartRun},
     store::{Decision, OnDisconnect, RunStatus},
 };
 
@@ -54,9 +54,11 @@ pub fn router() -> Router<AppState> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 enum Trigger {
-    /// A new user message: answered by a new run.
+    /// A new user message: answered by a new run (or, with `messageId`, an
+    /// edit of the last question).
     SubmitMessage,
-    /// Another answer to the last user message: refused (422) for now.
+    /// Another answer to the last question: a new run, the last reply
+    /// superseded.
     RegenerateMessage,
 }
 
@@ -96,11 +98,14 @@ struct ChatRequest {
     /// so only the last one is read: the user's new message.
     #[schema(min_items = 1)]
     messages: Vec<SentMessage>,
-    /// `submit-message` (the default) or `regenerate-message` (422 for now).
+    /// `submit-message` (the default) or `regenerate-message` (another
+    /// answer to the chat's last question).
     trigger: Option<Trigger>,
-    /// Set by `useChat` when the message replaces an earlier one (an edit):
-    /// refused (422) for now, unless it is the ID of the assistant's last
-    /// message, as sent with approval responses.
+    /// With `regenerate-message`, the reply to answer again (the chat's
+    /// last). With a user's last message, the question it edits (the
+    /// chat's last): that question and its reply are superseded and the run
+    /// answers the new text. With an assistant's last message, its ID (tool
+    /// approval responses).
     #[serde(rename = "messageId")]
     message_id: Option<String>,
     /// The agent of a new chat, by name (`GET /v1/agents`; default `chat`).
@@ -170,17 +175,9 @@ async fn send_messages(
         };
         return answer_approvals(&state, caller.user.id, &request.id, reply, parts).await;
     }
-    if request.trigger == Some(Trigger::RegenerateMessage) {
-        return Err(ApiError::Invalid(
-            "trigger: `regenerate-message` is not supported yet; send the user's message again"
-                .to_owned(),
-        ));
-    }
-    if request.message_id.is_some() {
-        return Err(ApiError::Invalid(
-            "messageId: replacing a sent message is not supported yet; send a new message"
-                .to_owned(),
-        ));
+    let regenerate = request.trigger == Some(Trigger::RegenerateMessage);
+    if regenerate || request.message_id.is_some() {
+        return answer_again(&state, &caller, request, parts, received).await;
     }
     if let Some(agent) = &request.agent
         && state.runs.agents().get(agent).is_none()
@@ -206,6 +203,7 @@ async fn send_messages(
                 on_disconnect: OnDisconnect::Continue,
                 multitask: Multitask::Reject,
                 caller: caller.for_tools(),
+                replaces: None,
             },
         )
         .await?;
@@ -215,6 +213,98 @@ async fn send_messages(
         started.run.id,
         started.conversation.id,
         start,
+        parts,
+    ))
+}
+
+/// `regenerate()` (`trigger: regenerate-message`, `messageId` the reply's
+/// ID, the run's) and an edit (`sendMessage({text, messageId})`, `messageId`
+/// the edited question's): a retry of the chat's last run, which supersedes
+/// its reply, and for an edit its question, answered with the new text.
+/// Only the last reply can be regenerated and the last question edited.
+async fn answer_again(
+    state: &AppState,
+    caller: &crate::http::auth::Caller,
+    request: ChatRequest,
+    parts: bool,
+    received: Instant,
+) -> Result<Response, ApiError> {
+    let user_id = caller.user.id;
+    let conversation = state
+        .store
+        .chat_conversation(user_id, &request.id)
+        .await?
+        .ok_or(ApiError::NotFound("chat"))?;
+    let last = state
+        .store
+        .conversation_runs(conversation.id, None, 1)
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::Invalid("messageId: the chat has no reply yet".to_owned()))?;
+    let regenerate = request.trigger == Some(Trigger::RegenerateMessage);
+    let (input, question) = if regenerate {
+        if let Some(id) = request.message_id.as_deref()
+            && id != last.id.to_string()
+        {
+            return Err(ApiError::Invalid(
+                "messageId: only the chat's last reply can be regenerated".to_owned(),
+            ));
+        }
+        (String::new(), false)
+    } else {
+        let edited = request.message_id.as_deref().unwrap_or_default();
+        let messages = state.store.messages(conversation.id).await?;
+        let question = messages
+            .iter()
+            .rev()
+            .find(|m| m.role == crate::store::Role::User && !m.superseded);
+        // The question's ID as the client knows it: the one it sent (its
+        // run's key) or, after a reload, the stored message's.
+        let key = match question.and_then(|q| q.run_id) {
+            Some(run_id) => state
+                .store
+                .run(user_id, run_id)
+                .await?
+                .and_then(|run| run.client_message_id),
+            None => None,
+        };
+        let names_it =
+            question.is_some_and(|q| q.id.to_string() == edited) || key.as_deref() == Some(edited);
+        if !names_it {
+            return Err(ApiError::Invalid(
+                "messageId: only the chat's last question can be edited".to_owned(),
+            ));
+        }
+        let (input, _) = user_message(request.messages)?;
+        check_input(state, &input)?;
+        (input, true)
+    };
+    let started = state
+        .runs
+        .start(
+            user_id,
+            ConversationRef::Existing {
+                id: conversation.id,
+                kind: None,
+            },
+            StartRun {
+                input,
+                client_message_id: None,
+                on_disconnect: OnDisconnect::Continue,
+                multitask: Multitask::Reject,
+                caller: caller.for_tools(),
+                replaces: Some(Replace {
+                    run_id: last.id,
+                    question,
+                }),
+            },
+        )
+        .await?;
+    Ok(ui_message_stream(
+        state,
+        started.run.id,
+        started.conversation.id,
+        Start::of_started(started.live, received),
         parts,
     ))
 }

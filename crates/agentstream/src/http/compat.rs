@@ -144,6 +144,7 @@ async fn seed_stream(
                 multitask: Multitask::Reject,
 
                 caller: caller.for_tools(),
+                replaces: None,
             },
         )
         .await?;

@@ -12,7 +12,7 @@ use super::{
         UnsupportedMediaType,
     },
 };
-use crate::store::{Conversation, ConversationKind, Message};
+use crate::store::{Conversation, ConversationKind, ListCursor};
 
 /// Longest conversation title, in characters.
 const MAX_TITLE_CHARS: usize = 200;
@@ -27,9 +27,10 @@ pub fn router() -> Router<AppState> {
         )
         .route(
             "/v1/conversations/{id}",
-            get(get_conversation).delete(delete_conversation),
+            get(get_conversation)
+                .patch(rename_conversation)
+                .delete(delete_conversation),
         )
-        .route("/v1/conversations/{id}/messages", get(list_messages))
 }
 
 /// A new conversation.
@@ -71,27 +72,72 @@ async fn create_conversation(
     CurrentUser(user): CurrentUser,
     AppJson(body): AppJson<CreateConversation>,
 ) -> Result<(StatusCode, Json<Conversation>), ApiError> {
-    // Measured before trimming, as the contract's `maxLength` is.
-    if body
-        .title
-        .as_deref()
-        .is_some_and(|t| t.chars().count() > MAX_TITLE_CHARS)
-    {
+    let title = checked_title(body.title.as_deref())?;
+    let (kind, agent) = agent_of(&state, body.agent, body.kind)?;
+    let conversation = state
+        .store
+        .create_conversation(user.id, kind, &agent, title.as_deref())
+        .await?;
+    Ok((StatusCode::CREATED, Json(conversation)))
+}
+
+/// A title as sent: at most 200 characters (422 beyond, measured before
+/// trimming, as the contract's `maxLength` is), trimmed; blank is none.
+fn checked_title(title: Option<&str>) -> Result<Option<String>, ApiError> {
+    if title.is_some_and(|t| t.chars().count() > MAX_TITLE_CHARS) {
         return Err(ApiError::Invalid(format!(
             "title: at most {MAX_TITLE_CHARS} characters"
         )));
     }
-    let title = body
-        .title
-        .as_deref()
+    Ok(title
         .map(crate::text::clean)
-        .filter(|t| !t.trim().is_empty());
-    let (kind, agent) = agent_of(&state, body.agent, body.kind)?;
-    let conversation = state
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty()))
+}
+
+/// A conversation's new title.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RenameConversation {
+    /// The title, up to 200 characters; null or blank clears it (the
+    /// conversation keeps no title: the next run does not name it again).
+    #[schema(max_length = 200)]
+    title: Option<String>,
+}
+
+/// `PATCH /v1/conversations/{id}`.
+#[utoipa::path(
+    patch,
+    path = "/v1/conversations/{id}",
+    tag = "conversations",
+    summary = "Rename a conversation",
+    params(("id" = Uuid, Path, description = "The conversation's ID.")),
+    request_body = RenameConversation,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The renamed conversation.", body = Conversation),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+        (status = 503, response = Unavailable),
+    ),
+)]
+async fn rename_conversation(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    IdPath(id): IdPath,
+    AppJson(body): AppJson<RenameConversation>,
+) -> Result<Json<Conversation>, ApiError> {
+    let title = checked_title(body.title.as_deref())?;
+    state
         .store
-        .create_conversation(user.id, kind, &agent, title.as_deref().map(str::trim))
-        .await?;
-    Ok((StatusCode::CREATED, Json(conversation)))
+        .rename_conversation(user.id, id, title.as_deref())
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound("conversation"))
 }
 
 /// The conversation's kind and agent from what the client named: the
@@ -121,25 +167,46 @@ struct Page {
     /// How many, from 1 to 100 (default 20).
     #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
-    /// The `next_before` of the previous page: conversations older than this one.
-    before: Option<Uuid>,
+    /// The `next_cursor` of the previous page (opaque text).
+    #[param(max_length = 100)]
+    cursor: Option<String>,
+    /// Only the conversations whose title contains this text, in any case.
+    #[param(max_length = 200)]
+    q: Option<String>,
 }
 
 /// A page of conversations and the cursor of the next.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 struct ConversationPage {
-    /// The conversations, newest first.
+    /// The conversations, latest activity first.
     data: Vec<Conversation>,
-    /// Pass as `before` for the next page; null on the last.
-    next_before: Option<Uuid>,
+    /// Pass as `cursor` for the next page; null on the last.
+    next_cursor: Option<String>,
 }
 
-/// `GET /v1/conversations?limit=&before=`: the caller's, newest first.
+/// A page cursor: the last conversation's `updated_at` and ID.
+fn parse_cursor(text: &str) -> Result<ListCursor, ApiError> {
+    let invalid = || ApiError::Invalid("cursor: pass a next_cursor this route gave".to_owned());
+    let (updated_at, id) = text.rsplit_once('_').ok_or_else(invalid)?;
+    time::OffsetDateTime::parse(updated_at, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| invalid())?;
+    Ok(ListCursor {
+        updated_at: updated_at.to_owned(),
+        id: Uuid::parse_str(id).map_err(|_| invalid())?,
+    })
+}
+
+/// `GET /v1/conversations?limit=&cursor=&q=`: the caller's, latest
+/// activity first.
 #[utoipa::path(
     get,
     path = "/v1/conversations",
     tag = "conversations",
-    summary = "List the caller's conversations, newest first",
+    summary = "List the caller's conversations, latest activity first",
+    description = "Each with its agent, title, last activity (`updated_at`) and the start of \
+        its last message (`preview`). Pages follow `next_cursor`, which stays valid while \
+        conversations move up the list: a page neither repeats nor skips one that did not \
+        move. `q` keeps those whose title contains it, in any case.",
     params(Page),
     security(("bearer" = [])),
     responses(
@@ -159,14 +226,22 @@ async fn list_conversations(
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::Invalid(format!("limit: from 1 to {MAX_PAGE}")));
     }
+    let cursor = page.cursor.as_deref().map(parse_cursor).transpose()?;
+    let search = page.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
+    if search.is_some_and(|q| q.chars().count() > MAX_TITLE_CHARS) {
+        return Err(ApiError::Invalid(format!(
+            "q: at most {MAX_TITLE_CHARS} characters"
+        )));
+    }
+    let search = search.map(crate::text::clean);
     let data = state
         .store
-        .list_conversations(user.id, page.before, limit)
+        .list_conversations(user.id, cursor.as_ref(), search.as_deref(), limit)
         .await?;
-    let next_before = (data.len() == limit as usize)
-        .then(|| data.last().map(|c| c.id))
+    let next_cursor = (data.len() == limit as usize)
+        .then(|| data.last().map(|c| format!("{}_{}", c.updated_at, c.id)))
         .flatten();
-    Ok(Json(ConversationPage { data, next_before }))
+    Ok(Json(ConversationPage { data, next_cursor }))
 }
 
 /// `GET /v1/conversations/{id}`.
@@ -232,40 +307,4 @@ async fn delete_conversation(
     } else {
         Err(ApiError::NotFound("conversation"))
     }
-}
-
-/// A conversation's transcript.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-struct Messages {
-    /// The messages in the order they were written.
-    data: Vec<Message>,
-}
-
-/// `GET /v1/conversations/{id}/messages`: the transcript with tool calls and
-/// results, each message with its status.
-#[utoipa::path(
-    get,
-    path = "/v1/conversations/{id}/messages",
-    tag = "conversations",
-    summary = "Read a conversation's transcript",
-    params(("id" = Uuid, Path, description = "The conversation's ID.")),
-    security(("bearer" = [])),
-    responses(
-        (status = 200, description = "The transcript: user, assistant and tool messages.", body = Messages),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 503, response = Unavailable),
-    ),
-)]
-async fn list_messages(
-    State(state): State<AppState>,
-    CurrentUser(user): CurrentUser,
-    IdPath(id): IdPath,
-) -> Result<Json<Messages>, ApiError> {
-    if state.store.conversation(user.id, id).await?.is_none() {
-        return Err(ApiError::NotFound("conversation"));
-    }
-    Ok(Json(Messages {
-        data: state.store.messages(id).await?,
-    }))
 }

@@ -204,7 +204,7 @@ impl From<RunError> for ApiError {
             RunError::WrongAgent { .. } => ApiError::Invalid(format!("agent: {error}")),
             RunError::KeyReused(_) => ApiError::Invalid(error.to_string()),
             RunError::CallNotFound(_) => ApiError::NotFound("tool call awaiting approval"),
-            RunError::DecidedOtherwise(_) | RunError::NotWaiting(_) => {
+            RunError::DecidedOtherwise(_) | RunError::NotWaiting(_) | RunError::NotLast(_) => {
                 ApiError::Conflict(error.to_string())
             }
             RunError::NoAgent(_) => ApiError::Internal(Box::new(error)),

@@ -16,7 +16,9 @@ pub mod openai;
 pub mod openapi;
 mod page;
 mod profile;
+mod retry;
 mod runs;
+mod transcripts;
 pub mod wire;
 
 use std::{sync::Arc, time::Duration};
@@ -152,6 +154,8 @@ pub fn router(state: AppState) -> Router {
         .merge(agents::router())
         .merge(conversations::router())
         .merge(runs::router())
+        .merge(transcripts::router())
+        .merge(retry::router())
         .merge(approvals::router())
         .merge(profile::router())
         .merge(compat::router())

@@ -22,7 +22,7 @@ use utoipa::{
 
 use super::{
     AppState, agents, ai_sdk, approvals, compat, conversations, error::ErrorBody, health, metrics,
-    openai, page, profile, runs,
+    openai, page, profile, retry, runs, transcripts,
 };
 use crate::{agent::Agents, runs::Multitask};
 
@@ -53,13 +53,19 @@ pub fn router() -> Router<AppState> {
         conversations::list_conversations,
         conversations::get_conversation,
         conversations::delete_conversation,
-        conversations::list_messages,
+        transcripts::list_messages,
+        transcripts::export,
         runs::create_run,
         runs::get_run,
+        runs::list_runs,
+        retry::retry,
         runs::stream_events,
         runs::cancel_run,
         approvals::decide,
         profile::get_profile,
+        profile::reset_profile,
+        profile::delete_field,
+        conversations::rename_conversation,
         compat::chat_stream,
         compat::onboarding_stream,
         openai::list_models,

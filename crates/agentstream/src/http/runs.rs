@@ -30,7 +30,10 @@ const MAX_CLIENT_MESSAGE_ID: usize = 200;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/v1/conversations/{id}/runs", post(create_run))
+        .route(
+            "/v1/conversations/{id}/runs",
+            get(list_runs).post(create_run),
+        )
         .route("/v1/runs/{id}", get(get_run))
         .route("/v1/runs/{id}/events", get(stream_events))
         .route("/v1/runs/{id}/cancel", post(cancel_run))
@@ -163,6 +166,7 @@ async fn create_run(
                 multitask: body.multitask,
 
                 caller: caller.for_tools(),
+                replaces: None,
             },
         )
         .await?;
@@ -183,6 +187,67 @@ async fn create_run(
         StatusCode::OK
     };
     Ok((status, Json(started.run)).into_response())
+}
+
+/// Which runs of a conversation to list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct RunPage {
+    /// How many, from 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<u32>,
+    /// The `next_before` of the previous page: runs older than this one.
+    before: Option<uuid::Uuid>,
+}
+
+/// A page of a conversation's runs.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct Runs {
+    /// The runs, newest first.
+    data: Vec<Run>,
+    /// Pass as `before` for the next page; null on the last.
+    next_before: Option<uuid::Uuid>,
+}
+
+/// `GET /v1/conversations/{id}/runs?limit=&before=`: newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/conversations/{id}/runs",
+    tag = "runs",
+    summary = "List a conversation's runs, newest first",
+    params(("id" = Uuid, Path, description = "The conversation's ID."), RunPage),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of the conversation's runs.", body = Runs),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 422, response = Unprocessable),
+        (status = 503, response = Unavailable),
+    ),
+)]
+async fn list_runs(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    IdPath(id): IdPath,
+    AppQuery(page): AppQuery<RunPage>,
+) -> Result<Json<Runs>, ApiError> {
+    let limit = page.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::Invalid("limit: from 1 to 100".to_owned()));
+    }
+    if state.store.conversation(user.id, id).await?.is_none() {
+        return Err(ApiError::NotFound("conversation"));
+    }
+    let data = state
+        .store
+        .conversation_runs(id, page.before, limit)
+        .await?;
+    let next_before = (data.len() == limit as usize)
+        .then(|| data.last().map(|r| r.id))
+        .flatten();
+    Ok(Json(Runs { data, next_before }))
 }
 
 /// `GET /v1/runs/{id}`.

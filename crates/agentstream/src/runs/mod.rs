@@ -70,6 +70,20 @@ pub struct StartRun {
     pub multitask: Multitask,
     /// Who starts it, as its tools will see it.
     pub caller: crate::tools::Caller,
+    /// The run it answers again (a retry), or whose question it replaces
+    /// with `input` (an edit); none for a new message.
+    pub replaces: Option<Replace>,
+}
+
+/// What a retry replaces: the conversation's last run's reply, and for an
+/// edit its question too.
+#[derive(Debug, Clone, Copy)]
+pub struct Replace {
+    /// The run retried: the conversation's last, ended.
+    pub run_id: Uuid,
+    /// True for an edit: the run's `input` is a new question, and the last
+    /// one is superseded too. False: it answers the same question again.
+    pub question: bool,
 }
 
 /// Which conversation a run is for.
@@ -168,6 +182,13 @@ pub enum RunError {
          give each new message its own"
     )]
     KeyReused(Uuid),
+    /// A retry names a run that is not its conversation's last, or one that
+    /// has not ended.
+    #[error(
+        "only the conversation's last run can be retried once it has ended; run {0} is \
+             the conversation's last"
+    )]
+    NotLast(Uuid),
     /// The conversation is with another agent than the one asked for.
     #[error("the conversation is with the agent `{found}`, not `{expected}`")]
     WrongAgent {

@@ -53,9 +53,20 @@ impl RunManager {
             ConversationRef::Existing { .. } | ConversationRef::Chat { .. }
         );
         let mut prior = Vec::new();
+        // An untitled conversation is named after its first message: a
+        // client's history's first, or this one.
+        let first = match &conversation {
+            ConversationRef::NewWith { history, .. } => history
+                .iter()
+                .find(|m| m.role == Role::User && !m.content.trim().is_empty())
+                .map(|m| m.content.as_str()),
+            _ => None,
+        };
+        let title = crate::text::title_from(first.unwrap_or(&request.input));
+        let title = title.as_deref();
         let conversation = match conversation {
             ConversationRef::Existing { id, kind } => {
-                let conversation = store::conversation_for_update(&mut tx, user_id, id)
+                let conversation = store::conversation_for_update(&mut tx, user_id, id, title)
                     .await?
                     .ok_or(RunError::ConversationNotFound)?;
                 if let Some(expected) = kind
@@ -69,7 +80,7 @@ impl RunManager {
                 conversation
             }
             ConversationRef::New(kind) => {
-                store::insert_conversation(&mut tx, user_id, kind, kind.as_str(), None).await?
+                store::insert_conversation(&mut tx, user_id, kind, kind.as_str(), title).await?
             }
             ConversationRef::NewWith {
                 agent,
@@ -77,7 +88,7 @@ impl RunManager {
                 history,
             } => {
                 let conversation =
-                    store::insert_conversation(&mut tx, user_id, kind, &agent, None).await?;
+                    store::insert_conversation(&mut tx, user_id, kind, &agent, title).await?;
                 // Stored before the run, so their IDs (UUID v7) put them
                 // before the run's messages in the transcript.
                 for message in history {
@@ -105,20 +116,22 @@ impl RunManager {
                 conversation
             }
             ConversationRef::Chat { chat_id, agent } => {
-                let found = match store::chat_for_update(&mut tx, user_id, &chat_id).await? {
+                let found = match store::chat_for_update(&mut tx, user_id, &chat_id, title).await? {
                     Some(found) => Some(found),
                     None => {
                         let agent = agent.as_deref().unwrap_or(ConversationKind::Chat.as_str());
                         let kind = ConversationKind::of_agent(agent);
                         let created = store::insert_chat_conversation(
-                            &mut tx, user_id, kind, agent, &chat_id,
+                            &mut tx, user_id, kind, agent, &chat_id, title,
                         )
                         .await?;
                         new_conversation = created.is_some();
                         match created {
                             Some(created) => Some(created),
                             // A concurrent request created it first.
-                            None => store::chat_for_update(&mut tx, user_id, &chat_id).await?,
+                            None => {
+                                store::chat_for_update(&mut tx, user_id, &chat_id, title).await?
+                            }
                         }
                     }
                 };
@@ -162,6 +175,14 @@ impl RunManager {
         } else {
             store::active_runs(&mut tx, conversation.id).await?
         };
+        if let Some(replace) = request.replaces {
+            // Only the last run's answer, once it has ended, is retried.
+            let last = store::last_run_id(&mut tx, conversation.id).await?;
+            if last != Some(replace.run_id) || !active.is_empty() {
+                return Err(RunError::NotLast(last.unwrap_or(replace.run_id)));
+            }
+            store::supersede(&mut tx, conversation.id, replace.run_id, replace.question).await?;
+        }
         let status = match (active.first(), request.multitask) {
             (None, _) => RunStatus::Running,
             (Some(run), Multitask::Reject) => return Err(RunError::Busy(run.id)),
@@ -183,26 +204,33 @@ impl RunManager {
             },
         )
         .await?;
-        let message = store::insert_message(
-            &mut tx,
-            NewMessage {
-                conversation_id: conversation.id,
-                run_id: Some(run.id),
-                role: Role::User,
-                content: &request.input,
-                tool_calls: None,
-                tool_call_id: None,
-                status: MessageStatus::Complete,
-            },
-        )
-        .await?;
+        // A retry answers the question it retries: it has none of its own.
+        let retry = request.replaces.is_some_and(|replace| !replace.question);
+        let message = if retry {
+            None
+        } else {
+            let message = store::insert_message(
+                &mut tx,
+                NewMessage {
+                    conversation_id: conversation.id,
+                    run_id: Some(run.id),
+                    role: Role::User,
+                    content: &request.input,
+                    tool_calls: None,
+                    tool_call_id: None,
+                    status: MessageStatus::Complete,
+                },
+            )
+            .await?;
+            Some(message)
+        };
         // A run that starts now reads its conversation here rather than on a
         // connection of its own, and is stored with its first event: a
         // client hears `run.started` as soon as the run is stored.
         let first = match status {
             RunStatus::Running => {
                 let history = if new_conversation {
-                    prior.push(message);
+                    prior.extend(message);
                     prior
                 } else {
                     store::messages(&mut tx, conversation.id, None).await?

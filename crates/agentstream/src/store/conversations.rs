@@ -40,12 +40,18 @@ pub struct Conversation {
     /// `onboarding` for the onboarding agent's conversations (the seed's
     /// routes pick by it), `chat` for every other agent's.
     pub kind: ConversationKind,
-    /// An optional title given by the client.
+    /// Its title: the one given when it was created or renamed, else one
+    /// made from its first message (see `text::title_from`).
     pub title: Option<String>,
     /// When it was created (UTC, RFC 3339).
     pub created_at: String,
-    /// When a message was last added (UTC, RFC 3339).
+    /// Its last activity: when a message was last sent in it (UTC, RFC
+    /// 3339); the list is ordered by it.
     pub updated_at: String,
+    /// The start of its last user or assistant message with text, up to 120
+    /// characters (as listed and read; null when it has none, and in the
+    /// answers to a run's start).
+    pub preview: Option<String>,
     /// The agent that answers it, by name (see `GET /v1/agents`).
     pub agent: String,
     #[serde(skip)]
@@ -53,8 +59,37 @@ pub struct Conversation {
     pub user_id: Uuid,
 }
 
+/// Longest `preview`, in characters.
+const PREVIEW_CHARS: usize = 120;
+
+/// The columns of a conversation with its last message's text as
+/// `last_text`, of `conversations c`.
+const WITH_LAST_TEXT: &str = "c.id, c.user_id, c.kind, c.agent, c.title, c.created_at, \
+    c.updated_at, (SELECT m.content FROM messages m WHERE m.conversation_id = c.id \
+    AND m.role IN ('user', 'assistant') AND m.content <> '' ORDER BY m.id DESC LIMIT 1) \
+    AS last_text";
+
+/// Where a page of the list starts: after the conversation with this last
+/// activity and ID (the previous page's last).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListCursor {
+    /// Its `updated_at`.
+    pub updated_at: String,
+    /// Its ID.
+    pub id: Uuid,
+}
+
+fn with_preview(row: &AnyRow) -> Result<Conversation, StoreError> {
+    let last: Option<String> = row.try_get("last_text")?;
+    Ok(Conversation {
+        preview: last.map(|text| crate::text::preview(&text, PREVIEW_CHARS)),
+        ..from_row(row)?
+    })
+}
+
 fn from_row(row: &AnyRow) -> Result<Conversation, StoreError> {
     Ok(Conversation {
+        preview: None,
         id: parse_id(row.try_get("id")?)?,
         user_id: parse_id(row.try_get("user_id")?)?,
         kind: parse_enum("kind", row.try_get("kind")?)?,
@@ -97,15 +132,41 @@ impl Store {
         user_id: Uuid,
         id: Uuid,
     ) -> Result<Option<Conversation>, StoreError> {
-        let row = query(
-            "SELECT id, user_id, kind, agent, title, created_at, updated_at \
-             FROM conversations WHERE id = $1 AND user_id = $2",
-        )
+        let row = query(&format!(
+            "SELECT {WITH_LAST_TEXT} FROM conversations c WHERE c.id = $1 AND c.user_id = $2"
+        ))
         .bind(id.to_string())
         .bind(user_id.to_string())
         .fetch_optional(&mut *self.acquire().await?)
         .await?;
-        row.as_ref().map(from_row).transpose()
+        row.as_ref().map(with_preview).transpose()
+    }
+
+    /// Renames the user's conversation (`None` clears its title); the
+    /// conversation as it is then, or None when it is not the user's.
+    #[tracing::instrument(skip_all, fields(conversation_id = %id))]
+    pub async fn rename_conversation(
+        &self,
+        user_id: Uuid,
+        id: Uuid,
+        title: Option<&str>,
+    ) -> Result<Option<Conversation>, StoreError> {
+        let renamed = {
+            let _turn = self.write_turn(false).await;
+            let mut conn = self.acquire().await?;
+            let done = query("UPDATE conversations SET title = $3 WHERE id = $1 AND user_id = $2")
+                .bind(id.to_string())
+                .bind(user_id.to_string())
+                .bind(title)
+                .execute(&mut *conn)
+                .await?;
+            conn.commit().await?;
+            done.rows_affected() > 0
+        };
+        if !renamed {
+            return Ok(None);
+        }
+        self.conversation(user_id, id).await
     }
 
     /// The user's conversation that `chat` names: the one with that ID, else
@@ -132,26 +193,47 @@ impl Store {
         row.as_ref().map(from_row).transpose()
     }
 
-    /// The user's conversations, newest first, at most `limit`, older than `before`.
+    /// The user's conversations, latest activity first, at most `limit`,
+    /// after `cursor` (keyset paging on `(updated_at, id)`: a conversation
+    /// that moves up while a client pages neither repeats nor hides
+    /// another), whose title contains `search` (any case), each with its
+    /// preview.
     #[tracing::instrument(skip_all, fields(user_id = %user_id))]
     pub async fn list_conversations(
         &self,
         user_id: Uuid,
-        before: Option<Uuid>,
+        cursor: Option<&ListCursor>,
+        search: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Conversation>, StoreError> {
-        // UUID v7 text sorts by creation time; "~" sorts after every ID.
-        let before = before.map_or_else(|| "~".to_owned(), |id| id.to_string());
-        let rows = query(
-            "SELECT id, user_id, kind, agent, title, created_at, updated_at FROM conversations \
-             WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
-        )
+        // Timestamps sort as text; "~" sorts after every one and every ID.
+        let (updated_at, id) = cursor.map_or_else(
+            || ("~".to_owned(), "~".to_owned()),
+            |c| (c.updated_at.clone(), c.id.to_string()),
+        );
+        // `LIKE` with the search's own % and _ taken literally.
+        let pattern = search.map(|search| {
+            let escaped = search
+                .to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            format!("%{escaped}%")
+        });
+        let rows = query(&format!(
+            "SELECT {WITH_LAST_TEXT} FROM conversations c WHERE c.user_id = $1 \
+             AND (c.updated_at < $2 OR (c.updated_at = $2 AND c.id < $3)) \
+             AND ($4 IS NULL OR LOWER(c.title) LIKE $4 ESCAPE '\\') \
+             ORDER BY c.updated_at DESC, c.id DESC LIMIT $5"
+        ))
         .bind(user_id.to_string())
-        .bind(before)
+        .bind(updated_at)
+        .bind(id)
+        .bind(pattern)
         .bind(i64::from(limit))
         .fetch_all(&mut *self.acquire().await?)
         .await?;
-        rows.iter().map(from_row).collect()
+        rows.iter().map(with_preview).collect()
     }
 
     /// Deletes the conversation with its messages, runs and events. False if
@@ -193,8 +275,9 @@ pub(crate) async fn insert_chat_conversation(
     kind: ConversationKind,
     agent: &str,
     chat_id: &str,
+    title: Option<&str>,
 ) -> Result<Option<Conversation>, StoreError> {
-    let conversation = new_conversation(user_id, kind, agent, None);
+    let conversation = new_conversation(user_id, kind, agent, title);
     let inserted = insert(conn, &conversation, Some(chat_id)).await?;
     Ok(inserted.then_some(conversation))
 }
@@ -214,6 +297,7 @@ fn new_conversation(
         title: title.map(str::to_owned),
         created_at: at.clone(),
         updated_at: at,
+        preview: None,
     }
 }
 
@@ -244,48 +328,56 @@ async fn insert(
 
 /// Locks and reads, inside the caller's transaction, the user's
 /// conversation that `chat` names: the one with that ID, else the one an AI
-/// SDK client created under that chat ID.
+/// SDK client created under that chat ID. Its last activity is now, and
+/// `title` its title if it has none.
 pub(crate) async fn chat_for_update(
     conn: &mut AnyConnection,
     user_id: Uuid,
     chat: &str,
+    title: Option<&str>,
 ) -> Result<Option<Conversation>, StoreError> {
     if let Ok(id) = Uuid::parse_str(chat)
-        && let Some(conversation) = conversation_for_update(conn, user_id, id).await?
+        && let Some(conversation) = conversation_for_update(conn, user_id, id, title).await?
     {
         return Ok(Some(conversation));
     }
-    lock_where(conn, "chat_id", chat, user_id).await
+    lock_where(conn, "chat_id", chat, user_id, title).await
 }
 
 /// Locks and reads the user's conversation inside the caller's transaction.
+/// Its last activity is now, and `title` its title if it has none.
 pub(crate) async fn conversation_for_update(
     conn: &mut AnyConnection,
     user_id: Uuid,
     id: Uuid,
+    title: Option<&str>,
 ) -> Result<Option<Conversation>, StoreError> {
-    lock_where(conn, "id", &id.to_string(), user_id).await
+    lock_where(conn, "id", &id.to_string(), user_id, title).await
 }
 
 /// The user's conversation whose `column` (`id` or `chat_id`) is `value`,
-/// locked and read inside the caller's transaction.
+/// locked and read inside the caller's transaction, its activity now and
+/// `title` its title if it has none.
 async fn lock_where(
     conn: &mut AnyConnection,
     column: &'static str,
     value: &str,
     user_id: Uuid,
+    title: Option<&str>,
 ) -> Result<Option<Conversation>, StoreError> {
     // Touching updated_at takes the row lock on PostgreSQL (SQLite already
     // holds the write lock from BEGIN IMMEDIATE), so concurrent run starts on
     // one conversation are serialised.
     let sql = format!(
-        "UPDATE conversations SET updated_at = $3 WHERE {column} = $1 AND user_id = $2 \
+        "UPDATE conversations SET updated_at = $3, title = COALESCE(title, $4) \
+         WHERE {column} = $1 AND user_id = $2 \
          RETURNING id, user_id, kind, agent, title, created_at, updated_at"
     );
     let row = query(&sql)
         .bind(value)
         .bind(user_id.to_string())
         .bind(now())
+        .bind(title)
         .fetch_optional(&mut *conn)
         .await?;
     row.as_ref().map(from_row).transpose()

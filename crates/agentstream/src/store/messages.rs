@@ -74,6 +74,10 @@ pub struct Message {
     pub finish_reason: Option<String>,
     /// When it was written (UTC, RFC 3339).
     pub created_at: String,
+    /// True for a message a retry or an edit replaced (`POST
+    /// /v1/runs/{id}/retry`): kept in the transcript, never sent to the
+    /// model again.
+    pub superseded: bool,
 }
 
 /// A message about to be stored.
@@ -112,10 +116,89 @@ fn from_row(row: &AnyRow) -> Result<Message, StoreError> {
         status: parse_enum("status", row.try_get("status")?)?,
         finish_reason: row.try_get("finish_reason")?,
         created_at: row.try_get("created_at")?,
+        superseded: row.try_get::<i64, _>("superseded")? != 0,
     })
 }
 
+/// Marks superseded, inside the caller's transaction, the reply of the run
+/// `run_id` (its assistant and tool messages), and with `question` also the
+/// conversation's last user message that is not superseded yet: what a
+/// retry, or an edit of the question, replaces.
+pub(crate) async fn supersede(
+    conn: &mut AnyConnection,
+    conversation_id: Uuid,
+    run_id: Uuid,
+    question: bool,
+) -> Result<(), StoreError> {
+    if question {
+        query(
+            "UPDATE messages SET superseded = 1 WHERE id = (SELECT id FROM messages \
+             WHERE conversation_id = $1 AND role = 'user' AND superseded = 0 \
+             ORDER BY COALESCE(run_id, id) DESC, id DESC LIMIT 1)",
+        )
+        .bind(conversation_id.to_string())
+        .execute(&mut *conn)
+        .await?;
+    }
+    query("UPDATE messages SET superseded = 1 WHERE run_id = $1 AND role <> 'user'")
+        .bind(run_id.to_string())
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 impl Store {
+    /// A page of the conversation's transcript: the `limit` messages just
+    /// before the message `before` in transcript order (the last `limit`
+    /// without it), oldest first, and whether older ones remain. None when
+    /// `before` is not a message of the conversation.
+    #[tracing::instrument(skip_all, fields(conversation_id = %conversation_id))]
+    pub async fn messages_page(
+        &self,
+        conversation_id: Uuid,
+        before: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Option<(Vec<Message>, bool)>, StoreError> {
+        let mut conn = self.acquire().await?;
+        // The transcript's order is (COALESCE(run_id, id), id); "~" sorts
+        // after every ID.
+        let (group, id) = match before {
+            Some(before) => {
+                let row = query(
+                    "SELECT COALESCE(run_id, id) AS grp FROM messages \
+                     WHERE id = $1 AND conversation_id = $2",
+                )
+                .bind(before.to_string())
+                .bind(conversation_id.to_string())
+                .fetch_optional(&mut *conn)
+                .await?;
+                let Some(row) = row else { return Ok(None) };
+                (row.try_get::<String, _>("grp")?, before.to_string())
+            }
+            None => ("~".to_owned(), "~".to_owned()),
+        };
+        let rows = query(
+            "SELECT id, conversation_id, run_id, role, content, tool_calls, tool_call_id, \
+             status, finish_reason, created_at, superseded FROM messages WHERE conversation_id = $1 \
+             AND (COALESCE(run_id, id) < $2 OR (COALESCE(run_id, id) = $2 AND id < $3)) \
+             ORDER BY COALESCE(run_id, id) DESC, id DESC LIMIT $4",
+        )
+        .bind(conversation_id.to_string())
+        .bind(group)
+        .bind(id)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&mut *conn)
+        .await?;
+        let more = rows.len() > limit as usize;
+        let mut page = rows
+            .iter()
+            .take(limit as usize)
+            .map(from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        page.reverse();
+        Ok(Some((page, more)))
+    }
+
     /// The conversation's messages in transcript order (see [`messages`]).
     #[tracing::instrument(skip_all, fields(conversation_id = %conversation_id))]
     pub async fn messages(&self, conversation_id: Uuid) -> Result<Vec<Message>, StoreError> {
@@ -148,7 +231,7 @@ pub(crate) async fn messages(
 ) -> Result<Vec<Message>, StoreError> {
     let rows = query(
         "SELECT id, conversation_id, run_id, role, content, tool_calls, tool_call_id, \
-         status, finish_reason, created_at FROM messages WHERE conversation_id = $1 \
+         status, finish_reason, created_at, superseded FROM messages WHERE conversation_id = $1 \
          AND ($2 IS NULL OR COALESCE(run_id, id) <= $2) \
          ORDER BY COALESCE(run_id, id), id",
     )
@@ -252,6 +335,7 @@ pub(crate) async fn insert_message(
         tool_call_id: new.tool_call_id.map(str::to_owned),
         status: new.status,
         finish_reason: None,
+        superseded: false,
         created_at: now(),
     };
     query(

@@ -85,6 +85,11 @@ const SQLITE_MIGRATIONS: MigrationList = &[
         "tool approvals",
         include_str!("../../migrations/sqlite/0009_tool_approvals.sql"),
     ),
+    (
+        10,
+        "conversation list and retry",
+        include_str!("../../migrations/sqlite/0010_conversation_list_and_retry.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: MigrationList = &[
     (
@@ -131,6 +136,11 @@ const POSTGRES_MIGRATIONS: MigrationList = &[
         9,
         "tool approvals",
         include_str!("../../migrations/postgres/0009_tool_approvals.sql"),
+    ),
+    (
+        10,
+        "conversation list and retry",
+        include_str!("../../migrations/postgres/0010_conversation_list_and_retry.sql"),
     ),
 ];
 

@@ -43,7 +43,7 @@ pub use error::StoreError;
 
 pub use api_keys::{ApiKey, NewKey, hash_key};
 pub use approvals::{Approval, ApprovalRequest, Decided, Decision};
-pub use conversations::{Conversation, ConversationKind};
+pub use conversations::{Conversation, ConversationKind, ListCursor};
 pub use messages::{AssistantMessage, Message, MessageStatus, NewMessage, Role};
 pub use profiles::Profile;
 pub use runs::{NewRun, OnDisconnect, Run, RunEnd};
@@ -58,12 +58,12 @@ pub(crate) use conversations::{
 };
 pub(crate) use events::append_events;
 pub(crate) use messages::{
-    close_streaming_messages, insert_message, messages, write_assistant_messages,
+    close_streaming_messages, insert_message, messages, supersede, write_assistant_messages,
 };
 pub(crate) use notify::notify_events;
 pub use notify::{CANCEL_CHANNEL, EVENTS_CHANNEL, Notice, listen, parse_notification};
 pub(crate) use runs::{
-    active_runs, count_user_active_runs, finish_runs, insert_run, lock_conversation,
+    active_runs, count_user_active_runs, finish_runs, insert_run, last_run_id, lock_conversation,
     run_by_client_message_id, run_input, start_queued_run,
 };
 pub(crate) use tool_calls::{

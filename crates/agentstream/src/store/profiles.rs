@@ -24,6 +24,38 @@ impl Store {
         let mut conn = self.acquire().await?;
         profile(&mut conn, user_id).await
     }
+
+    /// Resets the user's profile: every field, or only `field`, and with the
+    /// whole profile its completion. False when there was nothing to remove.
+    #[tracing::instrument(skip_all, fields(user_id = %user_id))]
+    pub async fn delete_profile(
+        &self,
+        user_id: Uuid,
+        field: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let fields =
+            query("DELETE FROM profiles WHERE user_id = $1 AND ($2 IS NULL OR field = $2)")
+                .bind(user_id.to_string())
+                .bind(field)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        let completion = if field.is_none() {
+            query(
+                "UPDATE users SET onboarding_completed_at = NULL \
+                 WHERE id = $1 AND onboarding_completed_at IS NOT NULL",
+            )
+            .bind(user_id.to_string())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+        } else {
+            0
+        };
+        tx.commit().await?;
+        Ok(fields + completion > 0)
+    }
 }
 
 /// Reads the user's profile inside the caller's transaction.

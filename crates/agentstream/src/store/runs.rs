@@ -168,6 +168,28 @@ impl Store {
         row.as_ref().map(from_row).transpose()
     }
 
+    /// The conversation's runs, newest first, at most `limit`, older than
+    /// `before`.
+    pub async fn conversation_runs(
+        &self,
+        conversation_id: Uuid,
+        before: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<Run>, StoreError> {
+        // UUID v7 text sorts by creation time; "~" sorts after every ID.
+        let before = before.map_or_else(|| "~".to_owned(), |id| id.to_string());
+        let rows = query(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE conversation_id = $1 AND id < $2 \
+             ORDER BY id DESC LIMIT $3"
+        ))
+        .bind(conversation_id.to_string())
+        .bind(before)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *self.acquire().await?)
+        .await?;
+        rows.iter().map(from_row).collect()
+    }
+
     /// The status and usage of each run of the conversation, by run.
     pub async fn run_statuses(
         &self,
@@ -318,6 +340,18 @@ pub(crate) async fn run_by_client_message_id(
     .fetch_optional(&mut *conn)
     .await?;
     row.as_ref().map(from_row).transpose()
+}
+
+/// The ID of the conversation's newest run, inside the caller's transaction.
+pub(crate) async fn last_run_id(
+    conn: &mut AnyConnection,
+    conversation_id: Uuid,
+) -> Result<Option<Uuid>, StoreError> {
+    let row = query("SELECT id FROM runs WHERE conversation_id = $1 ORDER BY id DESC LIMIT 1")
+        .bind(conversation_id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.map(|row| parse_id(row.try_get("id")?)).transpose()
 }
 
 /// The conversation's queued, running or paused runs, oldest first: a run

@@ -347,15 +347,33 @@ async function reasoning() {
   return { reply: engine.state.messages.at(-1) };
 }
 
-/** What the server refuses, as the engine reports it. */
-async function refusals() {
-  const engine = chatEngine(`chat-${randomUUID()}`);
+/**
+ * Another answer, as `regenerate()` asks for it, then an edit of the
+ * question (`sendMessage({text, messageId})`): each a new run, the replaced
+ * reply (and question) gone from the chat as reloaded.
+ */
+async function again() {
+  const chatId = `chat-${randomUUID()}`;
+  const engine = chatEngine(chatId);
   await engine.chat.sendMessage({ text: "hello" });
   checkClean(engine, "hello");
+  const first = engine.state.messages.at(-1);
   await engine.chat.regenerate();
-  const regenerate = engine.chat.error?.message;
-  check(engine.chat.status === "error", `regenerate: status ${engine.chat.status}`);
-  return { regenerate };
+  checkClean(engine, "regenerate");
+  const second = engine.state.messages.at(-1);
+  check(engine.state.messages.length === 2, `regenerate: ${engine.state.messages.length} messages`);
+  check(second.role === "assistant" && second.id !== first.id, "regenerate: a new reply");
+  const question = engine.state.messages[0];
+  await engine.chat.sendMessage({ text: "hello again", messageId: question.id });
+  checkClean(engine, "edit");
+  check(engine.state.messages.length === 2, `edit: ${engine.state.messages.length} messages`);
+  const stored = await (await fetch(`${api}/${encodeURIComponent(chatId)}/messages`, { headers })).json();
+  await ai.validateUIMessages({ messages: stored.data });
+  return {
+    runs: [first.id, second.id, engine.state.messages[1].id],
+    engine_messages: engine.state.messages,
+    stored_messages: stored.data,
+  };
 }
 
 /**
@@ -468,7 +486,7 @@ seen.resume = await resume();
 seen.cancel = await cancel();
 seen.failed = await failed();
 seen.reasoning = await reasoning();
-seen.refusals = await refusals();
+seen.again = await again();
 seen.readme = await readme();
 seen.approval = await approval();
 process.stdout.write(`${JSON.stringify(seen)}\n`);

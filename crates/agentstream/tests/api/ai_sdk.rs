@@ -358,9 +358,26 @@ async fn the_ai_sdk_reads_the_ui_message_stream(backend: Backend) {
         assert_eq!(reply["parts"][1]["text"], thought.as_str());
         assert_eq!(reply["parts"][1]["state"], "done");
 
-        // Refused, with the reason in the engine's error.
-        let regenerate = seen["refusals"]["regenerate"].as_str().unwrap();
-        assert!(regenerate.contains("regenerate-message"), "{regenerate}");
+        // Regenerate, then edit: three runs, the chat as reloaded holds the
+        // edited question and the last answer only.
+        let again = &seen["again"];
+        let runs: Vec<&str> = again["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap())
+            .collect();
+        assert_eq!(runs.len(), 3);
+        assert!(runs[0] != runs[1] && runs[1] != runs[2], "{runs:?}");
+        let stored = again["stored_messages"].as_array().unwrap();
+        assert_eq!(stored.len(), 2, "{stored:#?}");
+        assert_eq!(stored[0]["parts"][0]["text"], "hello again");
+        assert_eq!(stored[1]["id"], runs[2]);
+        let reply = parts_of_message(&stored[1]);
+        assert!(
+            reply.iter().any(|p| p.to_string().contains("hello again")),
+            "{reply:?}"
+        );
 
         // The README's client module: its transport sent, its stop stopped.
         let readme = &seen["readme"];
@@ -518,15 +535,16 @@ async fn bad_chat_requests_are_refused(backend: Backend) {
             "id",
         ),
         (json!({"id": "c", "messages": text("   ")}), 422, "empty"),
+        // Another answer, or an edit, in a chat that has none.
         (
             json!({"id": "c", "messages": text("hi"), "trigger": "regenerate-message"}),
-            422,
-            "regenerate-message",
+            404,
+            "chat not found",
         ),
         (
             json!({"id": "c", "messages": text("hi"), "messageId": "m0"}),
-            422,
-            "messageId",
+            404,
+            "chat not found",
         ),
         (
             json!({"id": "c", "messages": text("hi"), "agent": "nobody"}),

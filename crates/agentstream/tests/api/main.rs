@@ -12,6 +12,7 @@ mod helpers;
 mod ai_sdk;
 mod approvals;
 mod cases;
+mod chats;
 mod cluster;
 mod context;
 mod crash;

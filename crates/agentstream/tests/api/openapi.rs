@@ -168,9 +168,9 @@ async fn the_document_is_openapi_3_1_and_lists_every_route() {
             }
         }
     }
-    // create_run, stream_events, the two seed routes, chat completions and
-    // the AI SDK's chat and its resume.
-    assert_eq!(sse_operations, 7);
+    // create_run, stream_events, retry, the two seed routes, chat
+    // completions and the AI SDK's chat and its resume.
+    assert_eq!(sse_operations, 8);
 
     // Every documented operation is routed with its method: the answer is
     // never 405 nor the fallback's "route not found".

@@ -338,6 +338,7 @@ async fn complete(
                 on_disconnect: OnDisconnect::Continue,
                 multitask: Multitask::Reject,
                 caller: caller.for_tools(),
+                replaces: None,
             },
         )
         .await

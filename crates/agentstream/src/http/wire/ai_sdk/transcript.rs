@@ -158,7 +158,9 @@ pub fn ui_messages(
     let mut replies: HashMap<Uuid, usize> = HashMap::new();
     // The reply the last assistant message went to, for its tool messages.
     let mut open = None;
-    for message in messages {
+    // The chat as it stands: what a retry or an edit replaced is left out,
+    // as the AI SDK's own regenerate and edit leave it.
+    for message in messages.into_iter().filter(|m| !m.superseded) {
         match message.role {
             Role::User => {
                 out.push(UiMessage {
@@ -294,6 +296,7 @@ mod tests {
             status: MessageStatus::Complete,
             finish_reason: None,
             created_at: String::new(),
+            superseded: false,
         }
     }
 
