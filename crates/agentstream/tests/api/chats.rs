@@ -443,3 +443,65 @@ async fn export_reset_and_delete(backend: Backend) {
     db.drop_schema().await;
 }
 both!(export_reset_and_delete);
+
+/// Another user's conversation and runs are not found, whatever the route.
+async fn other_users_get_404(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let conversation = app.create_agent_conversation("chat").await;
+    let run = say(&app, &conversation, "mine").await;
+    let store = app.state.store();
+    let alice = store.create_api_key("local").await.unwrap().key;
+    let bob = store.create_api_key("bob").await.unwrap().key;
+    let c = format!("/v1/conversations/{conversation}");
+    for (method, path, body) in [
+        ("PATCH", c.clone(), Some(json!({ "title": "x" }))),
+        ("GET", format!("{c}/runs"), None),
+        ("GET", format!("{c}/messages?limit=1"), None),
+        ("GET", format!("{c}/export"), None),
+        ("POST", format!("/v1/runs/{run}/retry"), Some(json!({}))),
+    ] {
+        let request = |key: &str| {
+            let builder = app
+                .client
+                .request(method.parse().unwrap(), app.url(&path))
+                .bearer_auth(key);
+            match &body {
+                Some(body) => builder.json(body),
+                None => builder,
+            }
+        };
+        let theirs = request(&bob).send().await.unwrap();
+        assert_eq!(theirs.status(), 404, "{method} {path}");
+        let error: Value = theirs.json().await.unwrap();
+        assert!(error["error"]["message"].is_string(), "{error}");
+        let mine = request(&alice).send().await.unwrap();
+        assert!(
+            mine.status().is_success(),
+            "{method} {path}: {}",
+            mine.status()
+        );
+        if method == "POST" {
+            let run: Value = mine.json().await.unwrap();
+            let id = run["id"].as_str().unwrap();
+            let status = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+                loop {
+                    let run: Value = app
+                        .client
+                        .get(app.url(&format!("/v1/runs/{id}")))
+                        .bearer_auth(&alice)
+                        .fetch_json()
+                        .await;
+                    if run["status"] != "queued" && run["status"] != "running" {
+                        return run["status"].clone();
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .unwrap();
+            assert_eq!(status, "completed");
+        }
+    }
+    app.stop().await;
+}
+both!(other_users_get_404);
