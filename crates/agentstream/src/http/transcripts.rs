@@ -29,8 +29,9 @@ pub fn router() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 struct MessagePage {
-    /// Page the transcript: at most this many messages, from 1 to 500. Without
-    /// it the whole transcript comes at once.
+    /// Page the transcript: at most this many messages, from 1 to 500
+    /// (default 50 with `before`). Without it and `before`, the whole
+    /// transcript comes at once.
     #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
     /// The `next_before` of the previous page: the messages before this one.
@@ -78,25 +79,20 @@ async fn list_messages(
     if state.store.conversation(user.id, id).await?.is_none() {
         return Err(ApiError::NotFound("conversation"));
     }
-    let Some(limit) = page.limit else {
-        if page.before.is_some() {
-            return Err(ApiError::Invalid("before: page with limit".to_owned()));
+    let limit = match (page.limit, page.before) {
+        (Some(limit), _) => limit,
+        (None, Some(_)) => 50,
+        (None, None) => {
+            return Ok(Json(Messages {
+                data: state.store.messages(id).await?,
+                next_before: None,
+            }));
         }
-        return Ok(Json(Messages {
-            data: state.store.messages(id).await?,
-            next_before: None,
-        }));
     };
     if !(1..=500).contains(&limit) {
         return Err(ApiError::Invalid("limit: from 1 to 500".to_owned()));
     }
-    let (data, more) = state
-        .store
-        .messages_page(id, page.before, limit)
-        .await?
-        .ok_or_else(|| {
-            ApiError::Invalid("before: not a message of this conversation".to_owned())
-        })?;
+    let (data, more) = state.store.messages_page(id, page.before, limit).await?;
     let next_before = more.then(|| data.first().map(|m| m.id)).flatten();
     Ok(Json(Messages { data, next_before }))
 }

@@ -150,15 +150,16 @@ pub(crate) async fn supersede(
 impl Store {
     /// A page of the conversation's transcript: the `limit` messages just
     /// before the message `before` in transcript order (the last `limit`
-    /// without it), oldest first, and whether older ones remain. None when
-    /// `before` is not a message of the conversation.
+    /// without it), oldest first, and whether older ones remain. An ID that
+    /// is no message of the conversation places itself by time (IDs are
+    /// UUID v7): the messages of the runs stored before it.
     #[tracing::instrument(skip_all, fields(conversation_id = %conversation_id))]
     pub async fn messages_page(
         &self,
         conversation_id: Uuid,
         before: Option<Uuid>,
         limit: u32,
-    ) -> Result<Option<(Vec<Message>, bool)>, StoreError> {
+    ) -> Result<(Vec<Message>, bool), StoreError> {
         let mut conn = self.acquire().await?;
         // The transcript's order is (COALESCE(run_id, id), id); "~" sorts
         // after every ID.
@@ -172,8 +173,11 @@ impl Store {
                 .bind(conversation_id.to_string())
                 .fetch_optional(&mut *conn)
                 .await?;
-                let Some(row) = row else { return Ok(None) };
-                (row.try_get::<String, _>("grp")?, before.to_string())
+                let group = match row {
+                    Some(row) => row.try_get::<String, _>("grp")?,
+                    None => before.to_string(),
+                };
+                (group, before.to_string())
             }
             None => ("~".to_owned(), "~".to_owned()),
         };
@@ -196,7 +200,7 @@ impl Store {
             .map(from_row)
             .collect::<Result<Vec<_>, _>>()?;
         page.reverse();
-        Ok(Some((page, more)))
+        Ok((page, more))
     }
 
     /// The conversation's messages in transcript order (see [`messages`]).

@@ -187,16 +187,22 @@ async fn transcripts_and_runs_in_pages(backend: Backend) {
     }
     assert_eq!(paged, whole);
     assert!(whole.iter().all(|m| m["run_id"].is_string()));
-    let response = app
-        .client
-        .get(app.url(&format!(
-            "/v1/conversations/{conversation}/messages?limit=3&before={}",
+    // An ID from after the last message (UUID v7: later) pages from the end;
+    // one from before the first, nothing.
+    let later = app
+        .get_json(&format!(
+            "/v1/conversations/{conversation}/messages?before={}",
             uuid::Uuid::now_v7()
-        )))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 422);
+        ))
+        .await;
+    assert_eq!(later["data"].as_array().unwrap(), &whole);
+    let earlier = app
+        .get_json(&format!(
+            "/v1/conversations/{conversation}/messages?before={}",
+            uuid::Uuid::nil()
+        ))
+        .await;
+    assert_eq!(earlier["data"], json!([]));
 
     let page = app
         .get_json(&format!("/v1/conversations/{conversation}/runs?limit=3"))
