@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::{
     Backend, Run, RunStatus, Store, StoreError, now, query,
-    runs::{RUN_COLUMNS, from_row},
+    runs::{from_row, run_columns},
 };
 
 /// A call a run asked its user about, and the decision once given.
@@ -173,18 +173,24 @@ impl Store {
     ) -> Result<Decided, StoreError> {
         let mut tx = self.begin().await?;
         // SQLite's write lock is held already (BEGIN IMMEDIATE).
-        let lock = if self.backend == Backend::Postgres {
-            " FOR UPDATE"
+        let read = if self.backend == Backend::Postgres {
+            concat!(
+                "SELECT ",
+                run_columns!(),
+                " FROM runs WHERE id = $1 AND user_id = $2 FOR UPDATE"
+            )
         } else {
-            ""
+            concat!(
+                "SELECT ",
+                run_columns!(),
+                " FROM runs WHERE id = $1 AND user_id = $2"
+            )
         };
-        let row = query(&format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE id = $1 AND user_id = $2{lock}"
-        ))
-        .bind(run_id.to_string())
-        .bind(user_id.to_string())
-        .fetch_optional(&mut *tx)
-        .await?;
+        let row = query(read)
+            .bind(run_id.to_string())
+            .bind(user_id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
         let Some(mut run) = row.as_ref().map(from_row).transpose()? else {
             return Ok(Decided::RunNotFound);
         };
@@ -249,9 +255,10 @@ impl Store {
         node: &str,
     ) -> Result<Option<Run>, StoreError> {
         let mut tx = self.begin().await?;
-        let row = query(&format!(
+        let row = query(concat!(
             "UPDATE runs SET status = 'running', owner_node = $2, expires_at = NULL \
-             WHERE id = $1 AND status = 'requires_action' RETURNING {RUN_COLUMNS}"
+             WHERE id = $1 AND status = 'requires_action' RETURNING ",
+            run_columns!()
         ))
         .bind(run_id.to_string())
         .bind(node)
@@ -263,9 +270,10 @@ impl Store {
 
     /// Paused runs whose wait ran out before `now`.
     pub async fn expired_paused_runs(&self, now: &str) -> Result<Vec<Run>, StoreError> {
-        let rows = query(&format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE status = 'requires_action' AND expires_at < $1 \
-             ORDER BY id"
+        let rows = query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM runs WHERE status = 'requires_action' AND expires_at < $1 ORDER BY id"
         ))
         .bind(now)
         .fetch_all(&mut *self.acquire().await?)

@@ -62,12 +62,16 @@ pub struct Conversation {
 /// Longest `preview`, in characters.
 const PREVIEW_CHARS: usize = 120;
 
-/// The columns of a conversation with its last message's text as
-/// `last_text`, of `conversations c`.
-const WITH_LAST_TEXT: &str = "c.id, c.user_id, c.kind, c.agent, c.title, c.created_at, \
-    c.updated_at, (SELECT m.content FROM messages m WHERE m.conversation_id = c.id \
-    AND m.role IN ('user', 'assistant') AND m.content <> '' ORDER BY m.id DESC LIMIT 1) \
-    AS last_text";
+/// The columns of a conversation of `conversations c` with its last
+/// message's text as `last_text`: a literal, for `concat!`.
+macro_rules! with_last_text {
+    () => {
+        "c.id, c.user_id, c.kind, c.agent, c.title, c.created_at, c.updated_at, \
+         (SELECT m.content FROM messages m WHERE m.conversation_id = c.id \
+         AND m.role IN ('user', 'assistant') AND m.content <> '' ORDER BY m.id DESC LIMIT 1) \
+         AS last_text"
+    };
+}
 
 /// Where a page of the list starts: after the conversation with this last
 /// activity and ID (the previous page's last).
@@ -132,8 +136,10 @@ impl Store {
         user_id: Uuid,
         id: Uuid,
     ) -> Result<Option<Conversation>, StoreError> {
-        let row = query(&format!(
-            "SELECT {WITH_LAST_TEXT} FROM conversations c WHERE c.id = $1 AND c.user_id = $2"
+        let row = query(concat!(
+            "SELECT ",
+            with_last_text!(),
+            " FROM conversations c WHERE c.id = $1 AND c.user_id = $2"
         ))
         .bind(id.to_string())
         .bind(user_id.to_string())
@@ -220,8 +226,10 @@ impl Store {
                 .replace('_', "\\_");
             format!("%{escaped}%")
         });
-        let rows = query(&format!(
-            "SELECT {WITH_LAST_TEXT} FROM conversations c WHERE c.user_id = $1 \
+        let rows = query(concat!(
+            "SELECT ",
+            with_last_text!(),
+            " FROM conversations c WHERE c.user_id = $1 \
              AND (c.updated_at < $2 OR (c.updated_at = $2 AND c.id < $3)) \
              AND ($4 IS NULL OR LOWER(c.title) LIKE $4 ESCAPE '\\') \
              ORDER BY c.updated_at DESC, c.id DESC LIMIT $5"

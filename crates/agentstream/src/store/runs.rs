@@ -99,10 +99,15 @@ fn json_column(row: &AnyRow, column: &str) -> Result<Option<serde_json::Value>, 
         .map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
 }
 
-/// The columns [`from_row`] reads, for a `SELECT` of whole runs.
-pub(super) const RUN_COLUMNS: &str = "id, conversation_id, user_id, agent, status, \
-    client_message_id, on_disconnect, error, usage, context, last_seq, created_at, finished_at, \
-    caller, expires_at";
+/// The columns [`from_row`] reads, for a `SELECT` of whole runs: a literal,
+/// for `concat!`, so that every query stays a `&'static str`.
+macro_rules! run_columns {
+    () => {
+        "id, conversation_id, user_id, agent, status, client_message_id, on_disconnect, \
+         error, usage, context, last_seq, created_at, finished_at, caller, expires_at"
+    };
+}
+pub(super) use run_columns;
 
 pub(super) fn from_row(row: &AnyRow) -> Result<Run, StoreError> {
     Ok(Run {
@@ -178,9 +183,10 @@ impl Store {
     ) -> Result<Vec<Run>, StoreError> {
         // UUID v7 text sorts by creation time; "~" sorts after every ID.
         let before = before.map_or_else(|| "~".to_owned(), |id| id.to_string());
-        let rows = query(&format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE conversation_id = $1 AND id < $2 \
-             ORDER BY id DESC LIMIT $3"
+        let rows = query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM runs WHERE conversation_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3"
         ))
         .bind(conversation_id.to_string())
         .bind(before)
