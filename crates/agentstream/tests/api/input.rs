@@ -157,7 +157,7 @@ async fn bad_input_is_refused_and_writes_nothing(backend: Backend) {
     assert_error(response, 404, "not_found").await;
     let response = app
         .client
-        .delete(app.url("/v1/profile"))
+        .put(app.url("/v1/profile"))
         .send()
         .await
         .unwrap();
