@@ -3,8 +3,8 @@
 // `npm ci` here: `node tests/browser/run.mjs`. Prints `N passed, N failed`
 // last and exits non-zero on any failure.
 //
-// Environment: CHROMIUM (default /usr/bin/chromium), AGENTSTREAM_BIN (skip
-// the cargo build and use this binary), SCREENSHOTS (default target/screenshots, outside the tracked tree:
+// Environment: CHROMIUM (default /usr/bin/chromium), AGENTSTREAM_BIN and
+// MOCK_LLM_BIN (skip the cargo build and use these binaries), SCREENSHOTS (default target/screenshots, outside the tracked tree:
 // a test run leaves `git status` clean; `SCREENSHOTS=docs/screenshots`
 // refreshes the README's pictures on purpose).
 
@@ -39,13 +39,48 @@ function assertEqual(actual, expected, what) {
 
 // ---- the server ----
 
-function serverBinary() {
-  if (process.env.AGENTSTREAM_BIN) return process.env.AGENTSTREAM_BIN;
-  execFileSync("cargo", ["build", "-p", "agentstream"], { cwd: root, stdio: "inherit" });
+function built(name) {
   const target = process.env.CARGO_TARGET_DIR
     ? path.resolve(root, process.env.CARGO_TARGET_DIR)
     : path.join(root, "target");
-  return path.join(target, "debug", "agentstream");
+  return path.join(target, "debug", name);
+}
+
+// The server, and beside it the fake model server `mock-llm` that one test uses.
+function serverBinary() {
+  if (process.env.AGENTSTREAM_BIN) return process.env.AGENTSTREAM_BIN;
+  execFileSync("cargo", ["build", "-p", "agentstream", "-p", "mock-llm"], { cwd: root, stdio: "inherit" });
+  return built("agentstream");
+}
+
+// mock-llm on a free port, up once it logs "mock-llm listening". Its
+// `fail_first=N` fails the first N requests of each model string with a 500.
+async function startMock() {
+  const port = await freePort();
+  const binary = process.env.MOCK_LLM_BIN || built("mock-llm");
+  const env = { ...process.env, NO_COLOR: "1", RUST_LOG: "info" };
+  const child = spawn(binary, ["--bind", `127.0.0.1:${port}`], { env, stdio: ["ignore", "ignore", "pipe"] });
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  let log = "";
+  child.stderr.setEncoding("utf8");
+  await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`mock-llm did not start:\n${log}`)), 30_000);
+    child.stderr.on("data", (chunk) => {
+      log += chunk;
+      if (log.includes("mock-llm listening")) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    exited.then((code) => reject(new Error(`mock-llm exited (${code}):\n${log}`)));
+  });
+  return {
+    base: `http://127.0.0.1:${port}/v1`,
+    async stop() {
+      child.kill("SIGTERM");
+      await exited;
+    },
+  };
 }
 
 function freePort() {
@@ -160,6 +195,12 @@ async function newPage(browser, base, viewport = { width: 1000, height: 720 }) {
   const errors = [];
   page.on("pageerror", (error) => errors.push(error.message));
   page.errors = errors;
+  // Failed loads (a 404 for an icon, say) show as console errors.
+  const consoleErrors = [];
+  page.on("console", (message) => {
+    if (message.type() === "error") consoleErrors.push(message.text());
+  });
+  page.consoleErrors = consoleErrors;
   return { context, page };
 }
 
@@ -169,14 +210,15 @@ async function send(page, text) {
   await input.press("Enter");
 }
 
-// The streaming bubble's text once it has at least `words` words.
+// The streaming bubble's text (the Markdown it has received, which it
+// draws) once it has at least `words` words.
 async function partialText(page, words) {
   const handle = await page.waitForFunction(
     (words) => {
       const bubble = document.querySelector("li.msg.assistant.streaming");
-      const text = bubble?.querySelector(".text").textContent.trim() ?? "";
+      const text = bubble?.markdown?.trim() ?? "";
       if (!text || text.split(/\s+/).length < words) return null;
-      return { text: bubble.querySelector(".text").textContent, runId: bubble.dataset.runId };
+      return { text: bubble.markdown, runId: bubble.dataset.runId };
     },
     words,
     { polling: "raf" },
@@ -184,18 +226,22 @@ async function partialText(page, words) {
   return handle.jsonValue();
 }
 
+// The last assistant bubble with this status: `text` is the reply as
+// received (its Markdown), `shown` the text drawn from it.
 async function lastAssistant(page, status) {
   const bubble = page.locator(`li.msg.assistant[data-status="${status}"]`).last();
   await bubble.waitFor();
   return {
-    text: await bubble.locator(".text").textContent(),
+    text: await bubble.evaluate((li) => li.markdown),
+    shown: await bubble.locator(".text").textContent(),
     runId: await bubble.getAttribute("data-run-id"),
     bubble,
   };
 }
 
-async function conversationId(page, kind) {
-  return page.evaluate((kind) => sessionStorage.getItem(`agentstream.conversation.${kind}`), kind);
+// The conversation the page shows.
+async function conversationId(page) {
+  return page.evaluate(() => document.body.dataset.conversation);
 }
 
 async function storedMessages(base, conversation, key) {
@@ -203,16 +249,52 @@ async function storedMessages(base, conversation, key) {
   return data;
 }
 
+// Picks the agent of a new conversation; on a narrow screen the choice is
+// in the drawer, opened first and closed after.
+async function pickAgent(page, label) {
+  const toggle = page.locator("#drawer-toggle");
+  const drawer = await toggle.isVisible();
+  if (drawer) await toggle.click();
+  await page.getByLabel(label, { exact: true }).check();
+  if (drawer) {
+    await page.keyboard.press("Escape");
+    await page.locator("body:not(.drawer-open)").waitFor();
+  }
+}
+
 async function chatMode(page) {
-  await page.getByLabel("Chat", { exact: true }).check();
+  await pickAgent(page, "Chat");
   await page.locator("body.chat-mode").waitFor();
 }
 
-function noPageErrors(page) {
+// The conversation's item in the list.
+function listItem(page, conversation) {
+  return page.locator(`li.conversation[data-id="${conversation}"]`);
+}
+
+// Presses Tab (or Shift+Tab) until `predicate` holds in the page for the
+// focused element; fails after `max` presses.
+async function tabTo(page, predicate, { back = false, max = 40 } = {}) {
+  for (let i = 0; i < max; i++) {
+    await page.keyboard.press(back ? "Shift+Tab" : "Tab");
+    if (await page.evaluate(predicate)) return;
+  }
+  const focused = await page.evaluate(() => document.activeElement?.outerHTML.slice(0, 120));
+  throw new Error(`${max} presses of Tab did not reach it; focus is on ${focused}`);
+}
+
+// No script error and no console error, but for the answers a test
+// expects (`allow`; a 401 is how a server with keys asks for one).
+function noPageErrors(page, allow = /status of 401/) {
   assert(page.errors.length === 0, "errors in the page: " + page.errors.join("; "));
+  const unexpected = page.consoleErrors.filter((text) => !allow.test(text));
+  assert(unexpected.length === 0, "console errors: " + unexpected.join("; "));
 }
 
 // ---- the tests ----
+
+// A run in one of these statuses is still going.
+const OPEN_STATUSES = ["queued", "running", "requires_action"];
 
 const tests = [];
 const test = (name, fn) => tests.push({ name, fn });
@@ -232,6 +314,7 @@ test("an onboarding answer streams in, with its tool chip and the profile update
   const final = await lastAssistant(page, "complete");
   const expected = 'Thanks! I saved your name as "Ada Lovelace". What is your role?';
   assertEqual(final.text, expected, "the final reply");
+  assertEqual(final.shown, expected, "the reply as drawn");
   assert(partial.text.length < final.text.length, `saw only the final text, not a partial one: ${partial.text}`);
   assert(final.text.startsWith(partial.text), `the partial text ${JSON.stringify(partial.text)} is not a prefix of the reply`);
 
@@ -240,7 +323,7 @@ test("an onboarding answer streams in, with its tool chip and the profile update
   assert(chipText.includes("name") && chipText.includes("Ada Lovelace") && chipText.includes("✓"), `chip: ${chipText}`);
   await page.locator('#profile-fields dd[data-field="name"]', { hasText: "Ada Lovelace" }).waitFor();
 
-  const conversation = await conversationId(page, "onboarding");
+  const conversation = await conversationId(page);
   const stored = (await storedMessages(server.base, conversation)).filter((m) => m.role === "assistant" && m.content);
   assertEqual(stored.at(-1).content, final.text, "the stored reply");
 
@@ -250,6 +333,17 @@ test("an onboarding answer streams in, with its tool chip and the profile update
   await page.locator('li.msg.assistant[data-status="complete"]', { hasText: "What are your goals?" }).waitFor();
   await page.locator("#send:not([disabled])").waitFor();
   await page.screenshot({ path: path.join(screenshots, "onboarding.png") });
+
+  // A new onboarding conversation's hint says what the profile holds; Reset
+  // profile, confirmed, empties it.
+  await page.getByRole("button", { name: "New conversation" }).click();
+  await page.locator("#empty-hint", { hasText: "some answers are already in your profile" }).waitFor();
+  await page.getByRole("button", { name: "Reset profile" }).click();
+  await page.locator("#profile-panel .confirm").getByRole("button", { name: "Reset" }).click();
+  await page.getByText("Nothing saved yet.").waitFor();
+  await page.locator("#empty-hint", { hasText: "Start with your name." }).waitFor();
+  assertEqual(Object.keys((await getJson(server.base, "/v1/profile")).fields).length, 0, "fields after the reset");
+  assert(await page.getByRole("button", { name: "Reset profile" }).isHidden(), "Reset profile shows for an empty profile");
   noPageErrors(page);
   await context.close();
 });
@@ -327,7 +421,7 @@ test("a reload in the middle of a reply resumes it without duplicated text (phon
   const final = await lastAssistant(page, "complete");
   assertEqual(final.runId, before.runId, "the finished run");
 
-  const conversation = await conversationId(page, "chat");
+  const conversation = await conversationId(page);
   const stored = await storedMessages(server.base, conversation);
   const reply = stored.filter((m) => m.role === "assistant" && m.run_id === before.runId);
   assertEqual(reply.length, 1, "stored replies");
@@ -335,7 +429,7 @@ test("a reload in the middle of a reply resumes it without duplicated text (phon
   assert(final.text.startsWith(before.text), "the reply does not continue the text seen before the reload");
   assertEqual(await page.locator("li.msg.assistant").count(), 1, "assistant bubbles");
   assertEqual(await page.locator("li.msg.user").count(), 1, "user bubbles");
-  assertEqual(await page.locator("li.msg.user").textContent(), LONG_MESSAGE, "the user message");
+  assertEqual(await page.locator("li.msg.user .text").textContent(), LONG_MESSAGE, "the user message");
   const width = await page.evaluate(() => document.documentElement.scrollWidth);
   assert(width <= 375, `the page scrolls sideways at 375 px (${width} px wide)`);
 
@@ -358,7 +452,7 @@ test("stop cancels the run; the partial reply stays, marked stopped", async ({ b
   assert(stopped.text.startsWith(partial.text), "the partial reply was not kept");
   const run = await getJson(server.base, `/v1/runs/${partial.runId}`);
   assertEqual(run.status, "cancelled", "the run's status");
-  const conversation = await conversationId(page, "chat");
+  const conversation = await conversationId(page);
   const reply = (await storedMessages(server.base, conversation)).find(
     (m) => m.role === "assistant" && m.run_id === partial.runId,
   );
@@ -391,13 +485,14 @@ test("a lost connection shows in the status line and the stream resumes by itsel
     );
     const final = await lastAssistant(page, "complete");
     assertEqual(final.runId, partial.runId, "the finished run");
-    const conversation = await conversationId(page, "chat");
+    const conversation = await conversationId(page);
     const reply = (await storedMessages(server.base, conversation)).find(
       (m) => m.role === "assistant" && m.run_id === partial.runId,
     );
     assertEqual(final.text, reply.content, "the page's reply against the stored one");
     assertEqual(await page.locator("li.msg.assistant").count(), 1, "assistant bubbles");
-    noPageErrors(page);
+    // The cut stream is a failed load in the console, as it should be.
+    noPageErrors(page, /ERR_INCOMPLETE_CHUNKED_ENCODING|ERR_CONNECTION|ERR_EMPTY_RESPONSE/);
     await context.close();
   } finally {
     await proxy.close();
@@ -474,14 +569,14 @@ test("an agent from the configuration is a choice on the page, and its tool call
   try {
     const { context, page } = await newPage(browser, server.base);
     await page.goto("/");
-    await page.getByLabel("Helpdesk", { exact: true }).check();
+    await pickAgent(page, "Helpdesk");
     await page.locator("body.chat-mode").waitFor();
     await page.getByText("Tells you who you are signed in as.").waitFor();
     await send(page, "whoami please");
     await page.locator('li.chip[data-tool="whoami"][data-done="true"]').waitFor();
     const final = await lastAssistant(page, "complete");
     assertEqual(final.text, 'whoami answered: {"name":"local"}', "the reply");
-    const conversation = await conversationId(page, "helpdesk");
+    const conversation = await conversationId(page);
     const stored = await getJson(server.base, `/v1/conversations/${conversation}`);
     assertEqual(stored.agent, "helpdesk", "the conversation's agent");
     await page.screenshot({ path: path.join(screenshots, "custom-agent.png") });
@@ -520,7 +615,7 @@ test("an MCP server's tool is called from the page", async ({ browser, binary })
   try {
     const { context, page } = await newPage(browser, server.base);
     await page.goto("/");
-    await page.getByLabel("Mcp demo", { exact: true }).check();
+    await pickAgent(page, "Mcp demo");
     await send(page, "everything echo message=hello");
     await page.locator('li.chip[data-tool="everything__echo"][data-done="true"]').waitFor();
     const final = await lastAssistant(page, "complete");
@@ -566,7 +661,7 @@ test("a tool call that needs approval: approve once, deny once, and a reload whi
   try {
     const { context, page } = await newPage(browser, server.base);
     await page.goto("/");
-    await page.getByLabel("Careful", { exact: true }).check();
+    await pickAgent(page, "Careful");
     await page.locator("body.chat-mode").waitFor();
     const asking = 'li.chip[data-tool="remember"][data-approval="requested"]';
 
@@ -585,7 +680,8 @@ test("a tool call that needs approval: approve once, deny once, and a reload whi
     await page.locator(`${asking} button.deny:enabled`).waitFor();
     await page.locator(`${asking} input.reason`).fill("not today");
     await page.locator(`${asking} button.deny`).click();
-    await page.getByText("remember failed: the user declined this call: not today").waitFor();
+    const transcript = page.locator("#transcript");
+    await transcript.getByText("remember failed: the user declined this call: not today").waitFor();
     assertEqual((await getJson(server.base, "/v1/profile")).fields.note, "milk", "the note after the denial");
     const denied = page.locator('li.chip[data-tool="remember"][data-approval="denied"]');
     assertEqual(await denied.count(), 1, "chips marked denied");
@@ -596,12 +692,12 @@ test("a tool call that needs approval: approve once, deny once, and a reload whi
     await page.reload();
     await page.locator(`${asking} button.approve:enabled`).waitFor();
     await page.locator(`${asking} button.approve`).click();
-    await page.getByText('remember answered: {"rows_affected":1}').last().waitFor();
+    await transcript.getByText('remember answered: {"rows_affected":1}').last().waitFor();
     await page.waitForFunction(() => !document.getElementById("send").disabled);
     assertEqual((await getJson(server.base, "/v1/profile")).fields.note, "tea", "the note after the reload");
 
     // The transcript holds each call with its result.
-    const conversation = await conversationId(page, "careful");
+    const conversation = await conversationId(page);
     const stored = await storedMessages(server.base, conversation);
     const results = stored.filter((m) => m.role === "tool").map((m) => JSON.parse(m.content));
     assertEqual(results.length, 3, "tool results stored");
