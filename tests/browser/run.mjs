@@ -710,6 +710,423 @@ test("a tool call that needs approval: approve once, deny once, and a reload whi
   }
 });
 
+// A reply long enough (about four seconds) to switch away and back in the middle.
+const LONGER_MESSAGE =
+  "Keep talking while I look elsewhere: " +
+  Array.from({ length: 60 }, (_, i) => `item${i + 1}`).join(" ");
+
+test("switching conversations mid-reply leaves the run going; coming back resumes it, no text twice", async ({ browser, server }) => {
+  const { context, page } = await newPage(browser, server.base);
+  await page.goto("/");
+  await chatMode(page);
+  await send(page, "the first conversation");
+  await lastAssistant(page, "complete");
+  const first = await conversationId(page);
+  await listItem(page, first).waitFor();
+
+  await page.getByRole("button", { name: "New conversation" }).click();
+  await send(page, LONGER_MESSAGE);
+  const before = await partialText(page, 4);
+  const second = await conversationId(page);
+  assert(second && second !== first, "the second message did not start a new conversation");
+
+  // Away: the first conversation is shown, and the second's run goes on.
+  await listItem(page, first).locator("button.open").click();
+  await page.waitForFunction((id) => document.body.dataset.conversation === id, first);
+  await page.locator("#transcript li.msg.user", { hasText: "the first conversation" }).waitFor();
+  assertEqual(await page.locator("#transcript li.msg.user").count(), 1, "user bubbles in the first conversation");
+  assertEqual(await page.locator(`li.msg[data-run-id="${before.runId}"]`).count(), 0, "the other run's bubbles");
+  assert(!(await page.locator("#send").isDisabled()), "Send waits for another conversation's run");
+  const meanwhile = await getJson(server.base, `/v1/runs/${before.runId}`);
+  assert(OPEN_STATUSES.includes(meanwhile.status), `the run did not go on: ${meanwhile.status}`);
+
+  // Back: the reply picks up from the run's log.
+  await listItem(page, second).locator("button.open").click();
+  await page.waitForFunction((id) => document.body.dataset.resumedRun === id, before.runId);
+  const final = await lastAssistant(page, "complete");
+  assertEqual(final.runId, before.runId, "the finished run");
+  const stored = await storedMessages(server.base, second);
+  const reply = stored.filter((m) => m.role === "assistant" && m.run_id === before.runId);
+  assertEqual(reply.length, 1, "stored replies");
+  assertEqual(final.text, reply[0].content, "the page's reply against the stored one");
+  assertEqual(final.shown, reply[0].content, "the reply as drawn");
+  assert(final.text.startsWith(before.text), "the reply does not continue the text seen before the switch");
+  assertEqual(await page.locator("li.msg.assistant").count(), 1, "assistant bubbles");
+  assertEqual(await page.locator("li.msg.user").count(), 1, "user bubbles");
+  assertEqual((await getJson(server.base, `/v1/runs/${before.runId}`)).status, "completed", "the run's status");
+  noPageErrors(page);
+  await context.close();
+});
+
+test("retry a failed reply: the upstream fails once, the retry answers", async ({ browser, binary }) => {
+  const mock = await startMock();
+  const server = await startServer(binary, {
+    name: "retry",
+    before: ({ database }) => {
+      const config = path.join(path.dirname(database.slice("sqlite://".length)), "agentstream.toml");
+      fs.writeFileSync(
+        config,
+        [
+          "[providers.mock]",
+          'kind = "openai"',
+          `base_url = "${mock.base}"`,
+          "max_retries = 0",
+          "",
+          "[agents.flaky]",
+          'description = "A model server that fails the first request."',
+          'provider = "mock"',
+          // mock-llm counts fail_first per model string: this one's first request fails.
+          'model = "mock;tools=never;fail_first=1"',
+          "",
+        ].join("\n"),
+      );
+      return { args: ["--config", config] };
+    },
+  });
+  try {
+    const { context, page } = await newPage(browser, server.base);
+    await page.goto("/");
+    await pickAgent(page, "Flaky");
+    await send(page, "hello flaky model");
+    const failed = await lastAssistant(page, "failed");
+    await failed.bubble.locator(".marker", { hasText: "Failed" }).waitFor();
+    await page.locator("li.msg.error-note").first().waitFor();
+    assertEqual((await getJson(server.base, `/v1/runs/${failed.runId}`)).status, "failed", "the first run");
+
+    await failed.bubble.getByRole("button", { name: "Retry" }).click();
+    const final = await lastAssistant(page, "complete");
+    assert(final.runId && final.runId !== failed.runId, "the retry is a new run");
+    assert(final.text.length > 0, "an empty reply");
+    assertEqual(await page.locator("li.msg.assistant").count(), 1, "assistant bubbles");
+    assertEqual(await page.locator("li.msg.error-note").count(), 0, "notes of the failed run left");
+    assertEqual(await page.locator("li.msg.user").count(), 1, "user bubbles");
+    const conversation = await conversationId(page);
+    const stored = await storedMessages(server.base, conversation);
+    const current = stored.filter((m) => !m.superseded);
+    assertEqual(current.map((m) => m.role).join(","), "user,assistant", "the transcript that counts");
+    assertEqual(current[1].content, final.text, "the retried reply against the stored one");
+    assertEqual(current[1].run_id, final.runId, "the stored reply's run");
+    assert(
+      stored.filter((m) => m.run_id === failed.runId && m.role !== "user").every((m) => m.superseded),
+      "the failed reply is not marked superseded",
+    );
+
+    // After a reload the replaced reply stays hidden.
+    await page.reload();
+    await lastAssistant(page, "complete");
+    assertEqual(await page.locator("li.msg.assistant").count(), 1, "assistant bubbles after a reload");
+    assertEqual(await page.locator('li.msg.assistant[data-status="failed"]').count(), 0, "failed bubbles after a reload");
+    noPageErrors(page);
+    await context.close();
+  } finally {
+    server.exitCode = await server.stop();
+    await mock.stop();
+    // The failed upstream request is logged as a warning, and only that.
+    server.log = server.log.filter((line) => !(/ WARN /.test(line) && /mock|provider|model|upstream|llm|500/i.test(line)));
+    checkLog(server);
+  }
+});
+
+test("retry the last reply, then edit and resend the last question", async ({ browser, server }) => {
+  const { context, page } = await newPage(browser, server.base);
+  await page.goto("/");
+  await chatMode(page);
+  await send(page, "first question");
+  const first = await lastAssistant(page, "complete");
+  assert(first.text.startsWith('You said: "first question"'), `the reply: ${first.text}`);
+
+  // Retry: the same question, answered by a new run in the same place.
+  await first.bubble.getByRole("button", { name: "Retry" }).click();
+  await page.waitForFunction(
+    (id) => {
+      const bubble = document.querySelector('li.msg.assistant[data-status="complete"]');
+      return bubble && bubble.dataset.runId !== id;
+    },
+    first.runId,
+  );
+  const retried = await lastAssistant(page, "complete");
+  assertEqual(retried.text, first.text, "the retried reply");
+  assertEqual(await page.locator("li.msg.assistant").count(), 1, "assistant bubbles after the retry");
+
+  // Edit: the question is replaced, and so is its answer.
+  const question = page.locator("li.msg.user").last();
+  await question.getByRole("button", { name: "Edit" }).click();
+  const area = page.getByLabel("Edit your message");
+  assertEqual(await area.inputValue(), "first question", "the text being edited");
+  await area.fill("the edited question");
+  await area.press("Enter");
+  await page.locator('li.msg.assistant[data-status="complete"]', { hasText: 'You said: "the edited question"' }).waitFor();
+  assertEqual(await page.locator("li.msg.user").count(), 1, "user bubbles after the edit");
+  assertEqual(await page.locator("li.msg.user .text").textContent(), "the edited question", "the question shown");
+  assertEqual(await page.locator("li.msg.assistant").count(), 1, "assistant bubbles after the edit");
+
+  const conversation = await conversationId(page);
+  const stored = await storedMessages(server.base, conversation);
+  const current = stored.filter((m) => !m.superseded);
+  assertEqual(current.map((m) => `${m.role}:${m.content.slice(0, 30)}`).join(" | "),
+    'user:the edited question | assistant:You said: "the edited question', "the transcript that counts");
+  assertEqual(stored.filter((m) => m.superseded).length, 3, "superseded messages (a question and two replies)");
+
+  // A reload shows the same, without the replaced messages.
+  await page.reload();
+  await page.locator('li.msg.assistant[data-status="complete"]').waitFor();
+  assertEqual(await page.locator("li.msg.user").count(), 1, "user bubbles after a reload");
+  assertEqual(await page.locator("li.msg.assistant").count(), 1, "assistant bubbles after a reload");
+  await page.locator("li.msg.user").getByRole("button", { name: "Edit" }).waitFor();
+  noPageErrors(page);
+  await context.close();
+});
+
+test("rename and delete a conversation from the list; a conversation with a reply going is not deleted", async ({ browser, server }) => {
+  const { context, page } = await newPage(browser, server.base);
+  await page.goto("/");
+  await chatMode(page);
+  await send(page, "a conversation to rename");
+  await lastAssistant(page, "complete");
+  const conversation = await conversationId(page);
+  const item = listItem(page, conversation);
+  const made = await getJson(server.base, `/v1/conversations/${conversation}`);
+  assert(made.title, "no title was made from the first message");
+  await item.locator(".title", { hasText: made.title }).waitFor();
+  assert((await item.locator(".meta").textContent()).includes("Chat"), "the item does not name its agent");
+  assert((await item.locator(".preview").textContent()).length > 0, "the item has no preview");
+
+  // Rename.
+  await item.getByRole("button", { name: /^Rename or delete/ }).click();
+  await item.getByRole("button", { name: "Rename", exact: true }).click();
+  await item.getByLabel("Title of the conversation").fill("Renamed by hand");
+  await item.getByLabel("Title of the conversation").press("Enter");
+  await item.locator(".title", { hasText: "Renamed by hand" }).waitFor();
+  await page.locator("#current-title", { hasText: "Renamed by hand" }).waitFor();
+  assertEqual((await getJson(server.base, `/v1/conversations/${conversation}`)).title, "Renamed by hand", "the stored title");
+  await page.getByLabel("Search conversation titles").fill("renamed BY hand");
+  await page.waitForFunction(
+    (id) => [...document.querySelectorAll("li.conversation")].map((li) => li.dataset.id).join() === id,
+    conversation,
+  );
+  await page.getByLabel("Search conversation titles").fill("");
+  await page.waitForFunction(() => document.querySelectorAll("li.conversation").length > 1);
+
+  // An empty title clears it.
+  await item.getByRole("button", { name: /^Rename or delete/ }).click();
+  await item.getByRole("button", { name: "Rename", exact: true }).click();
+  await item.getByLabel("Title of the conversation").fill("");
+  await item.getByRole("button", { name: "Save" }).click();
+  await item.locator(".title", { hasText: "New conversation" }).waitFor();
+  assertEqual((await getJson(server.base, `/v1/conversations/${conversation}`)).title, null, "the cleared title");
+
+  // Delete, confirmed: the conversation is gone and a new one is shown.
+  await item.getByRole("button", { name: /^Rename or delete/ }).click();
+  await item.getByRole("button", { name: "Delete", exact: true }).click();
+  await item.locator(".confirm").getByRole("button", { name: "Delete" }).click();
+  await item.waitFor({ state: "detached" });
+  const gone = await fetch(`${server.base}/v1/conversations/${conversation}`);
+  assertEqual(gone.status, 404, "the deleted conversation's status");
+  assertEqual(await conversationId(page), "", "the conversation shown after the delete");
+  assertEqual(await page.locator("#transcript li").count(), 0, "bubbles after the delete");
+
+  // While a reply streams, the server refuses (409) and the page says why.
+  await send(page, LONG_MESSAGE);
+  const partial = await partialText(page, 2);
+  const busy = listItem(page, await conversationId(page));
+  await busy.getByRole("button", { name: /^Rename or delete/ }).click();
+  await busy.getByRole("button", { name: "Delete", exact: true }).click();
+  await busy.locator(".confirm").getByRole("button", { name: "Delete" }).click();
+  await page.locator("#status", { hasText: "reply in progress" }).waitFor();
+  await busy.waitFor();
+  await lastAssistant(page, "complete");
+  assertEqual((await getJson(server.base, `/v1/runs/${partial.runId}`)).status, "completed", "the run after the refused delete");
+  noPageErrors(page, /status of (401|409)/);
+  await context.close();
+});
+
+test("a reply in Markdown: code kept exactly, the model's HTML and javascript: links inert", async ({ browser, server }) => {
+  const { context, page } = await newPage(browser, server.base, { width: 1100, height: 760 });
+  await context.grantPermissions(["clipboard-read", "clipboard-write"]);
+  await page.goto("/");
+  await chatMode(page);
+  const code = [
+    "fn main() {",
+    '    let html = "<script>alert(1)</script> & <b>bold</b>";',
+    '    println!("{html}   *not emphasis*  _nor this_");',
+    "}",
+  ].join("\n");
+  const message = [
+    '<img src=x onerror="window.__pwned=1"> **strong** and [a link](javascript:window.__pwned=2)',
+    "see <https://example.com/docs>",
+    "```rust",
+    code,
+    "```",
+    "that is all",
+  ].join("\n");
+  await send(page, message);
+  const reply = await lastAssistant(page, "complete");
+  const bubble = reply.bubble;
+
+  assertEqual(await bubble.locator("img").count(), 0, "img elements in the reply");
+  assertEqual(await bubble.locator("script").count(), 0, "script elements in the reply");
+  assert((await bubble.locator(".text").textContent()).includes('<img src=x onerror="window.__pwned=1">'),
+    "the model's HTML is not shown as text");
+  assertEqual(await bubble.locator("strong").textContent(), "strong", "the bold text");
+  assertEqual(await bubble.locator("pre code").textContent(), code + "\n", "the code block's text");
+  const links = await bubble.locator("a").evaluateAll((as) =>
+    as.map((a) => ({ text: a.textContent, href: a.getAttribute("href"), rel: a.rel, target: a.target })));
+  assert(links.every((l) => !l.href || /^(https?|mailto):/i.test(l.href)), `live links: ${JSON.stringify(links)}`);
+  const docs = links.find((l) => l.href === "https://example.com/docs");
+  assert(docs && docs.rel.includes("noopener") && docs.target === "_blank", `the docs link: ${JSON.stringify(links)}`);
+  await bubble.locator("a", { hasText: "a link" }).click();
+  assertEqual(await page.evaluate(() => window.__pwned), undefined, "window.__pwned");
+
+  // The question stays plain text.
+  const question = page.locator("li.msg.user .text").last();
+  assertEqual(await question.textContent(), message, "the question as shown");
+  assertEqual(await question.evaluate((el) => el.childElementCount), 0, "elements in the question");
+
+  // Copy gives the reply as written, Markdown and all.
+  await bubble.getByRole("button", { name: "Copy" }).click();
+  await bubble.getByRole("button", { name: "Copied" }).waitFor();
+  assertEqual(await page.evaluate(() => navigator.clipboard.readText()), reply.text, "the copied text");
+  const stored = (await storedMessages(server.base, await conversationId(page))).at(-1);
+  assertEqual(reply.text, stored.content, "the reply against the stored one");
+
+
+  // For the README: the list beside a reply with a list and a code block.
+  await page.getByRole("button", { name: "New conversation" }).click();
+  await send(page, "Plan for **Friday**:\n\n1. Merge the `page` branch\n2. Check the page at 375 px\n\n```sh\nscripts/browser-tests.sh\n```\nThat is all.");
+  await page.locator('li.msg.assistant[data-status="complete"] ol li', { hasText: "Merge the page branch" }).waitFor();
+  await page.mouse.move(0, 0);
+  await page.screenshot({ path: path.join(screenshots, "conversations.png") });
+  noPageErrors(page);
+  await context.close();
+});
+
+test("at 375 px the list is a drawer, opened from the bar and closed with Escape", async ({ browser, server }) => {
+  const { context, page } = await newPage(browser, server.base, { width: 375, height: 740 });
+  await page.goto("/");
+  await chatMode(page);
+  await send(page, "hello from a phone\n```\nshort code\n```");
+  await lastAssistant(page, "complete");
+  const conversation = await conversationId(page);
+  const toggle = page.getByRole("button", { name: "Conversations" });
+  assertEqual(await toggle.getAttribute("aria-expanded"), "false", "the toggle, closed");
+  assert(await page.locator("#sidebar").isHidden(), "the list shows while the drawer is closed");
+  const wide = async (what) => {
+    const width = await page.evaluate(() => document.documentElement.scrollWidth);
+    assert(width <= 375, `the page scrolls sideways at 375 px ${what} (${width} px wide)`);
+  };
+  await wide("with the drawer closed");
+
+  await toggle.click();
+  assertEqual(await toggle.getAttribute("aria-expanded"), "true", "the toggle, open");
+  await page.waitForFunction(() => document.getElementById("sidebar").getAnimations().length === 0);
+  const current = listItem(page, conversation).locator("button.open");
+  await current.waitFor();
+  assertEqual(await current.getAttribute("aria-current"), "true", "the shown conversation is marked");
+  assert(await current.evaluate((el) => el === document.activeElement), "focus did not move into the drawer");
+  await wide("with the drawer open");
+  await page.screenshot({ path: path.join(screenshots, "phone.png") });
+
+  await page.keyboard.press("Escape");
+  await page.locator("body:not(.drawer-open)").waitFor();
+  assert(await toggle.evaluate((el) => el === document.activeElement), "focus did not go back to the toggle");
+
+  // From the drawer: a new conversation, then back to the first.
+  await toggle.click();
+  await page.getByRole("button", { name: "New conversation" }).click();
+  await page.locator("body:not(.drawer-open)").waitFor();
+  assertEqual(await conversationId(page), "", "a new conversation is shown");
+  await toggle.click();
+  await current.click();
+  await page.locator("body:not(.drawer-open)").waitFor();
+  await page.locator("li.msg.user", { hasText: "hello from a phone" }).waitFor();
+  await wide("with a reply shown");
+  noPageErrors(page);
+  await context.close();
+});
+
+test("the main flow by keyboard alone: pick an agent, send, rename, edit, with focus visible", async ({ browser, server }) => {
+  const { context, page } = await newPage(browser, server.base);
+  await page.goto("/");
+  await page.getByText("built-in scripted demo model").waitFor();
+
+  // The agent: Tab to the choice, an arrow key picks Chat.
+  await tabTo(page, () => document.activeElement?.name === "agent");
+  await page.keyboard.press("ArrowDown");
+  await page.locator("body.chat-mode").waitFor();
+  const outline = await page.evaluate(() => getComputedStyle(document.activeElement.parentElement).outlineStyle);
+  assert(outline !== "none", "the focused agent choice shows no outline");
+
+  // The message: Tab to the box, type, Enter sends.
+  await tabTo(page, () => document.activeElement?.id === "input", { max: 150 });
+  await page.keyboard.type("typed with keys only");
+  await page.keyboard.press("Enter");
+  const reply = await lastAssistant(page, "complete");
+  assert(reply.text.startsWith('You said: "typed with keys only"'), `the reply: ${reply.text}`);
+  const conversation = await conversationId(page);
+  await listItem(page, conversation).waitFor();
+
+  // Rename from the list: back to the item's menu, Enter opens it, Enter on Rename.
+  await tabTo(page, () => document.activeElement?.classList.contains("menu-button") &&
+    document.activeElement.closest("li").querySelector("[aria-current]") !== null, { back: true, max: 150 });
+  const focusRing = await page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
+  assert(focusRing !== "none", "the focused menu button shows no outline");
+  await page.keyboard.press("Enter");
+  assert(await page.evaluate(() => document.activeElement?.textContent === "Rename"), "focus is not on Rename");
+  await page.keyboard.press("Enter");
+  await page.keyboard.type("Keyboard title");
+  await page.keyboard.press("Enter");
+  await listItem(page, conversation).locator(".title", { hasText: "Keyboard title" }).waitFor();
+  assert(await page.evaluate(() => document.activeElement?.classList.contains("open")), "focus did not go back to the item");
+
+  // Escape closes the menu and the delete question without deleting.
+  await page.keyboard.press("Tab");
+  await page.keyboard.press("Enter");
+  await page.keyboard.press("Tab");
+  assert(await page.evaluate(() => document.activeElement?.textContent === "Delete"), "focus is not on Delete");
+  await page.keyboard.press("Enter");
+  assert(await page.evaluate(() => document.activeElement?.textContent === "Cancel"), "the delete question does not focus Cancel");
+  await page.keyboard.press("Escape");
+  await listItem(page, conversation).waitFor();
+  assertEqual((await getJson(server.base, `/v1/conversations/${conversation}`)).title, "Keyboard title", "the title after Escape");
+
+  // Edit and resend: Tab to Edit, Enter, change the text, Enter sends; Escape would have put it back.
+  await tabTo(page, () => document.activeElement?.classList.contains("edit"), { max: 150 });
+  await page.keyboard.press("Enter");
+  assert(await page.evaluate(() => document.activeElement?.getAttribute("aria-label") === "Edit your message"),
+    "the edit box is not focused");
+  await page.keyboard.press("Escape");
+  assert(await page.evaluate(() => document.activeElement?.classList.contains("edit")), "Escape did not go back to Edit");
+  await page.keyboard.press("Enter");
+  await page.keyboard.press("Control+A");
+  await page.keyboard.type("edited with keys");
+  await page.keyboard.press("Enter");
+  await page.locator('li.msg.assistant[data-status="complete"]', { hasText: 'You said: "edited with keys"' }).waitFor();
+  assert(await page.evaluate(() => document.activeElement?.id === "input"), "focus did not go back to the message box");
+  noPageErrors(page);
+  await context.close();
+});
+
+test("the page's icon and libraries load from the server, with no failed request", async ({ browser, server }) => {
+  const { context, page } = await newPage(browser, server.base);
+  const failed = [];
+  page.on("response", (response) => {
+    if (response.status() >= 400) failed.push(`${response.status()} ${response.url()}`);
+  });
+  await page.goto("/");
+  await page.getByText("built-in scripted demo model").waitFor();
+  assert(await page.evaluate(() => typeof window.marked?.Marked === "function" && window.DOMPurify?.isSupported),
+    "marked or DOMPurify did not load");
+  for (const route of ["/favicon.svg", "/favicon.ico"]) {
+    const response = await fetch(server.base + route);
+    assertEqual(response.status, 200, `${route}'s status`);
+    assertEqual(response.headers.get("content-type"), "image/svg+xml", `${route}'s type`);
+  }
+  assertEqual(await page.locator('link[rel="icon"]').getAttribute("href"), "/favicon.svg", "the icon link");
+  assertEqual(failed.length, 0, `failed requests: ${failed.join(", ")}`);
+  noPageErrors(page);
+  await context.close();
+});
+
 function checkLog(server) {
   const bad = server.log.filter((line) => / (WARN|ERROR) /.test(line));
   assert(bad.length === 0, `the ${server.name} server logged WARN/ERROR:\n${bad.join("\n")}`);
