@@ -1499,7 +1499,12 @@ function setDrawer(open) {
   els.backdrop.hidden = !modal;
   els.app.inert = modal;
   if (modal) {
-    (els.conversations.querySelector("[aria-current]") || els.newConversation).focus();
+    // The drawer opens at its top; focus moves in without the scroll it
+    // would make while the drawer slides.
+    els.sidebar.scrollTop = 0;
+    const target = els.conversations.querySelector("[aria-current]") || els.newConversation;
+    target.focus({ preventScroll: true });
+    target.scrollIntoView({ block: "nearest" });
   } else if (was && els.sidebar.contains(document.activeElement)) {
     els.drawerToggle.focus();
   }
