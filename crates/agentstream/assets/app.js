@@ -1,6 +1,7 @@
-// agentstream chat page: conversations, streamed runs, resume after reload or
-// connection loss, cancel, approval of tool calls, and the API key prompt.
-// Plain JS, no build step.
+// agentstream chat page: the list of conversations, streamed runs, resume
+// after a reload, a switch or a lost connection, stop, retry and edit,
+// approval of tool calls, replies as Markdown, and the API key prompt.
+// Plain JS, no build step; marked and DOMPurify are vendored beside it.
 //
 // The SSE stream is read with fetch() and parsed here, because EventSource
 // cannot send the Authorization header.
@@ -8,12 +9,23 @@
 
 const els = {
   body: document.body,
+  app: document.getElementById("app"),
+  sidebar: document.getElementById("sidebar"),
+  drawerToggle: document.getElementById("drawer-toggle"),
+  backdrop: document.getElementById("backdrop"),
   modes: document.getElementById("modes"),
   newConversation: document.getElementById("new-conversation"),
+  search: document.getElementById("search"),
+  conversations: document.getElementById("conversations"),
+  listEmpty: document.getElementById("list-empty"),
+  more: document.getElementById("more-conversations"),
+  currentTitle: document.getElementById("current-title"),
+  currentAgent: document.getElementById("current-agent"),
   transcript: document.getElementById("transcript"),
   hint: document.getElementById("empty-hint"),
   profileState: document.getElementById("profile-state"),
   profileFields: document.getElementById("profile-fields"),
+  resetProfile: document.getElementById("reset-profile"),
   status: document.getElementById("status"),
   keyForm: document.getElementById("key-form"),
   keyInput: document.getElementById("key-input"),
@@ -24,8 +36,8 @@ const els = {
   stop: document.getElementById("stop"),
 };
 
-// One line per agent the server lists (GET /v1/agents), by name.
-const descriptions = new Map();
+// The agents the server lists (GET /v1/agents), by name.
+const agents = new Map();
 
 const HINTS = {
   onboarding:
@@ -38,8 +50,13 @@ const MARKERS = {
   interrupted: "Interrupted",
   expired: "Expired: no decision came in time",
 };
+// A run in one of these is still going (requires_action waits for the user).
+const OPEN = ["queued", "running", "requires_action"];
 // Reconnect delays in ms; the last one repeats.
 const BACKOFF = [500, 1000, 2000, 4000, 8000];
+const SSE = "text/event-stream";
+// The narrow layout, where the list of conversations is a drawer.
+const narrow = window.matchMedia("(max-width: 48rem)");
 
 // ---- session storage (per tab; the API key never goes in a URL) ----
 
@@ -59,19 +76,17 @@ const saved = {
       // Storage disabled: the page still works, it just forgets on reload.
     }
   },
-  json(name) {
-    try {
-      return JSON.parse(this.get(name) || "null");
-    } catch {
-      return null;
-    }
-  },
 };
 
 const state = {
-  mode: "onboarding",
-  conversationId: null,
-  run: null, // the run in flight: see startRun()
+  agent: "onboarding", // the agent of the conversation shown, or of the new one
+  conversationId: null, // null: a new conversation, created by the first message
+  conversation: null, // the conversation shown, as the server last gave it
+  view: 0, // counts switches: an answer for an older view is dropped
+  run: null, // the shown conversation's run in flight: see newRun()
+  lastRun: null, // {id, status} of the shown conversation's last run
+  profile: null,
+  list: { items: [], cursor: null, q: "", token: 0, pending: false },
 };
 
 // ---- status line ----
@@ -148,9 +163,9 @@ async function apiJson(path, options = {}) {
   return response.status === 204 ? null : response.json();
 }
 
-function postJson(path, body) {
+function sendJson(method, path, body) {
   return apiJson(path, {
-    method: "POST",
+    method,
     headers: { "content-type": "application/json" },
     body: JSON.stringify(body),
   });
@@ -197,7 +212,51 @@ async function* sseEvents(body) {
   }
 }
 
-// ---- rendering ----
+// ---- Markdown, made safe ----
+
+function escapeHtml(text) {
+  return text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+// marked turns the reply into HTML; HTML the model wrote is shown as text,
+// never parsed, and images become links (nothing loads by itself). DOMPurify
+// then keeps only the tags marked makes and links to http(s) and mailto.
+const markdown = window.marked?.Marked
+  ? new window.marked.Marked({ gfm: true }).use({
+      renderer: {
+        html: ({ text, block }) => (block ? `<p>${escapeHtml(text)}</p>` : escapeHtml(text)),
+        image: ({ href, text }) => `<a href="${escapeHtml(href)}">${escapeHtml(text || href)}</a>`,
+      },
+    })
+  : null;
+const purify = window.DOMPurify?.isSupported ? window.DOMPurify : null;
+const PURIFY = {
+  ALLOWED_TAGS: [
+    "a", "blockquote", "br", "code", "del", "em", "h1", "h2", "h3", "h4", "h5", "h6", "hr",
+    "li", "ol", "p", "pre", "strong", "table", "tbody", "td", "th", "thead", "tr", "ul",
+  ],
+  ALLOWED_ATTR: ["href", "title", "class", "align", "start"],
+  ALLOWED_URI_REGEXP: /^(?:https?|mailto):/i,
+  RETURN_DOM_FRAGMENT: true,
+};
+purify?.addHook("afterSanitizeAttributes", (node) => {
+  if (node.tagName === "A" && node.hasAttribute("href")) {
+    node.setAttribute("target", "_blank");
+    node.setAttribute("rel", "noopener noreferrer");
+  }
+});
+
+// Draws Markdown into `target`; without both libraries, the plain text.
+function renderMarkdown(target, source) {
+  if (!markdown || !purify) {
+    target.textContent = source;
+    return;
+  }
+  const html = markdown.parse(source, { async: false }).trim();
+  target.replaceChildren(purify.sanitize(html, PURIFY));
+}
+
+// ---- the transcript ----
 
 // The page follows the reply while the reader is at the bottom; one who
 // scrolled up to read is left there.
@@ -216,32 +275,97 @@ function append(node) {
   scrollToEnd();
 }
 
-function addUser(text) {
+function button(label, className, onClick) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = className;
+  b.textContent = label;
+  if (onClick) b.addEventListener("click", onClick);
+  return b;
+}
+
+// A message bubble: its text in `.text`, its buttons in `.msg-actions`.
+function bubble(role, runId) {
   const li = document.createElement("li");
-  li.className = "msg user";
-  li.textContent = text;
+  li.className = "msg " + role;
+  if (runId) li.dataset.runId = runId;
+  const text = document.createElement("div");
+  text.className = "text";
+  const actions = document.createElement("div");
+  actions.className = "msg-actions";
+  const copy = button("Copy", "copy", () => copyMessage(li, copy));
+  actions.append(copy);
+  li.append(text, actions);
+  return li;
+}
+
+function addUser(text, runId) {
+  const li = bubble("user", runId);
+  li.querySelector(".text").textContent = text;
   append(li);
   return li;
 }
 
-// An assistant bubble: text in `.text`, a marker when it was cut short.
+// An assistant bubble; `li.markdown` holds its text as the model wrote it,
+// drawn as Markdown into `.text`.
 function addAssistant(runId, text = "", status = "streaming") {
-  const li = document.createElement("li");
-  li.className = "msg assistant";
-  if (runId) li.dataset.runId = runId;
-  const span = document.createElement("span");
-  span.className = "text";
-  span.textContent = text;
-  li.append(span);
+  const li = bubble("assistant", runId);
+  li.querySelector(".text").classList.add("md");
+  setReply(li, text);
   setBubbleStatus(li, status);
   append(li);
   return li;
 }
 
+function setReply(li, text) {
+  li.markdown = text;
+  renderMarkdown(li.querySelector(".text"), text);
+}
+
+// The text a message's Copy button copies: the reply's Markdown, or what the user wrote.
+function messageText(li) {
+  return li.markdown ?? li.querySelector(".text").textContent;
+}
+
+async function copyMessage(li, copyButton) {
+  const copied = await copyText(messageText(li));
+  copyButton.focus();
+  copyButton.textContent = copied ? "Copied" : "Copy failed";
+  if (!copied) setStatus("Could not copy: select the text and copy it by hand.", "error");
+  setTimeout(() => {
+    copyButton.textContent = "Copy";
+  }, 1500);
+}
+
+// The clipboard API where the browser allows it; else the older way, through
+// a selected text area off screen.
+async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+    return true;
+  } catch {
+    const area = document.createElement("textarea");
+    area.value = text;
+    area.readOnly = true;
+    area.className = "offscreen";
+    document.body.append(area);
+    area.select();
+    let copied = false;
+    try {
+      copied = document.execCommand("copy");
+    } catch {
+      copied = false;
+    }
+    area.remove();
+    return copied;
+  }
+}
+
 // The model's reasoning, apart from its reply: collapsed until opened.
-function addReasoning() {
+function addReasoning(runId) {
   const li = document.createElement("li");
   li.className = "msg reasoning";
+  if (runId) li.dataset.runId = runId;
   const details = document.createElement("details");
   const summary = document.createElement("summary");
   summary.textContent = "Reasoning";
@@ -262,13 +386,14 @@ function setBubbleStatus(li, status) {
     const marker = document.createElement("span");
     marker.className = "marker";
     marker.textContent = MARKERS[status];
-    li.append(marker);
+    li.querySelector(".msg-actions").before(marker);
   }
 }
 
-function addNote(text) {
+function addNote(text, runId) {
   const li = document.createElement("li");
   li.className = "msg error-note";
+  if (runId) li.dataset.runId = runId;
   li.setAttribute("role", "alert");
   li.textContent = text;
   append(li);
@@ -288,11 +413,12 @@ function describeArgs(args) {
   return short(args ?? "");
 }
 
-function addChip(callId, name, args) {
+function addChip(callId, name, args, runId) {
   const li = document.createElement("li");
   li.className = "chip";
   li.dataset.callId = callId;
   li.dataset.tool = name;
+  if (runId) li.dataset.runId = runId;
   li.title = `${name}(${JSON.stringify(args)})`;
   const label = document.createElement("span");
   label.className = "visually-hidden";
@@ -363,17 +489,9 @@ function askApproval(run, chip) {
   reason.placeholder = "reason (optional)";
   reason.setAttribute("aria-label", `Why, for ${chip.dataset.tool}`);
   reason.maxLength = 500;
-  const approve = document.createElement("button");
-  approve.type = "button";
-  approve.className = "approve";
-  approve.textContent = "Approve";
-  const deny = document.createElement("button");
-  deny.type = "button";
-  deny.className = "deny";
-  deny.textContent = "Deny";
+  const approve = button("Approve", "approve", () => decide(run, chip, true, reason.value));
+  const deny = button("Deny", "deny", () => decide(run, chip, false, reason.value));
   for (const control of [reason, approve, deny]) control.disabled = !run.paused;
-  approve.addEventListener("click", () => decide(run, chip, true, reason.value));
-  deny.addEventListener("click", () => decide(run, chip, false, reason.value));
   box.append(approve, deny, reason);
   chip.append(box);
   chip.querySelector(".result").textContent = "waiting for your approval";
@@ -408,7 +526,7 @@ async function decide(run, chip, approved, reason) {
   try {
     const body = { call_id: chip.dataset.callId, approved };
     if (reason.trim()) body.reason = reason.trim();
-    const stored = await postJson(`/v1/runs/${run.id}/approvals`, body);
+    const stored = await sendJson("POST", `/v1/runs/${run.id}/approvals`, body);
     showDecision(chip, approved, reason.trim());
     if (stored.status !== "requires_action" && run.paused) {
       run.paused = false;
@@ -433,12 +551,14 @@ function parseJson(text) {
 
 // Renders stored messages; `skipRun` leaves out the assistant and tool
 // messages of the run that is about to be replayed from its events.
+// Messages a retry or an edit replaced (`superseded`) are not shown.
 function renderTranscript(messages, skipRun) {
   els.transcript.replaceChildren();
   const chips = new Map();
   for (const m of messages) {
+    if (m.superseded) continue;
     if (m.role === "user") {
-      addUser(m.content);
+      addUser(m.content, m.run_id);
       continue;
     }
     if (skipRun && m.run_id === skipRun) continue;
@@ -447,7 +567,7 @@ function renderTranscript(messages, skipRun) {
         addAssistant(m.run_id, m.content, m.status);
       }
       for (const call of m.tool_calls || []) {
-        chips.set(call.id, addChip(call.id, call.name, parseJson(call.arguments)));
+        chips.set(call.id, addChip(call.id, call.name, parseJson(call.arguments), m.run_id));
       }
     } else if (m.role === "tool") {
       const output = parseJson(m.content);
@@ -457,15 +577,86 @@ function renderTranscript(messages, skipRun) {
   showHint();
 }
 
+// Retry on the last run's reply and Edit on the last question, once that run
+// has ended; a run that ended with no reply gets a bubble to carry its Retry.
+function refreshActions() {
+  for (const old of els.transcript.querySelectorAll("button.retry, button.edit")) old.remove();
+  const last = state.lastRun;
+  if (state.run || !last || OPEN.includes(last.status)) return;
+  const replies = els.transcript.querySelectorAll(`li.msg.assistant[data-run-id="${CSS.escape(last.id)}"]`);
+  let reply = replies[replies.length - 1];
+  if (!reply && last.status !== "completed") reply = addAssistant(last.id, "", last.status);
+  // Copy sits at the outer end of each bar: Retry first on replies, Edit last on questions.
+  reply?.querySelector(".msg-actions").prepend(button("Retry", "retry", () => startRetry(last.id)));
+  const questions = els.transcript.querySelectorAll("li.msg.user");
+  const question = questions[questions.length - 1];
+  question?.querySelector(".msg-actions").append(button("Edit", "edit", () => beginEdit(question, last.id)));
+}
+
+// Edit and resend: the question becomes a text area in place; Enter (or
+// Send) sends it as an edit of the last run, Escape puts it back.
+function beginEdit(li, runId) {
+  if (state.run || li.querySelector(".edit-form")) return;
+  const form = document.createElement("form");
+  form.className = "edit-form";
+  const area = document.createElement("textarea");
+  area.value = li.querySelector(".text").textContent;
+  area.rows = Math.min(8, Math.max(2, area.value.split("\n").length));
+  area.setAttribute("aria-label", "Edit your message");
+  const row = document.createElement("div");
+  row.className = "row";
+  const cancel = button("Cancel", "secondary", () => close());
+  const send = button("Send", "send-edit");
+  send.type = "submit";
+  row.append(cancel, send);
+  form.append(area, row);
+  li.classList.add("editing");
+  li.append(form);
+  area.focus();
+  area.setSelectionRange(area.value.length, area.value.length);
+
+  function close() {
+    form.remove();
+    li.classList.remove("editing");
+    li.querySelector("button.edit")?.focus();
+  }
+  area.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") {
+      event.stopPropagation();
+      close();
+    } else if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      form.requestSubmit();
+    }
+  });
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (!area.value.trim() || state.run) return;
+    startRetry(runId, area.value);
+    els.input.focus();
+  });
+}
+
 function showHint() {
-  els.hint.textContent = els.transcript.children.length
-    ? ""
-    : HINTS[state.mode] || descriptions.get(state.mode) || "Ask anything.";
+  els.hint.textContent = els.transcript.children.length ? "" : hintFor(state.agent);
+}
+
+function hintFor(agent) {
+  if (agent === "onboarding" && state.profile) {
+    if (state.profile.completed_at) {
+      return "Your onboarding is complete. Start a chat conversation, or reset your profile to go through onboarding again.";
+    }
+    if (Object.keys(state.profile.fields || {}).length) {
+      return "Onboarding: some answers are already in your profile; answer the assistant's questions to fill in the rest.";
+    }
+  }
+  return HINTS[agent] || agents.get(agent)?.description || "Ask anything.";
 }
 
 // ---- the profile panel ----
 
 function renderProfile(profile) {
+  state.profile = profile;
   const previous = new Map(
     [...els.profileFields.querySelectorAll("dd")].map((dd) => [dd.dataset.field, dd.textContent]),
   );
@@ -487,6 +678,8 @@ function renderProfile(profile) {
     els.profileState.textContent = fields.length ? "" : "Nothing saved yet.";
     els.profileState.className = "muted";
   }
+  showResetButton();
+  showHint();
 }
 
 async function loadProfile() {
@@ -495,6 +688,68 @@ async function loadProfile() {
   } catch (error) {
     els.profileState.textContent = "Could not load the profile: " + error.message;
   }
+}
+
+// Reset profile is offered when there is something to reset.
+function showResetButton() {
+  const profile = state.profile;
+  els.resetProfile.hidden = !profile || (!Object.keys(profile.fields || {}).length && !profile.completed_at);
+}
+
+// Reset profile, confirmed in place: every saved answer is forgotten
+// (DELETE /v1/profile) and onboarding can start over.
+function confirmResetProfile() {
+  confirmInPlace(els.resetProfile, {
+    question: "Forget every answer in your profile?",
+    yes: "Reset",
+    async onYes() {
+      try {
+        await apiJson("/v1/profile", { method: "DELETE" });
+        await loadProfile();
+        setStatus("Your profile was reset.");
+      } catch (error) {
+        setStatus("Could not reset the profile: " + error.message, "error");
+      }
+    },
+    onClose: showResetButton,
+    focusAfter: () => (els.resetProfile.hidden ? els.input : els.resetProfile),
+  });
+}
+
+// Swaps `anchor` for a question with two buttons, Cancel focused; Escape
+// cancels. Used for the deletes, which cannot be undone.
+function confirmInPlace(anchor, { question, yes, onYes, onClose, focusAfter }) {
+  const box = document.createElement("div");
+  box.className = "confirm";
+  box.setAttribute("role", "group");
+  const text = document.createElement("p");
+  text.textContent = question;
+  box.setAttribute("aria-label", question);
+  const yesButton = button(yes, "danger confirm-yes", async () => {
+    yesButton.disabled = true;
+    await onYes();
+    close();
+  });
+  const noButton = button("Cancel", "secondary confirm-no", () => close());
+  box.append(text, yesButton, noButton);
+  box.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") {
+      event.stopPropagation();
+      close();
+    }
+  });
+  anchor.hidden = true;
+  anchor.after(box);
+  noButton.focus();
+
+  function close() {
+    if (!box.isConnected) return;
+    box.remove();
+    anchor.hidden = false;
+    onClose?.();
+    (focusAfter?.() || anchor).focus();
+  }
+  return box;
 }
 
 // ---- runs ----
@@ -508,41 +763,48 @@ function randomId() {
   return Date.now().toString(36) + Math.random().toString(36).slice(2);
 }
 
-function persistRun(run) {
-  saved.set(
-    "inflight",
-    JSON.stringify({
-      mode: state.mode,
-      conversation_id: run.conversationId,
-      run_id: run.id,
-      seq: run.seq,
-    }),
-  );
-}
-
 function setRunning(running) {
   els.send.disabled = running;
   els.stop.hidden = !running;
   els.stop.disabled = false;
-  els.newConversation.disabled = running;
-  for (const radio of els.modes.querySelectorAll("input")) radio.disabled = running;
 }
 
-// A run in flight and what it has drawn so far.
+// A run the page follows and what it has drawn so far. Only the shown
+// conversation's run is followed; switching away detaches it (the run goes
+// on on the server) and coming back follows it again from its first event.
 function newRun(conversationId, fields) {
   return {
     id: null,
     conversationId,
     seq: 0,
     finished: false,
+    detached: false,
+    abort: new AbortController(), // ends its requests when it is detached
     stopRequested: false,
     paused: false, // waiting for the user's decisions on tool calls
     current: null, // the assistant bubble deltas go to
     reasoning: null, // the reasoning block reasoning deltas go to
     chips: new Map(),
     start: null, // {input, client_message_id} until the server names the run
+    retryOf: null, // the run a retry answers again, until the server names the new one
+    retryBody: null, // {} or {input}: what the retry sends
+    question: null, // the user bubble of a new question, named with the run
     ...fields,
   };
+}
+
+function detach(run) {
+  run.detached = true;
+  run.abort.abort();
+}
+
+// The server named the run (X-Run-Id): it is now the conversation's last.
+function runNamed(run, id) {
+  run.id = id;
+  if (run.question) run.question.dataset.runId = id;
+  state.lastRun = { id, status: "running" };
+  loadConversations();
+  if (run.stopRequested) cancelRun(run);
 }
 
 function applyEvent(run, data) {
@@ -557,18 +819,18 @@ function applyEvent(run, data) {
     case "reasoning.delta":
       if (!run.reasoning) {
         endBubble(run);
-        run.reasoning = addReasoning();
+        run.reasoning = addReasoning(run.id);
       }
       run.reasoning.querySelector(".reasoning-text").append(data.text);
       break;
     case "delta":
       if (!run.current) run.current = addAssistant(run.id);
-      run.current.querySelector(".text").append(data.text);
+      setReply(run.current, run.current.markdown + data.text);
       scrollToEnd();
       break;
     case "message.completed":
       if (run.current) {
-        if (run.current.querySelector(".text").textContent === "") run.current.remove();
+        if (run.current.markdown === "") run.current.remove();
         else setBubbleStatus(run.current, "complete");
       }
       run.current = null;
@@ -577,7 +839,7 @@ function applyEvent(run, data) {
       let chip = run.chips.get(data.call_id);
       if (!chip) {
         endBubble(run);
-        chip = addChip(data.call_id, data.name, "");
+        chip = addChip(data.call_id, data.name, "", run.id);
         chip.dataset.forming = "true";
         run.chips.set(data.call_id, chip);
       }
@@ -591,7 +853,7 @@ function applyEvent(run, data) {
         settleChip(chip, data.name, data.arguments);
       } else {
         endBubble(run);
-        run.chips.set(data.call_id, addChip(data.call_id, data.name, data.arguments));
+        run.chips.set(data.call_id, addChip(data.call_id, data.name, data.arguments, run.id));
       }
       break;
     }
@@ -612,13 +874,13 @@ function applyEvent(run, data) {
       break;
     }
     case "error":
-      addNote(`The run hit a problem (${data.code}): ${data.message}`);
+      addNote(`The run hit a problem (${data.code}): ${data.message}`, run.id);
       break;
     case "done":
       if (data.finish_reason === "length") {
-        addNote("The reply stopped at the model's length limit (finish_reason: length).");
+        addNote("The reply stopped at the model's length limit (finish_reason: length).", run.id);
       } else if (data.finish_reason) {
-        addNote(`The model stopped early (finish_reason: ${data.finish_reason}).`);
+        addNote(`The model stopped early (finish_reason: ${data.finish_reason}).`, run.id);
       }
       if (data.status === "requires_action") pauseRun(run);
       else finishRun(run, data.status);
@@ -630,7 +892,7 @@ function applyEvent(run, data) {
 
 // Text after a tool call goes to a new bubble, below the chip.
 function endBubble(run) {
-  if (run.current && run.current.querySelector(".text").textContent === "") {
+  if (run.current && run.current.markdown === "") {
     run.current.remove();
   } else if (run.current) {
     setBubbleStatus(run.current, "complete");
@@ -651,27 +913,30 @@ function finishRun(run, status) {
   if (run.finished) return;
   run.finished = true;
   if (status !== "completed") {
-    const bubble = run.current || addAssistant(run.id, "", status);
-    setBubbleStatus(bubble, status);
+    const reply = run.current || addAssistant(run.id, "", status);
+    setBubbleStatus(reply, status);
   } else if (run.current) {
     setBubbleStatus(run.current, "complete");
   }
   run.current = null;
   if (state.run === run) state.run = null;
-  saved.set("inflight", null);
+  if (run.id) state.lastRun = { id: run.id, status };
   setRunning(false);
   setStatus(status === "completed" ? "" : `The reply ${MARKERS[status]?.toLowerCase() || status}.`);
+  refreshActions();
   showHint();
+  loadConversations();
 }
 
 // When a stream ends with nothing left to replay, the run's stored status says how it ended.
 async function finishFromServer(run) {
   try {
-    const stored = await apiJson(`/v1/runs/${run.id}`);
+    const stored = await apiJson(`/v1/runs/${run.id}`, { signal: run.abort.signal });
     finishRun(run, stored.status);
   } catch (error) {
+    if (run.detached) return;
     finishRun(run, "failed");
-    addNote("Could not read the run: " + error.message);
+    addNote("Could not read the run: " + error.message, run.id);
   }
 }
 
@@ -694,29 +959,66 @@ async function cancelRun(run) {
   }
 }
 
+// The request that opens the run's stream: its events once it has an ID,
+// else the start of a run or of a retry.
+function openStream(run) {
+  const signal = run.abort.signal;
+  if (run.id) {
+    return api(`/v1/runs/${run.id}/events`, {
+      signal,
+      headers: { accept: SSE, "last-event-id": String(run.seq) },
+    });
+  }
+  const headers = { accept: SSE, "content-type": "application/json" };
+  if (run.retryOf) {
+    return api(`/v1/runs/${run.retryOf}/retry`, {
+      method: "POST",
+      signal,
+      headers,
+      body: JSON.stringify(run.retryBody),
+    });
+  }
+  // Same client_message_id on a retry: the server answers with the same run.
+  return api(`/v1/conversations/${run.conversationId}/runs`, {
+    method: "POST",
+    signal,
+    headers,
+    body: JSON.stringify(run.start),
+  });
+}
+
+// A retry has no idempotency key: when its answer was lost, the run it may
+// have started is looked for before another is asked for.
+async function findRetried(run) {
+  try {
+    const { data } = await apiJson(`/v1/conversations/${run.conversationId}/runs?limit=1`, {
+      signal: run.abort.signal,
+    });
+    if (data[0] && data[0].id !== run.retryOf) {
+      runNamed(run, data[0].id);
+      return true;
+    }
+  } catch {
+    // Still unreachable: the caller waits and tries again.
+  }
+  return false;
+}
+
 // Opens (or re-opens) the run's stream and draws its events until `done`,
 // reconnecting with backoff from the last seen `seq` when the connection fails.
 async function follow(run) {
   let attempt = 0;
-  while (!run.finished && !run.paused) {
+  while (!run.finished && !run.paused && !run.detached) {
     let response;
     try {
-      if (run.id) {
-        response = await api(`/v1/runs/${run.id}/events`, {
-          headers: { accept: "text/event-stream", "last-event-id": String(run.seq) },
-        });
-      } else {
-        // Same client_message_id on a retry: the server answers with the same run.
-        response = await api(`/v1/conversations/${run.conversationId}/runs`, {
-          method: "POST",
-          headers: { accept: "text/event-stream", "content-type": "application/json" },
-          body: JSON.stringify(run.start),
-        });
-      }
+      response = await openStream(run);
     } catch {
-      await trouble(attempt++);
+      if (run.detached) return;
+      if (run.retryOf && !run.id && (await findRetried(run))) continue;
+      await trouble(run, attempt++);
       continue;
     }
+    if (run.detached) return;
     if (response.status === 204) {
       await finishFromServer(run);
       return;
@@ -724,22 +1026,28 @@ async function follow(run) {
     if (!response.ok) {
       const error = await failure(response);
       if (response.status === 429 || response.status >= 500) {
-        await trouble(attempt++, error.message);
+        await trouble(run, attempt++, error.message);
         continue;
       }
-      addNote(error.message);
+      if (run.retryOf && !run.id) {
+        // Refused (409: a newer run, or one still going): the transcript is drawn again as it stands.
+        run.finished = true;
+        state.run = null;
+        setRunning(false);
+        await loadConversation(state.view);
+        setStatus("Could not answer again: " + error.message, "error");
+        return;
+      }
+      addNote(error.message, run.id);
       finishRun(run, "failed");
       setStatus(error.message, "error");
       return;
     }
-    if (!run.id) {
-      run.id = response.headers.get("x-run-id");
-      persistRun(run);
-      if (run.stopRequested) cancelRun(run);
-    }
+    if (!run.id) runNamed(run, response.headers.get("x-run-id"));
     if (attempt > 0) setStatus("Reconnected.");
     try {
       for await (const event of sseEvents(response.body)) {
+        if (run.detached) return;
         if (event.event === "error" && event.id === null) {
           setStatus("The server is busy; reconnecting…", "trouble");
           continue;
@@ -749,37 +1057,39 @@ async function follow(run) {
         if (seq > 0 && seq <= run.seq) continue; // already drawn
         attempt = 0;
         applyEvent(run, data);
-        if (seq > 0) {
-          run.seq = seq;
-          if (!run.finished) persistRun(run);
-        }
+        if (seq > 0) run.seq = seq;
         if (run.finished) return;
       }
     } catch {
-      // The connection broke mid-stream: reconnect below.
+      // The connection broke mid-stream, or the run was detached: see below.
     }
-    if (!run.finished && !run.paused) await trouble(attempt++);
+    if (!run.finished && !run.paused && !run.detached) await trouble(run, attempt++);
   }
 }
 
-async function trouble(attempt, reason = "Connection lost") {
+async function trouble(run, attempt, reason = "Connection lost") {
   const delay = BACKOFF[Math.min(attempt, BACKOFF.length - 1)];
   const jittered = delay / 2 + Math.random() * (delay / 2);
+  if (run?.detached) return;
   setStatus(`${reason}. Reconnecting in ${Math.max(1, Math.round(jittered / 1000))} s…`, "trouble");
   await sleep(jittered);
+  if (run?.detached) return;
   setStatus("Reconnecting…", "trouble");
 }
 
 async function ensureConversation() {
   if (state.conversationId) return state.conversationId;
-  const conversation = await postJson("/v1/conversations", { agent: state.mode });
+  const conversation = await sendJson("POST", "/v1/conversations", { agent: state.agent });
   state.conversationId = conversation.id;
-  saved.set("conversation." + state.mode, conversation.id);
+  state.conversation = conversation;
+  saved.set("conversation", conversation.id);
+  showCurrent();
   return conversation.id;
 }
 
 async function sendMessage(text) {
-  if (state.run || !text.trim()) return;
+  if (state.run || !text.trim()) return false;
+  const view = state.view;
   setRunning(true);
   setStatus("");
   let conversationId;
@@ -790,71 +1100,364 @@ async function sendMessage(text) {
     setStatus("Could not start a conversation: " + error.message, "error");
     return false;
   }
-  addUser(text);
+  if (view !== state.view) return false; // another conversation was opened meanwhile
   const run = newRun(conversationId, {
     start: { input: text, client_message_id: randomId() },
   });
+  run.question = addUser(text);
   state.run = run;
-  persistRun(run);
+  refreshActions();
   follow(run);
   return true;
 }
 
-// ---- page set-up ----
-
-function setMode(mode) {
-  state.mode = mode;
-  saved.set("mode", mode);
-  els.body.classList.toggle("chat-mode", mode !== "onboarding");
-  for (const radio of els.modes.querySelectorAll("input")) radio.checked = radio.value === mode;
-  state.conversationId = saved.get("conversation." + mode);
+// Retry (no `input`) answers the last question again; with `input`, the
+// question is edited and answered. The replaced messages leave the page (the
+// server keeps them, marked superseded) and the new run streams in their place.
+function startRetry(runId, input) {
+  if (state.run) return;
+  for (const node of els.transcript.querySelectorAll(`[data-run-id="${CSS.escape(runId)}"]:not(.user)`)) {
+    node.remove();
+  }
+  const run = newRun(state.conversationId, {
+    retryOf: runId,
+    retryBody: input === undefined ? {} : { input },
+  });
+  if (input !== undefined) {
+    const questions = els.transcript.querySelectorAll("li.msg.user");
+    questions[questions.length - 1]?.remove();
+    run.question = addUser(input);
+  }
+  state.run = run;
+  setRunning(true);
+  setStatus("");
+  refreshActions();
+  follow(run);
 }
 
-// Loads the mode's conversation; resumes the run in flight from its first
-// event, drawing it from the replay rather than from its stored partial
-// message, so no text is drawn twice.
-async function loadConversation(inflight, attempt = 0) {
+// ---- the list of conversations ----
+
+function agentLabel(name) {
+  const words = name.replaceAll("_", " ");
+  return words.charAt(0).toUpperCase() + words.slice(1);
+}
+
+function titleOf(conversation) {
+  return conversation?.title || "New conversation";
+}
+
+// Loads the first page of the list again (or, with `more`, the next page).
+async function loadConversations({ more = false } = {}) {
+  const params = new URLSearchParams({ limit: "50" });
+  if (more && state.list.cursor) params.set("cursor", state.list.cursor);
+  if (state.list.q) params.set("q", state.list.q);
+  const token = ++state.list.token;
+  let page;
+  try {
+    page = await apiJson("/v1/conversations?" + params);
+  } catch (error) {
+    if (token === state.list.token) els.listEmpty.textContent = "Could not load the conversations: " + error.message;
+    return;
+  }
+  if (token !== state.list.token) return; // a later load answers instead
+  state.list.items = more ? [...state.list.items, ...page.data] : page.data;
+  state.list.cursor = page.next_cursor;
+  const current = state.list.items.find((c) => c.id === state.conversationId);
+  if (current) state.conversation = current;
+  renderConversations();
+}
+
+// Draws the list, unless one of its items is being renamed or has its menu
+// open: then it is drawn when that closes.
+function renderConversations() {
+  if (els.conversations.querySelector(".rename-form, .item-menu:not([hidden])")) {
+    state.list.pending = true;
+    return;
+  }
+  state.list.pending = false;
+  const focused = document.activeElement?.closest?.("li.conversation");
+  const focusedClass = document.activeElement?.className;
+  els.conversations.replaceChildren(...state.list.items.map(conversationItem));
+  els.listEmpty.textContent = state.list.items.length
+    ? ""
+    : state.list.q
+      ? "No conversation has that in its title."
+      : "No conversations yet.";
+  els.more.hidden = !state.list.cursor;
+  if (focused) {
+    const again = els.conversations.querySelector(`li[data-id="${CSS.escape(focused.dataset.id)}"]`);
+    (again?.querySelector(`button.${focusedClass?.split(" ")[0]}`) || again?.querySelector(".open"))?.focus();
+  }
+  showCurrent();
+}
+
+function closedEditor() {
+  if (state.list.pending) renderConversations();
+}
+
+// One item: the button that opens it (title, agent, preview) and a menu
+// button with Rename and Delete.
+function conversationItem(conversation) {
+  const li = document.createElement("li");
+  li.className = "conversation";
+  li.dataset.id = conversation.id;
+  const open = button("", "open", () => {
+    const fromDrawer = els.body.classList.contains("drawer-open");
+    setDrawer(false);
+    if (conversation.id !== state.conversationId) showConversation(conversation.id, conversation.agent);
+    if (fromDrawer) els.input.focus();
+  });
+  if (conversation.id === state.conversationId) open.setAttribute("aria-current", "true");
+  const title = document.createElement("span");
+  title.className = "title";
+  title.textContent = titleOf(conversation);
+  const meta = document.createElement("span");
+  meta.className = "meta";
+  const agent = document.createElement("span");
+  agent.className = "agent";
+  agent.textContent = agentLabel(conversation.agent);
+  meta.append(agent);
+  if (conversation.preview) {
+    const preview = document.createElement("span");
+    preview.className = "preview";
+    preview.textContent = conversation.preview;
+    meta.append(" · ", preview);
+  }
+  open.append(title, meta);
+
+  const menuId = "menu-" + conversation.id;
+  const toggle = button("⋯", "menu-button");
+  toggle.setAttribute("aria-label", `Rename or delete “${titleOf(conversation)}”`);
+  toggle.setAttribute("aria-expanded", "false");
+  toggle.setAttribute("aria-controls", menuId);
+  const menu = document.createElement("div");
+  menu.className = "item-menu";
+  menu.id = menuId;
+  menu.hidden = true;
+  const rename = button("Rename", "rename", () => beginRename(li, conversation));
+  const remove = button("Delete", "delete", () => confirmDelete(li, conversation));
+  menu.append(rename, remove);
+  toggle.addEventListener("click", () => setMenu(li, menu.hidden));
+  menu.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") {
+      event.stopPropagation();
+      setMenu(li, false);
+      toggle.focus();
+    }
+  });
+  li.append(open, toggle, menu);
+  return li;
+}
+
+// Opens or closes an item's menu; a list drawn meanwhile is drawn on close,
+// unless `quiet` (the item stays in use: a rename or a question replaces the menu).
+function setMenu(li, open, { quiet = false } = {}) {
+  const menu = li.querySelector(".item-menu");
+  const toggle = li.querySelector(".menu-button");
+  if (open) {
+    for (const other of els.conversations.querySelectorAll("li.conversation")) {
+      if (other !== li) setMenu(other, false);
+    }
+  }
+  menu.hidden = !open;
+  menu.querySelector(".confirm")?.remove();
+  for (const b of menu.querySelectorAll("button")) b.hidden = false;
+  toggle.setAttribute("aria-expanded", String(open));
+  if (open) menu.querySelector("button").focus();
+  else if (!quiet) closedEditor();
+}
+
+// Rename in place: Enter (or Save) sends the title, Escape keeps the old
+// one; an empty title clears it.
+function beginRename(li, conversation) {
+  setMenu(li, false, { quiet: true });
+  const open = li.querySelector(".open");
+  const form = document.createElement("form");
+  form.className = "rename-form";
+  const input = document.createElement("input");
+  input.type = "text";
+  input.value = conversation.title || "";
+  input.maxLength = 200;
+  input.setAttribute("aria-label", "Title of the conversation");
+  const save = button("Save", "save");
+  save.type = "submit";
+  const cancel = button("Cancel", "secondary", () => close());
+  form.append(input, save, cancel);
+  open.hidden = true;
+  li.querySelector(".menu-button").hidden = true;
+  open.after(form);
+  input.focus();
+  input.select();
+
+  function close() {
+    form.remove();
+    open.hidden = false;
+    li.querySelector(".menu-button").hidden = false;
+    open.focus();
+    closedEditor();
+  }
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") {
+      event.stopPropagation();
+      close();
+    }
+  });
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const title = input.value.trim() || null;
+    save.disabled = true;
+    try {
+      const renamed = await sendJson("PATCH", `/v1/conversations/${conversation.id}`, { title });
+      Object.assign(conversation, renamed);
+      if (state.conversationId === conversation.id) {
+        state.conversation = renamed;
+        showCurrent();
+      }
+      li.querySelector(".open .title").textContent = titleOf(renamed);
+      li.querySelector(".menu-button").setAttribute("aria-label", `Rename or delete “${titleOf(renamed)}”`);
+      setStatus("Renamed.");
+      close();
+    } catch (error) {
+      save.disabled = false;
+      setStatus("Could not rename: " + error.message, "error");
+    }
+  });
+}
+
+function confirmDelete(li, conversation) {
+  const menu = li.querySelector(".item-menu");
+  const first = menu.querySelector("button");
+  for (const b of menu.querySelectorAll("button")) {
+    if (b !== first) b.hidden = true;
+  }
+  confirmInPlace(first, {
+    question: `Delete “${titleOf(conversation)}”? This cannot be undone.`,
+    yes: "Delete",
+    async onYes() {
+      try {
+        await apiJson(`/v1/conversations/${conversation.id}`, { method: "DELETE" });
+      } catch (error) {
+        const busy = error instanceof HttpError && error.status === 409;
+        setStatus(
+          busy ? "That conversation has a reply in progress: stop it, then delete." : "Could not delete: " + error.message,
+          "error",
+        );
+        return;
+      }
+      const next = li.nextElementSibling || li.previousElementSibling;
+      state.list.items = state.list.items.filter((c) => c.id !== conversation.id);
+      li.remove();
+      setStatus("Deleted.");
+      if (state.conversationId === conversation.id) showConversation(null, conversation.agent);
+      renderConversations();
+      const again = next && els.conversations.querySelector(`li[data-id="${CSS.escape(next.dataset.id)}"] .open`);
+      (again || els.newConversation).focus();
+    },
+    onClose: () => {
+      if (li.isConnected) setMenu(li, false);
+    },
+    focusAfter: () =>
+      els.conversations.querySelector(`li[data-id="${CSS.escape(conversation.id)}"] .menu-button`) ||
+      document.activeElement,
+  });
+}
+
+// The header names what is shown: its title and its agent.
+function showCurrent() {
+  els.currentTitle.textContent = titleOf(state.conversation);
+  els.currentAgent.textContent = agentLabel(state.agent);
+  els.body.dataset.conversation = state.conversationId || "";
+  for (const open of els.conversations.querySelectorAll("button.open")) {
+    if (open.closest("li").dataset.id === state.conversationId) open.setAttribute("aria-current", "true");
+    else open.removeAttribute("aria-current");
+  }
+}
+
+// ---- switching ----
+
+function setAgent(agent) {
+  state.agent = agent;
+  saved.set("agent", agent);
+  els.body.classList.toggle("chat-mode", agent !== "onboarding");
+  for (const radio of els.modes.querySelectorAll("input")) radio.checked = radio.value === agent;
+}
+
+// Shows a conversation (or, with `id` null, a new one with `agent`). A run
+// in flight in the one left goes on on the server; the page stops following it.
+function showConversation(id, agent) {
+  if (state.run) {
+    detach(state.run);
+    state.run = null;
+  }
+  state.view += 1;
+  state.conversationId = id;
+  state.conversation = id ? state.list.items.find((c) => c.id === id) || null : null;
+  state.lastRun = null;
+  saved.set("conversation", id);
+  if (agent) setAgent(agent);
+  setRunning(false);
+  setStatus("");
+  showCurrent();
+  return loadConversation(state.view);
+}
+
+function newConversation(agent) {
+  showConversation(null, agent);
+  setDrawer(false);
+  els.input.focus();
+}
+
+// Loads the shown conversation: its last run first, then the transcript. A
+// run still going is followed from its first event, its stored messages
+// left out, so no text is drawn twice.
+async function loadConversation(view, attempt = 0) {
   els.transcript.replaceChildren();
-  if (state.mode === "onboarding") loadProfile();
-  if (!state.conversationId) {
+  if (state.agent === "onboarding") loadProfile();
+  const id = state.conversationId;
+  if (!id) {
     showHint();
     return;
   }
-  const mode = state.mode;
   try {
-    let resume = null;
-    if (inflight?.run_id && inflight.conversation_id === state.conversationId) {
-      const run = await apiJson(`/v1/runs/${inflight.run_id}`).catch(() => null);
-      const open = ["queued", "running", "requires_action"];
-      if (run && open.includes(run.status)) resume = run;
+    const [conversation, runs] = await Promise.all([
+      apiJson(`/v1/conversations/${id}`),
+      apiJson(`/v1/conversations/${id}/runs?limit=1`),
+    ]);
+    const { data: messages } = await apiJson(`/v1/conversations/${id}/messages`);
+    if (view !== state.view) return;
+    state.conversation = conversation;
+    if (conversation.agent !== state.agent) {
+      setAgent(conversation.agent);
+      if (state.agent === "onboarding") loadProfile();
     }
-    const { data } = await apiJson(`/v1/conversations/${state.conversationId}/messages`);
-    renderTranscript(data, resume?.id);
+    showCurrent();
+    const last = runs.data[0] || null;
+    state.lastRun = last && { id: last.id, status: last.status };
+    const resume = last && OPEN.includes(last.status) ? last : null;
+    renderTranscript(messages, resume?.id);
     if (attempt > 0) setStatus("");
-    if (resume) {
-      const run = newRun(state.conversationId, { id: resume.id });
-      state.run = run;
-      els.body.dataset.resumedRun = resume.id;
-      setRunning(true);
-      setStatus("Resuming the reply…");
-      persistRun(run);
-      follow(run).then(() => {
-        if (els.status.textContent === "Resuming the reply…") setStatus("");
-      });
-    } else {
-      saved.set("inflight", null);
+    if (!resume) {
+      refreshActions();
+      return;
     }
+    const run = newRun(id, { id: resume.id });
+    state.run = run;
+    els.body.dataset.resumedRun = resume.id;
+    setRunning(true);
+    setStatus("Resuming the reply…");
+    follow(run).then(() => {
+      if (els.status.textContent === "Resuming the reply…") setStatus("");
+    });
   } catch (error) {
+    if (view !== state.view) return;
     if (error instanceof HttpError && error.status === 404) {
-      saved.set("conversation." + state.mode, null);
-      state.conversationId = null;
-      showHint();
+      showConversation(null, state.agent);
     } else if (error instanceof HttpError && error.status < 500 && error.status !== 429) {
       setStatus("Could not load the conversation: " + error.message, "error");
     } else {
-      // The server is unreachable or busy: try again, unless the mode changed meanwhile.
-      await trouble(attempt, "Cannot reach the server");
-      if (state.mode === mode && !state.run) await loadConversation(inflight, attempt + 1);
+      // The server is unreachable or busy: try again, unless another conversation was opened meanwhile.
+      await trouble(null, attempt, "Cannot reach the server");
+      if (view === state.view && !state.run) await loadConversation(view, attempt + 1);
     }
   }
 }
@@ -862,51 +1465,95 @@ async function loadConversation(inflight, attempt = 0) {
 // Adds a choice for each agent the server lists besides the two built in
 // the page, labelled with its description.
 async function loadAgents() {
-  let agents;
+  let list;
   try {
-    ({ data: agents } = await apiJson("/v1/agents"));
+    ({ data: list } = await apiJson("/v1/agents"));
   } catch {
     return; // The two built-in choices still work.
   }
-  for (const agent of agents) {
-    descriptions.set(agent.name, agent.description);
+  for (const agent of list) {
+    agents.set(agent.name, agent);
     let radio = els.modes.querySelector(`input[value="${CSS.escape(agent.name)}"]`);
     if (!radio) {
       const label = document.createElement("label");
       radio = document.createElement("input");
       radio.type = "radio";
-      radio.name = "mode";
+      radio.name = "agent";
       radio.value = agent.name;
-      radio.disabled = Boolean(state.run);
-      const name = agent.name.replaceAll("_", " ");
-      label.append(radio, " " + name.charAt(0).toUpperCase() + name.slice(1));
+      label.append(radio, " " + agentLabel(agent.name));
       els.modes.append(label);
     }
     radio.parentElement.title = agent.description + (agent.demo ? " (demo model)" : "");
-    radio.checked = agent.name === state.mode;
+    radio.checked = agent.name === state.agent;
   }
   showHint();
 }
 
+// ---- the drawer (narrow screens) ----
+
+function setDrawer(open) {
+  const was = els.body.classList.contains("drawer-open");
+  const modal = open && narrow.matches;
+  els.body.classList.toggle("drawer-open", modal);
+  els.drawerToggle.setAttribute("aria-expanded", String(modal));
+  els.backdrop.hidden = !modal;
+  els.app.inert = modal;
+  if (modal) {
+    // The drawer opens at its top; focus moves in without the scroll it
+    // would make while the drawer slides.
+    els.sidebar.scrollTop = 0;
+    const target = els.conversations.querySelector("[aria-current]") || els.newConversation;
+    target.focus({ preventScroll: true });
+    target.scrollIntoView({ block: "nearest" });
+  } else if (was && els.sidebar.contains(document.activeElement)) {
+    els.drawerToggle.focus();
+  }
+}
+
+// ---- start ----
+
 function init() {
-  const inflight = saved.json("inflight");
+  setAgent(saved.get("agent") || "onboarding");
+  state.conversationId = saved.get("conversation");
+  showCurrent();
   loadAgents();
-  setMode(inflight?.mode || saved.get("mode") || "onboarding");
-  loadConversation(inflight);
+  loadConversations();
+  loadConversation(state.view);
 
   els.modes.addEventListener("change", (event) => {
-    if (state.run) return;
-    setMode(event.target.value);
-    setStatus("");
-    loadConversation(null);
+    showConversation(null, event.target.value);
+  });
+  els.newConversation.addEventListener("click", () => {
+    newConversation(els.modes.querySelector("input:checked")?.value || state.agent);
+  });
+  els.more.addEventListener("click", () => loadConversations({ more: true }));
+
+  let searching = null;
+  els.search.addEventListener("input", () => {
+    clearTimeout(searching);
+    searching = setTimeout(() => {
+      state.list.q = els.search.value.trim();
+      loadConversations();
+    }, 250);
   });
 
-  els.newConversation.addEventListener("click", () => {
-    if (state.run) return;
-    saved.set("conversation." + state.mode, null);
-    state.conversationId = null;
-    setStatus("");
-    loadConversation(null);
+  els.drawerToggle.addEventListener("click", () => setDrawer(!els.body.classList.contains("drawer-open")));
+  els.backdrop.addEventListener("click", () => setDrawer(false));
+  narrow.addEventListener("change", () => setDrawer(false));
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && els.body.classList.contains("drawer-open")) setDrawer(false);
+  });
+  // A click elsewhere closes an item's open menu.
+  document.addEventListener("click", (event) => {
+    for (const menu of els.conversations.querySelectorAll(".item-menu:not([hidden])")) {
+      const li = menu.closest("li");
+      if (!li.contains(event.target)) setMenu(li, false);
+    }
+  });
+
+  els.resetProfile.addEventListener("click", confirmResetProfile);
+  document.querySelector(".skip-link").addEventListener("click", (event) => {
+    event.preventDefault();
     els.input.focus();
   });
 

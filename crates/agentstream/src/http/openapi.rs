@@ -81,6 +81,10 @@ pub fn router() -> Router<AppState> {
         page::index,
         page::app_js,
         page::style_css,
+        page::marked_js,
+        page::purify_js,
+        page::favicon_svg,
+        page::favicon_ico,
     ),
     components(
         schemas(ErrorBody, crate::events::RunEvent, super::wire::openai::OpenAiErrorBody),
