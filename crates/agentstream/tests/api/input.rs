@@ -155,12 +155,7 @@ async fn bad_input_is_refused_and_writes_nothing(backend: Backend) {
         .await
         .unwrap();
     assert_error(response, 404, "not_found").await;
-    let response = app
-        .client
-        .put(app.url("/v1/profile"))
-        .send()
-        .await
-        .unwrap();
+    let response = app.client.put(app.url("/v1/profile")).send().await.unwrap();
     assert_error(response, 405, "method_not_allowed").await;
     let response = app
         .client
