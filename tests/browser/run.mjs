@@ -94,14 +94,38 @@ function freePort() {
   });
 }
 
-// Starts the server on a free port with a fresh SQLite database and waits
-// for its "serving" line. Its stderr is kept to check for WARN and ERROR.
+// The database the tests' servers use: SQLite (the default), or with
+// BROWSER_DATABASE=postgres a schema of its own for each server in the
+// PostgreSQL that AGENTSTREAM_TEST_POSTGRES_URL names (scripts/postgres.sh).
+const POSTGRES = process.env.BROWSER_DATABASE === "postgres";
+
+// A fresh database in `dir` (SQLite) or schema (PostgreSQL), and how to drop it.
+function freshDatabase(dir) {
+  if (!POSTGRES) {
+    return { database: `sqlite://${path.join(dir, "agentstream.db")}`, drop() {} };
+  }
+  const base = process.env.AGENTSTREAM_TEST_POSTGRES_URL;
+  assert(base, "BROWSER_DATABASE=postgres needs AGENTSTREAM_TEST_POSTGRES_URL (source scripts/postgres.sh)");
+  const schema = `browser_${path.basename(dir).replace(/[^a-zA-Z0-9]/g, "_").toLowerCase()}`;
+  execFileSync("psql", [base, "-qc", `CREATE SCHEMA ${schema}`]);
+  const separator = base.includes("?") ? "&" : "?";
+  return {
+    database: `${base}${separator}options=-csearch_path%3D${schema}`,
+    drop() {
+      execFileSync("psql", [base, "-qc", `DROP SCHEMA ${schema} CASCADE`]);
+    },
+  };
+}
+
+// Starts the server on a free port with a fresh database and waits for its
+// "serving" line. Its stderr is kept to check for WARN and ERROR. `before`
+// gets the database's URL, the environment and a folder of the server's own.
 async function startServer(binary, { name, before } = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "agentstream-browser-"));
-  const database = `sqlite://${path.join(dir, "agentstream.db")}`;
+  const { database, drop } = freshDatabase(dir);
   const env = { ...process.env, AGENTSTREAM_LOG_FORMAT: "text", NO_COLOR: "1", RUST_LOG: "info" };
   delete env.RUST_BACKTRACE;
-  const setup = before ? before({ database, env }) : {};
+  const setup = before ? before({ database, env, dir }) : {};
   const port = await freePort();
   const args = [
     "--bind", `127.0.0.1:${port}`,
@@ -144,6 +168,7 @@ async function startServer(binary, { name, before } = {}) {
       const { code } = await exited;
       if (pending) log.push(pending);
       fs.rmSync(dir, { recursive: true, force: true });
+      drop();
       return code;
     },
   };
@@ -545,8 +570,8 @@ test("with API keys on, the page asks for a key once and keeps it for the tab", 
 test("an agent from the configuration is a choice on the page, and its tool calls show", async ({ browser, binary }) => {
   const server = await startServer(binary, {
     name: "agents",
-    before: ({ database }) => {
-      const config = path.join(path.dirname(database.slice("sqlite://".length)), "agentstream.toml");
+    before: ({ dir }) => {
+      const config = path.join(dir, "agentstream.toml");
       fs.writeFileSync(
         config,
         [
@@ -594,8 +619,8 @@ test("an MCP server's tool is called from the page", async ({ browser, binary })
   assert(entry, "AGENTSTREAM_TEST_MCP_EVERYTHING is not set: run scripts/mcp-servers.sh first");
   const server = await startServer(binary, {
     name: "mcp",
-    before: ({ database }) => {
-      const config = path.join(path.dirname(database.slice("sqlite://".length)), "agentstream.toml");
+    before: ({ dir }) => {
+      const config = path.join(dir, "agentstream.toml");
       fs.writeFileSync(
         config,
         [
@@ -631,8 +656,8 @@ test("an MCP server's tool is called from the page", async ({ browser, binary })
 test("a tool call that needs approval: approve once, deny once, and a reload while it waits", async ({ browser, binary }) => {
   const server = await startServer(binary, {
     name: "approvals",
-    before: ({ database }) => {
-      const config = path.join(path.dirname(database.slice("sqlite://".length)), "agentstream.toml");
+    before: ({ dir }) => {
+      const config = path.join(dir, "agentstream.toml");
       fs.writeFileSync(
         config,
         [
@@ -762,8 +787,8 @@ test("retry a failed reply: the upstream fails once, the retry answers", async (
   const mock = await startMock();
   const server = await startServer(binary, {
     name: "retry",
-    before: ({ database }) => {
-      const config = path.join(path.dirname(database.slice("sqlite://".length)), "agentstream.toml");
+    before: ({ dir }) => {
+      const config = path.join(dir, "agentstream.toml");
       fs.writeFileSync(
         config,
         [
@@ -1184,7 +1209,7 @@ async function main() {
     failed += 1;
     console.log(`FAIL - ${error.message}`);
   }
-  console.log(`${passed} passed, ${failed} failed`);
+  console.log(`${passed} passed, ${failed} failed (${POSTGRES ? "PostgreSQL" : "SQLite"})`);
   process.exitCode = failed === 0 ? 0 : 1;
 }
 
