@@ -12,9 +12,10 @@
 #
 # BENCH_OUT=DIR keeps the results (JSON summaries, logs, profile) in DIR; BENCH_PERF=0 skips
 # the perf profile; BENCH_LEVELS="1 100 1000" overrides the concurrency ladder and
-# BENCH_TWO_NODE_LEVELS="1 100" the two-node levels.
+# BENCH_TWO_NODE_LEVELS="1 100" the two-node levels, BENCH_STEADY_LEVELS="200 500" the
+# steady-state levels.
 # BENCH_ONLY="GROUP ..." runs only these groups of scenarios, of: mock relay sqlite-15
-# sqlite-2 pg-15 pg-2 two-node encoders (e.g. BENCH_ONLY=encoders: one agentstream process,
+# sqlite-2 pg-15 pg-2 two-node encoders steady (e.g. BENCH_ONLY=encoders: one agentstream process,
 # a minute and a half in full mode, no PostgreSQL); the report then goes to the results
 # folder, never to BENCHMARKS.md, which is always written from the whole suite.
 set -euo pipefail
@@ -27,7 +28,7 @@ case "${1:-}" in
     *) echo "usage: scripts/bench.sh [--smoke]" >&2; exit 2 ;;
 esac
 
-groups="mock relay sqlite-15 sqlite-2 pg-15 pg-2 two-node encoders"
+groups="mock relay sqlite-15 sqlite-2 pg-15 pg-2 two-node encoders steady"
 only=${BENCH_ONLY:-}
 only=${only//,/ }
 for group in $only; do
@@ -54,6 +55,8 @@ if [ "$smoke" = 1 ]; then
     ladder_budget_s=60 suite_budget_s=120
     two_node_levels=${BENCH_TWO_NODE_LEVELS:-"1 4"} two_node_budget_s=30
     encoder_workers=4 encoder_ramp_ms=50 encoder_ms=500 encoder_warmup_ms=300 encoder_rounds=2
+    steady_levels=${BENCH_STEADY_LEVELS:-"4"} steady_ramp_ms=100 steady_ms=1000
+    steady_model="mock;deltas=8;pace_ms=5"
 else
     profile=release
     levels=${BENCH_LEVELS:-"1 100 200 500 1000 2000 5000 10000"}
@@ -73,6 +76,10 @@ else
     # through the native format.
     encoder_workers=200 encoder_ramp_ms=1000 encoder_ms=5000 encoder_warmup_ms=3000
     encoder_rounds=3
+    # Steady traffic (issue 20): a closed loop at each level for steady_ms, the workers
+    # started over steady_ramp_ms; each run one tool call, then 50 deltas 20 ms apart.
+    steady_levels=${BENCH_STEADY_LEVELS:-"200 500 1000 2000"} steady_ramp_ms=2000 steady_ms=12000
+    steady_model="mock;deltas=50;pace_ms=20"
 fi
 starts_model="mock;deltas=2;tools=never"
 # The upstream waits 30 s before its first chunk; the streams are measured and closed
@@ -233,6 +240,7 @@ model = "$3"
 TOML
 }
 write_config stream "$stream_model" "$starts_model"
+write_config steady "$steady_model" "$starts_model"
 write_config idle "$stream_model" "$idle_model"
 
 # start_agentstream NAME DATABASE_URL POOL OVERFLOW CONFIG [DRAIN_SECS [PORT [ARGS...]]]
@@ -401,20 +409,70 @@ encoders_scenario() {
     stop "$pid"
 }
 
+# steady_run TARGET PID LEVEL ARGS...: one closed loop of LEVEL workers for steady_ms.
+steady_run() {
+    local target=$1 pid=$2 level=$3
+    shift 3
+    if [ $((level * 2 + 1000)) -gt "$fd_limit" ]; then
+        echo "bench: steady $target: $level streams need more than $fd_limit descriptors" >&2
+        return
+    fi
+    echo "bench: steady traffic, $target: $level streams" >&2
+    loadgen_run "steady-$target-$(printf %05d "$level")" --target "$target" --scenario steady \
+        --streams "$level" --ramp-ms "$steady_ramp_ms" --duration-ms "$steady_ms" \
+        --timeout-ms "$stream_timeout_ms" --stall-ms 100 --pid "$pid" "$@"
+}
+
+# steady_scenarios SQLITE_URL PG_URL: steady traffic at each level, the floor (mock-llm
+# direct and through the relay) and agentstream on SQLite and PostgreSQL (pool 5 + 10)
+# through the seed's onboarding route: a new conversation per stream, one tool call.
+steady_scenarios() {
+    local sqlite=$1 pg=$2 base="http://127.0.0.1:$server_port" level pid target url
+    local openai=(--url "$mock_url/chat/completions" --body "$(chat_body "$steady_model")"
+        --protocol openai --gap-event content)
+    for level in $steady_levels; do steady_run mock "$mock_pid" "$level" "${openai[@]}"; done
+    start relay "$relay_port" "$bin/loadgen" relay --bind "127.0.0.1:$relay_port" --upstream "$mock_url"
+    pid=$started
+    for level in $steady_levels; do
+        steady_run relay "$pid" "$level" --url "http://127.0.0.1:$relay_port/v1/chat/completions" \
+            --body "$(chat_body "$steady_model")" --protocol openai --gap-event content
+    done
+    stop "$pid"
+    for target in sqlite-15 pg-15; do
+        url=$([ "$target" = sqlite-15 ] && echo "$sqlite" || echo "$pg")
+        start_agentstream "steady-$target" "$url" 5 10 steady
+        pid=$started
+        # PostgreSQL's own CPU: every process of its postmaster's user.
+        local database_cpu=()
+        if [ "$target" = pg-15 ] && postmaster=$(pgrep -o -x postgres); then
+            database_cpu=(--user-cpu "$(ps -o uid= -p "$postmaster" | tr -d ' ')")
+        fi
+        for level in $steady_levels; do
+            steady_run "$target" "$pid" "$level" --url "$base/api/v1/chat/onboarding/stream" \
+                --body '{"message":"Ada Lovelace {i}"}' --protocol agentstream --gap-event delta \
+                --metrics-url "$base/metrics" "${database_cpu[@]}"
+            wait_idle "steady-$target" "$base"
+        done
+        stop "$pid"
+    done
+}
+
 # --- the suite ---------------------------------------------------------------------------
-if want pg-15 || want pg-2 || want two-node; then
+if want pg-15 || want pg-2 || want two-node || want steady; then
     # shellcheck source=scripts/postgres.sh
     source scripts/postgres.sh
     ensure_postgres
     trap cleanup EXIT
     # A fresh database for each PostgreSQL configuration: pool 2 and the two nodes get their own.
-    for db in "${AGENTSTREAM_PG_TEST_DB}_pool2" "${AGENTSTREAM_PG_TEST_DB}_nodes"; do
+    for db in "${AGENTSTREAM_PG_TEST_DB}_pool2" "${AGENTSTREAM_PG_TEST_DB}_nodes" \
+        "${AGENTSTREAM_PG_TEST_DB}_steady"; do
         pg_extra_dbs+=("$db")
         psql -q -h 127.0.0.1 -p "$pg_port" -U "$pg_user" -d postgres -c "CREATE DATABASE $db" >/dev/null
     done
     pg_url_15=$AGENTSTREAM_TEST_POSTGRES_URL
     pg_url_2="${AGENTSTREAM_TEST_POSTGRES_URL%/*}/${AGENTSTREAM_PG_TEST_DB}_pool2"
     pg_url_nodes="${AGENTSTREAM_TEST_POSTGRES_URL%/*}/${AGENTSTREAM_PG_TEST_DB}_nodes"
+    pg_url_steady="${AGENTSTREAM_TEST_POSTGRES_URL%/*}/${AGENTSTREAM_PG_TEST_DB}_steady"
 fi
 
 suite_start=$SECONDS
@@ -434,6 +492,7 @@ if want pg-15; then agentstream_scenarios pg-15 "$pg_url_15" 5 10; fi
 if want pg-2; then agentstream_scenarios pg-2 "$pg_url_2" 2 0; fi
 if want two-node; then two_node_scenarios "$pg_url_nodes"; fi
 if want encoders; then encoders_scenario "sqlite://$out/db/encoders.db"; fi
+if want steady; then steady_scenarios "sqlite://$out/db/steady.db" "$pg_url_steady"; fi
 stop "$mock_pid"
 suite_seconds=$((SECONDS - suite_start))
 

@@ -130,7 +130,56 @@ pub async fn measure<T>(
     Ok((output, usage))
 }
 
-fn seconds(ticks: u64) -> f64 {
+/// CPU ticks of every process whose real user ID is `uid`, its reaped children's
+/// included (`cutime` and `cstime`): a process that exits between two readings still
+/// counts, in its parent's. Processes that cannot be read are skipped.
+pub fn user_cpu_ticks(uid: u32) -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut total = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let owned = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|status| parse_uid(&status))
+            == Some(uid);
+        if !owned {
+            continue;
+        }
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            total += parse_cpu_ticks_with_children(&stat).unwrap_or(0);
+        }
+    }
+    total
+}
+
+/// The real user ID of a `/proc/PID/status`.
+fn parse_uid(status: &str) -> Option<u32> {
+    let line = status.lines().find(|line| line.starts_with("Uid:"))?;
+    line.split_ascii_whitespace().nth(1)?.parse().ok()
+}
+
+/// utime + stime + cutime + cstime (fields 14 to 17) of a `/proc/PID/stat` line.
+fn parse_cpu_ticks_with_children(stat: &str) -> Option<u64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<u64> = after_name
+        .split_ascii_whitespace()
+        .skip(14 - 3)
+        .take(4)
+        .map(|field| field.parse().ok())
+        .collect::<Option<_>>()?;
+    (fields.len() == 4).then(|| fields.iter().sum())
+}
+
+/// Ticks as seconds.
+pub fn seconds(ticks: u64) -> f64 {
     // Tick counts stay far below 2^52, so the cast is exact.
     ticks as f64 / TICKS_PER_SECOND
 }
@@ -145,6 +194,18 @@ mod tests {
                     250 75 0 0 20 0 8 0 123 456789 1234 18446744073709551615";
         assert_eq!(parse_cpu_ticks(stat), Some(325));
         assert_eq!(parse_cpu_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn children_ticks_and_uids_are_read() {
+        let stat = "4242 (postgres) S 1 4242 4242 0 -1 4194560 1000 0 0 0 \
+                    250 75 30 5 20 0 8 0 123 456789 1234 18446744073709551615";
+        assert_eq!(parse_cpu_ticks_with_children(stat), Some(360));
+        assert_eq!(parse_uid("Name:\tx\nUid:\t108\t108\t108\t108\n"), Some(108));
+        assert_eq!(parse_uid("Name:\tx\n"), None);
+        // This test's own process counts under its user.
+        let uid = parse_uid(&std::fs::read_to_string("/proc/self/status").unwrap()).unwrap();
+        assert!(user_cpu_ticks(uid) > 0);
     }
 
     #[test]

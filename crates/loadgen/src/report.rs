@@ -194,6 +194,8 @@ const NATIVE: &str = "native";
 const NEW_FORMATS: [&str; 2] = ["openai", "ai-sdk"];
 const NATIVE_SETUP: &str = "native-setup";
 const ENCODER_ORDER: [&str; 4] = [NATIVE, NEW_FORMATS[0], NEW_FORMATS[1], NATIVE_SETUP];
+/// The steady-state scenario: a closed loop at a fixed concurrency for a fixed time.
+const STEADY: &str = "steady";
 
 fn render(args: &ReportArgs, results: &[Summary], machine: &Machine) -> Result<String, fmt::Error> {
     let ladder = Scenario::new(results, "ladder");
@@ -201,6 +203,7 @@ fn render(args: &ReportArgs, results: &[Summary], machine: &Machine) -> Result<S
     let idle = Scenario::new(results, "idle");
     let two_nodes = Scenario::new(results, TWO_NODES);
     let encoders = Scenario::new(results, ENCODERS);
+    let steady = Scenario::new(results, STEADY);
     let mut out = String::new();
     writeln!(out, "# Benchmarks\n")?;
     if args.smoke {
@@ -236,6 +239,7 @@ fn render(args: &ReportArgs, results: &[Summary], machine: &Machine) -> Result<S
     write_idle(&mut out, &idle)?;
     write_two_nodes(&mut out, &two_nodes)?;
     write_encoders(&mut out, &encoders)?;
+    write_steady(&mut out, &steady)?;
     write_profile(&mut out, args)?;
     for note in &args.notes {
         writeln!(out, "{note}\n")?;
@@ -673,6 +677,74 @@ fn write_ladder(out: &mut String, ladder: &Scenario<'_>) -> fmt::Result {
                 run.server
                     .map_or_else(|| "–".to_owned(), |s| mib(s.rss_peak_kib)),
                 run.loadgen.cpu_s,
+                if run.sustained { "yes" } else { "**no**" },
+            )?;
+        }
+    }
+    writeln!(out)
+}
+
+/// The steady-state table: per target and concurrency, what a closed loop of that many
+/// streams sustained, each a new conversation whose run writes the database once (a tool
+/// call) and then streams its deltas; the floor (mock-llm, the relay) beside it.
+fn write_steady(out: &mut String, steady: &Scenario<'_>) -> fmt::Result {
+    if steady.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "## Steady traffic
+"
+    )?;
+    writeln!(
+        out,
+        "Each level is a closed loop: that many workers, each starting its next stream as \
+         soon as the last one ends, for the whole duration (ramp included). Through \
+         agentstream every stream is the seed's onboarding route with no conversation: a \
+         new conversation whose run makes one `update_profile` call (a database write), \
+         then streams the model's deltas. The floor is mock-llm measured directly and \
+         through the bare relay, the same model, no tool call. A stream stalls when a gap \
+         between its deltas passes the stall limit; CPU per stream is the server's CPU \
+         over the streams that passed, and for PostgreSQL also its own processes' (the \
+         postmaster and every backend, exited ones included, from `/proc`).\n"
+    )?;
+    writeln!(
+        out,
+        "| target | streams | runs/s | events/s | TTFE p50 / p99 ms | gap p50 / p99 / max ms \
+         | stalled | failed | server CPU ms/stream | µs/event | PostgreSQL CPU ms/stream \
+         | RSS peak MiB | sustained |"
+    )?;
+    writeln!(out, "|{}", "---|".repeat(13))?;
+    for (target, runs) in steady.targets() {
+        for run in runs {
+            let per_stream = run
+                .server
+                .filter(|_| run.ok > 0)
+                .map(|s| s.cpu_s * 1000.0 / run.ok as f64);
+            let events_per_s = (run.wall_s > 0.0).then(|| run.events as f64 / run.wall_s);
+            let database = run
+                .user_cpu_s
+                .filter(|_| run.ok > 0)
+                .map(|cpu| cpu * 1000.0 / run.ok as f64);
+            writeln!(
+                out,
+                "| {target} | {} | {:.1} | {} | {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {} | {} \
+                 | {} | {} | {} | {} | {} |",
+                run.streams,
+                run.ok_per_s,
+                opt(events_per_s, 0),
+                run.ttfe_ms.p50,
+                run.ttfe_ms.p99,
+                run.gap_ms.p50,
+                run.gap_ms.p99,
+                run.gap_ms.max,
+                run.stalled_streams,
+                failures(run),
+                opt(per_stream, 2),
+                opt(run.server_cpu_us_per_event, 1),
+                opt(database, 2),
+                run.server
+                    .map_or_else(|| "–".to_owned(), |s| mib(s.rss_peak_kib)),
                 if run.sustained { "yes" } else { "**no**" },
             )?;
         }
@@ -1187,6 +1259,7 @@ mod tests {
             server_cpu_us_per_event: Some(10.0),
             stored_events: None,
             server_cpu_us_per_stored_event: None,
+            user_cpu_s: None,
             loadgen: Usage::default(),
             command: vec![
                 "loadgen".to_owned(),

@@ -87,6 +87,10 @@ pub struct RunArgs {
     /// Server process to sample (CPU time and resident memory).
     #[arg(long)]
     pub pid: Option<u32>,
+    /// Also count the CPU time of every process of this user ID (a database server's,
+    /// such as PostgreSQL's postmaster and backends, exited ones included).
+    #[arg(long)]
+    pub user_cpu: Option<u32>,
     /// Sampling interval.
     #[arg(long, default_value_t = 100)]
     pub sample_ms: u64,
@@ -172,6 +176,9 @@ pub struct Summary {
     pub server_cpu_us_per_stored_event: Option<f64>,
     /// The load generator's own CPU and memory over the run.
     pub loadgen: Usage,
+    /// CPU seconds of the processes of `--user-cpu` over the run.
+    #[serde(default)]
+    pub user_cpu_s: Option<f64>,
     /// The command line of this run.
     pub command: Vec<String>,
 }
@@ -282,6 +289,7 @@ pub async fn run(args: &RunArgs, command: Vec<String>) -> anyhow::Result<Summary
     };
     let pid = args.pid.map(|pid| pid.to_string());
     let interval = Duration::from_millis(args.sample_ms.max(1));
+    let user_before = args.user_cpu.map(proc::user_cpu_ticks);
     let work = proc::measure("self", interval, drive(args, Arc::clone(&plan)));
     let (measured, server) = match &pid {
         Some(pid) => {
@@ -311,6 +319,10 @@ pub async fn run(args: &RunArgs, command: Vec<String>) -> anyhow::Result<Summary
         loadgen,
     );
     summary.stored_events = stored_events;
+    summary.user_cpu_s = args
+        .user_cpu
+        .zip(user_before)
+        .map(|(uid, before)| proc::seconds(proc::user_cpu_ticks(uid).saturating_sub(before)));
     summary.server_cpu_us_per_stored_event = server
         .zip(stored_events.filter(|events| *events > 0))
         .map(|(usage, events)| usage.cpu_s * 1e6 / events as f64);
@@ -632,6 +644,7 @@ fn summarize(
             .map(|usage| usage.cpu_s * 1e6 / events as f64),
         stored_events: None,
         server_cpu_us_per_stored_event: None,
+        user_cpu_s: None,
         loadgen,
         command,
     }
