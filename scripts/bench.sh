@@ -2,11 +2,12 @@
 # The benchmark suite (issue 5; DESIGN.md "Performance method"): builds the binaries,
 # starts mock-llm, the bare relay and agentstream (SQLite and PostgreSQL, pool 15 and 2,
 # then two nodes on one PostgreSQL: issue 9, then the same load through each wire format:
-# native, OpenAI Chat Completions and AI SDK), runs the load generator against each and
-# writes BENCHMARKS.md.
+# native, OpenAI Chat Completions and AI SDK, then steady traffic: issue 20), runs the
+# load generator against each and writes BENCHMARKS.md.
 #
-#   scripts/bench.sh           the full suite, release build; under 11 minutes on 2 cores
-#                              (the encoders scenario, which has no time budget, takes 1.5)
+#   scripts/bench.sh           the full suite, release build; about 15 minutes on 2 cores
+#                              (the encoders scenario takes 1.5 and steady traffic 4,
+#                              neither with a time budget)
 #   scripts/bench.sh --smoke   tiny loads for a few seconds on the dev build (CI): fails
 #                              when any stream fails, writes the report to the results folder
 #
