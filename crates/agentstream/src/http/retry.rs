@@ -5,11 +5,11 @@
 use std::time::Instant;
 
 use axum::{
-    Json, Router,
+    Router,
     body::Bytes,
     extract::{State, rejection::BytesRejection},
     http::{HeaderMap, StatusCode},
-    response::{IntoResponse, Response},
+    response::Response,
     routing::post,
 };
 use serde::Deserialize;
@@ -21,8 +21,8 @@ use super::{
         BadRequest, Conflict, NotFound, PayloadTooLarge, TooManyRuns, Unauthorized, Unavailable,
         Unprocessable, UnsupportedMediaType,
     },
-    runs::{check_input, wants_stream},
-    wire::{self, NativeEncoder, SseMessage, Start, sse_response},
+    runs::{check_input, started_response},
+    wire::SseMessage,
 };
 use crate::{
     runs::{ConversationRef, Multitask, Replace, StartRun},
@@ -139,16 +139,5 @@ async fn retry(
             },
         )
         .await?;
-    if wants_stream(&headers) {
-        let run_id = started.run.id;
-        let events = wire::subscribe(&state, run_id, Start::of_started(started.live, received));
-        return Ok(sse_response(
-            NativeEncoder,
-            run_id,
-            events,
-            &state.streams,
-            &[],
-        ));
-    }
-    Ok((StatusCode::ACCEPTED, Json(started.run)).into_response())
+    Ok(started_response(&state, started, &headers, received))
 }

@@ -21,7 +21,7 @@ use super::{
     wire::{self, NativeEncoder, SseMessage, Start, sse_response},
 };
 use crate::{
-    runs::{ConversationRef, Multitask, StartRun},
+    runs::{ConversationRef, Multitask, StartRun, Started},
     store::{OnDisconnect, Run},
 };
 
@@ -88,7 +88,7 @@ pub fn check_input(state: &AppState, input: &str) -> Result<(), ApiError> {
 }
 
 /// True when the client asked for the SSE stream.
-pub fn wants_stream(headers: &HeaderMap) -> bool {
+fn wants_stream(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::ACCEPT)
         .iter()
@@ -164,29 +164,34 @@ async fn create_run(
                 client_message_id: body.client_message_id,
                 on_disconnect: body.on_disconnect,
                 multitask: body.multitask,
-
                 caller: caller.for_tools(),
                 replaces: None,
             },
         )
         .await?;
-    if wants_stream(&headers) {
+    Ok(started_response(&state, started, &headers, received))
+}
+
+/// The answer to a request that started a run (or found it by its key):
+/// with `Accept: text/event-stream` the run's event stream, otherwise 202
+/// with the run (200 for one found). `received` is when the request came in.
+pub fn started_response(
+    state: &AppState,
+    started: Started,
+    headers: &HeaderMap,
+    received: Instant,
+) -> Response {
+    if wants_stream(headers) {
         let run_id = started.run.id;
-        let events = wire::subscribe(&state, run_id, Start::of_started(started.live, received));
-        return Ok(sse_response(
-            NativeEncoder,
-            run_id,
-            events,
-            &state.streams,
-            &[],
-        ));
+        let events = wire::subscribe(state, run_id, Start::of_started(started.live, received));
+        return sse_response(NativeEncoder, run_id, events, &state.streams, &[]);
     }
     let status = if started.created {
         StatusCode::ACCEPTED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(started.run)).into_response())
+    (status, Json(started.run)).into_response()
 }
 
 /// Which runs of a conversation to list.

@@ -65,10 +65,8 @@ impl RunManager {
                 self.start_next(taken.conversation_id).await;
             }
             None => {
-                if !self.stop_local(run.id, RunStatus::Cancelled)
-                    && store.request_cancel(run.id).await?
-                {
-                    store.notify_cancel(run.id).await?;
+                if !self.stop_local(run.id, RunStatus::Cancelled) {
+                    self.cancel_elsewhere(run.id).await?;
                 }
             }
         }

@@ -318,6 +318,15 @@ impl RunManager {
         Ok(run)
     }
 
+    /// Asks the node that drives a running run to cancel it: recorded for
+    /// its next heartbeat, and told at once by a notification.
+    pub(super) async fn cancel_elsewhere(&self, run_id: Uuid) -> Result<(), StoreError> {
+        if self.inner.store.request_cancel(run_id).await? {
+            self.inner.store.notify_cancel(run_id).await?;
+        }
+        Ok(())
+    }
+
     /// Cancels a run wherever it is: here, on the node that drives it (told
     /// by a notification, and by the database at its next heartbeat), or
     /// still queued.
@@ -332,12 +341,7 @@ impl RunManager {
                 crate::telemetry::metrics::run_dequeued();
                 Ok(())
             }
-            RunStatus::Running => {
-                if self.inner.store.request_cancel(run.id).await? {
-                    self.inner.store.notify_cancel(run.id).await?;
-                }
-                Ok(())
-            }
+            RunStatus::Running => self.cancel_elsewhere(run.id).await,
             RunStatus::RequiresAction => self.cancel_paused(run).await,
             _ => Ok(()),
         }

@@ -134,11 +134,11 @@ impl Store {
     /// The run with this ID if `user_id` owns it.
     #[tracing::instrument(skip_all, fields(run_id = %id))]
     pub async fn run(&self, user_id: Uuid, id: Uuid) -> Result<Option<Run>, StoreError> {
-        let row = query(
-            "SELECT id, conversation_id, user_id, agent, status, client_message_id, \
-             on_disconnect, error, usage, context, last_seq, created_at, finished_at, caller, expires_at \
-             FROM runs WHERE id = $1 AND user_id = $2",
-        )
+        let row = query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM runs WHERE id = $1 AND user_id = $2",
+        ))
         .bind(id.to_string())
         .bind(user_id.to_string())
         .fetch_optional(&mut *self.acquire().await?)
@@ -261,11 +261,11 @@ impl Store {
     /// Runs that are not terminal: after a crash, the ones left open.
     #[tracing::instrument(skip_all)]
     pub async fn open_runs(&self) -> Result<Vec<Run>, StoreError> {
-        let rows = query(
-            "SELECT id, conversation_id, user_id, agent, status, client_message_id, \
-             on_disconnect, error, usage, context, last_seq, created_at, finished_at, caller, expires_at \
-             FROM runs WHERE status IN ('queued', 'running') ORDER BY id",
-        )
+        let rows = query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM runs WHERE status IN ('queued', 'running') ORDER BY id",
+        ))
         .fetch_all(&mut *self.acquire().await?)
         .await?;
         rows.iter().map(from_row).collect()
@@ -336,11 +336,11 @@ pub(crate) async fn run_by_client_message_id(
     conversation_id: Uuid,
     client_message_id: &str,
 ) -> Result<Option<Run>, StoreError> {
-    let row = query(
-        "SELECT id, conversation_id, user_id, agent, status, client_message_id, \
-         on_disconnect, error, usage, context, last_seq, created_at, finished_at, caller, expires_at \
-         FROM runs WHERE conversation_id = $1 AND client_message_id = $2",
-    )
+    let row = query(concat!(
+        "SELECT ",
+        run_columns!(),
+        " FROM runs WHERE conversation_id = $1 AND client_message_id = $2",
+    ))
     .bind(conversation_id.to_string())
     .bind(client_message_id)
     .fetch_optional(&mut *conn)
@@ -366,12 +366,12 @@ pub(crate) async fn active_runs(
     conn: &mut AnyConnection,
     conversation_id: Uuid,
 ) -> Result<Vec<Run>, StoreError> {
-    let rows = query(
-        "SELECT id, conversation_id, user_id, agent, status, client_message_id, \
-         on_disconnect, error, usage, context, last_seq, created_at, finished_at, caller, expires_at \
-         FROM runs WHERE conversation_id = $1 \
+    let rows = query(concat!(
+        "SELECT ",
+        run_columns!(),
+        " FROM runs WHERE conversation_id = $1 \
          AND status IN ('queued', 'running', 'requires_action') ORDER BY id",
-    )
+    ))
     .bind(conversation_id.to_string())
     .fetch_all(&mut *conn)
     .await?;
