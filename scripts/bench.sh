@@ -421,7 +421,8 @@ steady_run() {
     echo "bench: steady traffic, $target: $level streams" >&2
     loadgen_run "steady-$target-$(printf %05d "$level")" --target "$target" --scenario steady \
         --streams "$level" --ramp-ms "$steady_ramp_ms" --duration-ms "$steady_ms" \
-        --timeout-ms "$stream_timeout_ms" --stall-ms 100 --pid "$pid" "$@"
+        --timeout-ms "$stream_timeout_ms" --stall-ms 100 --sustained-gap-p99-ms 100 \
+        --sustained-ttfe-p99-ms 250 --pid "$pid" "$@"
 }
 
 # steady_scenarios SQLITE_URL PG_URL: steady traffic at each level, the floor (mock-llm

@@ -99,7 +99,12 @@ impl App {
         let hub = Arc::new(Hub::default());
         let tracker = TaskTracker::new();
         let writer_stop = CancellationToken::new();
-        let (log, writer) = EventLog::new(store.clone(), hub.clone(), writer_stop.clone());
+        let (log, writer) = EventLog::new(
+            store.clone(),
+            hub.clone(),
+            Duration::from_millis(config.event_commit_interval_ms),
+            writer_stop.clone(),
+        );
         tracker.spawn_on(writer, store.db_runtime());
         tracker.spawn(probe_database(store.clone(), writer_stop.clone()));
         tracker.spawn(prune_events(

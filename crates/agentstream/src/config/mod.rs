@@ -143,6 +143,20 @@ pub struct Config {
     #[arg(long, env = "AGENTSTREAM_SCRIPTED_DELAY_MS", default_value_t = 30)]
     pub scripted_delay_ms: u64,
 
+    /// Milliseconds a run's event may wait, beyond its own commit, for other
+    /// events to share that commit. Under load the event log begins a commit
+    /// at most once per this interval, so that events of many runs commit
+    /// together; a server with nothing committed in the last interval
+    /// commits an event at once. 0 commits whatever is pending whenever the
+    /// last commit ends (the fewest events per commit).
+    #[arg(
+        long,
+        env = "AGENTSTREAM_EVENT_COMMIT_INTERVAL_MS",
+        default_value_t = 5,
+        value_parser = clap::value_parser!(u64).range(0..=1000)
+    )]
+    pub event_commit_interval_ms: u64,
+
     /// Seconds a finished run's event log is kept (its transcript stays).
     #[arg(
         long,

@@ -2,8 +2,11 @@
 //!
 //! One task takes everything pending, commits it in one transaction, then
 //! delivers it, and repeats; events that arrive during a commit go into the
-//! next one. There is no timer: a quiet server commits each event at once,
-//! a busy one commits bigger batches.
+//! next one. Under load a commit begins at most once per commit interval
+//! (`--event-commit-interval-ms`, 5 ms by default): events of many runs
+//! share a commit, and no event waits for its commit more than that interval
+//! beyond the commit itself. A quiet server, whose last commit began longer
+//! ago than the interval, commits an event at once.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -11,15 +14,19 @@ use std::{
     time::Duration,
 };
 
-use sqlx::{Any, pool::PoolConnection};
-use tokio::sync::{mpsc, oneshot};
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::hub::Hub;
 use crate::{
     events::{ErrorCode, RunFailure, StoredEvent},
-    store::{self, AssistantMessage, MessageStatus, RunEnd, RunStatus, Store, StoreError},
+    store::{
+        self, AssistantMessage, EventsConn, MessageStatus, RunEnd, RunStatus, Store, StoreError,
+    },
 };
 
 /// Most events one transaction carries.
@@ -135,11 +142,12 @@ impl EventLog {
     pub fn new(
         store: Store,
         hub: Arc<Hub>,
+        interval: Duration,
         stop: CancellationToken,
     ) -> (EventLog, impl Future<Output = ()>) {
         let (queue, rx) = mpsc::channel(QUEUE);
         let lost = LostRuns::default();
-        let writer = write_loop(store, hub, rx, lost.clone(), stop);
+        let writer = write_loop(store, hub, rx, lost.clone(), interval, stop);
         (EventLog { queue, lost }, writer)
     }
 
@@ -236,18 +244,17 @@ async fn write_loop(
     hub: Arc<Hub>,
     mut rx: mpsc::Receiver<Pending>,
     lost: LostRuns,
+    interval: Duration,
     stop: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(256);
     let mut stopping = false;
-    // The connection of the last commit, kept for the next one only while
-    // events are already waiting and other borrowers have idle connections
-    // to take: never across a wait for events.
-    let mut held: Option<PoolConnection<Any>> = None;
+    // When the last commit began.
+    let mut began: Option<Instant> = None;
+    // The log's own connection, opened at its first commit and again after
+    // one that failed.
+    let mut held: Option<EventsConn> = None;
     loop {
-        if rx.is_empty() || store.pool().num_idle() == 0 {
-            held = None;
-        }
         let received = tokio::select! {
             received = rx.recv_many(&mut batch, MAX_BATCH) => received,
             () = stop.cancelled(), if !stopping => {
@@ -259,10 +266,28 @@ async fn write_loop(
         if received == 0 {
             break;
         }
+        if let Some(due) = began.map(|began| began + interval)
+            && !stopping
+            && Instant::now() < due
+        {
+            // Under load: the events that arrive by the end of the interval
+            // share this commit.
+            tokio::time::sleep_until(due).await;
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(pending) => batch.push(pending),
+                    Err(_) => break,
+                }
+            }
+        }
+        began = Some(Instant::now());
         let mut fates = vec![Fate::Skipped; batch.len()];
         let items = writable(&lost, &batch);
         write(&store, &mut held, &batch, items, &mut fates).await;
         deliver(&hub, &lost, batch.drain(..), fates);
+    }
+    if let Some(conn) = held {
+        conn.close().await;
     }
 }
 
@@ -282,7 +307,7 @@ fn writable(lost: &LostRuns, batch: &[Pending]) -> Vec<usize> {
 /// another run's events.
 async fn write(
     store: &Store,
-    held: &mut Option<PoolConnection<Any>>,
+    held: &mut Option<EventsConn>,
     batch: &[Pending],
     items: Vec<usize>,
     fates: &mut [Fate],
@@ -317,7 +342,7 @@ async fn write(
 /// refuses: about two commits per level for each refused run.
 async fn isolate(
     store: &Store,
-    held: &mut Option<PoolConnection<Any>>,
+    held: &mut Option<EventsConn>,
     batch: &[Pending],
     items: &[usize],
     fates: &mut [Fate],
@@ -442,7 +467,7 @@ fn deliver(hub: &Hub, lost: &LostRuns, batch: impl Iterator<Item = Pending>, fat
 /// end of one run in the same batch. A connection that failed is given back.
 async fn commit(
     store: &Store,
-    held: &mut Option<PoolConnection<Any>>,
+    held: &mut Option<EventsConn>,
     batch: &[Pending],
     items: &[usize],
 ) -> Result<Vec<bool>, StoreError> {
@@ -456,7 +481,7 @@ async fn commit(
 
 async fn commit_on(
     store: &Store,
-    held: &mut Option<PoolConnection<Any>>,
+    held: &mut Option<EventsConn>,
     batch: &[&Pending],
 ) -> Result<Vec<bool>, StoreError> {
     let mut tx = store.begin_events(held).await?;

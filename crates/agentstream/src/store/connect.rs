@@ -17,7 +17,7 @@ use sqlx::{
     any::{AnyConnectOptions, AnyPoolOptions},
     pool::PoolConnection,
 };
-use tokio::sync::{OwnedMutexGuard, watch};
+use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::{Backend, Store, StoreError};
@@ -155,7 +155,7 @@ pub struct WriteTx<'c> {
     tx: Transaction<'c, Any>,
     // Dropped after `tx`: the next writer's turn begins once this one's
     // rollback is under way.
-    _turn: Option<OwnedMutexGuard<()>>,
+    _turn: Option<super::dialect::Turn>,
 }
 
 impl WriteTx<'_> {
@@ -257,33 +257,7 @@ impl Store {
                 })
             })
             .after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    match backend {
-                        Backend::Sqlite => {
-                            conn.execute(
-                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
-                            )
-                            .await?;
-                        }
-                        // Behind a transaction pooler a session setting would
-                        // stay on whichever server connection ran it; set
-                        // these on the role instead (see the README).
-                        Backend::Postgres if pooled => {}
-                        Backend::Postgres => {
-                            // Safety nets: no statement runs away and no session
-                            // idles inside a transaction holding locks.
-                            query(
-                                "SELECT set_config('statement_timeout', $1, false), \
-                                 set_config('idle_in_transaction_session_timeout', $1, false)",
-                            )
-                            .bind(statement_timeout_ms.to_string())
-                            .execute(&mut *conn)
-                            .await?;
-                        }
-                    }
-                    Ok(())
-                })
+                Box::pin(async move { prepare(conn, backend, pooled, statement_timeout_ms).await })
             })
             // A connection handed back inside a transaction is closed, never reused dirty.
             .after_release(move |conn, _meta| {
@@ -291,6 +265,13 @@ impl Store {
                     !conn.is_in_transaction() && !closing_on_release.load(Ordering::Acquire);
                 Box::pin(async move { Ok(reuse) })
             });
+        let events = Arc::new(EventsSetup {
+            options: options.clone(),
+            pooled,
+            statement_timeout_ms,
+            timeout: settings.timeout,
+            recycle: settings.recycle,
+        });
         let db = Arc::new(DbThread::start()?);
         if backend == Backend::Postgres && !pooled {
             // Before the pool: its connections' first statements would clash
@@ -315,6 +296,7 @@ impl Store {
             closing,
             write_turn: Arc::default(),
             db,
+            events,
         };
         Ok(store)
     }
@@ -405,22 +387,123 @@ impl Store {
         Ok(WriteTx { tx, _turn: turn })
     }
 
-    /// Begins the event log's transaction, as `begin` does, on the connection
-    /// the log holds (taken from the pool if it holds none). On SQLite it
-    /// goes before every transaction still waiting but a few: events do not
-    /// wait behind a queue of run starts. The turn comes before the
-    /// connection, as in `begin`, so that the two never wait on each other.
+    /// Begins the event log's transaction, as `begin` does, on the log's own
+    /// connection (see [`EventsConn`]), opened first if `held` is empty or
+    /// has been used for `DB_POOL_RECYCLE`. On SQLite it goes before every
+    /// transaction still waiting but a few: events do not wait behind a
+    /// queue of run starts.
     pub async fn begin_events<'c>(
         &self,
-        held: &'c mut Option<PoolConnection<Any>>,
+        held: &'c mut Option<EventsConn>,
     ) -> Result<WriteTx<'c>, StoreError> {
         let turn = self.write_turn(true).await;
+        if held
+            .as_ref()
+            .is_some_and(|conn| conn.opened.elapsed() >= self.events.recycle)
+            && let Some(old) = held.take()
+        {
+            old.close().await;
+        }
         let conn = match held {
             Some(conn) => conn,
-            None => held.insert(self.acquire_raw().await?),
+            None => held.insert(self.connect_events().await?),
         };
-        let tx = Transaction::begin(&mut **conn, self.begin_statement()).await?;
+        let tx = Transaction::begin(&mut conn.conn, self.begin_statement()).await?;
         Ok(WriteTx { tx, _turn: turn })
+    }
+
+    /// Opens the event log's connection. While the probe finds the database
+    /// down this fails at once, and an attempt under way ends when the
+    /// probe notices, or after `DB_POOL_TIMEOUT`.
+    async fn connect_events(&self) -> Result<EventsConn, StoreError> {
+        let setup = &self.events;
+        let mut down = self.down.subscribe();
+        if *down.borrow_and_update() {
+            return Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut));
+        }
+        let open = async {
+            let mut conn = AnyConnection::connect_with(&setup.options).await?;
+            prepare(
+                &mut conn,
+                self.backend,
+                setup.pooled,
+                setup.statement_timeout_ms,
+            )
+            .await?;
+            Ok::<_, sqlx::Error>(conn)
+        };
+        tokio::select! {
+            opened = tokio::time::timeout(setup.timeout, open) => match opened {
+                Ok(conn) => Ok(EventsConn { conn: conn?, opened: std::time::Instant::now() }),
+                Err(_) => Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut)),
+            },
+            _ = down.wait_for(|down| *down) => Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut)),
+        }
+    }
+}
+
+/// Sets up a new connection: SQLite's journal and locking, or PostgreSQL's
+/// safety nets.
+async fn prepare(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    pooled: bool,
+    statement_timeout_ms: u128,
+) -> Result<(), sqlx::Error> {
+    match backend {
+        Backend::Sqlite => {
+            conn.execute(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+            )
+            .await?;
+        }
+        // Behind a transaction pooler a session setting would stay on
+        // whichever server connection ran it; set these on the role instead
+        // (see the README).
+        Backend::Postgres if pooled => {}
+        Backend::Postgres => {
+            // Safety nets: no statement runs away and no session idles
+            // inside a transaction holding locks.
+            query(
+                "SELECT set_config('statement_timeout', $1, false), \
+                 set_config('idle_in_transaction_session_timeout', $1, false)",
+            )
+            .bind(statement_timeout_ms.to_string())
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// What opens the event log's connection (see [`EventsConn`]).
+#[derive(Debug)]
+pub(super) struct EventsSetup {
+    options: AnyConnectOptions,
+    pooled: bool,
+    statement_timeout_ms: u128,
+    /// How long opening it may take (`DB_POOL_TIMEOUT`).
+    timeout: Duration,
+    /// How long it is used before it is opened again (`DB_POOL_RECYCLE`).
+    recycle: Duration,
+}
+
+/// The event log's own connection, opened beside the pool rather than taken
+/// from it: the writer that every stream waits on never queues behind run
+/// starts and tool calls for a connection, and holds one across its short
+/// waits without taking it from them. A database therefore sees the pool's
+/// connections plus this one.
+#[derive(Debug)]
+pub struct EventsConn {
+    conn: AnyConnection,
+    opened: std::time::Instant,
+}
+
+impl EventsConn {
+    /// Closes the connection cleanly (a terminate message to PostgreSQL).
+    pub async fn close(self) {
+        let _ = self.conn.close().await;
     }
 }
 

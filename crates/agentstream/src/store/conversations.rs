@@ -248,14 +248,24 @@ impl Store {
     /// it does not exist or is not the user's.
     #[tracing::instrument(skip_all, fields(conversation_id = %id))]
     pub async fn delete_conversation(&self, user_id: Uuid, id: Uuid) -> Result<bool, StoreError> {
-        let _turn = self.write_turn(false).await;
-        let mut conn = self.acquire().await?;
+        let mut tx = self.begin().await?;
+        // The event log has no foreign key to cascade through (migration
+        // 0011): its rows go first, in the same transaction.
+        query(
+            "DELETE FROM run_events WHERE run_id IN (SELECT r.id FROM runs r \
+             JOIN conversations c ON c.id = r.conversation_id \
+             WHERE c.id = $1 AND c.user_id = $2)",
+        )
+        .bind(id.to_string())
+        .bind(user_id.to_string())
+        .execute(&mut *tx)
+        .await?;
         let done = query("DELETE FROM conversations WHERE id = $1 AND user_id = $2")
             .bind(id.to_string())
             .bind(user_id.to_string())
-            .execute(&mut *conn)
+            .execute(&mut *tx)
             .await?;
-        conn.commit().await?;
+        tx.commit().await?;
         Ok(done.rows_affected() > 0)
     }
 }

@@ -2,7 +2,7 @@
 //! connection speaks, the placeholders of multi-row statements, how a write
 //! transaction begins, and SQLite's write turn.
 
-use std::{borrow::Cow, fmt::Write, sync::Arc};
+use std::{borrow::Cow, fmt::Write, sync::Arc, time::Instant};
 
 use sqlx::AnyConnection;
 use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore};
@@ -80,15 +80,37 @@ impl Store {
     /// queue at a gate first, so at most one of them waits at the turn
     /// itself, and the event log (`first`) waits behind that one only.
     /// PostgreSQL locks rows.
-    pub(super) async fn write_turn(&self, first: bool) -> Option<OwnedMutexGuard<()>> {
+    pub(super) async fn write_turn(&self, first: bool) -> Option<Turn> {
         if self.backend != Backend::Sqlite {
             return None;
         }
-        if first {
-            return Some(self.write_turn.turn.clone().lock_owned().await);
-        }
-        let _gate = self.write_turn.gate.acquire().await;
-        Some(self.write_turn.turn.clone().lock_owned().await)
+        let asked = Instant::now();
+        let guard = if first {
+            self.write_turn.turn.clone().lock_owned().await
+        } else {
+            let _gate = self.write_turn.gate.acquire().await;
+            self.write_turn.turn.clone().lock_owned().await
+        };
+        let taken = Instant::now();
+        crate::telemetry::metrics::write_turn("wait", taken - asked);
+        Some(Turn {
+            _guard: guard,
+            taken,
+        })
+    }
+}
+
+/// SQLite's write turn, held; how long it was held is recorded when it is
+/// dropped.
+#[derive(Debug)]
+pub(super) struct Turn {
+    _guard: OwnedMutexGuard<()>,
+    taken: Instant,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        crate::telemetry::metrics::write_turn("held", self.taken.elapsed());
     }
 }
 

@@ -90,6 +90,11 @@ const SQLITE_MIGRATIONS: MigrationList = &[
         "conversation list and retry",
         include_str!("../../migrations/sqlite/0010_conversation_list_and_retry.sql"),
     ),
+    (
+        11,
+        "event log without foreign key",
+        include_str!("../../migrations/sqlite/0011_event_log_without_foreign_key.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: MigrationList = &[
     (
@@ -141,6 +146,11 @@ const POSTGRES_MIGRATIONS: MigrationList = &[
         10,
         "conversation list and retry",
         include_str!("../../migrations/postgres/0010_conversation_list_and_retry.sql"),
+    ),
+    (
+        11,
+        "event log without foreign key",
+        include_str!("../../migrations/postgres/0011_event_log_without_foreign_key.sql"),
     ),
 ];
 

@@ -34,9 +34,9 @@ use tokio::sync::watch;
 
 pub use codec::{format_timestamp, now};
 use codec::{parse_enum, parse_id};
-use connect::DbThread;
 pub(crate) use connect::query;
-pub use connect::{Conn, PoolSettings, WriteTx, redact_url, sqlite_path};
+pub use connect::{Conn, EventsConn, PoolSettings, WriteTx, redact_url, sqlite_path};
+use connect::{DbThread, EventsSetup};
 pub use dialect::Backend;
 use dialect::{MultiRow, WriteTurn};
 pub use error::StoreError;
@@ -89,6 +89,8 @@ pub struct Store {
     write_turn: Arc<WriteTurn>,
     /// Where write transactions run.
     db: Arc<DbThread>,
+    /// What opens the event log's own connection.
+    events: Arc<EventsSetup>,
 }
 
 impl Store {

@@ -46,6 +46,9 @@ pub const POOL_IDLE: &str = "agentstream_db_pool_idle_connections";
 pub const POOL_MAX: &str = "agentstream_db_pool_max_connections";
 /// Time to get a pool connection.
 pub const POOL_ACQUIRE: &str = "agentstream_db_pool_acquire_seconds";
+/// SQLite's write turn: how long a write transaction waited for it
+/// (`phase="wait"`) and held it (`phase="held"`).
+pub const WRITE_TURN: &str = "agentstream_db_write_turn_seconds";
 /// 1 while the health probe finds the database answering (sampled).
 pub const DATABASE_UP: &str = "agentstream_db_up";
 /// HTTP requests answered, by method, route template and status.
@@ -101,6 +104,7 @@ fn builder() -> Result<PrometheusBuilder, BuildError> {
         FIRST_EVENT,
         UPSTREAM_FIRST_TOKEN,
         POOL_ACQUIRE,
+        WRITE_TURN,
         HTTP_DURATION,
         HTTP_TOOL_DURATION,
         MCP_TOOL_DURATION,
@@ -187,6 +191,12 @@ fn describe() {
         POOL_ACQUIRE,
         Unit::Seconds,
         "Time to get a database pool connection."
+    );
+    describe_histogram!(
+        WRITE_TURN,
+        Unit::Seconds,
+        "SQLite only: how long a write transaction waited for the process's write turn \
+         (phase=\"wait\") and held it (phase=\"held\")."
     );
     describe_gauge!(
         DATABASE_UP,
@@ -307,6 +317,11 @@ where
 /// Getting a pool connection took `wait`.
 pub fn pool_acquire(wait: Duration) {
     histogram!(POOL_ACQUIRE).record(wait);
+}
+
+/// Records a wait for SQLite's write turn, or how long it was held.
+pub fn write_turn(phase: &'static str, time: Duration) {
+    histogram!(WRITE_TURN, "phase" => phase).record(time.as_secs_f64());
 }
 
 /// Records the time to get a pool connection when dropped: put one at the

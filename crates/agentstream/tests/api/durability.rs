@@ -242,3 +242,37 @@ async fn a_slow_subscriber_reads_from_the_store(backend: Backend) {
     app.stop().await;
 }
 both!(a_slow_subscriber_reads_from_the_store);
+
+/// The event log commits on a connection of its own, beside the pool: a
+/// run's events reach its client while every connection of the pool is
+/// taken (here by the test), so streams never wait behind run starts and
+/// tool calls queued for a connection.
+async fn events_commit_while_the_pool_is_taken(backend: Backend) {
+    let app = spawn_app_with(backend, |config| {
+        config.db_pool_size = 1;
+        config.db_max_overflow = 0;
+        config.scripted_delay_ms = 5;
+    })
+    .await;
+    let conversation = app.create_conversation("chat").await;
+    let response = app
+        .stream_run(
+            &conversation,
+            json!({ "input": "tell me about the weather" }),
+        )
+        .await;
+    let mut stream = Box::pin(events(response));
+    let first = stream.next().await.expect("the run's first event");
+    assert_eq!(first.event, "run.started");
+    let taken = app.state.store().pool().acquire().await.unwrap();
+    let rest: Vec<SseEvent> = stream.collect().await;
+    assert!(
+        rest.iter().filter(|e| e.event == "delta").count() > 1,
+        "{rest:?}"
+    );
+    assert_eq!(done_status(&rest), "completed");
+    drop(taken);
+    app.pool_settles().await;
+    app.stop().await;
+}
+both!(events_commit_while_the_pool_is_taken);
