@@ -9,7 +9,8 @@ use super::drive::Begin;
 use super::{ConversationRef, Event, Multitask, RunError, RunManager, StartRun, Started};
 use crate::agent::Outcome;
 use crate::store::{
-    self, ConversationKind, MessageStatus, NewMessage, NewRun, Role, Run, RunStatus, StoreError,
+    self, ConversationKind, MessageStatus, NewMessage, NewRun, Role, Run, RunRows, RunStatus,
+    StoreError,
 };
 
 impl RunManager {
@@ -53,6 +54,8 @@ impl RunManager {
             ConversationRef::Existing { .. } | ConversationRef::Chat { .. }
         );
         let mut prior = Vec::new();
+        // A conversation this run starts with no history is stored with it.
+        let mut unstored = false;
         // An untitled conversation is named after its first message: a
         // client's history's first, or this one.
         let first = match &conversation {
@@ -80,7 +83,8 @@ impl RunManager {
                 conversation
             }
             ConversationRef::New(kind) => {
-                store::insert_conversation(&mut tx, user_id, kind, kind.as_str(), title).await?
+                unstored = true;
+                store::new_conversation(user_id, kind, kind.as_str(), title)
             }
             ConversationRef::NewWith {
                 agent,
@@ -190,66 +194,72 @@ impl RunManager {
         };
         // A name and claims: serializing them cannot fail.
         let caller = serde_json::to_string(&request.caller).ok();
-        let run = store::insert_run(
-            &mut tx,
-            NewRun {
+        let new_run = NewRun {
+            conversation_id: conversation.id,
+            user_id: conversation.user_id,
+            agent: agent_name,
+            status,
+            client_message_id: request.client_message_id.as_deref(),
+            on_disconnect: request.on_disconnect,
+            owner_node: (status == RunStatus::Running).then_some(self.inner.node.id.as_str()),
+            caller: caller.as_deref(),
+        };
+        let run = store::new_run(&new_run);
+        // A retry answers the question it retries: it has none of its own.
+        let retry = request.replaces.is_some_and(|replace| !replace.question);
+        let message = (!retry).then(|| {
+            store::new_message(NewMessage {
                 conversation_id: conversation.id,
-                user_id: conversation.user_id,
-                agent: agent_name,
-                status,
-                client_message_id: request.client_message_id.as_deref(),
-                on_disconnect: request.on_disconnect,
-                owner_node: (status == RunStatus::Running).then_some(self.inner.node.id.as_str()),
-                caller: caller.as_deref(),
+                run_id: Some(run.id),
+                role: Role::User,
+                content: &request.input,
+                tool_calls: None,
+                tool_call_id: None,
+                status: MessageStatus::Complete,
+            })
+        });
+        // A run that starts now is stored with its first event: a client
+        // hears `run.started` as soon as the run is stored. No other node
+        // needs telling: none knows of this run before this commit, and
+        // each reads the store first.
+        let started = (status == RunStatus::Running).then(|| {
+            Event::RunStarted {
+                conversation_id: conversation.id,
+            }
+            .to_stored(run.id, 1)
+        });
+        store::insert_run_rows(
+            &mut tx,
+            RunRows {
+                conversation: unstored.then_some(&conversation),
+                run: &run,
+                owner_node: new_run.owner_node,
+                message: message.as_ref(),
+                started: started.as_ref(),
             },
         )
         .await?;
-        // A retry answers the question it retries: it has none of its own.
-        let retry = request.replaces.is_some_and(|replace| !replace.question);
-        let message = if retry {
-            None
-        } else {
-            let message = store::insert_message(
-                &mut tx,
-                NewMessage {
-                    conversation_id: conversation.id,
-                    run_id: Some(run.id),
-                    role: Role::User,
-                    content: &request.input,
-                    tool_calls: None,
-                    tool_call_id: None,
-                    status: MessageStatus::Complete,
-                },
-            )
-            .await?;
-            Some(message)
-        };
         // A run that starts now reads its conversation here rather than on a
-        // connection of its own, and is stored with its first event: a
-        // client hears `run.started` as soon as the run is stored.
-        let first = match status {
-            RunStatus::Running => {
+        // connection of its own.
+        let first = match started {
+            Some(started) => {
                 let history = if new_conversation {
                     prior.extend(message);
                     prior
                 } else {
                     store::messages(&mut tx, conversation.id, None).await?
                 };
-                let started = Event::RunStarted {
-                    conversation_id: conversation.id,
-                }
-                .to_stored(run.id, 1);
-                // No other node needs telling: none knows of this run
-                // before this commit, and each reads the store first.
-                store::append_events(&mut tx, &[&started]).await?;
                 Some((history, started))
             }
-            _ => None,
+            None => None,
         };
-        // Counted last, the new run included, under the user's row lock: the
-        // limit holds across nodes, and the lock is held only to the commit.
-        let users_runs = store::count_user_active_runs(&mut tx, conversation.user_id).await?;
-        if users_runs > i64::from(self.inner.limits.per_user) {
+        // Counted last, the new run included, under the user's row lock
+        // when the count could be near the limit: the limit holds across
+        // nodes, and the lock is held only to the commit.
+        let limit = i64::from(self.inner.limits.per_user);
+        let users_runs =
+            store::count_user_active_runs(&mut tx, conversation.user_id, limit).await?;
+        if users_runs > limit {
             return Err(RunError::TooManyRuns(self.inner.limits.per_user));
         }
         match tx.commit().await {

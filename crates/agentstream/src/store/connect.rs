@@ -53,9 +53,12 @@ pub struct PoolSettings {
 /// process connects; a process talks to one database.
 static NAMED_STATEMENTS: AtomicBool = AtomicBool::new(true);
 
+/// A statement with its values bound, ready to run.
+pub(crate) type Query<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>;
+
 /// A statement on the store's connection: prepared once per connection and
 /// cached, or, behind a transaction pooler, prepared unnamed each time.
-pub(crate) fn query(sql: &str) -> sqlx::query::Query<'_, Any, sqlx::any::AnyArguments<'_>> {
+pub(crate) fn query(sql: &str) -> Query<'_> {
     sqlx::query(sql).persistent(NAMED_STATEMENTS.load(Ordering::Relaxed))
 }
 
@@ -284,6 +287,23 @@ impl Store {
         }
         // Opened on the database thread: the connections' sockets are woken
         // by its runtime, where the transactions run.
+        let writer = match backend {
+            // SQLite's writes take turns (see `Store::write_turn`), so one
+            // connection serves them all: one warm thread and page cache
+            // instead of a rotation through the pool's.
+            Backend::Sqlite => {
+                let options = pool_options
+                    .clone()
+                    .min_connections(1)
+                    .max_connections(1)
+                    .connect_with(options.clone());
+                match db.handle.spawn(options).await {
+                    Ok(writer) => Some(writer?),
+                    Err(_) => return Err(StoreError::Unavailable(sqlx::Error::PoolClosed)),
+                }
+            }
+            Backend::Postgres => None,
+        };
         let pool = match db.handle.spawn(pool_options.connect_with(options)).await {
             Ok(pool) => pool.map_err(|e| undeclared_pooler(e, pooled))?,
             Err(_) => return Err(StoreError::Unavailable(sqlx::Error::PoolClosed)),
@@ -295,6 +315,7 @@ impl Store {
             down: Arc::new(watch::Sender::new(false)),
             closing,
             write_turn: Arc::default(),
+            writer,
             db,
             events,
         };
@@ -373,6 +394,9 @@ impl Store {
     /// Closes every connection; waits for borrowed ones to come back.
     pub async fn close(&self) {
         self.stop_reusing_connections();
+        if let Some(writer) = &self.writer {
+            writer.close().await;
+        }
         self.pool.close().await;
     }
 
@@ -381,22 +405,30 @@ impl Store {
     /// transaction that reads before it writes cannot fail to upgrade its lock.
     pub async fn begin(&self) -> Result<WriteTx<'static>, StoreError> {
         let turn = self.write_turn(false).await;
-        let conn = self.acquire_raw().await?;
+        let conn = match &self.writer {
+            Some(writer) => writer.acquire().await?,
+            None => self.acquire_raw().await?,
+        };
         // What `Pool::begin_with` does, on a connection from `acquire`.
         let tx = Transaction::begin(conn, self.begin_statement()).await?;
         Ok(WriteTx { tx, _turn: turn })
     }
 
-    /// Begins the event log's transaction, as `begin` does, on the log's own
-    /// connection (see [`EventsConn`]), opened first if `held` is empty or
-    /// has been used for `DB_POOL_RECYCLE`. On SQLite it goes before every
-    /// transaction still waiting but a few: events do not wait behind a
-    /// queue of run starts.
+    /// Begins the event log's transaction, as `begin` does: on SQLite on the
+    /// one connection of its writes, going before every transaction still
+    /// waiting but a few (events do not wait behind a queue of run starts);
+    /// on PostgreSQL on the log's own connection (see [`EventsConn`]),
+    /// opened first if `held` is empty or has been used for
+    /// `DB_POOL_RECYCLE`.
     pub async fn begin_events<'c>(
         &self,
         held: &'c mut Option<EventsConn>,
     ) -> Result<WriteTx<'c>, StoreError> {
         let turn = self.write_turn(true).await;
+        if let Some(writer) = &self.writer {
+            let tx = Transaction::begin(writer.acquire().await?, self.begin_statement()).await?;
+            return Ok(WriteTx { tx, _turn: turn });
+        }
         if held
             .as_ref()
             .is_some_and(|conn| conn.opened.elapsed() >= self.events.recycle)
@@ -489,11 +521,12 @@ pub(super) struct EventsSetup {
     recycle: Duration,
 }
 
-/// The event log's own connection, opened beside the pool rather than taken
-/// from it: the writer that every stream waits on never queues behind run
-/// starts and tool calls for a connection, and holds one across its short
-/// waits without taking it from them. A database therefore sees the pool's
-/// connections plus this one.
+/// The event log's own connection on PostgreSQL, opened beside the pool
+/// rather than taken from it: the writer that every stream waits on never
+/// queues behind run starts and tool calls for a connection, and holds one
+/// across its short waits without taking it from them. A database therefore
+/// sees the pool's connections plus this one. (On SQLite the log commits on
+/// the one connection of the process's writes, beside the pool too.)
 #[derive(Debug)]
 pub struct EventsConn {
     conn: AnyConnection,

@@ -4,7 +4,7 @@ use serde::Serialize;
 use sqlx::{AnyConnection, Row, any::AnyRow};
 use uuid::Uuid;
 
-use super::{Store, StoreError, now, parse_enum, parse_id, query};
+use super::{Query, Store, StoreError, now, parse_enum, parse_id, query};
 use crate::text::text_enum;
 
 text_enum! {
@@ -300,7 +300,8 @@ pub(crate) async fn insert_chat_conversation(
     Ok(inserted.then_some(conversation))
 }
 
-fn new_conversation(
+/// A new conversation of the user's, not stored yet.
+pub(crate) fn new_conversation(
     user_id: Uuid,
     kind: ConversationKind,
     agent: &str,
@@ -326,22 +327,32 @@ async fn insert(
     conversation: &Conversation,
     chat_id: Option<&str>,
 ) -> Result<bool, StoreError> {
-    let inserted = query(
-        "INSERT INTO conversations \
-         (id, user_id, kind, agent, title, chat_id, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
-    )
-    .bind(conversation.id.to_string())
-    .bind(conversation.user_id.to_string())
-    .bind(conversation.kind.as_str())
-    .bind(&conversation.agent)
-    .bind(conversation.title.clone())
-    .bind(chat_id)
-    .bind(&conversation.created_at)
-    .bind(&conversation.updated_at)
-    .execute(&mut *conn)
-    .await?;
+    let inserted = bind_conversation(query(INSERT_CONVERSATION), conversation, chat_id)
+        .execute(&mut *conn)
+        .await?;
     Ok(inserted.rows_affected() == 1)
+}
+
+/// Stores a conversation; values bound by [`bind_conversation`].
+pub(super) const INSERT_CONVERSATION: &str = "INSERT INTO conversations \
+     (id, user_id, kind, agent, title, chat_id, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING";
+
+/// Binds the values of [`INSERT_CONVERSATION`].
+pub(super) fn bind_conversation<'q>(
+    query: Query<'q>,
+    conversation: &'q Conversation,
+    chat_id: Option<&'q str>,
+) -> Query<'q> {
+    query
+        .bind(conversation.id.to_string())
+        .bind(conversation.user_id.to_string())
+        .bind(conversation.kind.as_str())
+        .bind(&conversation.agent)
+        .bind(conversation.title.as_deref())
+        .bind(chat_id)
+        .bind(&conversation.created_at)
+        .bind(&conversation.updated_at)
 }
 
 /// Locks and reads, inside the caller's transaction, the user's

@@ -114,6 +114,51 @@ impl Drop for Turn {
     }
 }
 
+/// Writes that need no result from each other, as one query, each one's
+/// `$N` placeholders renumbered to follow the statements before it, so that
+/// the query's values are the statements' values in order: one round trip
+/// instead of one per statement. On SQLite the statements are
+/// `;`-separated: sqlx's driver runs every statement of a query in one
+/// hand-off to the connection's thread, binding `$N` to the query's Nth
+/// value. PostgreSQL prepares one statement at a time, so all but the last
+/// become data-modifying `WITH` clauses of the last; their foreign-key
+/// checks run at the end of the statement, when every row is in.
+pub(super) fn chain(backend: Backend, statements: &[&str]) -> String {
+    let mut out = String::new();
+    let mut offset = 0;
+    let last = statements.len().saturating_sub(1);
+    for (i, sql) in statements.iter().enumerate() {
+        match backend {
+            Backend::Sqlite if i > 0 => out.push_str(";\n"),
+            Backend::Postgres if i == 0 && last > 0 => out.push_str("WITH "),
+            Backend::Postgres if i > 0 && i < last => out.push_str(", "),
+            Backend::Postgres if i == last && last > 0 => out.push(' '),
+            _ => {}
+        }
+        if backend == Backend::Postgres && i < last {
+            let _ = write!(out, "s{i} AS (");
+        }
+        let mut highest = 0;
+        let mut rest = *sql;
+        while let Some(at) = rest.find('$') {
+            out.push_str(&rest[..=at]);
+            rest = &rest[at + 1..];
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            if let Ok(n) = rest[..digits].parse::<usize>() {
+                highest = highest.max(n);
+                let _ = write!(out, "{}", n + offset);
+                rest = &rest[digits..];
+            }
+        }
+        out.push_str(rest);
+        if backend == Backend::Postgres && i < last {
+            out.push(')');
+        }
+        offset += highest;
+    }
+    out
+}
+
 /// One multi-row statement per size, so that each is a prepared statement
 /// the connection caches and a batch of any length is cut into a few of them.
 /// Only placeholders are generated; values are always bound.
@@ -178,5 +223,37 @@ impl MultiRow {
             rest = tail;
             Some((sql.as_str(), chunk))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chained_statements_number_their_values_in_order() {
+        let statements = [
+            "INSERT INTO a VALUES ($1, $2, $1)",
+            "INSERT INTO b VALUES ('$', $1)",
+            "DELETE FROM c WHERE x = $3 OR y = $1",
+        ];
+        assert_eq!(
+            chain(Backend::Sqlite, &statements),
+            "INSERT INTO a VALUES ($1, $2, $1);\nINSERT INTO b VALUES ('$', $3);\n\
+             DELETE FROM c WHERE x = $6 OR y = $4"
+        );
+        assert_eq!(
+            chain(Backend::Postgres, &statements),
+            "WITH s0 AS (INSERT INTO a VALUES ($1, $2, $1)), \
+             s1 AS (INSERT INTO b VALUES ('$', $3)) \
+             DELETE FROM c WHERE x = $6 OR y = $4"
+        );
+        assert_eq!(
+            chain(Backend::Postgres, &statements[..2]),
+            "WITH s0 AS (INSERT INTO a VALUES ($1, $2, $1)) INSERT INTO b VALUES ('$', $3)"
+        );
+        for backend in [Backend::Sqlite, Backend::Postgres] {
+            assert_eq!(chain(backend, &["SELECT $1"]), "SELECT $1");
+        }
     }
 }

@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
-use super::{MultiRow, Store, StoreError, now, parse_id, query};
+use super::{MultiRow, Query, Store, StoreError, now, parse_id, query};
 use crate::events::{EventKind, StoredEvent};
 
 /// `INSERT … VALUES (…), (…)` in the sizes of `MultiRow`, five columns a row.
@@ -20,6 +20,20 @@ static INSERTS: LazyLock<MultiRow> = LazyLock::new(|| {
     )
 });
 
+/// Stores one event; values bound by [`bind_event`].
+pub(super) const INSERT_EVENT: &str = "INSERT INTO run_events (run_id, seq, type, data, created_at) \
+     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (run_id, seq) DO NOTHING";
+
+/// Binds the values of [`INSERT_EVENT`], stored at `at`.
+pub(super) fn bind_event<'q>(query: Query<'q>, event: &'q StoredEvent, at: &'q str) -> Query<'q> {
+    query
+        .bind(event.run_id.to_string())
+        .bind(event.seq)
+        .bind(event.kind.as_str())
+        .bind(event.data.as_str())
+        .bind(at)
+}
+
 /// Appends events inside the caller's transaction.
 pub(crate) async fn append_events(
     conn: &mut AnyConnection,
@@ -30,12 +44,7 @@ pub(crate) async fn append_events(
     for (sql, chunk) in MultiRow::chunks(statements, events) {
         let mut query = query(sql);
         for event in chunk {
-            query = query
-                .bind(event.run_id.to_string())
-                .bind(event.seq)
-                .bind(event.kind.as_str())
-                .bind(event.data.as_str())
-                .bind(at.as_str());
+            query = bind_event(query, event, &at);
         }
         query.execute(&mut *conn).await?;
     }

@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::{AnyConnection, Row, any::AnyRow};
 use uuid::Uuid;
 
-use super::{MultiRow, Store, StoreError, now, parse_enum, parse_id, query};
+use super::{MultiRow, Query, Store, StoreError, now, parse_enum, parse_id, query};
 use crate::{
     events::{Event, EventKind, RunEvent, StoredEvent},
     text::text_enum,
@@ -329,7 +329,16 @@ pub(crate) async fn insert_message(
     conn: &mut AnyConnection,
     new: NewMessage<'_>,
 ) -> Result<Message, StoreError> {
-    let message = Message {
+    let message = new_message(new);
+    bind_message(query(INSERT_MESSAGE), &message)
+        .execute(&mut *conn)
+        .await?;
+    Ok(message)
+}
+
+/// A new message, not stored yet.
+pub(crate) fn new_message(new: NewMessage<'_>) -> Message {
+    Message {
         id: Uuid::now_v7(),
         conversation_id: new.conversation_id,
         run_id: new.run_id,
@@ -341,28 +350,31 @@ pub(crate) async fn insert_message(
         finish_reason: None,
         superseded: false,
         created_at: now(),
-    };
-    query(
-        "INSERT INTO messages (id, conversation_id, run_id, role, content, tool_calls, \
-         tool_call_id, status, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(message.id.to_string())
-    .bind(message.conversation_id.to_string())
-    .bind(message.run_id.map(|id| id.to_string()))
-    .bind(message.role.as_str())
-    .bind(&message.content)
-    .bind(
-        message
-            .tool_calls
-            .as_ref()
-            .map(serde_json::Value::to_string),
-    )
-    .bind(message.tool_call_id.clone())
-    .bind(message.status.as_str())
-    .bind(&message.created_at)
-    .execute(&mut *conn)
-    .await?;
-    Ok(message)
+    }
+}
+
+/// Stores a message; values bound by [`bind_message`].
+pub(super) const INSERT_MESSAGE: &str = "INSERT INTO messages (id, conversation_id, run_id, \
+     role, content, tool_calls, tool_call_id, status, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+/// Binds the values of [`INSERT_MESSAGE`].
+pub(super) fn bind_message<'q>(query: Query<'q>, message: &'q Message) -> Query<'q> {
+    query
+        .bind(message.id.to_string())
+        .bind(message.conversation_id.to_string())
+        .bind(message.run_id.map(|id| id.to_string()))
+        .bind(message.role.as_str())
+        .bind(&message.content)
+        .bind(
+            message
+                .tool_calls
+                .as_ref()
+                .map(serde_json::Value::to_string),
+        )
+        .bind(message.tool_call_id.as_deref())
+        .bind(message.status.as_str())
+        .bind(&message.created_at)
 }
 
 /// Marks the run's unfinished messages with `status`, keeping their text.

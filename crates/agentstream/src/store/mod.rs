@@ -24,6 +24,7 @@ mod migrations;
 mod notify;
 mod profiles;
 mod runs;
+mod starts;
 mod tool_calls;
 mod users;
 
@@ -34,9 +35,9 @@ use tokio::sync::watch;
 
 pub use codec::{format_timestamp, now};
 use codec::{parse_enum, parse_id};
-pub(crate) use connect::query;
 pub use connect::{Conn, EventsConn, PoolSettings, WriteTx, redact_url, sqlite_path};
 use connect::{DbThread, EventsSetup};
+pub(crate) use connect::{Query, query};
 pub use dialect::Backend;
 use dialect::{MultiRow, WriteTurn};
 pub use error::StoreError;
@@ -55,17 +56,20 @@ pub use users::User;
 
 pub(crate) use conversations::{
     chat_for_update, conversation_for_update, insert_chat_conversation, insert_conversation,
+    new_conversation,
 };
 pub(crate) use events::append_events;
 pub(crate) use messages::{
-    close_streaming_messages, insert_message, messages, supersede, write_assistant_messages,
+    close_streaming_messages, insert_message, messages, new_message, supersede,
+    write_assistant_messages,
 };
 pub(crate) use notify::notify_events;
 pub use notify::{CANCEL_CHANNEL, EVENTS_CHANNEL, Notice, listen, parse_notification};
 pub(crate) use runs::{
-    active_runs, count_user_active_runs, finish_runs, insert_run, last_run_id, lock_conversation,
+    active_runs, count_user_active_runs, finish_runs, last_run_id, lock_conversation, new_run,
     run_by_client_message_id, run_input, start_queued_run,
 };
+pub(crate) use starts::{RunRows, insert_run_rows};
 pub(crate) use tool_calls::{
     finish_tool_call, insert_started_tool_call, insert_tool_call, settle_started_tool_calls,
     tool_call,
@@ -87,6 +91,9 @@ pub struct Store {
     closing: Arc<std::sync::atomic::AtomicBool>,
     /// Held by the write transaction under way, on SQLite.
     write_turn: Arc<WriteTurn>,
+    /// SQLite's one connection for write transactions (a pool of one,
+    /// beside `pool`, which serves reads); none on PostgreSQL.
+    writer: Option<AnyPool>,
     /// Where write transactions run.
     db: Arc<DbThread>,
     /// What opens the event log's own connection.

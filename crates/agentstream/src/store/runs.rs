@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::{AnyConnection, Row, any::AnyRow};
 use uuid::Uuid;
 
-use super::{Backend, MultiRow, Store, StoreError, now, parse_enum, parse_id, query};
+use super::{Backend, MultiRow, Query, Store, StoreError, now, parse_enum, parse_id, query};
 use crate::{events::RunStatus, text::text_enum};
 
 text_enum! {
@@ -272,12 +272,9 @@ impl Store {
     }
 }
 
-/// Inserts a run inside the caller's transaction.
-pub(crate) async fn insert_run(
-    conn: &mut AnyConnection,
-    new: NewRun<'_>,
-) -> Result<Run, StoreError> {
-    let run = Run {
+/// A new run, not stored yet.
+pub(crate) fn new_run(new: &NewRun<'_>) -> Run {
+    Run {
         id: Uuid::now_v7(),
         conversation_id: new.conversation_id,
         user_id: new.user_id,
@@ -294,25 +291,31 @@ pub(crate) async fn insert_run(
         expires_at: None,
         pending_approvals: None,
         caller: new.caller.map(str::to_owned),
-    };
-    query(
-        "INSERT INTO runs (id, conversation_id, user_id, agent, status, client_message_id, \
-         on_disconnect, created_at, owner_node, caller) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(run.id.to_string())
-    .bind(run.conversation_id.to_string())
-    .bind(run.user_id.to_string())
-    .bind(&run.agent)
-    .bind(run.status.as_str())
-    .bind(run.client_message_id.clone())
-    .bind(run.on_disconnect.as_str())
-    .bind(&run.created_at)
-    .bind(new.owner_node)
-    .bind(new.caller)
-    .execute(&mut *conn)
-    .await?;
-    Ok(run)
+    }
+}
+
+/// Stores a run; values bound by [`bind_run`].
+pub(super) const INSERT_RUN: &str = "INSERT INTO runs (id, conversation_id, user_id, agent, \
+     status, client_message_id, on_disconnect, created_at, owner_node, caller) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
+/// Binds the values of [`INSERT_RUN`]: the run, and the node that drives it.
+pub(super) fn bind_run<'q>(
+    query: Query<'q>,
+    run: &'q Run,
+    owner_node: Option<&'q str>,
+) -> Query<'q> {
+    query
+        .bind(run.id.to_string())
+        .bind(run.conversation_id.to_string())
+        .bind(run.user_id.to_string())
+        .bind(&run.agent)
+        .bind(run.status.as_str())
+        .bind(run.client_message_id.as_deref())
+        .bind(run.on_disconnect.as_str())
+        .bind(&run.created_at)
+        .bind(owner_node)
+        .bind(run.caller.as_deref())
 }
 
 /// The run a client message ID already started in this conversation.
@@ -378,27 +381,45 @@ pub(crate) async fn active_runs(
     rows.iter().map(from_row).collect()
 }
 
-/// Counts the user's queued and running runs, under the user's row lock on
-/// PostgreSQL so that concurrent starts on any node count one at a time
-/// (SQLite's `BEGIN IMMEDIATE` already holds the only write lock). The lock
-/// lasts until the caller's transaction ends: take it last.
+/// Counts the user's queued and running runs, the caller's new one included,
+/// exactly enough to hold `limit` across nodes: a count that is over it is
+/// exact. On SQLite, `BEGIN IMMEDIATE` already holds the only write lock.
+/// On PostgreSQL, concurrent starts cannot see each other's runs before they
+/// commit; each is a transaction on a connection of its own, so at most
+/// `max_connections` of them are in flight. A count that stays within the
+/// limit even with that many more is returned as it is; otherwise the user's
+/// row is locked, so that concurrent starts on any node count one at a time,
+/// and the runs counted again. The lock lasts until the caller's transaction
+/// ends: take it last.
 pub(crate) async fn count_user_active_runs(
     conn: &mut AnyConnection,
     user_id: Uuid,
+    limit: i64,
 ) -> Result<i64, StoreError> {
+    const COUNT: &str =
+        "SELECT COUNT(*) AS n FROM runs WHERE user_id = $1 AND status IN ('queued', 'running')";
     if Backend::of(conn) == Backend::Postgres {
+        let row = query(
+            "SELECT COUNT(*) AS n, current_setting('max_connections')::bigint AS in_flight \
+             FROM runs WHERE user_id = $1 AND status IN ('queued', 'running')",
+        )
+        .bind(user_id.to_string())
+        .fetch_one(&mut *conn)
+        .await?;
+        let (counted, in_flight): (i64, i64) = (row.try_get("n")?, row.try_get("in_flight")?);
+        if counted.saturating_add(in_flight) <= limit {
+            return Ok(counted);
+        }
         // A lock, not a dummy update: no new row version per run started.
         query("SELECT id FROM users WHERE id = $1 FOR NO KEY UPDATE")
             .bind(user_id.to_string())
             .execute(&mut *conn)
             .await?;
     }
-    let row = query(
-        "SELECT COUNT(*) AS n FROM runs WHERE user_id = $1 AND status IN ('queued', 'running')",
-    )
-    .bind(user_id.to_string())
-    .fetch_one(&mut *conn)
-    .await?;
+    let row = query(COUNT)
+        .bind(user_id.to_string())
+        .fetch_one(&mut *conn)
+        .await?;
     Ok(row.try_get("n")?)
 }
 
