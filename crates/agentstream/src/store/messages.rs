@@ -336,6 +336,17 @@ pub(crate) async fn insert_message(
     Ok(message)
 }
 
+/// Stores a message built already, inside the caller's transaction.
+pub(crate) async fn insert_message_row(
+    conn: &mut AnyConnection,
+    message: &Message,
+) -> Result<(), StoreError> {
+    bind_message(query(INSERT_MESSAGE), message)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// A new message, not stored yet.
 pub(crate) fn new_message(new: NewMessage<'_>) -> Message {
     Message {
@@ -353,12 +364,36 @@ pub(crate) fn new_message(new: NewMessage<'_>) -> Message {
     }
 }
 
-/// Stores a message; values bound by [`bind_message`].
-pub(super) const INSERT_MESSAGE: &str = "INSERT INTO messages (id, conversation_id, run_id, \
-     role, content, tool_calls, tool_call_id, status, created_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+/// The head of every statement that stores a message; [`bind_message`]
+/// binds its nine values.
+macro_rules! insert_message {
+    () => {
+        "INSERT INTO messages (id, conversation_id, run_id, role, content, tool_calls, \
+         tool_call_id, status, created_at) "
+    };
+}
 
-/// Binds the values of [`INSERT_MESSAGE`].
+/// Stores a message; values bound by [`bind_message`].
+pub(super) const INSERT_MESSAGE: &str = concat!(
+    insert_message!(),
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+);
+
+/// Stores a message only if the statement before it in a SQLite query
+/// (see `dialect::chain`) changed a row.
+pub(super) const INSERT_MESSAGE_IF_CHANGED: &str = concat!(
+    insert_message!(),
+    "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE changes() = 1"
+);
+
+/// Stores a message only if the first clause of a PostgreSQL query (see
+/// `dialect::chain`, which names it `s0`) returned a row.
+pub(super) const INSERT_MESSAGE_IF_RETURNED: &str = concat!(
+    insert_message!(),
+    "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE EXISTS (SELECT 1 FROM s0)"
+);
+
+/// Binds the values of [`INSERT_MESSAGE`] and its conditional forms.
 pub(super) fn bind_message<'q>(query: Query<'q>, message: &'q Message) -> Query<'q> {
     query
         .bind(message.id.to_string())

@@ -60,7 +60,7 @@ pub(crate) use conversations::{
 };
 pub(crate) use events::append_events;
 pub(crate) use messages::{
-    close_streaming_messages, insert_message, messages, new_message, supersede,
+    close_streaming_messages, insert_message, insert_message_row, messages, new_message, supersede,
     write_assistant_messages,
 };
 pub(crate) use notify::notify_events;

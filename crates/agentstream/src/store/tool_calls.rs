@@ -10,7 +10,12 @@
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
-use super::{StoreError, now, query};
+use super::{
+    Backend, Message, StoreError,
+    dialect::chain,
+    messages::{INSERT_MESSAGE_IF_CHANGED, INSERT_MESSAGE_IF_RETURNED, bind_message},
+    now, query,
+};
 
 /// A tool call that was applied, with its result.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,26 +76,41 @@ pub(crate) async fn tool_call(
     .transpose()
 }
 
-/// Records a call's result inside the transaction that applied its effects.
-/// False if the run had recorded this call already: the first record stays.
+/// Records a call's result with its tool message, inside the transaction
+/// that applied its effects, in one query (see `dialect::chain`). False,
+/// with neither stored, if the run had recorded this call already: the first
+/// record stays.
 pub(crate) async fn insert_tool_call(
     conn: &mut AnyConnection,
     run_id: Uuid,
     record: &ToolCallRecord,
+    message: &Message,
 ) -> Result<bool, StoreError> {
-    let done = query(
-        "INSERT INTO tool_calls (run_id, call_id, name, arguments, output, is_error, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (run_id, call_id) DO NOTHING",
-    )
-    .bind(run_id.to_string())
-    .bind(&record.call_id)
-    .bind(&record.name)
-    .bind(&record.arguments)
-    .bind(&record.output)
-    .bind(i64::from(record.is_error))
-    .bind(now())
-    .execute(&mut *conn)
-    .await?;
+    let backend = Backend::of(conn);
+    let message_if_recorded = match backend {
+        Backend::Sqlite => INSERT_MESSAGE_IF_CHANGED,
+        Backend::Postgres => INSERT_MESSAGE_IF_RETURNED,
+    };
+    let sql = chain(
+        backend,
+        &[
+            "INSERT INTO tool_calls (run_id, call_id, name, arguments, output, is_error, \
+             created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (run_id, call_id) DO NOTHING RETURNING 1",
+            message_if_recorded,
+        ],
+    );
+    let query = query(&sql)
+        .bind(run_id.to_string())
+        .bind(&record.call_id)
+        .bind(&record.name)
+        .bind(&record.arguments)
+        .bind(&record.output)
+        .bind(i64::from(record.is_error))
+        .bind(now());
+    let done = bind_message(query, message).execute(&mut *conn).await?;
+    // The message was stored only with the call (on SQLite the count is the
+    // two statements' sum).
     Ok(done.rows_affected() > 0)
 }
 

@@ -7,8 +7,8 @@ use super::{AgentTool, Effects, ToolContext, ToolError, ToolInput};
 use crate::{
     llm::ToolCall,
     store::{
-        self, MessageStatus, NewMessage, OUTCOME_UNKNOWN, RecordedCall, Role, Store, StoreError,
-        ToolCallRecord,
+        self, Message, MessageStatus, NewMessage, OUTCOME_UNKNOWN, RecordedCall, Role, Store,
+        StoreError, ToolCallRecord,
     },
 };
 
@@ -282,20 +282,20 @@ async fn insert_tool_message(
     call_id: &str,
     content: &str,
 ) -> Result<(), StoreError> {
-    store::insert_message(
-        tx,
-        NewMessage {
-            conversation_id: ctx.conversation_id,
-            run_id: Some(ctx.run_id),
-            role: Role::Tool,
-            content,
-            tool_calls: None,
-            tool_call_id: Some(call_id),
-            status: MessageStatus::Complete,
-        },
-    )
-    .await?;
-    Ok(())
+    store::insert_message_row(tx, &tool_message(ctx, call_id, content)).await
+}
+
+/// The call's tool message, not stored yet.
+fn tool_message(ctx: &ToolContext, call_id: &str, content: &str) -> Message {
+    store::new_message(NewMessage {
+        conversation_id: ctx.conversation_id,
+        run_id: Some(ctx.run_id),
+        role: Role::Tool,
+        content,
+        tool_calls: None,
+        tool_call_id: Some(call_id),
+        status: MessageStatus::Complete,
+    })
 }
 
 /// Records the call with its tool message and commits. A call this run
@@ -310,7 +310,8 @@ async fn record(
 ) -> Result<Executed, StoreError> {
     crate::text::clean_json(&mut output);
     let record = record_of(call, output.to_string(), is_error);
-    if !store::insert_tool_call(&mut tx, ctx.run_id, &record).await? {
+    let message = tool_message(ctx, &record.call_id, &record.output);
+    if !store::insert_tool_call(&mut tx, ctx.run_id, &record, &message).await? {
         let found = store::tool_call(&mut tx, ctx.run_id, &call.id).await?;
         tx.rollback().await?;
         return match found {
@@ -325,7 +326,6 @@ async fn record(
             ))),
         };
     }
-    insert_tool_message(&mut tx, ctx, &record.call_id, &record.output).await?;
     tx.commit().await?;
     Ok(Executed { record, output })
 }
