@@ -152,7 +152,7 @@ pub struct Config {
     #[arg(
         long,
         env = "AGENTSTREAM_EVENT_COMMIT_INTERVAL_MS",
-        default_value_t = 5,
+        default_value_t = 10,
         value_parser = clap::value_parser!(u64).range(0..=1000)
     )]
     pub event_commit_interval_ms: u64,

@@ -3,7 +3,7 @@
 //! One task takes everything pending, commits it in one transaction, then
 //! delivers it, and repeats; events that arrive during a commit go into the
 //! next one. Under load a commit begins at most once per commit interval
-//! (`--event-commit-interval-ms`, 5 ms by default): events of many runs
+//! (`--event-commit-interval-ms`, 10 ms by default): events of many runs
 //! share a commit, and no event waits for its commit more than that interval
 //! beyond the commit itself. A quiet server, whose last commit began longer
 //! ago than the interval, commits an event at once.
