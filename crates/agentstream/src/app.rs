@@ -405,11 +405,19 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pings the database every second so that, while it does not answer,
 /// requests get 503 at once instead of each waiting for the pool timeout.
 async fn probe_database(store: Store, stop: CancellationToken) {
+    // Its own connection: a pool whose every connection is busy (a burst of
+    // load) is not a database that does not answer.
+    let mut conn = None;
     loop {
         let answered = matches!(
-            tokio::time::timeout(PROBE_TIMEOUT, store.ping()).await,
+            tokio::time::timeout(PROBE_TIMEOUT, store.ping_own(&mut conn)).await,
             Ok(Ok(()))
         );
+        if !answered {
+            // A probe cut off by its timeout may have left the connection
+            // mid-exchange.
+            conn = None;
+        }
         if store.set_down(!answered) {
             if answered {
                 tracing::info!("the database answers again; taking requests");

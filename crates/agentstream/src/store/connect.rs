@@ -444,15 +444,40 @@ impl Store {
         Ok(WriteTx { tx, _turn: turn })
     }
 
+    /// Checks that the database answers, on a connection of the caller's
+    /// own beside the pool (`held`, opened when empty or broken), so that a
+    /// pool busy to its last connection is not taken for a database that is
+    /// down. The simple protocol: one exchange, which any pooler passes whole.
+    pub async fn ping_own(&self, held: &mut Option<EventsConn>) -> Result<(), StoreError> {
+        if let Some(conn) = held {
+            if conn.conn.execute("SELECT 1").await.is_ok() {
+                return Ok(());
+            }
+            *held = None;
+        }
+        let conn = held.insert(self.open_own().await?);
+        conn.conn.execute("SELECT 1").await?;
+        Ok(())
+    }
+
     /// Opens the event log's connection. While the probe finds the database
     /// down this fails at once, and an attempt under way ends when the
     /// probe notices, or after `DB_POOL_TIMEOUT`.
     async fn connect_events(&self) -> Result<EventsConn, StoreError> {
-        let setup = &self.events;
         let mut down = self.down.subscribe();
         if *down.borrow_and_update() {
             return Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut));
         }
+        tokio::select! {
+            opened = self.open_own() => opened,
+            _ = down.wait_for(|down| *down) => Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut)),
+        }
+    }
+
+    /// Opens a connection beside the pool, set up as the pool's are, within
+    /// `DB_POOL_TIMEOUT`.
+    async fn open_own(&self) -> Result<EventsConn, StoreError> {
+        let setup = &self.events;
         let open = async {
             let mut conn = AnyConnection::connect_with(&setup.options).await?;
             prepare(
@@ -464,12 +489,12 @@ impl Store {
             .await?;
             Ok::<_, sqlx::Error>(conn)
         };
-        tokio::select! {
-            opened = tokio::time::timeout(setup.timeout, open) => match opened {
-                Ok(conn) => Ok(EventsConn { conn: conn?, opened: std::time::Instant::now() }),
-                Err(_) => Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut)),
-            },
-            _ = down.wait_for(|down| *down) => Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut)),
+        match tokio::time::timeout(setup.timeout, open).await {
+            Ok(conn) => Ok(EventsConn {
+                conn: conn?,
+                opened: std::time::Instant::now(),
+            }),
+            Err(_) => Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut)),
         }
     }
 }
@@ -521,7 +546,8 @@ pub(super) struct EventsSetup {
     recycle: Duration,
 }
 
-/// The event log's own connection on PostgreSQL, opened beside the pool
+/// A connection of its own, beside the pool: the health probe's, and the
+/// event log's on PostgreSQL. The event log's is opened beside the pool
 /// rather than taken from it: the writer that every stream waits on never
 /// queues behind run starts and tool calls for a connection, and holds one
 /// across its short waits without taking it from them. A database therefore
