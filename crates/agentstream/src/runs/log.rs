@@ -137,8 +137,10 @@ impl std::fmt::Debug for Pending {
 
 impl EventLog {
     /// Creates the log and the writer future, which the caller runs on a task.
-    /// The writer stops taking events when `stop` fires, commits what is
-    /// queued, and ends.
+    /// Under load the writer begins a commit at most once per `interval`
+    /// (see the module docs; zero commits whenever the last commit ends).
+    /// It stops taking events when `stop` fires, commits what is queued,
+    /// and ends.
     pub fn new(
         store: Store,
         hub: Arc<Hub>,
@@ -251,8 +253,9 @@ async fn write_loop(
     let mut stopping = false;
     // When the last commit began.
     let mut began: Option<Instant> = None;
-    // The log's own connection, opened at its first commit and again after
-    // one that failed.
+    // On PostgreSQL, the log's own connection, opened at its first commit
+    // and again after one that failed (SQLite's commits use the one write
+    // connection of the store).
     let mut held: Option<EventsConn> = None;
     loop {
         let received = tokio::select! {
