@@ -118,14 +118,21 @@ function freshDatabase(dir) {
 }
 
 // Starts the server on a free port with a fresh database and waits for its
-// "serving" line. Its stderr is kept to check for WARN and ERROR. `before`
-// gets the database's URL, the environment and a folder of the server's own.
-async function startServer(binary, { name, before } = {}) {
+// "serving" line. Its stderr is kept to check for WARN and ERROR. `config`,
+// the lines of a TOML file, is written to the server's own folder and passed
+// with --config. `before` gets the database's URL, the environment and that
+// folder.
+async function startServer(binary, { name, config, before } = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "agentstream-browser-"));
   const { database, drop } = freshDatabase(dir);
   const env = { ...process.env, AGENTSTREAM_LOG_FORMAT: "text", NO_COLOR: "1", RUST_LOG: "info" };
   delete env.RUST_BACKTRACE;
   const setup = before ? before({ database, env, dir }) : {};
+  if (config) {
+    const file = path.join(dir, "agentstream.toml");
+    fs.writeFileSync(file, config.join("\n"));
+    setup.args = [...(setup.args || []), "--config", file];
+  }
   const port = await freePort();
   const args = [
     "--bind", `127.0.0.1:${port}`,
@@ -570,26 +577,19 @@ test("with API keys on, the page asks for a key once and keeps it for the tab", 
 test("an agent from the configuration is a choice on the page, and its tool calls show", async ({ browser, binary }) => {
   const server = await startServer(binary, {
     name: "agents",
-    before: ({ dir }) => {
-      const config = path.join(dir, "agentstream.toml");
-      fs.writeFileSync(
-        config,
-        [
-          "[agents.helpdesk]",
-          'description = "Tells you who you are signed in as."',
-          'tools = ["whoami"]',
-          "",
-          "[tools.whoami]",
-          'kind = "sql"',
-          'description = "The signed-in user\'s name."',
-          "read_only = true",
-          'result = "one"',
-          'sql = "SELECT name FROM users WHERE id = :caller.user_id"',
-          "",
-        ].join("\n"),
-      );
-      return { args: ["--config", config] };
-    },
+    config: [
+      "[agents.helpdesk]",
+      'description = "Tells you who you are signed in as."',
+      'tools = ["whoami"]',
+      "",
+      "[tools.whoami]",
+      'kind = "sql"',
+      'description = "The signed-in user\'s name."',
+      "read_only = true",
+      'result = "one"',
+      'sql = "SELECT name FROM users WHERE id = :caller.user_id"',
+      "",
+    ],
   });
   try {
     const { context, page } = await newPage(browser, server.base);
@@ -619,23 +619,16 @@ test("an MCP server's tool is called from the page", async ({ browser, binary })
   assert(entry, "AGENTSTREAM_TEST_MCP_EVERYTHING is not set: run scripts/mcp-servers.sh first");
   const server = await startServer(binary, {
     name: "mcp",
-    before: ({ dir }) => {
-      const config = path.join(dir, "agentstream.toml");
-      fs.writeFileSync(
-        config,
-        [
-          "[mcp.everything]",
-          'command = "node"',
-          `args = [${JSON.stringify(entry)}, "stdio"]`,
-          "",
-          "[agents.mcp_demo]",
-          'description = "Calls the everything server\'s tools."',
-          'tools = ["everything__*"]',
-          "",
-        ].join("\n"),
-      );
-      return { args: ["--config", config] };
-    },
+    config: [
+      "[mcp.everything]",
+      'command = "node"',
+      `args = [${JSON.stringify(entry)}, "stdio"]`,
+      "",
+      "[agents.mcp_demo]",
+      'description = "Calls the everything server\'s tools."',
+      'tools = ["everything__*"]',
+      "",
+    ],
   });
   try {
     const { context, page } = await newPage(browser, server.base);
@@ -656,32 +649,25 @@ test("an MCP server's tool is called from the page", async ({ browser, binary })
 test("a tool call that needs approval: approve once, deny once, and a reload while it waits", async ({ browser, binary }) => {
   const server = await startServer(binary, {
     name: "approvals",
-    before: ({ dir }) => {
-      const config = path.join(dir, "agentstream.toml");
-      fs.writeFileSync(
-        config,
-        [
-          "[agents.careful]",
-          'description = "Remembers notes, once you approve."',
-          'tools = ["remember"]',
-          "",
-          "[tools.remember]",
-          'kind = "sql"',
-          'description = "Remember a note in the caller\'s profile."',
-          'approval = "always"',
-          'sql = """',
-          "INSERT INTO profiles (user_id, field, value, updated_at)",
-          "VALUES (:caller.user_id, 'note', :body, '2026-11-30T00:00:00Z')",
-          "ON CONFLICT (user_id, field) DO UPDATE SET value = excluded.value",
-          '"""',
-          "",
-          "[tools.remember.parameters.body]",
-          'type = "string"',
-          "",
-        ].join("\n"),
-      );
-      return { args: ["--config", config] };
-    },
+    config: [
+      "[agents.careful]",
+      'description = "Remembers notes, once you approve."',
+      'tools = ["remember"]',
+      "",
+      "[tools.remember]",
+      'kind = "sql"',
+      'description = "Remember a note in the caller\'s profile."',
+      'approval = "always"',
+      'sql = """',
+      "INSERT INTO profiles (user_id, field, value, updated_at)",
+      "VALUES (:caller.user_id, 'note', :body, '2026-11-30T00:00:00Z')",
+      "ON CONFLICT (user_id, field) DO UPDATE SET value = excluded.value",
+      '"""',
+      "",
+      "[tools.remember.parameters.body]",
+      'type = "string"',
+      "",
+    ],
   });
   try {
     const { context, page } = await newPage(browser, server.base);
@@ -787,26 +773,19 @@ test("retry a failed reply: the upstream fails once, the retry answers", async (
   const mock = await startMock();
   const server = await startServer(binary, {
     name: "retry",
-    before: ({ dir }) => {
-      const config = path.join(dir, "agentstream.toml");
-      fs.writeFileSync(
-        config,
-        [
-          "[providers.mock]",
-          'kind = "openai"',
-          `base_url = "${mock.base}"`,
-          "max_retries = 0",
-          "",
-          "[agents.flaky]",
-          'description = "A model server that fails the first request."',
-          'provider = "mock"',
-          // mock-llm counts fail_first per model string: this one's first request fails.
-          'model = "mock;tools=never;fail_first=1"',
-          "",
-        ].join("\n"),
-      );
-      return { args: ["--config", config] };
-    },
+    config: [
+      "[providers.mock]",
+      'kind = "openai"',
+      `base_url = "${mock.base}"`,
+      "max_retries = 0",
+      "",
+      "[agents.flaky]",
+      'description = "A model server that fails the first request."',
+      'provider = "mock"',
+      // mock-llm counts fail_first per model string: this one's first request fails.
+      'model = "mock;tools=never;fail_first=1"',
+      "",
+    ],
   });
   try {
     const { context, page } = await newPage(browser, server.base);

@@ -25,7 +25,7 @@ use super::hub::Hub;
 use crate::{
     events::{ErrorCode, RunFailure, StoredEvent},
     store::{
-        self, AssistantMessage, EventsConn, MessageStatus, RunEnd, RunStatus, Store, StoreError,
+        self, AssistantMessage, MessageStatus, OwnConnection, RunEnd, RunStatus, Store, StoreError,
     },
 };
 
@@ -256,7 +256,7 @@ async fn write_loop(
     // On PostgreSQL, the log's own connection, opened at its first commit
     // and again after one that failed (SQLite's commits use the one write
     // connection of the store).
-    let mut held: Option<EventsConn> = None;
+    let mut held: Option<OwnConnection> = None;
     loop {
         let received = tokio::select! {
             received = rx.recv_many(&mut batch, MAX_BATCH) => received,
@@ -310,7 +310,7 @@ fn writable(lost: &LostRuns, batch: &[Pending]) -> Vec<usize> {
 /// another run's events.
 async fn write(
     store: &Store,
-    held: &mut Option<EventsConn>,
+    held: &mut Option<OwnConnection>,
     batch: &[Pending],
     items: Vec<usize>,
     fates: &mut [Fate],
@@ -345,7 +345,7 @@ async fn write(
 /// refuses: about two commits per level for each refused run.
 async fn isolate(
     store: &Store,
-    held: &mut Option<EventsConn>,
+    held: &mut Option<OwnConnection>,
     batch: &[Pending],
     items: &[usize],
     fates: &mut [Fate],
@@ -470,7 +470,7 @@ fn deliver(hub: &Hub, lost: &LostRuns, batch: impl Iterator<Item = Pending>, fat
 /// end of one run in the same batch. A connection that failed is given back.
 async fn commit(
     store: &Store,
-    held: &mut Option<EventsConn>,
+    held: &mut Option<OwnConnection>,
     batch: &[Pending],
     items: &[usize],
 ) -> Result<Vec<bool>, StoreError> {
@@ -484,7 +484,7 @@ async fn commit(
 
 async fn commit_on(
     store: &Store,
-    held: &mut Option<EventsConn>,
+    held: &mut Option<OwnConnection>,
     batch: &[&Pending],
 ) -> Result<Vec<bool>, StoreError> {
     let mut tx = store.begin_events(held).await?;

@@ -268,7 +268,7 @@ impl Store {
                     !conn.is_in_transaction() && !closing_on_release.load(Ordering::Acquire);
                 Box::pin(async move { Ok(reuse) })
             });
-        let events = Arc::new(EventsSetup {
+        let own = Arc::new(OwnConnectionSetup {
             options: options.clone(),
             pooled,
             statement_timeout_ms,
@@ -317,7 +317,7 @@ impl Store {
             write_turn: Arc::default(),
             writer,
             db,
-            events,
+            own,
         };
         Ok(store)
     }
@@ -417,12 +417,12 @@ impl Store {
     /// Begins the event log's transaction, as `begin` does: on SQLite on the
     /// one connection of its writes, going before every transaction still
     /// waiting but a few (events do not wait behind a queue of run starts);
-    /// on PostgreSQL on the log's own connection (see [`EventsConn`]),
+    /// on PostgreSQL on the log's own connection (see [`OwnConnection`]),
     /// opened first if `held` is empty or has been used for
     /// `DB_POOL_RECYCLE`.
     pub async fn begin_events<'c>(
         &self,
-        held: &'c mut Option<EventsConn>,
+        held: &'c mut Option<OwnConnection>,
     ) -> Result<WriteTx<'c>, StoreError> {
         let turn = self.write_turn(true).await;
         if let Some(writer) = &self.writer {
@@ -431,7 +431,7 @@ impl Store {
         }
         if held
             .as_ref()
-            .is_some_and(|conn| conn.opened.elapsed() >= self.events.recycle)
+            .is_some_and(|conn| conn.opened.elapsed() >= self.own.recycle)
             && let Some(old) = held.take()
         {
             old.close().await;
@@ -448,7 +448,7 @@ impl Store {
     /// own beside the pool (`held`, opened when empty or broken), so that a
     /// pool busy to its last connection is not taken for a database that is
     /// down. The simple protocol: one exchange, which any pooler passes whole.
-    pub async fn ping_own(&self, held: &mut Option<EventsConn>) -> Result<(), StoreError> {
+    pub async fn ping_own(&self, held: &mut Option<OwnConnection>) -> Result<(), StoreError> {
         if let Some(conn) = held {
             if conn.conn.execute("SELECT 1").await.is_ok() {
                 return Ok(());
@@ -463,7 +463,7 @@ impl Store {
     /// Opens the event log's connection. While the probe finds the database
     /// down this fails at once, and an attempt under way ends when the
     /// probe notices, or after `DB_POOL_TIMEOUT`.
-    async fn connect_events(&self) -> Result<EventsConn, StoreError> {
+    async fn connect_events(&self) -> Result<OwnConnection, StoreError> {
         let mut down = self.down.subscribe();
         if *down.borrow_and_update() {
             return Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut));
@@ -476,8 +476,8 @@ impl Store {
 
     /// Opens a connection beside the pool, set up as the pool's are, within
     /// `DB_POOL_TIMEOUT`.
-    async fn open_own(&self) -> Result<EventsConn, StoreError> {
-        let setup = &self.events;
+    async fn open_own(&self) -> Result<OwnConnection, StoreError> {
+        let setup = &self.own;
         let open = async {
             let mut conn = AnyConnection::connect_with(&setup.options).await?;
             prepare(
@@ -490,7 +490,7 @@ impl Store {
             Ok::<_, sqlx::Error>(conn)
         };
         match tokio::time::timeout(setup.timeout, open).await {
-            Ok(conn) => Ok(EventsConn {
+            Ok(conn) => Ok(OwnConnection {
                 conn: conn?,
                 opened: std::time::Instant::now(),
             }),
@@ -534,9 +534,9 @@ async fn prepare(
     Ok(())
 }
 
-/// What opens the event log's connection (see [`EventsConn`]).
+/// What opens the event log's connection (see [`OwnConnection`]).
 #[derive(Debug)]
-pub(super) struct EventsSetup {
+pub(super) struct OwnConnectionSetup {
     options: AnyConnectOptions,
     pooled: bool,
     statement_timeout_ms: u128,
@@ -554,12 +554,12 @@ pub(super) struct EventsSetup {
 /// sees the pool's connections plus this one. (On SQLite the log commits on
 /// the one connection of the process's writes, beside the pool too.)
 #[derive(Debug)]
-pub struct EventsConn {
+pub struct OwnConnection {
     conn: AnyConnection,
     opened: std::time::Instant,
 }
 
-impl EventsConn {
+impl OwnConnection {
     /// Closes the connection cleanly (a terminate message to PostgreSQL).
     pub async fn close(self) {
         let _ = self.conn.close().await;

@@ -124,39 +124,45 @@ impl Drop for Turn {
 /// become data-modifying `WITH` clauses of the last; their foreign-key
 /// checks run at the end of the statement, when every row is in.
 pub(super) fn chain(backend: Backend, statements: &[&str]) -> String {
-    let mut out = String::new();
     let mut offset = 0;
-    let last = statements.len().saturating_sub(1);
-    for (i, sql) in statements.iter().enumerate() {
-        match backend {
-            Backend::Sqlite if i > 0 => out.push_str(";\n"),
-            Backend::Postgres if i == 0 && last > 0 => out.push_str("WITH "),
-            Backend::Postgres if i > 0 && i < last => out.push_str(", "),
-            Backend::Postgres if i == last && last > 0 => out.push(' '),
-            _ => {}
+    let renumbered: Vec<String> = statements
+        .iter()
+        .map(|sql| {
+            let (sql, highest) = renumber(sql, offset);
+            offset += highest;
+            sql
+        })
+        .collect();
+    match (backend, renumbered.split_last()) {
+        (Backend::Postgres, Some((last, clauses))) if !clauses.is_empty() => {
+            let clauses: Vec<String> = clauses
+                .iter()
+                .enumerate()
+                .map(|(i, clause)| format!("s{i} AS ({clause})"))
+                .collect();
+            format!("WITH {} {last}", clauses.join(", "))
         }
-        if backend == Backend::Postgres && i < last {
-            let _ = write!(out, "s{i} AS (");
-        }
-        let mut highest = 0;
-        let mut rest = *sql;
-        while let Some(at) = rest.find('$') {
-            out.push_str(&rest[..=at]);
-            rest = &rest[at + 1..];
-            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-            if let Ok(n) = rest[..digits].parse::<usize>() {
-                highest = highest.max(n);
-                let _ = write!(out, "{}", n + offset);
-                rest = &rest[digits..];
-            }
-        }
-        out.push_str(rest);
-        if backend == Backend::Postgres && i < last {
-            out.push(')');
-        }
-        offset += highest;
+        _ => renumbered.join(";\n"),
     }
-    out
+}
+
+/// `sql` with each `$N` made `$(N + offset)`, and the highest `N` it held.
+fn renumber(sql: &str, offset: usize) -> (String, usize) {
+    let mut out = String::with_capacity(sql.len());
+    let mut highest = 0;
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if let Ok(n) = rest[..digits].parse::<usize>() {
+            highest = highest.max(n);
+            let _ = write!(out, "{}", n + offset);
+            rest = &rest[digits..];
+        }
+    }
+    out.push_str(rest);
+    (out, highest)
 }
 
 /// One multi-row statement per size, so that each is a prepared statement

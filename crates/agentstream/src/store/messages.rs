@@ -330,9 +330,7 @@ pub(crate) async fn insert_message(
     new: NewMessage<'_>,
 ) -> Result<Message, StoreError> {
     let message = new_message(new);
-    bind_message(query(INSERT_MESSAGE), &message)
-        .execute(&mut *conn)
-        .await?;
+    insert_message_row(conn, &message).await?;
     Ok(message)
 }
 

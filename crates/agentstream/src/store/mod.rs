@@ -35,8 +35,8 @@ use tokio::sync::watch;
 
 pub use codec::{format_timestamp, now};
 use codec::{parse_enum, parse_id};
-pub use connect::{Conn, EventsConn, PoolSettings, WriteTx, redact_url, sqlite_path};
-use connect::{DbThread, EventsSetup};
+pub use connect::{Conn, OwnConnection, PoolSettings, WriteTx, redact_url, sqlite_path};
+use connect::{DbThread, OwnConnectionSetup};
 pub(crate) use connect::{Query, query};
 pub use dialect::Backend;
 use dialect::{MultiRow, WriteTurn};
@@ -96,8 +96,8 @@ pub struct Store {
     writer: Option<AnyPool>,
     /// Where write transactions run.
     db: Arc<DbThread>,
-    /// What opens the event log's own connection.
-    events: Arc<EventsSetup>,
+    /// What opens a connection beside the pool (the event log's, the probe's).
+    own: Arc<OwnConnectionSetup>,
 }
 
 impl Store {

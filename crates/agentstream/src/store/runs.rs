@@ -396,13 +396,16 @@ pub(crate) async fn count_user_active_runs(
     user_id: Uuid,
     limit: i64,
 ) -> Result<i64, StoreError> {
-    const COUNT: &str =
-        "SELECT COUNT(*) AS n FROM runs WHERE user_id = $1 AND status IN ('queued', 'running')";
+    macro_rules! active {
+        () => {
+            "FROM runs WHERE user_id = $1 AND status IN ('queued', 'running')"
+        };
+    }
     if Backend::of(conn) == Backend::Postgres {
-        let row = query(
-            "SELECT COUNT(*) AS n, current_setting('max_connections')::bigint AS in_flight \
-             FROM runs WHERE user_id = $1 AND status IN ('queued', 'running')",
-        )
+        let row = query(concat!(
+            "SELECT COUNT(*) AS n, current_setting('max_connections')::bigint AS in_flight ",
+            active!()
+        ))
         .bind(user_id.to_string())
         .fetch_one(&mut *conn)
         .await?;
@@ -416,7 +419,7 @@ pub(crate) async fn count_user_active_runs(
             .execute(&mut *conn)
             .await?;
     }
-    let row = query(COUNT)
+    let row = query(concat!("SELECT COUNT(*) AS n ", active!()))
         .bind(user_id.to_string())
         .fetch_one(&mut *conn)
         .await?;
