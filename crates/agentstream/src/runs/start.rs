@@ -228,7 +228,12 @@ impl RunManager {
             }
             .to_stored(run.id, 1)
         });
-        store::insert_run_rows(
+        // The user's runs, the new one included, counted with it (under
+        // the user's row lock on PostgreSQL when the count could be near
+        // the limit: the limit holds across nodes, and the lock is held
+        // only to the commit).
+        let limit = i64::from(self.inner.limits.per_user);
+        let users_runs = store::insert_run_rows(
             &mut tx,
             RunRows {
                 conversation: unstored.then_some(&conversation),
@@ -237,8 +242,12 @@ impl RunManager {
                 message: message.as_ref(),
                 started: started.as_ref(),
             },
+            limit,
         )
         .await?;
+        if users_runs > limit {
+            return Err(RunError::TooManyRuns(self.inner.limits.per_user));
+        }
         // A run that starts now reads its conversation here rather than on a
         // connection of its own.
         let first = match started {
@@ -253,15 +262,6 @@ impl RunManager {
             }
             None => None,
         };
-        // Counted last, the new run included, under the user's row lock
-        // when the count could be near the limit: the limit holds across
-        // nodes, and the lock is held only to the commit.
-        let limit = i64::from(self.inner.limits.per_user);
-        let users_runs =
-            store::count_user_active_runs(&mut tx, conversation.user_id, limit).await?;
-        if users_runs > limit {
-            return Err(RunError::TooManyRuns(self.inner.limits.per_user));
-        }
         match tx.commit().await {
             Ok(()) => {}
             // A concurrent start on another connection won the race.

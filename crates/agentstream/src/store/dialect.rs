@@ -237,6 +237,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn multi_row_statements_number_every_placeholder() {
+        let rows = MultiRow::new(
+            &[4, 1],
+            "INSERT INTO t (a, b) VALUES",
+            2,
+            "ON CONFLICT DO NOTHING",
+        );
+        let (size, sql) = &rows.numbered[0];
+        assert_eq!(*size, 4);
+        assert!(sql.ends_with("($7, $8) ON CONFLICT DO NOTHING"), "{sql}");
+        assert_eq!(sql.matches('$').count(), 8);
+        let (size, sql) = &rows.anonymous[1];
+        assert_eq!(*size, 1);
+        assert_eq!(
+            sql,
+            "INSERT INTO t (a, b) VALUES (?, ?) ON CONFLICT DO NOTHING"
+        );
+    }
+
+    #[test]
     fn chained_statements_number_their_values_in_order() {
         let statements = [
             "INSERT INTO a VALUES ($1, $2, $1)",

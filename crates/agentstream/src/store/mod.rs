@@ -66,8 +66,8 @@ pub(crate) use messages::{
 pub(crate) use notify::notify_events;
 pub use notify::{CANCEL_CHANNEL, EVENTS_CHANNEL, Notice, listen, parse_notification};
 pub(crate) use runs::{
-    active_runs, count_user_active_runs, finish_runs, last_run_id, lock_conversation, new_run,
-    run_by_client_message_id, run_input, start_queued_run,
+    active_runs, finish_runs, last_run_id, lock_conversation, new_run, run_by_client_message_id,
+    run_input, start_queued_run,
 };
 pub(crate) use starts::{RunRows, insert_run_rows};
 pub(crate) use tool_calls::{

@@ -381,51 +381,6 @@ pub(crate) async fn active_runs(
     rows.iter().map(from_row).collect()
 }
 
-/// Counts the user's queued and running runs, the caller's new one included,
-/// exactly enough to hold `limit` across nodes: a count that is over it is
-/// exact. On SQLite, `BEGIN IMMEDIATE` already holds the only write lock.
-/// On PostgreSQL, concurrent starts cannot see each other's runs before they
-/// commit; each is a transaction on a connection of its own, so at most
-/// `max_connections` of them are in flight. A count that stays within the
-/// limit even with that many more is returned as it is; otherwise the user's
-/// row is locked, so that concurrent starts on any node count one at a time,
-/// and the runs counted again. The lock lasts until the caller's transaction
-/// ends: take it last.
-pub(crate) async fn count_user_active_runs(
-    conn: &mut AnyConnection,
-    user_id: Uuid,
-    limit: i64,
-) -> Result<i64, StoreError> {
-    macro_rules! active {
-        () => {
-            "FROM runs WHERE user_id = $1 AND status IN ('queued', 'running')"
-        };
-    }
-    if Backend::of(conn) == Backend::Postgres {
-        let row = query(concat!(
-            "SELECT COUNT(*) AS n, current_setting('max_connections')::bigint AS in_flight ",
-            active!()
-        ))
-        .bind(user_id.to_string())
-        .fetch_one(&mut *conn)
-        .await?;
-        let (counted, in_flight): (i64, i64) = (row.try_get("n")?, row.try_get("in_flight")?);
-        if counted.saturating_add(in_flight) <= limit {
-            return Ok(counted);
-        }
-        // A lock, not a dummy update: no new row version per run started.
-        query("SELECT id FROM users WHERE id = $1 FOR NO KEY UPDATE")
-            .bind(user_id.to_string())
-            .execute(&mut *conn)
-            .await?;
-    }
-    let row = query(concat!("SELECT COUNT(*) AS n ", active!()))
-        .bind(user_id.to_string())
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok(row.try_get("n")?)
-}
-
 /// Moves a queued run to running. False if it was no longer queued.
 pub(crate) async fn start_queued_run(
     conn: &mut AnyConnection,

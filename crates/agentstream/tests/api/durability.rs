@@ -276,3 +276,38 @@ async fn events_commit_while_the_pool_is_taken(backend: Backend) {
     app.stop().await;
 }
 both!(events_commit_while_the_pool_is_taken);
+
+/// What the log stores is what went out, byte for byte, whatever the text:
+/// quotes, backslashes, escapes written out, line and paragraph separators,
+/// emoji and a long message, all in the events of one batch (the event log
+/// hands the database a batch as one JSON array).
+async fn the_log_keeps_every_character(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let input = format!(
+        "Ada \"the\" \\Countess\\ \\u0000 \\n\n\t\u{2028}\u{2029} 🦀 é {}",
+        "x".repeat(20_000)
+    );
+    let conversation = app.create_conversation("onboarding").await;
+    let response = app
+        .stream_run(&conversation, json!({ "input": input }))
+        .await;
+    let run_id = run_id_of(&response);
+    let live = read_all(response).await;
+    assert_eq!(done_status(&live), "completed");
+    // The tool call that saves it carries it (escaped as JSON, at any depth).
+    assert!(
+        live.iter()
+            .any(|e| e.data.to_string().contains("🦀 é xxxxxxxx")),
+        "the input reaches the events: {live:#?}"
+    );
+    let stored = app.follow(&run_id).await;
+    let pairs = |events: &[SseEvent]| -> Vec<(String, String, Value)> {
+        events
+            .iter()
+            .map(|e| (e.id.clone(), e.event.clone(), e.data.clone()))
+            .collect()
+    };
+    assert_eq!(pairs(&stored), pairs(&live));
+    app.stop().await;
+}
+both!(the_log_keeps_every_character);
