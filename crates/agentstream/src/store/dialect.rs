@@ -92,10 +92,12 @@ impl Store {
             self.write_turn.turn.clone().lock_owned().await
         };
         let taken = Instant::now();
-        crate::telemetry::metrics::write_turn("wait", taken - asked);
+        let holder = if first { "event_log" } else { "transaction" };
+        crate::telemetry::metrics::write_turn("wait", holder, taken - asked);
         Some(Turn {
             _guard: guard,
             taken,
+            holder,
         })
     }
 }
@@ -106,11 +108,13 @@ impl Store {
 pub(super) struct Turn {
     _guard: OwnedMutexGuard<()>,
     taken: Instant,
+    /// The metric's `holder` label.
+    holder: &'static str,
 }
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        crate::telemetry::metrics::write_turn("held", self.taken.elapsed());
+        crate::telemetry::metrics::write_turn("held", self.holder, self.taken.elapsed());
     }
 }
 

@@ -47,7 +47,9 @@ pub const POOL_MAX: &str = "agentstream_db_pool_max_connections";
 /// Time to get a pool connection.
 pub const POOL_ACQUIRE: &str = "agentstream_db_pool_acquire_seconds";
 /// SQLite's write turn: how long a write transaction waited for it
-/// (`phase="wait"`) and held it (`phase="held"`).
+/// (`phase="wait"`) and held it (`phase="held"`), by holder: the event log's
+/// commits (`holder="event_log"`) or any other write (`holder="transaction"`:
+/// run starts, tool calls, the rest).
 pub const WRITE_TURN: &str = "agentstream_db_write_turn_seconds";
 /// 1 while the health probe finds the database answering (sampled).
 pub const DATABASE_UP: &str = "agentstream_db_up";
@@ -196,7 +198,8 @@ fn describe() {
         WRITE_TURN,
         Unit::Seconds,
         "SQLite only: how long a write transaction waited for the process's write turn \
-         (phase=\"wait\") and held it (phase=\"held\")."
+         (phase=\"wait\") and held it (phase=\"held\"), by holder: the event log's commits \
+         (holder=\"event_log\") or other writes (holder=\"transaction\")."
     );
     describe_gauge!(
         DATABASE_UP,
@@ -319,9 +322,10 @@ pub fn pool_acquire(wait: Duration) {
     histogram!(POOL_ACQUIRE).record(wait);
 }
 
-/// Records a wait for SQLite's write turn, or how long it was held.
-pub fn write_turn(phase: &'static str, time: Duration) {
-    histogram!(WRITE_TURN, "phase" => phase).record(time.as_secs_f64());
+/// Records a wait for SQLite's write turn, or how long it was held, by its
+/// holder (`event_log` or `transaction`).
+pub fn write_turn(phase: &'static str, holder: &'static str, time: Duration) {
+    histogram!(WRITE_TURN, "phase" => phase, "holder" => holder).record(time.as_secs_f64());
 }
 
 /// Records the time to get a pool connection when dropped: put one at the

@@ -150,6 +150,21 @@ async fn a_run_moves_the_figures(backend: Backend) {
         1.0,
     );
 
+    // SQLite's write turn, held by the event log's commits and by the
+    // run's other writes (its start, its tool call).
+    if backend == Backend::Sqlite {
+        for holder in ["event_log", "transaction"] {
+            grew(
+                &before,
+                &after,
+                &format!(
+                    r#"agentstream_db_write_turn_seconds_count{{phase="held",holder="{holder}"}}"#
+                ),
+                1.0,
+            );
+        }
+    }
+
     // HTTP requests, by route template; never a raw ID in a label.
     grew(
         &before,
