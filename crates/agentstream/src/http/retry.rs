@@ -29,8 +29,8 @@ use crate::{
     store::{OnDisconnect, Run},
 };
 
-/// The body, which may be empty: 413 when too large, 400 when it is not
-/// JSON, 422 when a field is wrong.
+/// The body, which may be empty or JSON `null` (both: no options): 413 when
+/// too large, 400 when it is not JSON, 422 when a field is wrong.
 fn retry_body(body: Result<Bytes, BytesRejection>) -> Result<Retry, ApiError> {
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -42,13 +42,15 @@ fn retry_body(body: Result<Bytes, BytesRejection>) -> Result<Retry, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Retry::default());
     }
-    serde_json::from_slice(&body).map_err(|e| {
-        if e.is_data() {
-            ApiError::Invalid(e.to_string())
-        } else {
-            ApiError::BadRequest(e.to_string())
-        }
-    })
+    serde_json::from_slice::<Option<Retry>>(&body)
+        .map(Option::unwrap_or_default)
+        .map_err(|e| {
+            if e.is_data() {
+                ApiError::Invalid(e.to_string())
+            } else {
+                ApiError::BadRequest(e.to_string())
+            }
+        })
 }
 
 pub fn router() -> Router<AppState> {
@@ -84,7 +86,7 @@ struct Retry {
         with the new run. The body may be empty.",
     params(("id" = Uuid, Path, description = "The run to answer again: the conversation's \
         last.")),
-    request_body(content = Retry, description = "Optional."),
+    request_body(content = Option<Retry>, description = "Optional: an empty body (or `null`) answers the same question again."),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "With `Accept: text/event-stream`: the new run's events.",

@@ -357,6 +357,20 @@ async fn retry_and_edit(backend: Backend) {
         .unwrap();
     assert_eq!(response.status(), 202);
     let run: Value = response.json().await.unwrap();
+    let run = run["id"].as_str().unwrap().to_owned();
+    app.run_until_terminal(&run).await;
+    // So does a JSON `null` (the document's body is optional: `oneOf` null
+    // and the options).
+    let response = app
+        .client
+        .post(app.url(&format!("/v1/runs/{run}/retry")))
+        .header("content-type", "application/json")
+        .body("null")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let run: Value = response.json().await.unwrap();
     app.run_until_terminal(run["id"].as_str().unwrap()).await;
     app.stop().await;
     mock.shutdown().await;
