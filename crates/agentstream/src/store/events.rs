@@ -46,18 +46,13 @@ pub(crate) async fn append_events(
     if events.is_empty() {
         return Ok(());
     }
-    let rows: Vec<(String, i64, &str, &str)> = events
+    // Borrowed, not formatted: this runs for every event. A UUID serializes
+    // as its hyphenated text, as `to_string` writes it.
+    let rows: Vec<(&Uuid, i64, &str, &str)> = events
         .iter()
-        .map(|e| {
-            (
-                e.run_id.to_string(),
-                e.seq,
-                e.kind.as_str(),
-                e.data.as_str(),
-            )
-        })
+        .map(|e| (&e.run_id, e.seq, e.kind.as_str(), e.data.as_str()))
         .collect();
-    // Strings and integers: serializing them cannot fail.
+    // UUIDs, strings and integers: serializing them cannot fail.
     let rows = serde_json::to_string(&rows).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let sql = match Backend::of(conn) {
         Backend::Sqlite => APPEND_SQLITE,

@@ -72,22 +72,22 @@ pub(crate) async fn insert_run_rows(
         ),
     });
     let sql = chain(backend, &statements);
-    let mut query = query(&sql);
+    let mut chained = query(&sql);
     if let Some(conversation) = rows.conversation {
-        query = bind_conversation(query, conversation, None);
+        chained = bind_conversation(chained, conversation, None);
     }
-    query = bind_run(query, rows.run, rows.owner_node);
+    chained = bind_run(chained, rows.run, rows.owner_node);
     if let Some(message) = rows.message {
-        query = bind_message(query, message);
+        chained = bind_message(chained, message);
     }
     if let Some(started) = rows.started {
-        query = bind_event(query, started, &at);
+        chained = bind_event(chained, started, &at);
     }
     let user_id = rows.run.user_id.to_string();
     // On SQLite the inserts before the count return no row, and the Any
     // driver's `fetch_one` looks at the first statement only: the rows of
     // all are fetched, and the count's is the one row.
-    let rows = query.bind(user_id.as_str()).fetch_all(&mut *conn).await?;
+    let rows = chained.bind(user_id.as_str()).fetch_all(&mut *conn).await?;
     let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
     let counted: i64 = row.try_get("n")?;
     if backend == Backend::Sqlite {
@@ -98,11 +98,11 @@ pub(crate) async fn insert_run_rows(
         return Ok(counted);
     }
     // A lock, not a dummy update: no new row version per run started.
-    super::query("SELECT id FROM users WHERE id = $1 FOR NO KEY UPDATE")
+    query("SELECT id FROM users WHERE id = $1 FOR NO KEY UPDATE")
         .bind(user_id.as_str())
         .execute(&mut *conn)
         .await?;
-    let row = super::query(COUNT)
+    let row = query(COUNT)
         .bind(user_id.as_str())
         .fetch_one(&mut *conn)
         .await?;
