@@ -83,7 +83,7 @@ impl RunManager {
             Begin::Resumed => (run.last_seq, None, true),
         };
         let mut emitter = Emitter::new(
-            run.id,
+            &run,
             last_seq,
             self.inner.limits.events_per_run,
             self.inner.log.clone(),

@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::{Event, EventLog, Finish, LogError};
 use crate::{
     agent::{EventSink, Outcome, SinkError},
-    store::{AssistantMessage, MessageStatus, RunStatus},
+    store::{AssistantMessage, MessageStatus, Run, RunStatus},
 };
 
 /// Gives a run's events their `seq` and queues them on the log, with the
@@ -16,6 +16,8 @@ use crate::{
 #[derive(Debug)]
 pub struct Emitter {
     run_id: Uuid,
+    /// The run's number in the event log ([`crate::store::Run::event_key`]).
+    run_key: i64,
     seq: i64,
     /// Most events the run may have, its final `error` and `done` included.
     max_events: i64,
@@ -29,9 +31,10 @@ pub struct Emitter {
 }
 
 impl Emitter {
-    pub(super) fn new(run_id: Uuid, last_seq: i64, max_events: i64, log: EventLog) -> Emitter {
+    pub(super) fn new(run: &Run, last_seq: i64, max_events: i64, log: EventLog) -> Emitter {
         Emitter {
-            run_id,
+            run_id: run.id,
+            run_key: run.event_key,
             seq: last_seq,
             max_events,
             log,
@@ -64,7 +67,11 @@ impl Emitter {
             None
         };
         self.log
-            .append(event.to_stored(self.run_id, self.seq), message)
+            .append(
+                self.run_key,
+                event.to_stored(self.run_id, self.seq),
+                message,
+            )
             .await
     }
 
@@ -170,6 +177,7 @@ impl Emitter {
         };
         self.log
             .finish(
+                self.run_key,
                 error,
                 done.to_stored(self.run_id, self.seq),
                 finish,

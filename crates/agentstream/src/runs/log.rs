@@ -91,6 +91,8 @@ impl LogError {
 }
 
 struct Pending {
+    /// The run's number in the event log ([`store::Run::event_key`]).
+    run_key: i64,
     event: StoredEvent,
     /// The run's assistant message as of this event, written with it.
     message: Option<Box<AssistantMessage>>,
@@ -158,6 +160,7 @@ impl EventLog {
     /// Refused once some of the run's events were lost: the run may only end.
     pub async fn append(
         &self,
+        run_key: i64,
         event: StoredEvent,
         message: Option<AssistantMessage>,
     ) -> Result<(), LogError> {
@@ -169,6 +172,7 @@ impl EventLog {
             });
         }
         self.send(Pending {
+            run_key,
             event,
             message: message.map(Box::new),
             finish: None,
@@ -193,6 +197,7 @@ impl EventLog {
     /// events were lost; the caller numbers them after [`Lost::last_good`].
     pub async fn finish(
         &self,
+        run_key: i64,
         error: Option<StoredEvent>,
         done: StoredEvent,
         finish: Finish,
@@ -200,6 +205,7 @@ impl EventLog {
     ) -> Result<(), LogError> {
         if let Some(error) = error {
             self.send(Pending {
+                run_key,
                 event: error,
                 message: None,
                 finish: None,
@@ -210,6 +216,7 @@ impl EventLog {
         }
         let (ack, done_ack) = oneshot::channel();
         self.send(Pending {
+            run_key,
             event: done,
             message: message.map(Box::new),
             finish: Some(finish),
@@ -566,9 +573,8 @@ async fn commit_on(
                 .await?;
         }
     }
-    let events: Vec<&StoredEvent> = written.map(|p| &p.event).collect();
+    let events: Vec<(i64, &StoredEvent)> = written.map(|p| (p.run_key, &p.event)).collect();
     store::append_events(&mut tx, &events).await?;
-    store::notify_events(&mut tx, &events).await?;
     tx.commit().await?;
     Ok(dropped)
 }

@@ -22,7 +22,7 @@ impl RunManager {
         let events = store.events_after(run.id, 0, u32::MAX).await?;
         let last_seq = events.last().map_or(0, |e| e.seq);
         store.keep_partial_reply(run.id, &events).await?;
-        let mut emitter = Emitter::new(run.id, last_seq, i64::MAX, self.inner.log.clone());
+        let mut emitter = Emitter::new(run, last_seq, i64::MAX, self.inner.log.clone());
         match emitter.finish(outcome.status, &outcome).await {
             Ok(()) | Err(LogError::AlreadyEnded) => Ok(()),
             Err(e) => Err(StoreError::Corrupt(e.to_string())),

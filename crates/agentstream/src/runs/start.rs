@@ -204,7 +204,7 @@ impl RunManager {
             owner_node: (status == RunStatus::Running).then_some(self.inner.node.id.as_str()),
             caller: caller.as_deref(),
         };
-        let run = store::new_run(&new_run);
+        let mut run = store::new_run(&new_run);
         // A retry answers the question it retries: it has none of its own.
         let retry = request.replaces.is_some_and(|replace| !replace.question);
         let message = (!retry).then(|| {
@@ -233,7 +233,7 @@ impl RunManager {
         // the limit: the limit holds across nodes, and the lock is held
         // only to the commit).
         let limit = i64::from(self.inner.limits.per_user);
-        let users_runs = store::insert_run_rows(
+        let stored = store::insert_run_rows(
             &mut tx,
             RunRows {
                 conversation: unstored.then_some(&conversation),
@@ -245,9 +245,10 @@ impl RunManager {
             limit,
         )
         .await?;
-        if users_runs > limit {
+        if stored.users_runs > limit {
             return Err(RunError::TooManyRuns(self.inner.limits.per_user));
         }
+        run.event_key = stored.event_key;
         // A run that starts now reads its conversation here rather than on a
         // connection of its own.
         let first = match started {

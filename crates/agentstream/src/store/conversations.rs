@@ -252,7 +252,7 @@ impl Store {
         // The event log has no foreign key to cascade through (migration
         // 0011): its rows go first, in the same transaction.
         query(
-            "DELETE FROM run_events WHERE run_id IN (SELECT r.id FROM runs r \
+            "DELETE FROM run_events WHERE run_key IN (SELECT r.event_key FROM runs r \
              JOIN conversations c ON c.id = r.conversation_id \
              WHERE c.id = $1 AND c.user_id = $2)",
         )

@@ -142,12 +142,19 @@ pub(super) fn chain(backend: Backend, statements: &[&str]) -> String {
             let clauses: Vec<String> = clauses
                 .iter()
                 .enumerate()
-                .map(|(i, clause)| format!("s{i} AS ({clause})"))
+                .map(|(i, clause)| format!("{} AS ({clause})", chain_clause(i)))
                 .collect();
             format!("WITH {} {last}", clauses.join(", "))
         }
         _ => renumbered.join(";\n"),
     }
+}
+
+/// The name of the `index`th statement's `WITH` clause in a PostgreSQL
+/// [`chain`] (not the last statement's: that one is the query itself), for
+/// a later statement that reads the rows it returns.
+pub(super) fn chain_clause(index: usize) -> String {
+    format!("s{index}")
 }
 
 /// `sql` with each `$N` made `$(N + offset)`, and the highest `N` it held.

@@ -95,6 +95,11 @@ const SQLITE_MIGRATIONS: MigrationList = &[
         "event log without foreign key",
         include_str!("../../migrations/sqlite/0011_event_log_without_foreign_key.sql"),
     ),
+    (
+        12,
+        "event log integer run key",
+        include_str!("../../migrations/sqlite/0012_event_log_integer_run_key.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: MigrationList = &[
     (
@@ -152,6 +157,11 @@ const POSTGRES_MIGRATIONS: MigrationList = &[
         "event log without foreign key",
         include_str!("../../migrations/postgres/0011_event_log_without_foreign_key.sql"),
     ),
+    (
+        12,
+        "event log integer run key",
+        include_str!("../../migrations/postgres/0012_event_log_integer_run_key.sql"),
+    ),
 ];
 
 /// Serves embedded migrations to sqlx's migrator, so the binary needs no
@@ -196,6 +206,102 @@ mod tests {
             .unwrap();
     }
 
+    /// Migrates to just before migration `version` and stores a user `u`
+    /// with a conversation `c`: where a test of that migration begins.
+    async fn before_migration(conn: &mut AnyConnection, list: MigrationList, version: i64) {
+        let before = list.iter().position(|m| m.0 == version).unwrap();
+        migrate(conn, &list[..before]).await;
+        sqlx::raw_sql(
+            "INSERT INTO users VALUES ('u', 'ada', NULL, 't');
+             INSERT INTO conversations (id, user_id, kind, created_at, updated_at, agent)
+                 VALUES ('c', 'u', 'chat', 't', 't', 'chat');",
+        )
+        .execute(conn)
+        .await
+        .unwrap();
+    }
+
+    /// Migration 0012 numbers every stored run and moves its events to the
+    /// run's number, in order, on both dialects; an event whose run is gone
+    /// is not carried over.
+    async fn numbers_runs_and_keeps_their_events(url: &str, setup: &str, list: MigrationList) {
+        sqlx::any::install_default_drivers();
+        let mut conn = AnyConnection::connect(url).await.unwrap();
+        sqlx::raw_sql(setup).execute(&mut conn).await.unwrap();
+        before_migration(&mut conn, list, 12).await;
+        sqlx::raw_sql(
+            "INSERT INTO runs (id, conversation_id, user_id, agent, status, on_disconnect, created_at)
+                 VALUES ('r1', 'c', 'u', 'chat', 'completed', 'continue', 't'),
+                        ('r2', 'c', 'u', 'chat', 'completed', 'continue', 't');
+             INSERT INTO run_events VALUES ('r2', 1, 'run.started', '{}', 't'),
+                 ('r1', 2, 'done', '{\"a\":1}', 't'), ('r1', 1, 'run.started', '{}', 't'),
+                 ('gone', 1, 'done', '{}', 't');",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        migrate(&mut conn, list).await;
+        let rows = sqlx::query(
+            "SELECT r.id, e.seq, e.data FROM run_events e JOIN runs r ON r.event_key = e.run_key \
+             ORDER BY r.id, e.seq",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        let rows: Vec<(String, i64, String)> = rows
+            .iter()
+            .map(|row| (row.get("id"), row.get("seq"), row.get("data")))
+            .collect();
+        let row = |id: &str, seq, data: &str| (id.to_owned(), seq, data.to_owned());
+        assert_eq!(
+            rows,
+            [
+                row("r1", 1, "{}"),
+                row("r1", 2, r#"{"a":1}"#),
+                row("r2", 1, "{}")
+            ]
+        );
+        let keys = sqlx::query("SELECT COUNT(DISTINCT event_key) AS n FROM runs")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(keys.get::<i64, _>("n"), 2);
+        let events = sqlx::query("SELECT COUNT(*) AS n FROM run_events")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(
+            events.get::<i64, _>("n"),
+            3,
+            "the orphan event is not copied"
+        );
+        conn.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn sqlite_numbers_runs_and_keeps_their_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("old.db").display());
+        numbers_runs_and_keeps_their_events(&url, "PRAGMA foreign_keys = ON", SQLITE_MIGRATIONS)
+            .await;
+    }
+
+    /// Needs the PostgreSQL the API tests use (`AGENTSTREAM_TEST_POSTGRES_URL`,
+    /// or the local server); the test's tables live in a schema of its own.
+    #[tokio::test]
+    async fn postgres_numbers_runs_and_keeps_their_events() {
+        let url = std::env::var("AGENTSTREAM_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let schema = format!("m{}", uuid::Uuid::now_v7().simple());
+        let setup = format!("CREATE SCHEMA {schema}; SET search_path TO {schema}");
+        numbers_runs_and_keeps_their_events(&url, &setup, POSTGRES_MIGRATIONS).await;
+        let mut conn = AnyConnection::connect(&url).await.unwrap();
+        sqlx::raw_sql(&format!("DROP SCHEMA {schema} CASCADE"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+
     /// The SQLite migration that admits the approval statuses rewrites the
     /// runs table's CHECK in place: a database with runs keeps every row of
     /// every table (nothing cascades), and a connection opened before the
@@ -213,13 +319,9 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let before = SQLITE_MIGRATIONS.iter().position(|m| m.0 == 9).unwrap();
-        migrate(&mut conn, &SQLITE_MIGRATIONS[..before]).await;
+        before_migration(&mut conn, SQLITE_MIGRATIONS, 9).await;
         sqlx::raw_sql(
-            "INSERT INTO users VALUES ('u', 'ada', NULL, 't');
-             INSERT INTO conversations (id, user_id, kind, created_at, updated_at, agent)
-                 VALUES ('c', 'u', 'chat', 't', 't', 'chat');
-             INSERT INTO runs (id, conversation_id, user_id, agent, status, on_disconnect, created_at)
+            "INSERT INTO runs (id, conversation_id, user_id, agent, status, on_disconnect, created_at)
                  VALUES ('r', 'c', 'u', 'chat', 'completed', 'continue', 't');
              INSERT INTO messages (id, conversation_id, run_id, role, content, status, created_at)
                  VALUES ('m', 'c', 'r', 'user', 'hi', 'complete', 't');

@@ -63,7 +63,6 @@ pub(crate) use messages::{
     close_streaming_messages, insert_message, insert_message_row, messages, new_message, supersede,
     write_assistant_messages,
 };
-pub(crate) use notify::notify_events;
 pub use notify::{CANCEL_CHANNEL, EVENTS_CHANNEL, Notice, listen, parse_notification};
 pub(crate) use runs::{
     active_runs, finish_runs, last_run_id, lock_conversation, new_run, run_by_client_message_id,

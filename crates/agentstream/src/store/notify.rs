@@ -2,7 +2,7 @@
 //! them (which runs have new events, which run to cancel), and the one
 //! listening connection per node that turns what it hears into [`Notice`]s.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use sqlx::{
     AnyConnection,
@@ -35,32 +35,25 @@ pub enum Notice {
     Reconnected,
 }
 
-/// Tells the other nodes (PostgreSQL `NOTIFY`, delivered on commit) which
-/// runs have new events, inside the transaction that adds them: one
-/// `run_id:seq` per run with its last `seq`, comma-separated, in payloads under
-/// PostgreSQL's 8,000-byte limit. On SQLite, which has no other node to
-/// tell (see [`Store::can_notify`]), it does nothing.
-pub(crate) async fn notify_events(
-    conn: &mut AnyConnection,
-    events: &[&StoredEvent],
-) -> Result<(), StoreError> {
-    if Backend::of(conn) != Backend::Postgres {
-        return Ok(());
-    }
+/// What tells the other nodes (PostgreSQL `NOTIFY`, delivered on commit)
+/// which runs the transaction adds events to: one `run_id:seq` per run with
+/// its last `seq`, comma-separated, in payloads under PostgreSQL's
+/// 8,000-byte limit, each sent on [`EVENTS_CHANNEL`] by the statement that
+/// appends the events ([`super::append_events`]).
+pub(super) fn event_payloads(events: &[(i64, &StoredEvent)]) -> Vec<String> {
     const MAX_PAYLOAD: usize = 7_900;
-    let mut last: Vec<(Uuid, i64)> = Vec::new();
-    for event in events {
-        match last.iter_mut().find(|(run_id, _)| *run_id == event.run_id) {
-            Some(entry) => entry.1 = entry.1.max(event.seq),
-            None => last.push((event.run_id, event.seq)),
-        }
+    let mut last: HashMap<Uuid, i64> = HashMap::with_capacity(events.len());
+    for (_, event) in events {
+        last.entry(event.run_id)
+            .and_modify(|seq| *seq = (*seq).max(event.seq))
+            .or_insert(event.seq);
     }
+    let mut payloads = Vec::new();
     let mut payload = String::new();
     for (run_id, seq) in last {
         let entry = format!("{run_id}:{seq}");
         if !payload.is_empty() && payload.len() + 1 + entry.len() > MAX_PAYLOAD {
-            notify(conn, EVENTS_CHANNEL, &payload).await?;
-            payload.clear();
+            payloads.push(std::mem::take(&mut payload));
         }
         if !payload.is_empty() {
             payload.push(',');
@@ -68,9 +61,9 @@ pub(crate) async fn notify_events(
         payload.push_str(&entry);
     }
     if !payload.is_empty() {
-        notify(conn, EVENTS_CHANNEL, &payload).await?;
+        payloads.push(payload);
     }
-    Ok(())
+    payloads
 }
 
 async fn notify(conn: &mut AnyConnection, channel: &str, payload: &str) -> Result<(), StoreError> {
@@ -82,7 +75,7 @@ async fn notify(conn: &mut AnyConnection, channel: &str, payload: &str) -> Resul
     Ok(())
 }
 
-/// Reads a payload of `notify_events`; entries that do not parse are skipped.
+/// Reads a payload of [`event_payloads`]; entries that do not parse are skipped.
 pub fn parse_notification(payload: &str) -> Vec<(Uuid, i64)> {
     payload
         .split(',')

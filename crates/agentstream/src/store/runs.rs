@@ -69,6 +69,11 @@ pub struct Run {
     /// text (see `tools::Caller`); `None` for runs stored before callers were.
     #[serde(skip)]
     pub caller: Option<String>,
+    /// The run's number in the event log, which keeps its events under it
+    /// (migration 0012): given when the run is stored, never given twice; 0
+    /// before.
+    #[serde(skip)]
+    pub event_key: i64,
 }
 
 /// A run about to be stored.
@@ -104,7 +109,7 @@ fn json_column(row: &AnyRow, column: &str) -> Result<Option<serde_json::Value>, 
 macro_rules! run_columns {
     () => {
         "id, conversation_id, user_id, agent, status, client_message_id, on_disconnect, \
-         error, usage, context, last_seq, created_at, finished_at, caller, expires_at"
+         error, usage, context, last_seq, created_at, finished_at, caller, expires_at, event_key"
     };
 }
 pub(super) use run_columns;
@@ -127,6 +132,7 @@ pub(super) fn from_row(row: &AnyRow) -> Result<Run, StoreError> {
         expires_at: row.try_get("expires_at")?,
         pending_approvals: None,
         caller: row.try_get("caller")?,
+        event_key: row.try_get("event_key")?,
     })
 }
 
@@ -160,7 +166,7 @@ impl Store {
         let id = Uuid::parse_str(chat).map_or_else(|_| chat.to_owned(), |id| id.to_string());
         let row = query(
             "SELECT r.id, r.conversation_id, r.user_id, r.agent, r.status, r.client_message_id, \
-             r.on_disconnect, r.error, r.usage, r.context, r.last_seq, r.created_at, r.finished_at, r.caller, r.expires_at \
+             r.on_disconnect, r.error, r.usage, r.context, r.last_seq, r.created_at, r.finished_at, r.caller, r.expires_at, r.event_key \
              FROM runs r JOIN conversations c ON c.id = r.conversation_id \
              WHERE c.user_id = $1 AND (c.id = $2 OR c.chat_id = $3) \
              AND r.status IN ('queued', 'running') ORDER BY r.id DESC LIMIT 1",
@@ -291,15 +297,40 @@ pub(crate) fn new_run(new: &NewRun<'_>) -> Run {
         expires_at: None,
         pending_approvals: None,
         caller: new.caller.map(str::to_owned),
+        event_key: 0,
     }
 }
 
-/// Stores a run; values bound by [`bind_run`].
-pub(super) const INSERT_RUN: &str = "INSERT INTO runs (id, conversation_id, user_id, agent, \
-     status, client_message_id, on_disconnect, created_at, owner_node, caller) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+/// The columns and values of a run's insert, bound by [`bind_run`].
+macro_rules! insert_run {
+    ($key_column:literal, $key_value:literal) => {
+        concat!(
+            "INSERT INTO runs (id, conversation_id, user_id, agent, status, client_message_id, \
+             on_disconnect, created_at, owner_node, caller",
+            $key_column,
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10",
+            $key_value,
+            ")"
+        )
+    };
+}
 
-/// Binds the values of [`INSERT_RUN`]: the run, and the node that drives it.
+/// Stores a run on SQLite, numbered in the event log by the next value of
+/// `run_key_sequence` (migration 0012): two statements, for a [`chain`].
+///
+/// [`chain`]: super::dialect::chain
+pub(super) const INSERT_RUN_SQLITE: &str = concat!(
+    "UPDATE run_key_sequence SET value = value + 1;\n",
+    insert_run!(", event_key", ", (SELECT value FROM run_key_sequence)")
+);
+
+/// Stores a run on PostgreSQL, numbered in the event log by the column's
+/// identity sequence; returns the run's `id` and `event_key` for the run's
+/// first event (see [`super::events::insert_first_event_postgres`]).
+pub(super) const INSERT_RUN_POSTGRES: &str =
+    concat!(insert_run!("", ""), " RETURNING id, event_key");
+
+/// Binds the values of a run's insert: the run, and the node that drives it.
 pub(super) fn bind_run<'q>(
     query: Query<'q>,
     run: &'q Run,
@@ -475,7 +506,7 @@ impl Store {
     pub async fn expired_runs(&self, now: &str) -> Result<Vec<Run>, StoreError> {
         let rows = query(
             "SELECT r.id, r.conversation_id, r.user_id, r.agent, r.status, r.client_message_id, \
-             r.on_disconnect, r.error, r.usage, r.context, r.last_seq, r.created_at, r.finished_at, r.caller, r.expires_at \
+             r.on_disconnect, r.error, r.usage, r.context, r.last_seq, r.created_at, r.finished_at, r.caller, r.expires_at, r.event_key \
              FROM runs r LEFT JOIN nodes n ON n.id = r.owner_node \
              WHERE r.status = 'running' AND (n.id IS NULL OR n.lease_expires_at < $1) \
              ORDER BY r.id",

@@ -1,16 +1,18 @@
 //! The rows a run start stores: the run, and with it, when there are, a new
 //! conversation, the user's message and the run's first event.
 
+use std::borrow::Cow;
+
 use sqlx::{AnyConnection, Row};
 
 use super::{
     Backend, Conversation, Message, Run, StoreError,
     conversations::{INSERT_CONVERSATION, bind_conversation},
-    dialect::chain,
-    events::{INSERT_EVENT, bind_event},
+    dialect::{chain, chain_clause},
+    events::{INSERT_FIRST_EVENT_SQLITE, bind_event, insert_first_event_postgres},
     messages::{INSERT_MESSAGE, bind_message},
     now, query,
-    runs::{INSERT_RUN, bind_run},
+    runs::{INSERT_RUN_POSTGRES, INSERT_RUN_SQLITE, bind_run},
 };
 use crate::events::StoredEvent;
 
@@ -36,9 +38,19 @@ macro_rules! users_runs {
     };
 }
 
-/// Stores a run start's rows inside the caller's transaction and counts the
-/// user's queued and running runs, the new one included, exactly enough to
-/// hold `limit` across nodes: a count over it is exact.
+/// What storing a run start found.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stored {
+    /// The user's queued and running runs, the new one included.
+    pub users_runs: i64,
+    /// The run's number in the event log ([`Run::event_key`]).
+    pub event_key: i64,
+}
+
+/// Stores a run start's rows inside the caller's transaction, numbers the
+/// run in the event log, and counts the user's queued and running runs, the
+/// new one included, exactly enough to hold `limit` across nodes: a count
+/// over it is exact.
 ///
 /// The rows and the count are one query (see [`chain`]): on SQLite one
 /// hand-off to the connection's thread while the write turn is held, on
@@ -54,23 +66,50 @@ pub(crate) async fn insert_run_rows(
     conn: &mut AnyConnection,
     rows: RunRows<'_>,
     limit: i64,
-) -> Result<i64, StoreError> {
+) -> Result<Stored, StoreError> {
     let at = now();
     let backend = Backend::of(conn);
-    let mut statements = Vec::with_capacity(5);
-    statements.extend(rows.conversation.map(|_| INSERT_CONVERSATION));
-    statements.push(INSERT_RUN);
-    statements.extend(rows.message.map(|_| INSERT_MESSAGE));
-    statements.extend(rows.started.map(|_| INSERT_EVENT));
-    statements.push(match backend {
-        Backend::Sqlite => COUNT,
-        // The `WITH` clauses' rows are not visible to the statement that
-        // holds them: the new run is added.
-        Backend::Postgres => concat!(
-            "SELECT COUNT(*) + 1 AS n, current_setting('max_connections')::bigint AS in_flight ",
-            users_runs!()
-        ),
-    });
+    let mut statements: Vec<Cow<'static, str>> = Vec::with_capacity(5);
+    statements.extend(rows.conversation.map(|_| INSERT_CONVERSATION.into()));
+    // On PostgreSQL, whose `WITH` clauses cannot see each other's rows, the
+    // run's first event and the count take the run's key from the clause
+    // that stores the run, named by its place in the chain.
+    let run_clause = chain_clause(statements.len());
+    match backend {
+        Backend::Sqlite => {
+            statements.push(INSERT_RUN_SQLITE.into());
+            statements.extend(rows.message.map(|_| INSERT_MESSAGE.into()));
+            statements.extend(rows.started.map(|_| INSERT_FIRST_EVENT_SQLITE.into()));
+            statements.push(
+                concat!(
+                    "SELECT (SELECT COUNT(*) ",
+                    users_runs!(),
+                    ") AS n, value AS event_key FROM run_key_sequence"
+                )
+                .into(),
+            );
+        }
+        Backend::Postgres => {
+            statements.push(INSERT_RUN_POSTGRES.into());
+            statements.extend(rows.message.map(|_| INSERT_MESSAGE.into()));
+            statements.extend(
+                rows.started
+                    .map(|_| insert_first_event_postgres(&run_clause).into()),
+            );
+            // The `WITH` clauses' rows are not visible to the statement
+            // that holds them: the new run is added.
+            statements.push(
+                format!(
+                    "SELECT COUNT(*) + 1 AS n, \
+                     current_setting('max_connections')::bigint AS in_flight, \
+                     (SELECT event_key FROM {run_clause}) AS event_key {}",
+                    users_runs!()
+                )
+                .into(),
+            );
+        }
+    }
+    let statements: Vec<&str> = statements.iter().map(AsRef::as_ref).collect();
     let sql = chain(backend, &statements);
     let mut chained = query(&sql);
     if let Some(conversation) = rows.conversation {
@@ -89,13 +128,16 @@ pub(crate) async fn insert_run_rows(
     // all are fetched, and the count's is the one row.
     let rows = chained.bind(user_id.as_str()).fetch_all(&mut *conn).await?;
     let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
-    let counted: i64 = row.try_get("n")?;
+    let mut stored = Stored {
+        users_runs: row.try_get("n")?,
+        event_key: row.try_get("event_key")?,
+    };
     if backend == Backend::Sqlite {
-        return Ok(counted);
+        return Ok(stored);
     }
     let in_flight: i64 = row.try_get("in_flight")?;
-    if counted.saturating_add(in_flight) <= limit {
-        return Ok(counted);
+    if stored.users_runs.saturating_add(in_flight) <= limit {
+        return Ok(stored);
     }
     // A lock, not a dummy update: no new row version per run started.
     query("SELECT id FROM users WHERE id = $1 FOR NO KEY UPDATE")
@@ -106,7 +148,8 @@ pub(crate) async fn insert_run_rows(
         .bind(user_id.as_str())
         .fetch_one(&mut *conn)
         .await?;
-    Ok(row.try_get("n")?)
+    stored.users_runs = row.try_get("n")?;
+    Ok(stored)
 }
 
 /// Counts the user's queued and running runs (`$1`: the user's ID) as `n`.

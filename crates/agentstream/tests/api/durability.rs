@@ -311,3 +311,62 @@ async fn the_log_keeps_every_character(backend: Backend) {
     app.stop().await;
 }
 both!(the_log_keeps_every_character);
+
+/// A run's events are kept under its number in the log (`runs.event_key`),
+/// which its driver holds while it writes: a number is never given twice,
+/// not even after its run was deleted with its conversation, and the newest
+/// run's number is the one a start would give again if numbers were
+/// counted from the runs left.
+async fn a_deleted_runs_key_is_not_given_again(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let key_of = |run_id: String| {
+        let pool = app.state.store().pool().clone();
+        async move {
+            let row = sqlx::query("SELECT event_key FROM runs WHERE id = $1")
+                .bind(run_id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            sqlx::Row::get::<i64, _>(&row, "event_key")
+        }
+    };
+    let first = app.create_conversation("onboarding").await;
+    let response = app
+        .stream_run(&first, json!({ "input": "Ada Lovelace" }))
+        .await;
+    let first_run = run_id_of(&response);
+    assert_eq!(done_status(&read_all(response).await), "completed");
+    let first_key = key_of(first_run.clone()).await;
+    let deleted = app
+        .client
+        .delete(app.url(&format!("/v1/conversations/{first}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let second = app.create_conversation("onboarding").await;
+    let response = app
+        .stream_run(&second, json!({ "input": "Grace Hopper" }))
+        .await;
+    let second_run = run_id_of(&response);
+    let live = read_all(response).await;
+    assert_eq!(done_status(&live), "completed");
+    assert!(
+        key_of(second_run.clone()).await > first_key,
+        "the deleted run's number was given again"
+    );
+    let stored = app.follow(&second_run).await;
+    assert_eq!(stored.len(), live.len());
+    let left = sqlx::query("SELECT COUNT(*) AS n FROM run_events WHERE run_key = $1")
+        .bind(first_key)
+        .fetch_one(app.state.store().pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        sqlx::Row::get::<i64, _>(&left, "n"),
+        0,
+        "the deleted run's events are gone"
+    );
+    app.stop().await;
+}
+both!(a_deleted_runs_key_is_not_given_again);
