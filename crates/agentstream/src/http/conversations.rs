@@ -12,7 +12,7 @@ use super::{
         UnsupportedMediaType,
     },
 };
-use crate::store::{Conversation, ConversationKind, ListCursor};
+use crate::store::{Conversation, ConversationKind, Deletion, ListCursor};
 
 /// Longest conversation title, in characters.
 const MAX_TITLE_CHARS: usize = 200;
@@ -294,17 +294,11 @@ async fn delete_conversation(
     CurrentUser(user): CurrentUser,
     IdPath(id): IdPath,
 ) -> Result<StatusCode, ApiError> {
-    if state.store.conversation(user.id, id).await?.is_none() {
-        return Err(ApiError::NotFound("conversation"));
-    }
-    if state.store.has_active_run(id).await? {
-        return Err(ApiError::Conflict(
+    match state.store.delete_conversation(user.id, id).await? {
+        Deletion::Deleted => Ok(StatusCode::NO_CONTENT),
+        Deletion::NotFound => Err(ApiError::NotFound("conversation")),
+        Deletion::ActiveRun => Err(ApiError::Conflict(
             "the conversation has an active run; cancel it first".to_owned(),
-        ));
-    }
-    if state.store.delete_conversation(user.id, id).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound("conversation"))
+        )),
     }
 }

@@ -4,7 +4,7 @@ use serde::Serialize;
 use sqlx::{AnyConnection, Row, any::AnyRow};
 use uuid::Uuid;
 
-use super::{Query, Store, StoreError, now, parse_enum, parse_id, query};
+use super::{Backend, Query, Store, StoreError, now, parse_enum, parse_id, query};
 use crate::text::text_enum;
 
 text_enum! {
@@ -244,30 +244,73 @@ impl Store {
         rows.iter().map(with_preview).collect()
     }
 
-    /// Deletes the conversation with its messages, runs and events. False if
-    /// it does not exist or is not the user's.
+    /// Deletes the conversation with its messages, runs and events, unless
+    /// one of its runs is active (queued, running or waiting for approval).
+    ///
+    /// The check and the deletion are one transaction, so no run can start
+    /// in between: on SQLite the write turn orders them; on PostgreSQL the
+    /// conversation's row is locked first, and a run start in it takes a
+    /// key-share lock on that row (its foreign key) until it commits, so a
+    /// start under way is waited for and seen, and later ones wait for the
+    /// deletion (then find no conversation).
     #[tracing::instrument(skip_all, fields(conversation_id = %id))]
-    pub async fn delete_conversation(&self, user_id: Uuid, id: Uuid) -> Result<bool, StoreError> {
+    pub async fn delete_conversation(
+        &self,
+        user_id: Uuid,
+        id: Uuid,
+    ) -> Result<Deletion, StoreError> {
         let mut tx = self.begin().await?;
+        let find = match self.backend {
+            Backend::Sqlite => "SELECT id FROM conversations WHERE id = $1 AND user_id = $2",
+            Backend::Postgres => {
+                "SELECT id FROM conversations WHERE id = $1 AND user_id = $2 FOR UPDATE"
+            }
+        };
+        let found = query(find)
+            .bind(id.to_string())
+            .bind(user_id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if found.is_none() {
+            return Ok(Deletion::NotFound);
+        }
+        let active = query(
+            "SELECT id FROM runs WHERE conversation_id = $1 \
+             AND status IN ('queued', 'running', 'requires_action') LIMIT 1",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if active.is_some() {
+            return Ok(Deletion::ActiveRun);
+        }
         // The event log has no foreign key to cascade through (migration
         // 0011): its rows go first, in the same transaction.
         query(
-            "DELETE FROM run_events WHERE run_key IN (SELECT r.event_key FROM runs r \
-             JOIN conversations c ON c.id = r.conversation_id \
-             WHERE c.id = $1 AND c.user_id = $2)",
+            "DELETE FROM run_events WHERE run_key IN \
+             (SELECT event_key FROM runs WHERE conversation_id = $1)",
         )
         .bind(id.to_string())
-        .bind(user_id.to_string())
         .execute(&mut *tx)
         .await?;
-        let done = query("DELETE FROM conversations WHERE id = $1 AND user_id = $2")
+        query("DELETE FROM conversations WHERE id = $1")
             .bind(id.to_string())
-            .bind(user_id.to_string())
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(done.rows_affected() > 0)
+        Ok(Deletion::Deleted)
     }
+}
+
+/// What [`Store::delete_conversation`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletion {
+    /// The conversation and everything in it are gone.
+    Deleted,
+    /// No such conversation of the user's.
+    NotFound,
+    /// One of its runs is active: nothing was deleted.
+    ActiveRun,
 }
 
 /// Inserts a conversation inside the caller's transaction.

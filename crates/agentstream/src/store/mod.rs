@@ -44,7 +44,7 @@ pub use error::StoreError;
 
 pub use api_keys::{ApiKey, NewKey, hash_key};
 pub use approvals::{Approval, ApprovalRequest, Decided, Decision};
-pub use conversations::{Conversation, ConversationKind, ListCursor};
+pub use conversations::{Conversation, ConversationKind, Deletion, ListCursor};
 pub use messages::{AssistantMessage, Message, MessageStatus, NewMessage, Role};
 pub use profiles::Profile;
 pub use runs::{NewRun, OnDisconnect, Run, RunEnd};

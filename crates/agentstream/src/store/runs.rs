@@ -251,19 +251,6 @@ impl Store {
         Ok(row.try_get::<i64, _>("n")? > 0)
     }
 
-    /// Whether the conversation has a queued, running or paused run.
-    pub async fn has_active_run(&self, conversation_id: Uuid) -> Result<bool, StoreError> {
-        let row = query(
-            "SELECT COUNT(*) AS n FROM runs WHERE conversation_id = $1 \
-             AND status IN ('queued', 'running', 'requires_action')",
-        )
-        .bind(conversation_id.to_string())
-        .fetch_one(&mut *self.acquire().await?)
-        .await?;
-        let n: i64 = row.try_get("n")?;
-        Ok(n > 0)
-    }
-
     /// Runs that are not terminal: after a crash, the ones left open.
     #[tracing::instrument(skip_all)]
     pub async fn open_runs(&self) -> Result<Vec<Run>, StoreError> {

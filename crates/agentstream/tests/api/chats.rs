@@ -464,6 +464,93 @@ async fn export_reset_and_delete(backend: Backend) {
 }
 both!(export_reset_and_delete);
 
+/// Stores a run of the conversation's owner in `status`, on `conn` (inside
+/// whatever transaction it holds), as a run start would.
+async fn store_run(conn: &mut sqlx::AnyConnection, conversation: &str, status: &str) {
+    sqlx::query(
+        "INSERT INTO runs (id, conversation_id, user_id, agent, status, on_disconnect, \
+         created_at, event_key) SELECT $1, id, user_id, agent, $2, 'continue', $3, 1000000 \
+         FROM conversations WHERE id = $4",
+    )
+    .bind(uuid::Uuid::now_v7().to_string())
+    .bind(status)
+    .bind("2026-11-30T00:00:00.000000Z")
+    .bind(conversation)
+    .execute(conn)
+    .await
+    .unwrap();
+}
+
+/// A conversation with an active run (queued, running or waiting for
+/// approval) is not deleted: 409, and everything stays.
+async fn a_conversation_with_an_active_run_is_not_deleted(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let conversation = app.create_agent_conversation("onboarding").await;
+    say(&app, &conversation, "Ada").await;
+    let mut conn = app.state.store().pool().acquire().await.unwrap();
+    store_run(&mut conn, &conversation, "queued").await;
+    drop(conn);
+    let path = format!("/v1/conversations/{conversation}");
+    let refused = app.client.delete(app.url(&path)).send().await.unwrap();
+    assert_eq!(refused.status(), 409);
+    let body: Value = refused.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("active run"),
+        "{body}"
+    );
+    let kept = app
+        .get_json(&format!("/v1/conversations/{conversation}/messages"))
+        .await;
+    assert!(!kept["data"].as_array().unwrap().is_empty(), "{kept}");
+    app.stop().await;
+}
+both!(a_conversation_with_an_active_run_is_not_deleted);
+
+/// A run start still under way when the deletion begins (its transaction
+/// not yet committed) is waited for and seen: the deletion is refused, not
+/// made behind the run's back. PostgreSQL, where the two are transactions on
+/// different connections; on SQLite the write turn orders them.
+#[tokio::test]
+async fn a_run_start_under_way_holds_off_the_deletion() {
+    let app = spawn_app(Backend::Postgres).await;
+    let conversation = app.create_agent_conversation("onboarding").await;
+    say(&app, &conversation, "Ada").await;
+    let pool = app.state.store().pool().clone();
+    let mut start = pool.begin().await.unwrap();
+    store_run(&mut start, &conversation, "running").await;
+    let path = format!("/v1/conversations/{conversation}");
+    let deletion = app.client.delete(app.url(&path)).send();
+    // The start commits once the deletion waits for its lock on the
+    // conversation.
+    let start_commits = async {
+        loop {
+            let waiting = sqlx::query(
+                "SELECT COUNT(*) AS n FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND query LIKE '%conversations%'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if waiting.get::<i64, _>("n") > 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        start.commit().await.unwrap();
+    };
+    let (refused, ()) = tokio::join!(deletion, start_commits);
+    let refused = refused.unwrap();
+    assert_eq!(refused.status(), 409);
+    let kept = app
+        .get_json(&format!("/v1/conversations/{conversation}"))
+        .await;
+    assert_eq!(kept["id"], conversation.as_str());
+    app.stop().await;
+}
+
 /// Another user's conversation and runs are not found, whatever the route.
 async fn other_users_get_404(backend: Backend) {
     let app = spawn_app(backend).await;
