@@ -112,7 +112,9 @@ enum ExportFormat {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 struct ExportQuery {
-    /// `json` (the default) or `markdown`.
+    /// `json` (the default) or `markdown`. Inlined: a parameter's type is
+    /// not collected into the document's schemas.
+    #[param(inline)]
     format: Option<ExportFormat>,
 }
 
