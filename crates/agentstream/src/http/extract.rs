@@ -10,10 +10,35 @@ use uuid::Uuid;
 use super::{AppState, auth::Caller, error::ApiError};
 use crate::store::User;
 
-/// A JSON body: 400 when it is not JSON, 422 when a field is wrong, 413 when
-/// it is too large, 415 without a JSON content type.
+/// A JSON body: 400 when it is not JSON, 422 when a field is wrong or the
+/// body is not a JSON object, 413 when it is too large, 415 without a JSON
+/// content type.
 #[derive(Debug)]
 pub struct AppJson<T>(pub T);
+
+/// `T` read from a JSON object only. serde lets a struct be read from an
+/// array of its fields in order (`[null, null]` for two optional fields),
+/// which no client means and no document describes.
+#[derive(Debug)]
+pub struct ObjectOnly<T>(pub T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Object<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Object<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer
+            .deserialize_map(Object(std::marker::PhantomData))
+            .map(ObjectOnly)
+    }
+}
 
 impl<S, T> FromRequest<S> for AppJson<T>
 where
@@ -23,8 +48,8 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(request, state).await {
-            Ok(axum::Json(value)) => Ok(AppJson(value)),
+        match axum::Json::<ObjectOnly<T>>::from_request(request, state).await {
+            Ok(axum::Json(ObjectOnly(value))) => Ok(AppJson(value)),
             Err(rejection) => Err(match rejection {
                 JsonRejection::JsonDataError(e) => ApiError::Invalid(e.body_text()),
                 JsonRejection::JsonSyntaxError(e) => ApiError::BadRequest(e.body_text()),

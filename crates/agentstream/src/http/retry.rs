@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use super::{
     ApiError, AppState,
-    extract::{CurrentCaller, IdPath},
+    extract::{CurrentCaller, IdPath, ObjectOnly},
     openapi::{
         BadRequest, Conflict, NotFound, PayloadTooLarge, TooManyRuns, Unauthorized, Unavailable,
         Unprocessable, UnsupportedMediaType,
@@ -42,8 +42,8 @@ fn retry_body(body: Result<Bytes, BytesRejection>) -> Result<Retry, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Retry::default());
     }
-    serde_json::from_slice::<Option<Retry>>(&body)
-        .map(Option::unwrap_or_default)
+    serde_json::from_slice::<Option<ObjectOnly<Retry>>>(&body)
+        .map(|retry| retry.map(|ObjectOnly(retry)| retry).unwrap_or_default())
         .map_err(|e| {
             if e.is_data() {
                 ApiError::Invalid(e.to_string())

@@ -61,6 +61,21 @@ async fn bad_input_is_refused_and_writes_nothing(backend: Backend) {
         )
         .await;
     }
+    // A body that is not a JSON object: 422, though serde would read a
+    // struct from an array of its fields in order.
+    for (path, body) in [
+        (runs.clone(), r#"["Ada"]"#),
+        ("/api/v1/chat/stream".to_owned(), r#"["hello"]"#),
+        ("/v1/conversations".to_owned(), r#"["chat"]"#),
+    ] {
+        let message = assert_error(
+            send(path.clone(), body).await.unwrap(),
+            422,
+            "invalid_request",
+        )
+        .await;
+        assert!(message.contains("JSON object"), "{path}: {message}");
+    }
     // Empty message: 422.
     assert_error(
         send(runs.clone(), r#"{"input": "   "}"#).await.unwrap(),
