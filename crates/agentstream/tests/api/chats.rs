@@ -359,30 +359,23 @@ async fn retry_and_edit(backend: Backend) {
     let run: Value = response.json().await.unwrap();
     let run = run["id"].as_str().unwrap().to_owned();
     app.run_until_terminal(&run).await;
+    let retry_json = |run: &str, body: &'static str| {
+        app.client
+            .post(app.url(&format!("/v1/runs/{run}/retry")))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
     // So does a JSON `null` (the document's body is optional: `oneOf` null
     // and the options).
-    let response = app
-        .client
-        .post(app.url(&format!("/v1/runs/{run}/retry")))
-        .header("content-type", "application/json")
-        .body("null")
-        .send()
-        .await
-        .unwrap();
+    let response = retry_json(&run, "null").await.unwrap();
     assert_eq!(response.status(), 202);
     let run: Value = response.json().await.unwrap();
     let run = run["id"].as_str().unwrap().to_owned();
     app.run_until_terminal(&run).await;
     // But not an array: serde would read the options from their values in
     // order (schemathesis sent `[null, null]`).
-    let response = app
-        .client
-        .post(app.url(&format!("/v1/runs/{run}/retry")))
-        .header("content-type", "application/json")
-        .body("[null, null]")
-        .send()
-        .await
-        .unwrap();
+    let response = retry_json(&run, "[null, null]").await.unwrap();
     assert_eq!(response.status(), 422);
     app.stop().await;
     mock.shutdown().await;
