@@ -404,13 +404,24 @@ impl Store {
     /// turn, then takes the write lock up front (`BEGIN IMMEDIATE`), so a
     /// transaction that reads before it writes cannot fail to upgrade its lock.
     pub async fn begin(&self) -> Result<WriteTx<'static>, StoreError> {
+        self.begin_with_timeout(None).await
+    }
+
+    /// Begins a short write transaction as [`Store::begin`] does, whose
+    /// statements on PostgreSQL each stop at `statement_timeout` (set with
+    /// the `BEGIN`, for this transaction only; `None`: the pool's). SQLite
+    /// cannot stop a statement from outside, so there it is not set.
+    pub async fn begin_with_timeout(
+        &self,
+        statement_timeout: Option<Duration>,
+    ) -> Result<WriteTx<'static>, StoreError> {
         let turn = self.write_turn(false).await;
         let conn = match &self.writer {
             Some(writer) => writer.acquire().await?,
             None => self.acquire_raw().await?,
         };
         // What `Pool::begin_with` does, on a connection from `acquire`.
-        let tx = Transaction::begin(conn, self.begin_statement()).await?;
+        let tx = Transaction::begin(conn, self.begin_statement(statement_timeout)).await?;
         Ok(WriteTx { tx, _turn: turn })
     }
 
@@ -426,7 +437,8 @@ impl Store {
     ) -> Result<WriteTx<'c>, StoreError> {
         let turn = self.write_turn(true).await;
         if let Some(writer) = &self.writer {
-            let tx = Transaction::begin(writer.acquire().await?, self.begin_statement()).await?;
+            let tx =
+                Transaction::begin(writer.acquire().await?, self.begin_statement(None)).await?;
             return Ok(WriteTx { tx, _turn: turn });
         }
         if held
@@ -440,7 +452,7 @@ impl Store {
             Some(conn) => conn,
             None => held.insert(self.connect_events().await?),
         };
-        let tx = Transaction::begin(&mut conn.conn, self.begin_statement()).await?;
+        let tx = Transaction::begin(&mut conn.conn, self.begin_statement(None)).await?;
         Ok(WriteTx { tx, _turn: turn })
     }
 

@@ -2,7 +2,12 @@
 //! connection speaks, the placeholders of multi-row statements, how a write
 //! transaction begins, and SQLite's write turn.
 
-use std::{borrow::Cow, fmt::Write, sync::Arc, time::Instant};
+use std::{
+    borrow::Cow,
+    fmt::Write,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use sqlx::AnyConnection;
 use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore};
@@ -64,10 +69,21 @@ impl Default for WriteTurn {
 }
 
 impl Store {
-    pub(super) fn begin_statement(&self) -> Option<Cow<'static, str>> {
-        match self.backend {
-            Backend::Sqlite => Some(Cow::Borrowed("BEGIN IMMEDIATE")),
-            Backend::Postgres => None,
+    /// How a write transaction begins: on SQLite taking the write lock up
+    /// front; on PostgreSQL, given a `statement_timeout`, with it set for
+    /// the transaction in the same exchange (sqlx sends a custom `BEGIN` as
+    /// one simple query, so `SET LOCAL` costs no round trip of its own).
+    pub(super) fn begin_statement(
+        &self,
+        statement_timeout: Option<Duration>,
+    ) -> Option<Cow<'static, str>> {
+        match (self.backend, statement_timeout) {
+            (Backend::Sqlite, _) => Some(Cow::Borrowed("BEGIN IMMEDIATE")),
+            (Backend::Postgres, Some(timeout)) => Some(Cow::Owned(format!(
+                "BEGIN; SET LOCAL statement_timeout = {}",
+                timeout.as_millis()
+            ))),
+            (Backend::Postgres, None) => None,
         }
     }
 

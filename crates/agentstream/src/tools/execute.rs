@@ -168,7 +168,9 @@ async fn in_transaction(
     call: &ToolCall,
     arguments: serde_json::Value,
 ) -> Result<Executed, StoreError> {
-    let mut tx = store.begin().await?;
+    let mut tx = store
+        .begin_with_timeout(tool.tool.statement_timeout())
+        .await?;
     let input = ToolInput {
         ctx,
         call_id: &call.id,

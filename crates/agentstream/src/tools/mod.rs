@@ -125,9 +125,18 @@ pub trait Tool: Send + Sync + std::fmt::Debug {
         &[]
     }
 
+    /// For an [`Effects::OwnDatabase`] tool: how long each statement of its
+    /// recording transaction may run on PostgreSQL, set when that
+    /// transaction begins (`SET LOCAL statement_timeout`, in the `BEGIN`'s
+    /// own exchange). `None`: the pool's `DB_STATEMENT_TIMEOUT`.
+    fn statement_timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Applies the call. `conn` is the recording transaction's connection
-    /// for [`Effects::OwnDatabase`] tools, and `None` for the others, which
-    /// must hold no connection of agentstream's while they wait.
+    /// for [`Effects::OwnDatabase`] tools, begun with
+    /// [`Tool::statement_timeout`], and `None` for the others, which must
+    /// hold no connection of agentstream's while they wait.
     fn call<'a>(
         &'a self,
         input: ToolInput<'a>,

@@ -303,6 +303,8 @@ fn rules() -> Vec<Rule> {
         call("missing", "place_order", json!({"item": "tea", "price": 1})),
         call("extra", "list_orders", json!({"paid": true, "limit": 1000})),
         call("org orders", "org_orders", json!({})),
+        call("slow save", "slow_save", json!({})),
+        call("count slow", "count_slow", json!({})),
         call("other org", "org_orders", json!({"org": "globex"})),
     ]
 }
@@ -765,6 +767,51 @@ sql = "SELECT id, owner FROM orders WHERE org = :caller.claims.org ORDER BY id"
     setup.stop().await;
 }
 both!(claims_scope_a_tool);
+
+/// A write on agentstream's own PostgreSQL database stops at the tool's
+/// timeout, which its recording transaction sets as it begins: the
+/// database stops the statement (were the timeout not set, the call would
+/// stop waiting a second later and say so), and nothing of it is kept.
+#[tokio::test]
+async fn an_own_database_write_stops_at_its_timeout() {
+    let extra = r#"
+[agents.profile]
+description = "Saves a field slowly."
+provider = "replay"
+model = "replay"
+tools = ["slow_save", "count_slow"]
+
+[tools.slow_save]
+kind = "sql"
+description = "Saves a field after a long wait."
+timeout_ms = 200
+result = "one"
+sql = """
+INSERT INTO profiles (user_id, field, value, updated_at)
+SELECT :caller.user_id, 'slow', 'saved', :server.now FROM pg_sleep(5)
+RETURNING field
+"""
+
+[tools.count_slow]
+kind = "sql"
+description = "Counts the fields saved slowly."
+read_only = true
+result = "one"
+sql = "SELECT COUNT(*) AS n FROM profiles WHERE field = 'slow'"
+"#;
+    let setup = setup(Backend::Postgres, extra).await;
+    let conversation = setup.conversation("profile", None).await;
+    let slow = setup.turn(&conversation, "slow save", None).await;
+    assert_eq!(
+        slow.error(),
+        "the statement ran past its timeout of 200 ms",
+        "{}",
+        slow.told
+    );
+    let count = setup.turn(&conversation, "count slow", None).await;
+    assert_eq!(count.told, json!({"n": 0}));
+    setup.stop().await;
+}
 
 /// Start-up refuses a SQL tool that cannot run, with a message naming it.
 async fn start_up_names_the_wrong_tool(backend: Backend) {

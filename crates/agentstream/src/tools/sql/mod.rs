@@ -307,6 +307,10 @@ impl Tool for SqlTool {
         &self.caller_bound
     }
 
+    fn statement_timeout(&self) -> Option<Duration> {
+        Some(self.timeout)
+    }
+
     fn call<'a>(
         &'a self,
         input: ToolInput<'a>,

@@ -177,13 +177,17 @@ pub(super) async fn call(
             .await
             .map_err(|e| own_error(tool, e))?,
         (_, _, Pools::Postgres(pool)) => {
-            let mut tx = pool.begin().await.map_err(|e| unreachable(tool, &e))?;
-            if tool.read_only {
-                sqlx::query("SET TRANSACTION READ ONLY")
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| statement_error(tool, &e))?;
-            }
+            // Read-only and the statement's timeout with the `BEGIN`: one
+            // exchange (sqlx sends a custom `BEGIN` as one simple query).
+            let begin = format!(
+                "BEGIN{}; SET LOCAL statement_timeout = {}",
+                if tool.read_only { " READ ONLY" } else { "" },
+                tool.timeout.as_millis()
+            );
+            let mut tx = pool
+                .begin_with(begin)
+                .await
+                .map_err(|e| unreachable(tool, &e))?;
             let output = run(tool, &mut tx, values)
                 .await
                 .map_err(|e| app_error(tool, e))?;
@@ -220,7 +224,8 @@ async fn end<DB: sqlx::Database>(
 
 /// Runs the statement on an Any connection (PostgreSQL, or agentstream's
 /// own SQLite database), inside the caller's transaction, within the
-/// tool's timeout.
+/// tool's timeout. On PostgreSQL the caller began that transaction with the
+/// tool's `statement_timeout`, which the server enforces.
 async fn run(
     tool: &SqlTool,
     conn: &mut AnyConnection,
@@ -228,14 +233,7 @@ async fn run(
 ) -> Result<Output, sqlx::Error> {
     let backend = tool.database().backend;
     let wait = match backend {
-        Backend::Postgres => {
-            // The server's own timeout, for this transaction only.
-            store::query("SELECT set_config('statement_timeout', $1, true)")
-                .bind(tool.timeout.as_millis().to_string())
-                .execute(&mut *conn)
-                .await?;
-            tool.timeout + NETWORK_GRACE
-        }
+        Backend::Postgres => tool.timeout + NETWORK_GRACE,
         // The Any driver cannot stop a SQLite statement: the call stops
         // waiting, and the recording transaction is rolled back once the
         // statement ends.
