@@ -150,6 +150,43 @@ impl std::ops::DerefMut for Conn {
     }
 }
 
+/// The event log's connection with SQLite's write turn held (see
+/// [`Store::events_connection`]).
+#[derive(Debug)]
+pub struct EventsConnection<'c> {
+    conn: EventsConn<'c>,
+    // Dropped after `conn`.
+    turn: Option<super::dialect::Turn>,
+}
+
+#[derive(Debug)]
+enum EventsConn<'c> {
+    /// SQLite: the one connection of the process's writes.
+    Writer(PoolConnection<Any>),
+    /// PostgreSQL: the event log's own connection.
+    Own(&'c mut AnyConnection),
+}
+
+impl std::ops::Deref for EventsConnection<'_> {
+    type Target = AnyConnection;
+
+    fn deref(&self) -> &AnyConnection {
+        match &self.conn {
+            EventsConn::Writer(conn) => conn,
+            EventsConn::Own(conn) => conn,
+        }
+    }
+}
+
+impl std::ops::DerefMut for EventsConnection<'_> {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        match &mut self.conn {
+            EventsConn::Writer(conn) => conn,
+            EventsConn::Own(conn) => conn,
+        }
+    }
+}
+
 /// A short write transaction: a connection borrowed as the transaction's,
 /// with SQLite's write turn held until it ends. Dropped without a commit, it
 /// rolls back.
@@ -425,21 +462,36 @@ impl Store {
         Ok(WriteTx { tx, _turn: turn })
     }
 
-    /// Begins the event log's transaction, as `begin` does: on SQLite on the
-    /// one connection of its writes, going before every transaction still
-    /// waiting but a few (events do not wait behind a queue of run starts);
-    /// on PostgreSQL on the log's own connection (see [`OwnConnection`]),
-    /// opened first if `held` is empty or has been used for
-    /// `DB_POOL_RECYCLE`.
+    /// Begins the event log's transaction, as `begin` does, on the event
+    /// log's connection (see [`Store::events_connection`]).
     pub async fn begin_events<'c>(
         &self,
         held: &'c mut Option<OwnConnection>,
     ) -> Result<WriteTx<'c>, StoreError> {
+        let EventsConnection { conn, turn } = self.events_connection(held).await?;
+        let begin = self.begin_statement(None);
+        let tx = match conn {
+            EventsConn::Writer(conn) => Transaction::begin(conn, begin).await?,
+            EventsConn::Own(conn) => Transaction::begin(conn, begin).await?,
+        };
+        Ok(WriteTx { tx, _turn: turn })
+    }
+
+    /// The event log's connection, for a statement that commits itself
+    /// (see [`Store::statements_commit_alone`]) or a transaction: on SQLite
+    /// the one connection of its writes, with the write turn taken before
+    /// every transaction still waiting but a few (events do not wait behind
+    /// a queue of run starts); on PostgreSQL the log's own connection (see
+    /// [`OwnConnection`]), opened first if `held` is empty or has been used
+    /// for `DB_POOL_RECYCLE`.
+    pub async fn events_connection<'c>(
+        &self,
+        held: &'c mut Option<OwnConnection>,
+    ) -> Result<EventsConnection<'c>, StoreError> {
         let turn = self.write_turn(true).await;
         if let Some(writer) = &self.writer {
-            let tx =
-                Transaction::begin(writer.acquire().await?, self.begin_statement(None)).await?;
-            return Ok(WriteTx { tx, _turn: turn });
+            let conn = EventsConn::Writer(writer.acquire().await?);
+            return Ok(EventsConnection { conn, turn });
         }
         if held
             .as_ref()
@@ -448,12 +500,21 @@ impl Store {
         {
             old.close().await;
         }
-        let conn = match held {
+        let own = match held {
             Some(conn) => conn,
             None => held.insert(self.connect_events().await?),
         };
-        let tx = Transaction::begin(&mut conn.conn, self.begin_statement(None)).await?;
-        Ok(WriteTx { tx, _turn: turn })
+        let conn = EventsConn::Own(&mut own.conn);
+        Ok(EventsConnection { conn, turn })
+    }
+
+    /// Whether one statement may run outside a transaction, committing
+    /// itself (as atomic as any statement): true but behind a transaction
+    /// pooler, where sqlx's two exchanges for a statement (prepare, then
+    /// run) could reach two server connections unless a transaction holds
+    /// them to one.
+    pub fn statements_commit_alone(&self) -> bool {
+        NAMED_STATEMENTS.load(Ordering::Relaxed)
     }
 
     /// Checks that the database answers, on a connection of the caller's

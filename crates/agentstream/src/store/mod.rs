@@ -35,7 +35,9 @@ use tokio::sync::watch;
 
 pub use codec::{format_timestamp, now};
 use codec::{parse_enum, parse_id};
-pub use connect::{Conn, OwnConnection, PoolSettings, WriteTx, redact_url, sqlite_path};
+pub use connect::{
+    Conn, EventsConnection, OwnConnection, PoolSettings, WriteTx, redact_url, sqlite_path,
+};
 use connect::{DbThread, OwnConnectionSetup};
 pub(crate) use connect::{Query, query};
 pub use dialect::Backend;
