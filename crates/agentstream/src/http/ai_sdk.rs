@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use super::{
     ApiError, AppState,
-    extract::{AppJson, CurrentCaller, CurrentUser},
+    extract::{AppJson, CurrentCaller, CurrentUser, objects},
     openapi::{
         BadRequest, Conflict, NotFound, PayloadTooLarge, TooManyRuns, Unauthorized, Unavailable,
         Unprocessable, UnsupportedMediaType,
@@ -97,6 +97,7 @@ struct ChatRequest {
     /// The chat's messages, oldest first. The server holds the transcript,
     /// so only the last one is read: the user's new message.
     #[schema(min_items = 1)]
+    #[serde(deserialize_with = "objects")]
     messages: Vec<SentMessage>,
     /// `submit-message` (the default) or `regenerate-message` (another
     /// answer to the chat's last question).

@@ -40,6 +40,41 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for ObjectOnly<T> 
     }
 }
 
+/// For `#[serde(deserialize_with = "…")]` on a field that holds a struct
+/// inside a body: read from a JSON object only, as [`ObjectOnly`] reads
+/// the body itself. serde reads a struct from an array at any depth, and
+/// only the top level goes through [`AppJson`]'s guard.
+pub fn object<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'de>>(
+    deserializer: D,
+) -> Result<T, D::Error> {
+    <ObjectOnly<T> as serde::Deserialize>::deserialize(deserializer).map(|ObjectOnly(value)| value)
+}
+
+/// [`object`] for an optional field (`null`, or missing with
+/// `#[serde(default)]`, is `None`).
+pub fn optional_object<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    <Option<ObjectOnly<T>> as serde::Deserialize>::deserialize(deserializer)
+        .map(|value| value.map(|ObjectOnly(value)| value))
+}
+
+/// [`object`] for each item of an array.
+pub fn objects<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Vec<T>, D::Error> {
+    <Vec<ObjectOnly<T>> as serde::Deserialize>::deserialize(deserializer)
+        .map(|items| items.into_iter().map(|ObjectOnly(item)| item).collect())
+}
+
+/// [`objects`] for an optional field.
+pub fn optional_objects<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<T>>, D::Error> {
+    <Option<Vec<ObjectOnly<T>>> as serde::Deserialize>::deserialize(deserializer)
+        .map(|items| items.map(|items| items.into_iter().map(|ObjectOnly(item)| item).collect()))
+}
+
 impl<S, T> FromRequest<S> for AppJson<T>
 where
     T: DeserializeOwned,

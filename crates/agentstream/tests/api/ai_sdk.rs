@@ -535,6 +535,12 @@ async fn bad_chat_requests_are_refused(backend: Backend) {
             "id",
         ),
         (json!({"id": "c", "messages": text("   ")}), 422, "empty"),
+        // A message as an array of its fields: serde would read it in order.
+        (
+            json!({"id": "c", "messages": [["m", "user", [{"type": "text", "text": "hi"}]]]}),
+            422,
+            "expected a JSON object",
+        ),
         // Another answer, or an edit, in a chat that has none.
         (
             json!({"id": "c", "messages": text("hi"), "trigger": "regenerate-message"}),

@@ -334,6 +334,40 @@ async fn refusals(backend: Backend) {
         .await
         .unwrap();
     openai_error(no_type, 415, "unsupported_media_type").await;
+    // serde reads a struct from an array of its fields in order, at any
+    // depth: every object of the body must be an object.
+    let object = "expected a JSON object";
+    for (body, needle) in [
+        (
+            json!({ "model": "chat", "messages": [["user", "hi"]] }),
+            object,
+        ),
+        (
+            json!({ "model": "chat", "messages": [{ "role": "user", "content": [["text", "hi"]] }] }),
+            // A string or parts: an untagged enum names neither.
+            "content: data did not match any variant",
+        ),
+        (
+            json!({ "model": "chat", "messages": hello, "stream_options": [true] }),
+            object,
+        ),
+        (
+            json!({ "model": "chat", "messages": [
+                { "role": "assistant", "tool_calls": [["call_1", { "name": "f" }]] }, user("hi")] }),
+            object,
+        ),
+        (
+            json!({ "model": "chat", "messages": [
+                { "role": "assistant", "tool_calls": [{ "id": "call_1", "function": ["f", "{}"] }] },
+                user("hi")] }),
+            object,
+        ),
+    ] {
+        let response = post(&alice, body.clone()).await.unwrap();
+        let error = openai_error(response, 422, "invalid_request").await;
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{body}: {message}");
+    }
 
     // Alice's onboarding conversation: bob's requests find nothing, and a
     // model other than its agent is refused.

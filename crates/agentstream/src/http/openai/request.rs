@@ -8,7 +8,10 @@ use serde::Deserialize;
 
 use super::error::OpenAiApiError;
 use crate::{
-    http::{ApiError, AppState},
+    http::{
+        ApiError, AppState,
+        extract::{object, objects, optional_object, optional_objects},
+    },
     llm::ToolCall,
     runs::PriorMessage,
     store::Role,
@@ -29,12 +32,13 @@ pub struct ChatCompletionRequest {
     /// `developer` messages are ignored: the agent's prompt is the system
     /// prompt.
     #[schema(min_items = 1)]
+    #[serde(deserialize_with = "objects")]
     pub messages: Vec<InMessage>,
     /// True: the reply as `chat.completion.chunk`s (SSE), then `data: [DONE]`.
     #[serde(default)]
     pub stream: Option<bool>,
     /// Streaming options.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_object")]
     pub stream_options: Option<StreamOptions>,
     /// `conversation_id`: the conversation to continue, as the
     /// `X-Conversation-Id` header does; other keys are ignored.
@@ -105,7 +109,7 @@ pub struct InMessage {
     #[serde(default)]
     pub content: Option<InContent>,
     /// An assistant message's tool calls.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_objects")]
     pub tool_calls: Option<Vec<InToolCall>>,
     /// The call a tool message answers.
     #[serde(default)]
@@ -119,7 +123,7 @@ pub enum InContent {
     /// The text.
     Text(String),
     /// Parts, of type `text` only.
-    Parts(Vec<InPart>),
+    Parts(#[serde(deserialize_with = "objects")] Vec<InPart>),
 }
 
 /// A part of a message's content.
@@ -139,6 +143,7 @@ pub struct InToolCall {
     /// The call's ID, which a `tool` message answers.
     pub id: String,
     /// The function called.
+    #[serde(deserialize_with = "object")]
     pub function: InFunction,
 }
 
