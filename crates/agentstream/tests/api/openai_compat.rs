@@ -364,6 +364,7 @@ async fn refusals(backend: Backend) {
         ),
     ] {
         let response = post(&alice, body.clone()).await.unwrap();
+        assert!(response.headers().get("x-conversation-id").is_none());
         let error = openai_error(response, 422, "invalid_request").await;
         let message = error["error"]["message"].as_str().unwrap();
         assert!(message.contains(needle), "{body}: {message}");
