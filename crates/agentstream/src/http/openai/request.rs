@@ -10,7 +10,7 @@ use super::error::OpenAiApiError;
 use crate::{
     http::{
         ApiError, AppState,
-        extract::{object, objects, optional_object, optional_objects},
+        extract::{ObjectOnly, object, objects, optional_object, optional_objects},
     },
     llm::ToolCall,
     runs::PriorMessage,
@@ -106,7 +106,7 @@ pub struct InMessage {
     /// Who wrote it.
     pub role: InRole,
     /// Its text, or text parts (other parts are refused, 422).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "content")]
     pub content: Option<InContent>,
     /// An assistant message's tool calls.
     #[serde(default, deserialize_with = "optional_objects")]
@@ -124,6 +124,41 @@ pub enum InContent {
     Text(String),
     /// Parts, of type `text` only.
     Parts(#[serde(deserialize_with = "objects")] Vec<InPart>),
+}
+
+/// Reads a message's `content` as [`InContent`] does, with an error that
+/// says what is expected (serde's for an untagged enum names no shape), and
+/// each part from a JSON object only (see [`ObjectOnly`]).
+fn content<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<InContent>, D::Error> {
+    struct Content;
+    impl<'de> serde::de::Visitor<'de> for Content {
+        type Value = Option<InContent>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a string, an array of content parts, or null")
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+            Ok(Some(InContent::Text(text.to_owned())))
+        }
+        fn visit_string<E: serde::de::Error>(self, text: String) -> Result<Self::Value, E> {
+            Ok(Some(InContent::Text(text)))
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut parts = Vec::new();
+            while let Some(ObjectOnly(part)) = seq.next_element()? {
+                parts.push(part);
+            }
+            Ok(Some(InContent::Parts(parts)))
+        }
+    }
+    deserializer.deserialize_any(Content)
 }
 
 /// A part of a message's content.
