@@ -31,7 +31,7 @@ use super::{
     },
 };
 use crate::{
-    runs::{ConversationRef, Multitask, Replace, StartRun},
+    runs::{ConversationRef, Multitask, Replace, RunError, StartRun},
     store::{Decision, OnDisconnect, RunStatus},
 };
 
@@ -207,7 +207,15 @@ async fn send_messages(
                 replaces: None,
             },
         )
-        .await?;
+        .await
+        .map_err(|error| match error {
+            // The key is the message's `id` here: say so in its words.
+            RunError::KeyReused(run) => ApiError::Invalid(format!(
+                "the message ID was used for another message of this chat (run {run}); give \
+                 each new message its own ID"
+            )),
+            other => other.into(),
+        })?;
     let start = Start::of_started(started.live, received);
     Ok(ui_message_stream(
         &state,

@@ -292,7 +292,8 @@ impl<'a> History<'a> {
                 ChatMessage::Tool { call_id, content } => {
                     let ok = serde_json::from_str::<serde_json::Value>(content)
                         .is_ok_and(|v| v.get("error").is_none());
-                    let Some(call) = history.calls.iter().find(|c| &c.id == call_id) else {
+                    let Some(call) = history.calls.iter().find(|c| c.upstream_id() == call_id)
+                    else {
                         continue;
                     };
                     match call.name.as_str() {
@@ -314,10 +315,14 @@ impl<'a> History<'a> {
         history
     }
 
+    /// The name of the call a tool message answers. Calls are found by the
+    /// ID this model gave them, as a provider would (agentstream replaces
+    /// one already used in the conversation, say after an edit, and keeps
+    /// the model's as `upstream_id`).
     fn call_name(&self, call_id: &str) -> Option<&'a str> {
         self.calls
             .iter()
-            .find(|c| c.id == call_id)
+            .find(|c| c.upstream_id() == call_id)
             .map(|c| c.name.as_str())
     }
 
@@ -574,6 +579,53 @@ mod tests {
                     .into()
             )
         );
+    }
+
+    /// After an edit, the model's next call ID was used already in the
+    /// conversation: agentstream gives the call an ID of its own and sends
+    /// the model's back (`upstream_id`), which the tool message answers.
+    #[test]
+    fn a_call_under_another_id_is_read_by_the_models() {
+        let tools = ["update_profile", "complete_onboarding"];
+        let call = |id: &str, upstream: Option<&str>, arguments: &str| ToolCall {
+            id: id.into(),
+            name: "update_profile".into(),
+            arguments: arguments.into(),
+            upstream_id: upstream.map(str::to_owned),
+        };
+        let answer = |call: ToolCall, call_id: &str| {
+            [
+                ChatMessage::Assistant {
+                    content: String::new(),
+                    tool_calls: vec![call],
+                    reasoning: None,
+                },
+                ChatMessage::Tool {
+                    call_id: call_id.into(),
+                    content: r#"{"ok":true}"#.into(),
+                },
+            ]
+        };
+        let mut messages = vec![ChatMessage::User("Ada".into())];
+        messages.extend(answer(
+            call("call_1", None, r#"{"field":"name","value":"Ada"}"#),
+            "call_1",
+        ));
+        messages.push(ChatMessage::User("Florence".into()));
+        messages.extend(answer(
+            call(
+                "call_0195",
+                Some("call_2"),
+                r#"{"field":"role","value":"Florence"}"#,
+            ),
+            "call_2",
+        ));
+        // Both fields saved: it completes (it asked for the role again when
+        // it looked the call up by agentstream's ID).
+        let Step::Call(next) = scripted().next_step(&request(messages, &tools)) else {
+            panic!("expected a call");
+        };
+        assert_eq!(next.name, "complete_onboarding");
     }
 
     #[test]

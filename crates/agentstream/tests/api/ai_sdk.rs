@@ -477,6 +477,13 @@ async fn chats_are_per_user(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(reused.status(), 422);
+    // In useChat's words: the client sent a message `id`, not a key.
+    let error: Value = reused.json().await.unwrap();
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("the message ID was used for another message of this chat"),
+        "{message}"
+    );
 
     for chat in ["shared-name", alice_conversation.as_str()] {
         let theirs = send(&bob, chat, "bob's turn").await.unwrap();
