@@ -79,10 +79,7 @@ impl Store {
     ) -> Option<Cow<'static, str>> {
         match (self.backend, statement_timeout) {
             (Backend::Sqlite, _) => Some(Cow::Borrowed("BEGIN IMMEDIATE")),
-            (Backend::Postgres, Some(timeout)) => Some(Cow::Owned(format!(
-                "BEGIN; SET LOCAL statement_timeout = {}",
-                timeout.as_millis()
-            ))),
+            (Backend::Postgres, Some(timeout)) => Some(Cow::Owned(postgres_begin(timeout, false))),
             (Backend::Postgres, None) => None,
         }
     }
@@ -116,6 +113,17 @@ impl Store {
             holder,
         })
     }
+}
+
+/// A PostgreSQL `BEGIN` (`BEGIN READ ONLY` if `read_only`) that sets the
+/// transaction's `statement_timeout` in the same exchange: sqlx sends a
+/// custom `BEGIN` as one simple query.
+pub(crate) fn postgres_begin(statement_timeout: Duration, read_only: bool) -> String {
+    format!(
+        "BEGIN{}; SET LOCAL statement_timeout = {}",
+        if read_only { " READ ONLY" } else { "" },
+        statement_timeout.as_millis()
+    )
 }
 
 /// SQLite's write turn, held; how long it was held is recorded when it is

@@ -41,6 +41,7 @@ pub use connect::{
 use connect::{DbThread, OwnConnectionSetup};
 pub(crate) use connect::{Query, query};
 pub use dialect::Backend;
+pub(crate) use dialect::postgres_begin;
 use dialect::{MultiRow, WriteTurn};
 pub use error::StoreError;
 

@@ -116,14 +116,14 @@ pub struct InMessage {
     pub tool_call_id: Option<String>,
 }
 
-/// A message's content: a string, or parts.
+/// A message's content: a string, or parts (read by `fn content` below).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum InContent {
     /// The text.
     Text(String),
     /// Parts, of type `text` only.
-    Parts(#[serde(deserialize_with = "objects")] Vec<InPart>),
+    Parts(Vec<InPart>),
 }
 
 /// Reads a message's `content` as [`InContent`] does, with an error that

@@ -177,15 +177,9 @@ pub(super) async fn call(
             .await
             .map_err(|e| own_error(tool, e))?,
         (_, _, Pools::Postgres(pool)) => {
-            // Read-only and the statement's timeout with the `BEGIN`: one
-            // exchange (sqlx sends a custom `BEGIN` as one simple query).
-            let begin = format!(
-                "BEGIN{}; SET LOCAL statement_timeout = {}",
-                if tool.read_only { " READ ONLY" } else { "" },
-                tool.timeout.as_millis()
-            );
+            // Read-only and the statement's timeout with the `BEGIN`.
             let mut tx = pool
-                .begin_with(begin)
+                .begin_with(store::postgres_begin(tool.timeout, tool.read_only))
                 .await
                 .map_err(|e| unreachable(tool, &e))?;
             let output = run(tool, &mut tx, values)
