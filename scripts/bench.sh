@@ -5,8 +5,8 @@
 # native, OpenAI Chat Completions and AI SDK, then steady traffic: issue 20), runs the
 # load generator against each and writes BENCHMARKS.md.
 #
-#   scripts/bench.sh           the full suite, release build; about 15 minutes on 2 cores
-#                              (the encoders scenario takes 1.5 and steady traffic 4,
+#   scripts/bench.sh           the full suite, release build; about 17 minutes on 2 cores
+#                              (the encoders scenario takes 1.5 and steady traffic 6,
 #                              neither with a time budget)
 #   scripts/bench.sh --smoke   tiny loads for a few seconds on the dev build (CI): fails
 #                              when any stream fails, writes the report to the results folder
@@ -242,17 +242,29 @@ TOML
 }
 write_config stream "$stream_model" "$starts_model"
 write_config steady "$steady_model" "$starts_model"
+# The steady scenario's users: HS256 JWTs, one per worker (see steady_scenarios).
+write_config steady-users "$steady_model" "$starts_model"
+cat >>"$out/config/steady-users.toml" <<TOML
+
+[auth.jwt]
+secret_env = "BENCH_JWT_SECRET"
+issuer = "loadgen"
+TOML
 write_config idle "$stream_model" "$idle_model"
+
+# Every stream but the steady scenario's -users targets' comes from the one local user:
+# start_agentstream lifts the per-user run limit to this (the default is 8).
+runs_per_user=1000000
 
 # start_agentstream NAME DATABASE_URL POOL OVERFLOW CONFIG [DRAIN_SECS [PORT [ARGS...]]]
 start_agentstream() {
     local name=$1 database=$2 pool=$3 overflow=$4 config=$5 drain=${6:-10}
     local port=${7:-$server_port}
     shift $(($# < 7 ? $# : 7))
-    # Every stream comes from the one local user: lift the per-user and per-server run
-    # limits above the largest level (environment, so an older binary still starts).
+    # Lift the per-user and per-server run limits above the largest level (environment,
+    # so an older binary still starts).
     start "$name" "$port" env RUST_LOG="${BENCH_RUST_LOG:-info}" \
-        AGENTSTREAM_MAX_RUNS_PER_USER=1000000 AGENTSTREAM_MAX_ACTIVE_RUNS=1000000 \
+        AGENTSTREAM_MAX_RUNS_PER_USER="$runs_per_user" AGENTSTREAM_MAX_ACTIVE_RUNS=1000000 \
         AGENTSTREAM_DRAIN_SECS="$drain" \
         "$bin/agentstream" --bind "127.0.0.1:$port" --database-url "$database" \
         --db-pool-size "$pool" --db-max-overflow "$overflow" --config "$out/config/$config.toml" \
@@ -427,9 +439,30 @@ steady_run() {
 
 # steady_scenarios SQLITE_URL PG_URL: steady traffic at each level, the floor (mock-llm
 # direct and through the relay) and agentstream on SQLite and PostgreSQL (pool 5 + 10)
-# through the seed's onboarding route: a new conversation per stream, one tool call.
+# through the seed's onboarding route: a new conversation per stream, one tool call. The
+# plain targets' streams all come from the one local user, so every run's tool call writes
+# the same profile row; the -users targets' workers each sign in as a user of their own
+# (an HS256 JWT per worker, `--bearer-file`) under the default per-user run limit.
 steady_scenarios() {
-    local sqlite=$1 pg=$2 base="http://127.0.0.1:$server_port" level pid target url
+    local sqlite=$1 pg=$2 base="http://127.0.0.1:$server_port" level pid target url config
+    local max_level=0 tokens="$out/config/steady-tokens.txt"
+    for level in $steady_levels; do [ "$level" -gt "$max_level" ] && max_level=$level; done
+    BENCH_JWT_SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+    export BENCH_JWT_SECRET
+    python3 - "$max_level" "$tokens" <<'PY'
+import base64, hashlib, hmac, json, os, sys, time
+count, path = int(sys.argv[1]), sys.argv[2]
+secret = os.environ["BENCH_JWT_SECRET"].encode()
+b64 = lambda raw: base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+expires = int(time.time()) + 4 * 3600
+with open(path, "w") as out:
+    for n in range(count):
+        claims = {"sub": f"loadgen-{n}", "iss": "loadgen", "exp": expires}
+        signed = f"{header}.{b64(json.dumps(claims).encode())}"
+        signature = hmac.new(secret, signed.encode(), hashlib.sha256).digest()
+        out.write(f"{signed}.{b64(signature)}\n")
+PY
     local openai=(--url "$mock_url/chat/completions" --body "$(chat_body "$steady_model")"
         --protocol openai --gap-event content)
     for level in $steady_levels; do steady_run mock "$mock_pid" "$level" "${openai[@]}"; done
@@ -440,23 +473,32 @@ steady_scenarios() {
             --body "$(chat_body "$steady_model")" --protocol openai --gap-event content
     done
     stop "$pid"
-    for target in sqlite-15 pg-15; do
-        url=$([ "$target" = sqlite-15 ] && echo "$sqlite" || echo "$pg")
-        start_agentstream "steady-$target" "$url" 5 10 steady
+    for target in sqlite-15 sqlite-15-users pg-15 pg-15-users; do
+        local users=()
+        case $target in
+            sqlite-15) url=$sqlite config=steady runs_per_user=1000000 ;;
+            pg-15) url=$pg config=steady runs_per_user=1000000 ;;
+            # A database of their own: the one-user targets' rows would slow them.
+            sqlite-15-users) url=${sqlite%.db}-users.db config=steady-users runs_per_user=8 ;;
+            pg-15-users) url=${pg}_users config=steady-users runs_per_user=8 ;;
+        esac
+        [ "$config" = steady-users ] && users=(--bearer-file "$tokens")
+        start_agentstream "steady-$target" "$url" 5 10 "$config"
         pid=$started
         # PostgreSQL's own CPU: every process of its postmaster's user.
         local database_cpu=()
-        if [ "$target" = pg-15 ] && postmaster=$(pgrep -o -x postgres); then
+        if [[ $target == pg-* ]] && postmaster=$(pgrep -o -x postgres); then
             database_cpu=(--user-cpu "$(ps -o uid= -p "$postmaster" | tr -d ' ')")
         fi
         for level in $steady_levels; do
             steady_run "$target" "$pid" "$level" --url "$base/api/v1/chat/onboarding/stream" \
                 --body '{"message":"Ada Lovelace {i}"}' --protocol agentstream --gap-event delta \
-                --metrics-url "$base/metrics" "${database_cpu[@]}"
+                --metrics-url "$base/metrics" "${database_cpu[@]}" "${users[@]}"
             wait_idle "steady-$target" "$base"
         done
         stop "$pid"
     done
+    runs_per_user=1000000
 }
 
 # --- the suite ---------------------------------------------------------------------------
@@ -467,7 +509,7 @@ if want pg-15 || want pg-2 || want two-node || want steady; then
     trap cleanup EXIT
     # A fresh database for each PostgreSQL configuration: pool 2 and the two nodes get their own.
     for db in "${AGENTSTREAM_PG_TEST_DB}_pool2" "${AGENTSTREAM_PG_TEST_DB}_nodes" \
-        "${AGENTSTREAM_PG_TEST_DB}_steady"; do
+        "${AGENTSTREAM_PG_TEST_DB}_steady" "${AGENTSTREAM_PG_TEST_DB}_steady_users"; do
         pg_extra_dbs+=("$db")
         psql -q -h 127.0.0.1 -p "$pg_port" -U "$pg_user" -d postgres -c "CREATE DATABASE $db" >/dev/null
     done

@@ -172,7 +172,16 @@ impl<'a> Scenario<'a> {
 
 /// Baselines first, then the agentstream configurations in a fixed order.
 fn target_rank(target: &str) -> usize {
-    const ORDER: [&str; 6] = ["mock", "relay", "sqlite-15", "sqlite-2", "pg-15", "pg-2"];
+    const ORDER: [&str; 8] = [
+        "mock",
+        "relay",
+        "sqlite-15",
+        "sqlite-15-users",
+        "sqlite-2",
+        "pg-15",
+        "pg-15-users",
+        "pg-2",
+    ];
     ORDER
         .iter()
         .position(|known| *known == target)
@@ -702,7 +711,10 @@ fn write_steady(out: &mut String, steady: &Scenario<'_>) -> fmt::Result {
          soon as the last one ends, for the whole duration (ramp included). Through \
          agentstream every stream is the seed's onboarding route with no conversation: a \
          new conversation whose run makes one `update_profile` call (a database write), \
-         then streams the model's deltas. The floor is mock-llm measured directly and \
+         then streams the model's deltas. The plain targets' streams all come from the \
+         one local user, so every run's tool call writes the same profile row; each worker \
+         of a `-users` target signs in as a user of its own (an HS256 JWT per worker) under \
+         the default per-user run limit of 8. The floor is mock-llm measured directly and \
          through the bare relay, the same model, no tool call. A stream stalls when a gap \
          between its deltas passes the stall limit; CPU per stream is the server's CPU \
          over the streams that passed, and for PostgreSQL also its own processes' (the \

@@ -36,6 +36,12 @@ pub struct RunArgs {
     /// A header for the stream and setup requests, `name: value`; repeatable.
     #[arg(long = "header", value_name = "NAME: VALUE")]
     pub headers: Vec<String>,
+    /// A file of bearer credentials (API keys or JWTs), one per line: the streams of
+    /// closed-loop worker n (or open-loop stream n) send line n modulo their number as
+    /// `authorization: Bearer …`, with their setup requests too. Traffic from many users,
+    /// where `--header` is one.
+    #[arg(long, value_name = "PATH", conflicts_with = "headers")]
+    pub bearer_file: Option<std::path::PathBuf>,
     /// A request made before each stream (not timed), e.g. creating a conversation.
     /// Repeatable: the steps run in order, each one's `{id}` is the answer of the step
     /// before it, and the stream's `{id}` is the last step's (e.g. create a conversation,
@@ -220,6 +226,8 @@ struct Plan {
     url: Template,
     body: Option<Template>,
     headers: HeaderMap,
+    /// One `authorization` value per worker or stream, from `--bearer-file`.
+    bearers: Vec<HeaderValue>,
     /// The setup steps, in order.
     setup: Vec<Setup>,
     timeout: Duration,
@@ -391,6 +399,10 @@ fn plan(args: &RunArgs) -> anyhow::Result<Plan> {
     if !headers.contains_key(CONTENT_TYPE) {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
+    let bearers = match &args.bearer_file {
+        Some(path) => bearers(path)?,
+        None => Vec::new(),
+    };
     let client = crate::tls::client_builder()
         .context("cannot set up TLS")?
         .http1_only()
@@ -404,6 +416,7 @@ fn plan(args: &RunArgs) -> anyhow::Result<Plan> {
         url: Template::new(&args.url),
         body: args.body.as_deref().map(Template::new),
         headers,
+        bearers,
         setup: args
             .setup_urls
             .iter()
@@ -421,6 +434,28 @@ fn plan(args: &RunArgs) -> anyhow::Result<Plan> {
         stall_us: args.stall_ms.saturating_mul(1000),
         open: Gauge::default(),
     })
+}
+
+/// The `authorization` values of a `--bearer-file`: one per non-empty line.
+fn bearers(path: &std::path::Path) -> anyhow::Result<Vec<HeaderValue>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --bearer-file {}", path.display()))?;
+    let bearers = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .map(|line| HeaderValue::try_from(format!("Bearer {line}")))
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| {
+            format!(
+                "--bearer-file {}: a line is not a header value",
+                path.display()
+            )
+        })?;
+    if bearers.is_empty() {
+        anyhow::bail!("--bearer-file {} holds no credential", path.display());
+    }
+    Ok(bearers)
 }
 
 /// Starts the streams (open loop) or the workers (closed loop) and collects every record,
@@ -444,7 +479,7 @@ async fn drive(args: &RunArgs, plan: Arc<Plan>) -> anyhow::Result<(Vec<Record>, 
             let mut records = Vec::new();
             loop {
                 let index = next_index.fetch_add(1, Ordering::Relaxed);
-                records.push(stream(&plan, index, hold).await);
+                records.push(stream(&plan, slot, index, hold).await);
                 match end {
                     Some(end) if Instant::now() < end => {}
                     _ => break records,
@@ -466,12 +501,22 @@ fn offset(ramp: Duration, slot: usize, count: usize) -> Duration {
     ramp * slot / count
 }
 
-/// One stream: its setup, its request, then every event until the final one (or `hold`).
-async fn stream(plan: &Plan, index: u64, hold: Option<Instant>) -> Record {
+/// One stream of worker (or open-loop stream) `slot`: its setup, its request, then every
+/// event until the final one (or `hold`).
+async fn stream(plan: &Plan, slot: usize, index: u64, hold: Option<Instant>) -> Record {
     let deadline = Instant::now() + plan.timeout;
+    let mut headers = plan.headers.clone();
+    if let Some(bearer) = plan.bearers.get(slot % plan.bearers.len().max(1)) {
+        headers.insert(reqwest::header::AUTHORIZATION, bearer.clone());
+    }
     let mut id = None;
     for setup in &plan.setup {
-        match timeout_at(deadline, run_setup(plan, setup, index, id.as_deref())).await {
+        match timeout_at(
+            deadline,
+            run_setup(plan, &headers, setup, index, id.as_deref()),
+        )
+        .await
+        {
             Ok(Some(answer)) => id = Some(answer),
             Ok(None) | Err(_) => return Record::failed(Failure::Setup),
         }
@@ -479,7 +524,7 @@ async fn stream(plan: &Plan, index: u64, hold: Option<Instant>) -> Record {
     let mut request = plan
         .client
         .request(plan.method.clone(), plan.url.render(index, id.as_deref()))
-        .headers(plan.headers.clone());
+        .headers(headers);
     if let Some(body) = &plan.body {
         request = request.body(body.render(index, id.as_deref()));
     }
@@ -552,11 +597,17 @@ async fn stream(plan: &Plan, index: u64, hold: Option<Instant>) -> Record {
 
 /// One setup request, `id` being the previous step's answer; the `field` of its JSON
 /// answer, or `None` when anything failed.
-async fn run_setup(plan: &Plan, setup: &Setup, index: u64, id: Option<&str>) -> Option<String> {
+async fn run_setup(
+    plan: &Plan,
+    headers: &HeaderMap,
+    setup: &Setup,
+    index: u64,
+    id: Option<&str>,
+) -> Option<String> {
     let mut request = plan
         .client
         .request(setup.method.clone(), setup.url.render(index, id))
-        .headers(plan.headers.clone());
+        .headers(headers.clone());
     if let Some(body) = &setup.body {
         request = request.body(body.render(index, id));
     }

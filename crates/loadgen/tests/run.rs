@@ -523,3 +523,82 @@ async fn setup_steps_chain_their_ids_into_a_stream_on_another_server() {
         "{error}"
     );
 }
+
+/// With `--bearer-file`, stream n (or closed-loop worker n) sends line n modulo the file's
+/// lines as its bearer credential, on its setup request and its stream alike.
+#[tokio::test]
+async fn each_worker_sends_its_own_bearer_credential() {
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<(&'static str, String)>>> = Arc::default();
+    let credential = |headers: &axum::http::HeaderMap| {
+        headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_owned()
+    };
+    let (setup_seen, stream_seen) = (Arc::clone(&seen), Arc::clone(&seen));
+    let app = Router::new()
+        .route(
+            "/c",
+            post(move |headers: axum::http::HeaderMap| async move {
+                setup_seen
+                    .lock()
+                    .unwrap()
+                    .push(("setup", credential(&headers)));
+                axum::Json(serde_json::json!({"id": "abc"}))
+            }),
+        )
+        .route(
+            "/c/{id}/runs",
+            post(move |headers: axum::http::HeaderMap| async move {
+                stream_seen
+                    .lock()
+                    .unwrap()
+                    .push(("stream", credential(&headers)));
+                let events = [
+                    ("run.started", r#"{"seq":1}"#),
+                    ("done", r#"{"seq":2,"type":"done","status":"completed"}"#),
+                ]
+                .into_iter()
+                .enumerate()
+                .map(|(n, (kind, data))| {
+                    Ok::<_, Infallible>(
+                        Event::default()
+                            .id((n + 1).to_string())
+                            .event(kind)
+                            .data(data),
+                    )
+                });
+                Sse::new(stream::iter(events.collect::<Vec<_>>()))
+            }),
+        );
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tracker = tokio_util::task::TaskTracker::new();
+    tracker.spawn(async move { axum::serve(listener, app).await });
+    let file = std::env::temp_dir().join(format!("loadgen-bearers-{}", std::process::id()));
+    std::fs::write(&file, "alpha\n\nbeta\n").unwrap();
+    let summary = run(&[
+        "--setup-url",
+        &format!("http://{addr}/c"),
+        "--url",
+        &format!("http://{addr}/c/{{id}}/runs"),
+        "--bearer-file",
+        file.to_str().unwrap(),
+        "--streams",
+        "3",
+    ])
+    .await;
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(summary.ok, 3, "{summary:?}");
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort();
+    let expect = |step| {
+        [("Bearer alpha", 2), ("Bearer beta", 1)]
+            .into_iter()
+            .flat_map(move |(value, n)| std::iter::repeat_n((step, value.to_owned()), n))
+    };
+    let expected: Vec<_> = expect("setup").chain(expect("stream")).collect();
+    assert_eq!(seen, expected);
+}

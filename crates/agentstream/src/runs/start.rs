@@ -48,7 +48,8 @@ impl RunManager {
         if active_here >= self.inner.limits.active {
             return Err(RunError::Overloaded(active_here));
         }
-        let mut tx = self.inner.store.begin().await?;
+        let limit = i64::from(self.inner.limits.per_user);
+        let (mut tx, user_locked) = self.inner.store.begin_start(user_id, limit).await?;
         let mut new_conversation = !matches!(
             conversation,
             ConversationRef::Existing { .. } | ConversationRef::Chat { .. }
@@ -232,7 +233,6 @@ impl RunManager {
         // the user's row lock on PostgreSQL when the count could be near
         // the limit: the limit holds across nodes, and the lock is held
         // only to the commit).
-        let limit = i64::from(self.inner.limits.per_user);
         let stored = store::insert_run_rows(
             &mut tx,
             RunRows {
@@ -243,8 +243,12 @@ impl RunManager {
                 started: started.as_ref(),
             },
             limit,
+            user_locked,
         )
         .await?;
+        if let Some(max_connections) = stored.max_connections {
+            self.inner.store.set_in_flight(max_connections);
+        }
         if stored.users_runs > limit {
             return Err(RunError::TooManyRuns(self.inner.limits.per_user));
         }

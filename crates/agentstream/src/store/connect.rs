@@ -355,6 +355,7 @@ impl Store {
             writer,
             db,
             own,
+            in_flight: Arc::default(),
         };
         Ok(store)
     }
@@ -460,6 +461,41 @@ impl Store {
         // What `Pool::begin_with` does, on a connection from `acquire`.
         let tx = Transaction::begin(conn, self.begin_statement(statement_timeout)).await?;
         Ok(WriteTx { tx, _turn: turn })
+    }
+
+    /// Begins a run start's transaction for `user_id`, whose runs may number
+    /// at most `limit`, as [`Store::begin`] does. On PostgreSQL, where a
+    /// start's count cannot see the starts in flight beside it, a limit
+    /// they could all fit under is checked by the count alone; under a
+    /// smaller one (the default's 8 against `max_connections`) the user's
+    /// row is locked in the `BEGIN`'s exchange, so the start's statements
+    /// count after every earlier start of the user has committed. Returns
+    /// whether the lock was taken (see [`super::insert_run_rows`]).
+    pub async fn begin_start(
+        &self,
+        user_id: uuid::Uuid,
+        limit: i64,
+    ) -> Result<(WriteTx<'static>, bool), StoreError> {
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        // Known after a first start; the count is over by at least one (the
+        // start's own run).
+        let lock = self.backend == Backend::Postgres && in_flight > 0 && limit <= in_flight;
+        if !lock {
+            return Ok((self.begin().await?, false));
+        }
+        let conn = self.acquire_raw().await?;
+        // A UUID's text needs no quoting beyond the quotes.
+        let begin = format!(
+            "BEGIN; {} FOR NO KEY UPDATE",
+            super::starts::lock_user(user_id)
+        );
+        let tx = Transaction::begin(conn, Some(begin.into())).await?;
+        Ok((WriteTx { tx, _turn: None }, true))
+    }
+
+    /// Records PostgreSQL's `max_connections` as a run start read it.
+    pub(crate) fn set_in_flight(&self, max_connections: i64) {
+        self.in_flight.store(max_connections, Ordering::Relaxed);
     }
 
     /// Begins the event log's transaction, as `begin` does, on the event

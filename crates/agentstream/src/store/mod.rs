@@ -100,6 +100,10 @@ pub struct Store {
     db: Arc<DbThread>,
     /// What opens a connection beside the pool (the event log's, the probe's).
     own: Arc<OwnConnectionSetup>,
+    /// PostgreSQL's `max_connections` as the last run start read it (0
+    /// before the first, and on SQLite): how many starts can be in flight
+    /// unseen by a start's count (see [`insert_run_rows`]).
+    in_flight: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Store {

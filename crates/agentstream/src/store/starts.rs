@@ -45,6 +45,17 @@ pub(crate) struct Stored {
     pub users_runs: i64,
     /// The run's number in the event log ([`Run::event_key`]).
     pub event_key: i64,
+    /// PostgreSQL's `max_connections`, read with the count (none on
+    /// SQLite): for [`super::Store::begin_start`], through
+    /// [`super::Store::set_in_flight`].
+    pub max_connections: Option<i64>,
+}
+
+/// The statement that locks a user's row (`FOR NO KEY UPDATE` to be
+/// added), the user's ID written into it: for a `BEGIN`'s exchange, which
+/// binds no parameters. A UUID's text needs no escaping.
+pub(super) fn lock_user(user_id: uuid::Uuid) -> String {
+    format!("SELECT id FROM users WHERE id = '{user_id}'")
 }
 
 /// Stores a run start's rows inside the caller's transaction, numbers the
@@ -61,11 +72,14 @@ pub(crate) struct Stored {
 /// flight. A count that stays within the limit even with that many more is
 /// returned as it is; otherwise the user's row is locked, so that concurrent
 /// starts on any node count one at a time, and the runs are counted again.
-/// The lock lasts until the caller's transaction ends.
+/// The lock lasts until the caller's transaction ends. A transaction that
+/// locked the user's row before this (`user_locked`, see
+/// [`super::Store::begin_start`]) counts exactly at once.
 pub(crate) async fn insert_run_rows(
     conn: &mut AnyConnection,
     rows: RunRows<'_>,
     limit: i64,
+    user_locked: bool,
 ) -> Result<Stored, StoreError> {
     let at = now();
     let backend = Backend::of(conn);
@@ -131,12 +145,14 @@ pub(crate) async fn insert_run_rows(
     let mut stored = Stored {
         users_runs: row.try_get("n")?,
         event_key: row.try_get("event_key")?,
+        max_connections: None,
     };
     if backend == Backend::Sqlite {
         return Ok(stored);
     }
     let in_flight: i64 = row.try_get("in_flight")?;
-    if stored.users_runs.saturating_add(in_flight) <= limit {
+    stored.max_connections = Some(in_flight);
+    if user_locked || stored.users_runs.saturating_add(in_flight) <= limit {
         return Ok(stored);
     }
     // A lock, not a dummy update: no new row version per run started.
