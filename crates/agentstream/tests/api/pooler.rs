@@ -171,8 +171,11 @@ async fn pooled_node(db: &PoolerDb, name: &str) -> ServerProcess {
         name,
         "--scripted-delay-ms",
         "5",
+        // The default, 8, over the six conversations' one run each: under
+        // it a start locks the user's row in its `BEGIN`'s exchange, a
+        // query of two statements, which the pooler must pass whole.
         "--max-runs-per-user",
-        "1000",
+        "8",
     ];
     args.extend(LEASES);
     ServerProcess::start(&args, &[("RUST_LOG", "info")]).await
