@@ -477,8 +477,8 @@ impl Store {
         limit: i64,
     ) -> Result<(WriteTx<'static>, bool), StoreError> {
         let in_flight = self.in_flight.load(Ordering::Relaxed);
-        // Known after a first start; the count is over by at least one (the
-        // start's own run).
+        // Known after a first start. A count includes the start's own run,
+        // so the count alone can hold only a limit above `max_connections`.
         let lock = self.backend == Backend::Postgres && in_flight > 0 && limit <= in_flight;
         if !lock {
             return Ok((self.begin().await?, false));
