@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Client, Method};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
@@ -36,11 +36,11 @@ pub struct RunArgs {
     /// A header for the stream and setup requests, `name: value`; repeatable.
     #[arg(long = "header", value_name = "NAME: VALUE")]
     pub headers: Vec<String>,
-    /// A file of bearer credentials (API keys or JWTs), one per line: the streams of
-    /// closed-loop worker n (or open-loop stream n) send line n modulo their number as
-    /// `authorization: Bearer …`, with their setup requests too. Traffic from many users,
-    /// where `--header` is one.
-    #[arg(long, value_name = "PATH", conflicts_with = "headers")]
+    /// A file of bearer credentials (API keys or JWTs), one per line, for traffic from
+    /// many users: closed-loop worker n (or open-loop stream n) sends line n (modulo the
+    /// number of lines) as `authorization: Bearer …` on its streams and setup requests.
+    /// Not with an `authorization` `--header`.
+    #[arg(long, value_name = "PATH")]
     pub bearer_file: Option<std::path::PathBuf>,
     /// A request made before each stream (not timed), e.g. creating a conversation.
     /// Repeatable: the steps run in order, each one's `{id}` is the answer of the step
@@ -400,6 +400,9 @@ fn plan(args: &RunArgs) -> anyhow::Result<Plan> {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
     let bearers = match &args.bearer_file {
+        Some(_) if headers.contains_key(AUTHORIZATION) => {
+            anyhow::bail!("--bearer-file and an authorization --header: give one of them")
+        }
         Some(path) => bearers(path)?,
         None => Vec::new(),
     };
@@ -507,7 +510,7 @@ async fn stream(plan: &Plan, slot: usize, index: u64, hold: Option<Instant>) -> 
     let deadline = Instant::now() + plan.timeout;
     let mut headers = plan.headers.clone();
     if let Some(bearer) = plan.bearers.get(slot % plan.bearers.len().max(1)) {
-        headers.insert(reqwest::header::AUTHORIZATION, bearer.clone());
+        headers.insert(AUTHORIZATION, bearer.clone());
     }
     let mut id = None;
     for setup in &plan.setup {

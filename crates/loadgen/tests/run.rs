@@ -586,10 +586,28 @@ async fn each_worker_sends_its_own_bearer_credential() {
         &format!("http://{addr}/c/{{id}}/runs"),
         "--bearer-file",
         file.to_str().unwrap(),
+        "--header",
+        "accept: text/event-stream",
         "--streams",
         "3",
     ])
     .await;
+    // One source of credentials at a time.
+    let argv = [
+        "loadgen",
+        "--url",
+        "http://127.0.0.1:9/",
+        "--bearer-file",
+        file.to_str().unwrap(),
+        "--header",
+        "Authorization: Bearer x",
+    ];
+    let both = Cli::try_parse_from(argv).unwrap();
+    let refused = loadgen::run(&both.run, Vec::new()).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("give one of them"),
+        "{refused}"
+    );
     std::fs::remove_file(&file).unwrap();
     assert_eq!(summary.ok, 3, "{summary:?}");
     let mut seen = seen.lock().unwrap().clone();
