@@ -5,9 +5,9 @@
 # native, OpenAI Chat Completions and AI SDK, then steady traffic: issue 20), runs the
 # load generator against each and writes BENCHMARKS.md.
 #
-#   scripts/bench.sh           the full suite, release build; about 17 minutes on 2 cores
-#                              (the encoders scenario takes 1.5 and steady traffic 6,
-#                              neither with a time budget)
+#   scripts/bench.sh           the full suite, release build; about 12 minutes on 2 cores
+#                              after the build (the encoders scenario takes 1.5 and steady
+#                              traffic 6, neither with a time budget)
 #   scripts/bench.sh --smoke   tiny loads for a few seconds on the dev build (CI): fails
 #                              when any stream fails, writes the report to the results folder
 #
