@@ -445,7 +445,8 @@ steady_run() {
 # (an HS256 JWT per worker, `--bearer-file`) under the default per-user run limit.
 steady_scenarios() {
     local sqlite=$1 pg=$2 base="http://127.0.0.1:$server_port" level pid target url config
-    local max_level=0 tokens="$out/config/steady-tokens.txt"
+    # Seen by start_agentstream (bash's dynamic scope), set per target below.
+    local runs_per_user users max_level=0 tokens="$out/config/steady-tokens.txt"
     for level in $steady_levels; do [ "$level" -gt "$max_level" ] && max_level=$level; done
     BENCH_JWT_SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
     export BENCH_JWT_SECRET
@@ -474,7 +475,7 @@ PY
     done
     stop "$pid"
     for target in sqlite-15 sqlite-15-users pg-15 pg-15-users; do
-        local users=()
+        users=()
         case $target in
             sqlite-15) url=$sqlite config=steady runs_per_user=1000000 ;;
             pg-15) url=$pg config=steady runs_per_user=1000000 ;;
@@ -498,7 +499,6 @@ PY
         done
         stop "$pid"
     done
-    runs_per_user=1000000
 }
 
 # --- the suite ---------------------------------------------------------------------------

@@ -592,6 +592,16 @@ async fn each_worker_sends_its_own_bearer_credential() {
         "3",
     ])
     .await;
+    assert_eq!(summary.ok, 3, "{summary:?}");
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort();
+    let expect = |step| {
+        [("Bearer alpha", 2), ("Bearer beta", 1)]
+            .into_iter()
+            .flat_map(move |(value, n)| std::iter::repeat_n((step, value.to_owned()), n))
+    };
+    let expected: Vec<_> = expect("setup").chain(expect("stream")).collect();
+    assert_eq!(seen, expected);
     // One source of credentials at a time.
     let argv = [
         "loadgen",
@@ -609,14 +619,4 @@ async fn each_worker_sends_its_own_bearer_credential() {
         "{refused}"
     );
     std::fs::remove_file(&file).unwrap();
-    assert_eq!(summary.ok, 3, "{summary:?}");
-    let mut seen = seen.lock().unwrap().clone();
-    seen.sort();
-    let expect = |step| {
-        [("Bearer alpha", 2), ("Bearer beta", 1)]
-            .into_iter()
-            .flat_map(move |(value, n)| std::iter::repeat_n((step, value.to_owned()), n))
-    };
-    let expected: Vec<_> = expect("setup").chain(expect("stream")).collect();
-    assert_eq!(seen, expected);
 }

@@ -247,7 +247,7 @@ impl RunManager {
         )
         .await?;
         if let Some(max_connections) = stored.max_connections {
-            self.inner.store.set_in_flight(max_connections);
+            self.inner.store.remember_max_connections(max_connections);
         }
         if stored.users_runs > limit {
             return Err(RunError::TooManyRuns(self.inner.limits.per_user));

@@ -355,7 +355,7 @@ impl Store {
             writer,
             db,
             own,
-            in_flight: Arc::default(),
+            max_connections: Arc::default(),
         };
         Ok(store)
     }
@@ -476,7 +476,7 @@ impl Store {
         user_id: uuid::Uuid,
         limit: i64,
     ) -> Result<(WriteTx<'static>, bool), StoreError> {
-        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        let in_flight = self.max_connections.load(Ordering::Relaxed);
         // Known after a first start. A count includes the start's own run,
         // so the count alone can hold only a limit above `max_connections`.
         let lock = self.backend == Backend::Postgres && in_flight > 0 && limit <= in_flight;
@@ -484,18 +484,15 @@ impl Store {
             return Ok((self.begin().await?, false));
         }
         let conn = self.acquire_raw().await?;
-        // A UUID's text needs no quoting beyond the quotes.
-        let begin = format!(
-            "BEGIN; {} FOR NO KEY UPDATE",
-            super::starts::lock_user(user_id)
-        );
+        let begin = super::starts::begin_locking_user(user_id);
         let tx = Transaction::begin(conn, Some(begin.into())).await?;
         Ok((WriteTx { tx, _turn: None }, true))
     }
 
     /// Records PostgreSQL's `max_connections` as a run start read it.
-    pub(crate) fn set_in_flight(&self, max_connections: i64) {
-        self.in_flight.store(max_connections, Ordering::Relaxed);
+    pub(crate) fn remember_max_connections(&self, max_connections: i64) {
+        self.max_connections
+            .store(max_connections, Ordering::Relaxed);
     }
 
     /// Begins the event log's transaction, as `begin` does, on the event

@@ -103,7 +103,7 @@ pub struct Store {
     /// PostgreSQL's `max_connections` as the last run start read it (0
     /// before the first, and on SQLite): how many starts can be in flight
     /// unseen by a start's count (see [`insert_run_rows`]).
-    in_flight: Arc<std::sync::atomic::AtomicI64>,
+    max_connections: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Store {

@@ -47,15 +47,22 @@ pub(crate) struct Stored {
     pub event_key: i64,
     /// PostgreSQL's `max_connections`, read with the count (none on
     /// SQLite): for [`super::Store::begin_start`], through
-    /// [`super::Store::set_in_flight`].
+    /// [`super::Store::remember_max_connections`].
     pub max_connections: Option<i64>,
 }
 
-/// The statement that locks a user's row (`FOR NO KEY UPDATE` to be
-/// added), the user's ID written into it: for a `BEGIN`'s exchange, which
-/// binds no parameters. A UUID's text needs no escaping.
-pub(super) fn lock_user(user_id: uuid::Uuid) -> String {
-    format!("SELECT id FROM users WHERE id = '{user_id}'")
+/// Locks the user's row (`$1`: the user's ID) until the transaction ends.
+/// A lock, not a dummy update: no new row version per run started.
+const LOCK_USER: &str = "SELECT id FROM users WHERE id = $1 FOR NO KEY UPDATE";
+
+/// A `BEGIN` that takes [`LOCK_USER`] in the same exchange: a simple query,
+/// which binds no parameters, so the ID is written in (a UUID's text needs
+/// no escaping).
+pub(super) fn begin_locking_user(user_id: uuid::Uuid) -> String {
+    format!(
+        "BEGIN; {}",
+        LOCK_USER.replace("$1", &format!("'{user_id}'"))
+    )
 }
 
 /// Stores a run start's rows inside the caller's transaction, numbers the
@@ -155,8 +162,7 @@ pub(crate) async fn insert_run_rows(
     if user_locked || stored.users_runs.saturating_add(in_flight) <= limit {
         return Ok(stored);
     }
-    // A lock, not a dummy update: no new row version per run started.
-    query("SELECT id FROM users WHERE id = $1 FOR NO KEY UPDATE")
+    query(LOCK_USER)
         .bind(user_id.as_str())
         .execute(&mut *conn)
         .await?;
